@@ -1,0 +1,121 @@
+"""The `diffsynth` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_train(argv: list[str]) -> int:
+    from .config import ConfigError, config_from_args
+    from .training.loop import run_training
+    try:
+        config = config_from_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = run_training(config)
+    print(f"trained {result.steps} steps; checkpoints: {result.checkpoints}")
+    return 0
+
+
+def cmd_params(args, rest: list[str]) -> int:
+    from .config import ConfigError, config_from_args, dump_params
+    try:
+        config = config_from_args(rest)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(dump_params(config))
+    return 0
+
+
+def cmd_tiny_model(args) -> int:
+    from .models.tiny import write_tiny_model
+    out = write_tiny_model(args.family, args.out, seed=args.seed)
+    print(f"wrote tiny {args.family} preset to {out}")
+    return 0
+
+
+def cmd_data_validate(args) -> int:
+    from .config import ConfigError, config_from_args
+    from .data.validate import check_dataset
+    from .families import get_family
+    try:
+        config = config_from_args(args.rest + ["--lora_base_model", "dit"] if "--lora_base_model" not in args.rest else args.rest)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report_path = Path(args.report)
+    factor = get_family(config.model.family).HEIGHT_FACTOR
+    report = check_dataset(config, factor, report_path.with_suffix(".metadata.jsonl"), report_path,
+                           report_path.with_suffix(".resolutions.csv"))
+    print(report.summary())
+    return 1 if report.invalid_rows and config.dataset.on_invalid == "error" else 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_lora
+    exported = export_lora(args.checkpoint, args.out, args.format)
+    print(f"wrote {len(exported)} tensors to {args.out}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    """What `make run` produced and how to look at it."""
+    from .tracking import default_tracking_uri
+    metrics = Path("outputs/train/metrics.json")
+    compat = Path("outputs/export/lora_compat.json")
+    print("\nResults")
+    if metrics.exists():
+        m = json.loads(metrics.read_text())
+        print(f"  training:   {m['steps']} steps, val_loss {m['val_loss_initial']:.4f} -> {m['val_loss']:.4f}"
+              f"  ({metrics})")
+        print(f"  checkpoint: {m['last_checkpoint']}")
+    if compat.exists():
+        c = json.loads(compat.read_text())
+        print(f"  export:     outputs/export/pytorch_lora_weights.safetensors "
+              f"({c['tensors']} tensors, {c['unmatched_modules']} unmatched modules)")
+    print("  data report: reports/data.json")
+    print(f"\nMLflow UI:  .venv/bin/mlflow ui --backend-store-uri {default_tracking_uri()}  (then open http://127.0.0.1:5000)")
+    print("DVC:        .venv/bin/dvc metrics show; .venv/bin/dvc exp run --set-param train.learning_rate=0.001")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return cmd_train(argv[1:])
+    parser = argparse.ArgumentParser(prog="diffsynth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train with DiffSynth's train.py flags (see `diffsynth train --help`)")
+    p = sub.add_parser("params", help="print the params.yaml that a DiffSynth command line means")
+    p.add_argument("--from-args", action="store_true", required=True,
+                   help="the remaining arguments are DiffSynth train.py flags")
+    p = sub.add_parser("tiny-model", help="write a tiny random model in the real repository layout")
+    p.add_argument("--family", required=True, help="tiny preset name, e.g. qwen-image")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    v = dsub.add_parser("validate", help="validate a dataset (DiffSynth dataset flags)")
+    v.add_argument("--report", default="reports/data.json")
+    p = sub.add_parser("export", help="convert a checkpoint to another LoRA format")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", default="diffusers", choices=["diffusers"])
+    p.add_argument("--out", required=True)
+    sub.add_parser("summary", help="print where the pipeline's results are")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "params":
+        return cmd_params(args, rest)
+    if args.command == "data":
+        args.rest = rest
+        return cmd_data_validate(args)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return {"tiny-model": cmd_tiny_model, "export": cmd_export, "summary": cmd_summary}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Typed configuration: one dataclass per params.yaml section, and the DiffSynth flag <-> params mapping.
+
+Every field of a section is one key of params.yaml and one ``--flag`` of ``diffsynth train``. Fields that
+exist in DiffSynth's ``train.py`` keep its name, type, default and meaning (reference spec §1.1); fields we
+add are marked ``ours`` in their metadata. The tiny demo in params.yaml overrides some defaults (smaller
+sizes, float32 on CPU); the dataclass defaults are DiffSynth's.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+def _f(default, help: str, *, flag: str | None = None, ours: bool = False, choices=None):
+    return field(default=default, metadata={"help": help, "flag": flag, "ours": ours, "choices": choices})
+
+
+def _fl(default, help: str, *, ours: bool = False):
+    return field(default_factory=lambda: list(default), metadata={"help": help, "ours": ours})
+
+
+class ConfigError(ValueError):
+    """A params.yaml / flag value that cannot work; the message names the key and the fix."""
+
+
+@dataclass
+class DatasetConfig:
+    dataset_base_path: str = _f("", "root folder; relative file paths in the metadata are joined to it")
+    dataset_metadata_path: Optional[str] = _f(None, "metadata.csv/.json/.jsonl (other extensions are read as CSV)")
+    dataset_repeat: int = _f(1, "dataset length multiplier per epoch")
+    dataset_num_workers: int = _f(0, "DataLoader worker processes")
+    data_file_keys: str = _f("image,video", "comma list of metadata columns holding file paths")
+    source: str = _f("local", "where the data comes from: builtin (generated sample), local, modelscope",
+                     ours=True, choices=["builtin", "local", "modelscope"])
+    builtin_name: str = _f("shapes", "built-in sample dataset to generate when source=builtin", ours=True)
+    modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
+    on_invalid: str = _f("error", "invalid rows: error (stop before training) or skip (train on the rest)",
+                         ours=True, choices=["error", "skip"])
+
+
+@dataclass
+class ResolutionConfig:
+    height: Optional[int] = _f(None, "fixed height; leave height or width empty for dynamic resolution")
+    width: Optional[int] = _f(None, "fixed width; leave height or width empty for dynamic resolution")
+    max_pixels: int = _f(1024 * 1024, "dynamic resolution: larger images are scaled down to this area")
+    num_frames: int = _f(81, "video: frames taken from the start of each clip (reduced to 4k+1)")
+
+
+@dataclass
+class ModelConfigSection:
+    family: str = _f("qwen_image", "model family: qwen_image", ours=True)
+    tiny_preset: str = _f("", "generate a tiny random model of this family in the real layout (test/demo only)",
+                          ours=True)
+    model_paths: Optional[str] = _f(None, "JSON list of model files; an item may be a list of shards")
+    model_id_with_origin_paths: Optional[str] = _f(None, "comma list of model_id:glob, e.g. Qwen/Qwen-Image:vae/*.safetensors")
+    tokenizer_path: Optional[str] = _f(None, "tokenizer folder or model_id:folder/")
+    processor_path: Optional[str] = _f(None, "image processor folder or model_id:folder/ (edit models)")
+    extra_inputs: Optional[str] = _f(None, "comma list of metadata columns passed to the model as extra inputs")
+    fp8_models: Optional[str] = _f(None, "models stored in fp8 (entries of the two model lists)")
+    torch_dtype: str = _f("bfloat16", "dtype the models are loaded and computed in", ours=True,
+                          choices=["bfloat16", "float16", "float32"])
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = _f(1e-4, "AdamW learning rate (DiffSynth suggests 1e-4 LoRA, 1e-5 full)")
+    num_epochs: int = _f(1, "number of epochs")
+    trainable_models: Optional[str] = _f(None, "comma list of models (or dotted sub-modules) to train fully")
+    find_unused_parameters: bool = _f(False, "DDP: tolerate parameters that get no gradient")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    task: str = _f("sft", "training task", choices=["sft"])
+    customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
+    seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
+    max_steps: Optional[int] = _f(None, "stop after this many micro-steps (None: run all epochs)", ours=True)
+
+
+@dataclass
+class LoraConfigSection:
+    lora_base_model: Optional[str] = _f(None, "model to put LoRA on, e.g. dit")
+    lora_target_modules: str = _f("q,k,v,o,ffn.0,ffn.2", "comma list of module-name suffixes")
+    lora_rank: int = _f(32, "LoRA rank")
+    lora_checkpoint: Optional[str] = _f(None, "LoRA file to continue training from")
+    preset_lora_path: Optional[str] = _f(None, "LoRA fused into the base weights before training")
+    preset_lora_model: Optional[str] = _f(None, "model the preset LoRA is fused into, e.g. dit")
+
+
+@dataclass
+class GradientConfig:
+    use_gradient_checkpointing: bool = _f(False, "recompute each block's activations in backward")
+    use_gradient_checkpointing_offload: bool = _f(False, "checkpointing with saved inputs in CPU memory")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step")
+
+
+@dataclass
+class OutputConfig:
+    output_path: str = _f("./models", "folder for checkpoints and training_args.json")
+    remove_prefix_in_ckpt: Optional[str] = _f("pipe.dit.", "prefix stripped from saved keys")
+    save_steps: Optional[int] = _f(None, "save every N micro-steps; empty: once per epoch")
+
+
+@dataclass
+class ValidationConfig:
+    sigmas: list = _fl([0.1, 0.3, 0.5, 0.7, 0.9], "fixed noise levels of the validation loss", ours=True)
+    num_samples: int = _f(8, "dataset rows used for the validation loss", ours=True)
+    seed: int = _f(1234, "seed of the fixed validation noise", ours=True)
+
+
+@dataclass
+class SampleConfig:
+    prompts: list = _fl(["a red circle on a white background"], "prompts rendered at each save point", ours=True)
+    seeds: list = _fl([0], "one sample per prompt and seed", ours=True)
+    height: int = _f(1024, "sample height", ours=True)
+    width: int = _f(1024, "sample width", ours=True)
+    num_inference_steps: int = _f(30, "sampler steps", ours=True)
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = _f("diffsynth", "MLflow experiment name", ours=True)
+    uri: str = _f("", "MLflow tracking URI; empty: sqlite mlflow.db at the project root", ours=True)
+    enable_csv_log: bool = _f(False, "append step,key,value rows to <output_path>/loss.csv")
+    enable_tensorboard_log: bool = _f(False, "write loss to <output_path>/tensorboard_log")
+
+
+@dataclass
+class ExportConfig:
+    format: str = _f("diffusers", "LoRA export format", ours=True, choices=["diffusers"])
+    out_dir: str = _f("outputs/export", "folder of the exported files", ours=True)
+
+
+SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "resolution": ResolutionConfig,
+    "model": ModelConfigSection,
+    "train": TrainConfig,
+    "lora": LoraConfigSection,
+    "gradient": GradientConfig,
+    "output": OutputConfig,
+    "validation": ValidationConfig,
+    "sample": SampleConfig,
+    "tracking": TrackingConfig,
+    "export": ExportConfig,
+}
+# Sections that are not training flags (read by other stages or by the DVC command line).
+PASSTHROUGH_SECTIONS = {"accelerate"}
+
+# DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
+UNSUPPORTED_FLAGS: dict[str, Any] = {
+    "offload_models": None, "quant_options": None, "enable_model_cpu_offload": False,
+    "enable_optimizer_cpu_offload": False, "cpu_offload_split_threshold": None,
+    "template_model_id_or_path": None, "enable_lora_hot_loading": False,
+    "enable_swanlab_log": False, "swanlab_project": "DiffSynth-Studio",
+    "enable_wandb_log": False, "wandb_project": "DiffSynth-Studio",
+    "initialize_model_on_cpu": False, "zero_cond_t": False,
+}
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
+    model: ModelConfigSection = field(default_factory=ModelConfigSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfigSection = field(default_factory=LoraConfigSection)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    extra: dict = field(default_factory=dict)  # passthrough sections, e.g. accelerate
+
+    def to_dict(self) -> dict:
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out.update(self.extra)
+        return out
+
+    def validate(self) -> "Config":
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                choices = f.metadata.get("choices")
+                value = getattr(section, f.name)
+                if choices and value not in choices:
+                    raise ConfigError(f"{name}.{f.name} = {value!r} is not one of {choices}")
+        if self.train.num_epochs < 1:
+            raise ConfigError(f"train.num_epochs = {self.train.num_epochs}: must be at least 1")
+        if self.gradient.gradient_accumulation_steps < 1:
+            raise ConfigError("gradient.gradient_accumulation_steps must be at least 1")
+        if self.output.save_steps is not None and self.output.save_steps < 1:
+            raise ConfigError(f"output.save_steps = {self.output.save_steps}: must be >= 1, or empty for per-epoch saving")
+        if self.lora.lora_rank < 1:
+            raise ConfigError(f"lora.lora_rank = {self.lora.lora_rank}: must be >= 1")
+        if not self.lora.lora_base_model and not self.train.trainable_models:
+            raise ConfigError("Nothing to train: set lora.lora_base_model (e.g. dit) or train.trainable_models")
+        return self
+
+
+def _coerce(value, annotation, where: str):
+    """Convert a YAML/CLI value to the field's type, with an error naming the key."""
+    origin = get_origin(annotation)
+    optional = origin is Optional or (origin is not None and type(None) in get_args(annotation))
+    base = next((a for a in get_args(annotation) if a is not type(None)), annotation) if optional else annotation
+    if value is None or (optional and value == ""):
+        if optional:
+            return None
+        if base is str:
+            return ""
+        raise ConfigError(f"{where} must be set (a {base.__name__}), got an empty value")
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is list:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} = {value!r} is not a valid {base.__name__}") from None
+
+
+def _section_from_dict(name: str, cls: type, data: dict) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"params section {name!r} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {sorted(known)}"
+            raise ConfigError(f"Unknown key {name}.{key}{extra}")
+        kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    data = dict(data or {})
+    unknown = set(data) - set(SECTIONS) - PASSTHROUGH_SECTIONS
+    if unknown:
+        raise ConfigError(f"Unknown params section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    sections = {name: _section_from_dict(name, cls, data.get(name)) for name, cls in SECTIONS.items()}
+    extra = {name: data[name] for name in PASSTHROUGH_SECTIONS if name in data}
+    return Config(**sections, extra=extra).validate()
+
+
+def load_params(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the project root or pass --params")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return config_from_dict(data)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}`` (lists kept as JSON strings), for MLflow params."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- flags
+
+def _flag_fields():
+    """(section name, dataclass field, flag name) for every flag."""
+    for section, cls in SECTIONS.items():
+        if section in ("validation", "sample", "export"):
+            continue  # structured values; params.yaml only
+        for f in fields(cls):
+            yield section, f, f.metadata.get("flag") or f.name
+
+
+def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
+    """DiffSynth's ``train.py`` flags (same names, types, defaults) plus ours; defaults are DiffSynth's."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train with DiffSynth-Studio's flags.",
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--params", default=argparse.SUPPRESS,
+                        help="start from this params.yaml; flags given on the command line override it")
+    for section, f, flag in _flag_fields():
+        hints = get_type_hints(SECTIONS[section])
+        annotation = hints[f.name]
+        base = next((a for a in get_args(annotation) if a is not type(None)), annotation)
+        help_text = f"{f.metadata.get('help', '')} [{section}.{f.name}]"
+        if base is bool:
+            parser.add_argument(f"--{flag}", dest=f"{section}.{f.name}", action="store_true", help=help_text)
+        else:
+            parser.add_argument(f"--{flag}", dest=f"{section}.{f.name}", type=str, help=help_text,
+                                metavar=base.__name__.upper())
+    for flag in UNSUPPORTED_FLAGS:
+        is_bool = isinstance(UNSUPPORTED_FLAGS[flag], bool)
+        parser.add_argument(f"--{flag}", dest=f"unsupported.{flag}", help="not supported yet",
+                            **({"action": "store_true"} if is_bool else {"type": str}))
+    return parser
+
+
+def config_from_args(argv: list[str], base: dict | None = None) -> Config:
+    """Parse DiffSynth flags over ``base`` (a params dict) and return the config they mean."""
+    parser = build_arg_parser()
+    ns = vars(parser.parse_args(argv))
+    unsupported = sorted(k.split(".", 1)[1] for k in ns if k.startswith("unsupported."))
+    if unsupported:
+        raise ConfigError("Not supported yet: " + ", ".join(f"--{u}" for u in unsupported)
+                          + ". Remove these flags; see the flag table in README.md.")
+    data: dict = {}
+    if "params" in ns:
+        data = yaml.safe_load(Path(ns.pop("params")).read_text()) or {}
+    elif base:
+        data = base
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dest, value in ns.items():
+        section, key = dest.split(".", 1)
+        data.setdefault(section, {})[key] = value
+    return config_from_dict(data)
+
+
+def diffsynth_defaults() -> dict:
+    """Every section at DiffSynth's defaults (what a bare ``train.py`` command line means)."""
+    return Config().to_dict()
+
+
+def dump_params(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,68 @@
+"""The built-in sample dataset: coloured shapes a model can learn to tell apart, in DiffSynth's layout."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 30)}
+SHAPES = ("circle", "square", "triangle", "cross")
+BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15)}
+
+
+def draw_shape(shape: str, colour: tuple, background: tuple, size: int) -> Image.Image:
+    image = Image.new("RGB", (size, size), background)
+    d = ImageDraw.Draw(image)
+    m = size // 5
+    box = (m, m, size - m, size - m)
+    if shape == "circle":
+        d.ellipse(box, fill=colour)
+    elif shape == "square":
+        d.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        d.polygon([(size // 2, m), (size - m, size - m), (m, size - m)], fill=colour)
+    elif shape == "cross":
+        t = size // 8
+        d.rectangle((size // 2 - t, m, size // 2 + t, size - m), fill=colour)
+        d.rectangle((m, size // 2 - t, size - m, size // 2 + t), fill=colour)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return image
+
+
+def build_shapes_dataset(out_dir: str | Path, size: int = 128) -> Path:
+    """Write 32 images (4 colours × 4 shapes × 2 backgrounds) and ``metadata.csv`` (image,prompt).
+
+    The folder is rebuilt from scratch in a temporary sibling and swapped in, so a crash never leaves
+    half a dataset behind.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = []
+    for bg_name, bg in BACKGROUNDS.items():
+        for colour_name, colour in COLOURS.items():
+            for shape in SHAPES:
+                name = f"{colour_name}_{shape}_on_{bg_name}.png"
+                draw_shape(shape, colour, bg, size).save(tmp / name)
+                rows.append((name, f"a {colour_name} {shape} on a {bg_name} background"))
+    with open(tmp / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "prompt"])
+        writer.writerows(rows)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir / "metadata.csv"
+
+
+BUILTIN_DATASETS = {"shapes": build_shapes_dataset}
+
+
+def build_builtin(name: str, out_dir: str | Path) -> Path:
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"Unknown built-in dataset {name!r}; available: {sorted(BUILTIN_DATASETS)}")
+    return BUILTIN_DATASETS[name](out_dir)

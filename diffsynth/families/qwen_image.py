@@ -1,0 +1,166 @@
+"""Qwen-Image (reference spec §5.1): QwenImageTransformer2DModel DiT, AutoencoderKLQwenImage VAE,
+Qwen2.5-VL text encoder, Qwen2 tokenizer."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..models.components import load_component, load_tokenizer
+from ..models.model_config import ModelConfig, fetch, parse_path_or_model_id
+from .base import Pipeline
+
+FAMILY = "qwen_image"
+HEIGHT_FACTOR = WIDTH_FACTOR = 16  # image sides are floored to this multiple (VAE 8 x 2x2 patches)
+DEFAULT_TOKENIZER = "Qwen/Qwen-Image:tokenizer/"
+# DiffSynth's (and the official) text-to-image prompt template; the prefix tokens are dropped after encoding.
+PROMPT_TEMPLATE = (
+    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
+    "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+MAX_PROMPT_TOKENS = 4096
+# Every Linear of a Qwen-Image block that DiffSynth's recipe puts LoRA on.
+LORA_TARGETS = "to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1"
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (1, 3, H, W) in [-1, 1]."""
+    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
+    return (array / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)
+
+
+def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> PIL RGB."""
+    array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/2·W/2, 4C): 2×2 patches as tokens."""
+    b, c, h, w = latents.shape
+    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latents` for a latent grid of ``height``×``width``."""
+    b, _, d = tokens.shape
+    c = d // 4
+    return tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
+
+
+def inference_sigmas(num_steps: int, image_seq_len: int) -> torch.Tensor:
+    """DiffSynth's Qwen-Image inference grid: dynamic mu from the token count, shift-terminal 0.02, then 0."""
+    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
+    mu = 0.5 + (0.9 - 0.5) * (image_seq_len - 256) / (8192 - 256)
+    s = math.exp(mu) / (math.exp(mu) + (1.0 / s - 1.0))
+    s = 1.0 - (1.0 - s) / ((1.0 - s[-1]) / (1.0 - 0.02))
+    return torch.cat([s, torch.zeros(1, dtype=s.dtype)]).float()
+
+
+class QwenImagePipeline(Pipeline):
+    family = FAMILY
+    schedule_name = "qwen_image"
+    height_factor = HEIGHT_FACTOR
+    width_factor = WIDTH_FACTOR
+    default_lora_targets = LORA_TARGETS
+
+    def __init__(self, dit, vae, text_encoder, tokenizer, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.dit = dit
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.torch_dtype = dtype
+        z = vae.config.z_dim
+        self.register_buffer("latents_mean", torch.tensor(vae.config.latents_mean).view(1, z, 1, 1), persistent=False)
+        self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1), persistent=False)
+        self._drop_idx = len(tokenizer(PROMPT_TEMPLATE.split("{}")[0])["input_ids"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    # ---------------------------------------------------------------- encoders (no gradient)
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Last hidden state of the text encoder over the templated prompt, template tokens dropped: (1, L, D)."""
+        tokens = self.tokenizer(PROMPT_TEMPLATE.format(prompt), max_length=MAX_PROMPT_TOKENS + self._drop_idx,
+                                truncation=True, return_tensors="pt")
+        ids = tokens["input_ids"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device)
+        out = self.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden = out.hidden_states[-1][:, self._drop_idx:]
+        return hidden.to(self.torch_dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """VAE latents, normalised by the VAE's latents_mean/std: (1, z, H/8, W/8)."""
+        pixels = image_to_tensor(image).to(self.device, self.torch_dtype).unsqueeze(2)  # the VAE wants (B,C,T,H,W)
+        latents = self.vae.encode(pixels).latent_dist.mode()[:, :, 0]
+        return ((latents - self.latents_mean) / self.latents_std).to(self.torch_dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        latents = latents * self.latents_std + self.latents_mean
+        pixels = self.vae.decode(latents.unsqueeze(2).to(self.torch_dtype)).sample[:, :, 0]
+        return tensor_to_image(pixels[0])
+
+    def encode(self, item: dict) -> dict:
+        image = item["image"]
+        if isinstance(image, list):
+            image = image[0]
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(f"row has no prompt string: {prompt!r}")
+        return {"latents": self.encode_image(image), "prompt_emb": self.encode_prompt(prompt)}
+
+    # ---------------------------------------------------------------- denoiser
+    def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
+        _, _, h, w = noisy_latents.shape
+        prompt_emb = inputs["prompt_emb"]
+        mask = torch.ones(prompt_emb.shape[:2], dtype=torch.long, device=prompt_emb.device)
+        out = self.dit(
+            hidden_states=pack_latents(noisy_latents.to(self.torch_dtype)),
+            encoder_hidden_states=prompt_emb,
+            encoder_hidden_states_mask=mask,
+            timestep=(timestep / 1000).to(self.torch_dtype).reshape(-1).to(self.device),  # DiT takes t in [0, 1]
+            img_shapes=[[(1, h // 2, w // 2)]] * noisy_latents.shape[0],
+            return_dict=False,
+        )[0]
+        return unpack_latents(out, h, w)
+
+    @torch.no_grad()
+    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int) -> Image.Image:
+        """Euler sampling of the flow (cfg 1), as DiffSynth's pipeline does at cfg_scale=1."""
+        factor = 2 ** len(self.vae.config.temperal_downsample)
+        h, w = height // factor, width // factor
+        generator = torch.Generator().manual_seed(seed)
+        latents = torch.randn((1, self.vae.config.z_dim, h, w), generator=generator).to(self.device, self.torch_dtype)
+        inputs = {"prompt_emb": self.encode_prompt(prompt)}
+        sigmas = inference_sigmas(num_inference_steps, (h // 2) * (w // 2))
+        for i in range(num_inference_steps):
+            velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
+            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+        return self.decode(latents)
+
+
+def load_pipeline(model_configs: list[ModelConfig], tokenizer_path: str | None, dtype: torch.dtype,
+                  device: torch.device | str = "cpu") -> QwenImagePipeline:
+    """Fetch and detect every model entry, load DiT, VAE, text encoder and tokenizer."""
+    components = {}
+    for config in model_configs:
+        component, module = load_component(fetch(config), FAMILY, dtype)
+        if component in components:
+            raise ValueError(f"Two model entries are both a Qwen-Image {component} "
+                             f"(second: {config.source_string!r}); give each model once")
+        components[component] = module
+    missing = [c for c in ("dit", "vae", "text_encoder") if c not in components]
+    if missing:
+        raise ValueError(f"Qwen-Image training needs a DiT, a VAE and a text encoder; missing: {missing}. "
+                         "Add them to model.model_id_with_origin_paths or model.model_paths.")
+    tokenizer = load_tokenizer(fetch(parse_path_or_model_id(tokenizer_path, DEFAULT_TOKENIZER)))
+    pipe = QwenImagePipeline(components["dit"], components["vae"], components["text_encoder"], tokenizer, dtype)
+    return pipe.to(device)

@@ -1,0 +1,1 @@
+"""Model configuration, fetching, detection, loading and tiny presets (reference spec §3)."""

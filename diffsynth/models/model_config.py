@@ -1,0 +1,158 @@
+"""DiffSynth's two model flags (spec §3.1, §3.2) and the fetch that turns each entry into files.
+
+``--model_paths`` is a JSON list whose items are a path or a list of shard paths; ``--model_id_with_origin_paths``
+is a comma list of ``model_id:glob`` split on the last ``:``. Both may be given; each entry is one model.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..files import project_root
+
+
+# Tiny presets are written under this model-id namespace, so they can never be mistaken for real weights.
+TINY_MODEL_NAMESPACE = "diffsynth-tiny"
+
+
+class ModelConfigError(ValueError):
+    """A model flag or file that cannot be used; the message names it and says what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """One model: local ``path`` (file or shard list), or ``model_id`` + ``origin_file_pattern`` on ModelScope."""
+
+    path: str | list[str] | None = None
+    model_id: str | None = None
+    origin_file_pattern: str | None = None
+    source_string: str = ""  # the flag entry as the user wrote it (fp8_models etc. match on it)
+
+    def files(self) -> list[str]:
+        if self.path is None:
+            raise ModelConfigError(f"{self.source_string}: not fetched yet")
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+def model_base_path() -> Path:
+    """``$DIFFSYNTH_MODEL_BASE_PATH``, else ``<project root>/models`` (DiffSynth: ``./models``).
+
+    Anchored at the project root so DVC experiments in ``.dvc/tmp/exps`` share one download folder.
+    """
+    env = os.environ.get("DIFFSYNTH_MODEL_BASE_PATH")
+    return Path(env) if env else project_root() / "models"
+
+
+def skip_download() -> bool:
+    return os.environ.get("DIFFSYNTH_SKIP_DOWNLOAD", "false").strip().lower() == "true"
+
+
+def parse_model_paths(text: str | None) -> list[ModelConfig]:
+    if not text:
+        return []
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        snippet = text[max(0, e.pos - 30): e.pos + 10]
+        raise ModelConfigError(
+            f"--model_paths is not valid JSON ({e.msg} at character {e.pos}, near {snippet!r}). "
+            "A common cause is a stray comma after the last item of a list (DiffSynth's own warning: "
+            "no extra ',' in the JSON)." ) from None
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, list):
+        raise ModelConfigError("--model_paths must be a JSON list of paths (or of lists of shard paths)")
+    configs = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) or (isinstance(item, list) and item and all(isinstance(p, str) for p in item)):
+            configs.append(ModelConfig(path=item, source_string=item if isinstance(item, str) else json.dumps(item)))
+        else:
+            raise ModelConfigError(f"--model_paths item {i} is {item!r}: expected a path or a list of shard paths")
+    return configs
+
+
+def parse_model_id_with_origin_paths(text: str | None) -> list[ModelConfig]:
+    configs = []
+    for entry in (text or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        if ":" not in entry:
+            raise ModelConfigError(f"--model_id_with_origin_paths entry {entry!r} has no ':'; "
+                                   "write model_id:file_pattern, e.g. Qwen/Qwen-Image:vae/*.safetensors")
+        model_id, pattern = entry.rsplit(":", 1)
+        configs.append(ModelConfig(model_id=model_id, origin_file_pattern=pattern, source_string=entry))
+    return configs
+
+
+def parse_model_configs(model_paths: str | None, model_id_with_origin_paths: str | None) -> list[ModelConfig]:
+    configs = parse_model_paths(model_paths) + parse_model_id_with_origin_paths(model_id_with_origin_paths)
+    if not configs:
+        raise ModelConfigError("No models given: set model.model_paths and/or model.model_id_with_origin_paths")
+    return configs
+
+
+def parse_path_or_model_id(value: str | None, default: str) -> ModelConfig:
+    """Tokenizer/processor flags: an existing local path, else ``model_id:folder/``."""
+    value = value or default
+    if os.path.exists(value):
+        return ModelConfig(path=value, source_string=value)
+    if ":" not in value:
+        raise ModelConfigError(f"{value!r} is neither an existing path nor model_id:path")
+    model_id, pattern = value.rsplit(":", 1)
+    return ModelConfig(model_id=model_id, origin_file_pattern=pattern, source_string=value)
+
+
+def _normalise_pattern(pattern: str | None) -> str:
+    if pattern in (None, "", "./"):
+        return "*"
+    return pattern + "*" if pattern.endswith("/") else pattern
+
+
+def download(model_id: str, local_dir: Path, allow_patterns: list[str], ignore_patterns: list[str]) -> None:
+    """Fetch files from ModelScope (the network boundary; tests replace it)."""
+    from modelscope import snapshot_download
+
+    snapshot_download(model_id, local_dir=str(local_dir), allow_file_pattern=allow_patterns,
+                      ignore_file_pattern=ignore_patterns or None)
+
+
+def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None = None) -> ModelConfig:
+    """Resolve ``config`` to local files, downloading missing ones unless skipping (spec §3.1)."""
+    if config.path is not None:
+        for p in config.files():
+            if not os.path.exists(p):
+                raise ModelConfigError(f"Model file {p} (from {config.source_string!r}) does not exist")
+        return config
+    base_path = Path(base_path) if base_path is not None else model_base_path()
+    skip = skip_download() if skip is None else skip
+    skip = skip or config.model_id.split("/")[0] == TINY_MODEL_NAMESPACE  # tiny presets exist on no hub
+    local_dir = base_path / config.model_id
+    pattern = _normalise_pattern(config.origin_file_pattern)
+    present = sorted(glob.glob(str(local_dir / pattern)))
+    if not skip:
+        folder = os.path.dirname(pattern)
+        # also bring the folder's config.json and shard index, which loading needs
+        allow = [pattern] + ([f"{folder}/*.json"] if folder else ["*.json"])
+        ignore = [os.path.relpath(p, local_dir) for p in present]
+        try:
+            download(config.model_id, local_dir, allow, ignore)
+        except OSError as e:
+            if not present:
+                raise ModelConfigError(
+                    f"Could not download {config.model_id}:{pattern} into {local_dir} ({type(e).__name__}: {e}). "
+                    "Offline? Put the files there yourself and set DIFFSYNTH_SKIP_DOWNLOAD=true, or point "
+                    "model.model_paths at local files.") from None
+        present = sorted(glob.glob(str(local_dir / pattern)))
+    if not present:
+        raise ModelConfigError(f"No files match {pattern!r} in {local_dir} (entry {config.source_string!r}); "
+                               + ("DIFFSYNTH_SKIP_DOWNLOAD is set, so nothing was downloaded." if skip else
+                                  "check the pattern against the model repository's file list."))
+    if (config.origin_file_pattern or "").endswith("/"):
+        config.path = str(local_dir / config.origin_file_pattern.rstrip("/"))  # a folder (tokenizer, processor)
+    else:
+        config.path = present[0] if len(present) == 1 else present
+    return config

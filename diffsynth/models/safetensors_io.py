@@ -1,0 +1,82 @@
+"""Reading model files (one file or a shard list) and writing sharded safetensors with an index."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..files import atomic_path, write_json
+
+
+class ModelFileError(ValueError):
+    pass
+
+
+def read_keys_and_shapes(files: list[str]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape for all tensors of a file set, without reading tensor data."""
+    shapes = {}
+    for path in files:
+        if not str(path).endswith(".safetensors"):
+            raise ModelFileError(f"{path}: only .safetensors files are loaded (pickled .bin/.pth are refused for "
+                                 "safety); convert it or use DiffSynth-Studio/Wan-Series-Converted-Safetensors")
+        try:
+            with safe_open(path, "pt") as f:
+                for key in f.keys():
+                    shapes[key] = tuple(f.get_slice(key).get_shape())
+        except (SafetensorError, OSError) as e:
+            raise ModelFileError(f"{path} is not a readable safetensors file ({e}); it may be truncated by an "
+                                 "interrupted download: delete it and fetch again") from None
+    return shapes
+
+
+def load_state_dict(files: list[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    state = {}
+    for path in files:
+        try:
+            with safe_open(path, "pt") as f:
+                for key in f.keys():
+                    t = f.get_tensor(key)
+                    state[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        except (SafetensorError, OSError) as e:
+            raise ModelFileError(f"{path} is not a readable safetensors file ({e}); it may be truncated: "
+                                 "delete it and fetch again") from None
+    return state
+
+
+def save_sharded(state: dict[str, torch.Tensor], folder: str | Path, stem: str, num_shards: int) -> list[Path]:
+    """Write ``<stem>-0000i-of-0000n.safetensors`` + ``<stem>.safetensors.index.json`` (HF layout).
+
+    With ``num_shards == 1`` writes ``<stem>.safetensors`` and no index, as the real repositories do.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = sorted(state)
+    if num_shards <= 1:
+        target = folder / f"{stem}.safetensors"
+        with atomic_path(target) as tmp:
+            save_file({k: state[k].contiguous() for k in keys}, str(tmp), metadata={"format": "pt"})
+        return [target]
+    chunks = [keys[i::num_shards] for i in range(num_shards)]
+    chunks = [sorted(c) for c in chunks if c]
+    n = len(chunks)
+    written, weight_map, total = [], {}, 0
+    for i, chunk in enumerate(chunks, start=1):
+        name = f"{stem}-{i:05d}-of-{n:05d}.safetensors"
+        with atomic_path(folder / name) as tmp:
+            save_file({k: state[k].contiguous() for k in chunk}, str(tmp), metadata={"format": "pt"})
+        written.append(folder / name)
+        for k in chunk:
+            weight_map[k] = name
+            total += state[k].numel() * state[k].element_size()
+    write_json(folder / f"{stem}.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return written
+
+
+def config_beside(files: list[str]) -> dict | None:
+    """The ``config.json`` in the folder of the first file, if there is one."""
+    path = Path(os.path.dirname(files[0])) / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None

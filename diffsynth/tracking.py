@@ -1,0 +1,154 @@
+"""MLflow, called directly (accelerate's tracker drops images and long params). The only module that
+imports mlflow.
+
+The default store is a SQLite file at the project root with artifacts beside it, both as absolute paths,
+so runs started by DVC in ``.dvc/tmp/exps/...`` land in the same store as runs in the workspace. A store
+that fails never stops training: the tracker says so once and carries on; metrics also go to local CSV.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from .files import project_root
+
+# log_table re-downloads the table to append to it; its progress bar is noise in stage logs
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(configured: str = "") -> str:
+    """``tracking.uri`` param, else ``$MLFLOW_TRACKING_URI``, else the project's SQLite store."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class MetricsCSV:
+    """Append-only ``step,key,value`` rows (DiffSynth's ``--enable_csv_log`` format), flushed per row."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(["step", "key", "value"])
+            self._file.flush()
+
+    def log(self, metrics: dict, step: int) -> None:
+        for key, value in metrics.items():
+            self._writer.writerow([step, key, value])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Tracker:
+    """One MLflow run. Every call is a no-op when disabled (non-main ranks) or after the store failed."""
+
+    def __init__(self, experiment: str, uri: str = "", enabled: bool = True):
+        self.experiment = experiment
+        self.uri = resolve_tracking_uri(uri)
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self._mlflow = None
+
+    def _fail(self, what: str, error: Exception) -> None:
+        print(f"[tracking] MLflow {what} failed ({type(error).__name__}: {error}); training goes on without "
+              f"MLflow, metrics are still written to local CSV.", file=sys.stderr)
+        self.enabled = False
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        if not self.enabled or self._mlflow is None:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # a tracking failure must never cost the training run
+            self._fail(what, e)
+            return None
+
+    def start(self, params: dict | None = None, tags: dict | None = None, run_name: str | None = None,
+              run_id: str | None = None) -> str | None:
+        """Start a new run (or reopen ``run_id``) and log ``params`` once."""
+        if not self.enabled:
+            return None
+        try:
+            import mlflow
+            self._mlflow = mlflow
+            mlflow.set_tracking_uri(self.uri)
+            if run_id is None:
+                exp = mlflow.get_experiment_by_name(self.experiment)
+                if exp is None:
+                    location = None
+                    if self.uri.startswith("sqlite:///"):
+                        # artifacts beside the database, not under whatever folder we were started in
+                        location = (Path(self.uri[len("sqlite:///"):]).parent / "mlruns").as_uri()
+                    mlflow.create_experiment(self.experiment, artifact_location=location)
+                mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=tags)
+            self.run_id = run.info.run_id
+            if params:
+                mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+        except Exception as e:
+            self._fail("start", e)
+            return None
+        return self.run_id
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self._call("log_metrics", lambda: self._mlflow.log_metrics(metrics, step=step))
+
+    def log_image(self, image, key: str, step: int) -> None:
+        self._call("log_image", lambda: self._mlflow.log_image(image, key=key, step=step))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
+
+    def log_table(self, data: dict, artifact_file: str) -> None:
+        self._call("log_table", lambda: self._mlflow.log_table(data, artifact_file=artifact_file))
+
+    def set_tags(self, tags: dict) -> None:
+        self._call("set_tags", lambda: self._mlflow.set_tags(tags))
+
+    def log_dataset(self, rows: list[dict], source: str, name: str, digest: str | None = None) -> None:
+        def _log():
+            import pandas as pd
+            frame = pd.DataFrame(rows).astype(str)
+            with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = self._mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+            self._mlflow.log_input(dataset, context="training")
+        self._call("log_input", _log)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call("end_run", lambda: self._mlflow.end_run(status=status))
+
+
+def run_tags(family: str, tiny_preset: str, manifests: dict[str, str]) -> dict:
+    """Lineage tags: git commit, DVC experiment, family, preset, manifest hashes."""
+    root = project_root()
+    tags = {"family": family, "preset": tiny_preset or "real",
+            "tiny_preset": "true" if tiny_preset else "false"}
+    commit = git_commit(root)
+    if commit:
+        tags["git_commit"] = commit
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    tags.update({f"{name}_sha256": digest for name, digest in manifests.items()})
+    return tags

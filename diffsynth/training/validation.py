@@ -1,0 +1,36 @@
+"""Fixed-noise validation loss: the same rows, noise and sigmas at every evaluation, so the numbers are
+comparable across steps and runs (the training loss itself jumps with the random timestep)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..families.base import Pipeline
+from .loss import noised
+from .schedule import FlowMatchSchedule
+
+
+class FixedNoiseValidator:
+    def __init__(self, items: list[dict], sigmas: list[float], seed: int):
+        if not items:
+            raise ValueError("validation needs at least one dataset row")
+        self.items = items
+        self.sigmas = [float(s) for s in sigmas]
+        self.seed = seed
+
+    @torch.no_grad()
+    def evaluate(self, pipe: Pipeline, schedule: FlowMatchSchedule) -> dict[str, float]:
+        """Unweighted MSE per fixed sigma (averaged over the rows) and their mean, as ``val_loss``."""
+        generator = torch.Generator().manual_seed(self.seed)
+        per_sigma = {s: 0.0 for s in self.sigmas}
+        for item in self.items:
+            inputs = pipe.encode(item)
+            latents = inputs["latents"]
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+            for s in self.sigmas:
+                t, sigma, _ = schedule.sigma_for(s)
+                pred = pipe.predict(noised(latents, noise, sigma.to(latents.device)), t.to(latents.device), inputs)
+                per_sigma[s] += F.mse_loss(pred.float(), (noise - latents).float()).item() / len(self.items)
+        metrics = {f"val_loss/sigma_{s:g}": v for s, v in per_sigma.items()}
+        metrics["val_loss"] = sum(per_sigma.values()) / len(per_sigma)
+        return metrics

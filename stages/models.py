@@ -1,0 +1,42 @@
+"""DVC stage `models`: write the tiny preset (if model.tiny_preset is set), resolve every model entry through
+the same fetch code a real ModelScope id uses, and write the manifest (files, sizes, sha256).
+
+The model bytes live under $DIFFSYNTH_MODEL_BASE_PATH (default <project>/models), not in the DVC cache."""
+import os
+import sys
+
+from _layout import MODEL_MANIFEST
+from diffsynth.config import load_params
+from diffsynth.files import project_root, write_json
+from diffsynth.models.manifest import build_manifest
+from diffsynth.models.model_config import TINY_MODEL_NAMESPACE, fetch, model_base_path, parse_model_configs, parse_path_or_model_id
+from diffsynth.models.tiny import TINY_PRESETS, write_tiny_model
+
+
+def main() -> int:
+    config = load_params()
+    m = config.model
+    configs = parse_model_configs(m.model_paths, m.model_id_with_origin_paths)
+    if m.tiny_preset:
+        model_ids = {c.model_id for c in configs if c.model_id}
+        if len(model_ids) != 1:
+            raise SystemExit(f"model.tiny_preset needs exactly one model_id in model_id_with_origin_paths, got {model_ids}")
+        model_id = model_ids.pop()
+        if model_id.split("/")[0] != TINY_MODEL_NAMESPACE:
+            raise SystemExit(f"Tiny presets are written under the model id prefix {TINY_MODEL_NAMESPACE}/, not {model_id!r}, "
+                             "so a tiny model can never be mistaken for downloaded real weights.")
+        print(f"[models] writing tiny preset {m.tiny_preset!r} ({TINY_PRESETS[m.tiny_preset][1]} layout)")
+        write_tiny_model(m.tiny_preset, model_base_path() / model_id, seed=config.train.seed)
+    entries = {c.source_string: fetch(c).files() for c in configs}
+    if m.tokenizer_path:
+        tok = fetch(parse_path_or_model_id(m.tokenizer_path, ""))
+        entries[m.tokenizer_path] = [os.path.join(tok.files()[0], f) for f in sorted(os.listdir(tok.files()[0]))]
+    manifest = build_manifest(entries, project_root())
+    manifest["tiny_preset"] = m.tiny_preset or None
+    write_json(MODEL_MANIFEST, manifest)
+    print(f"[models] {sum(len(v) for v in entries.values())} files, {manifest['total_size'] / 1e6:.1f} MB -> {MODEL_MANIFEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
