@@ -1,0 +1,38 @@
+"""Shared fixtures: tiny models and datasets are generated once per session, never downloaded."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tests never reach a hub: a forgotten fake must fail fast, not after 22 s of retries.
+os.environ.setdefault("DIFFSYNTH_SKIP_DOWNLOAD", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def model_base(tmp_path_factory) -> Path:
+    """A model base folder holding the tiny Qwen-Image preset at diffsynth-tiny/Qwen-Image."""
+    from diffsynth.models.tiny import write_tiny_model
+
+    base = tmp_path_factory.mktemp("models")
+    write_tiny_model("qwen-image", base / "diffsynth-tiny" / "Qwen-Image")
+    return base
+
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory) -> Path:
+    """The built-in shapes dataset; returns its metadata.csv."""
+    from diffsynth.data.sample_dataset import build_shapes_dataset
+
+    return build_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes")
+
+
+TINY_QWEN_MODELS = ("diffsynth-tiny/Qwen-Image:transformer/diffusion_pytorch_model*.safetensors,"
+                    "diffsynth-tiny/Qwen-Image:text_encoder/model*.safetensors,"
+                    "diffsynth-tiny/Qwen-Image:vae/diffusion_pytorch_model.safetensors")
+TINY_QWEN_TOKENIZER = "diffsynth-tiny/Qwen-Image:tokenizer/"
