@@ -1,0 +1,28 @@
+"""Building configs for tests from the repository's params.yaml."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from diffsynth.config import Config, config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_config(tmp_path: Path, metadata: Path, **overrides) -> Config:
+    """The default params (tiny Qwen-Image LoRA) on ``metadata``, writing into ``tmp_path``.
+
+    ``overrides`` are ``section__key=value`` pairs.
+    """
+    data = copy.deepcopy(DEFAULT_PARAMS)
+    data["dataset"]["dataset_base_path"] = str(metadata.parent)
+    data["dataset"]["dataset_metadata_path"] = str(metadata)
+    data["output"]["output_path"] = str(tmp_path / "out")
+    data["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for key, value in overrides.items():
+        section, name = key.split("__", 1)
+        data[section][name] = value
+    return config_from_dict(data)

@@ -1,0 +1,90 @@
+"""params.yaml <-> DiffSynth flags."""
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from diffsynth.config import ConfigError, config_from_args, config_from_dict, flatten, load_params
+from helpers import DEFAULT_PARAMS, REPO
+
+# The seed document's Qwen-Image full-training command, verbatim after the script name.
+SEED_QWEN_FULL = """--dataset_base_path data/example_image_dataset \
+--dataset_metadata_path data/example_image_dataset/metadata.csv \
+--max_pixels 1048576 \
+--dataset_repeat 50 \
+--model_id_with_origin_paths "Qwen/Qwen-Image:transformer/diffusion_pytorch_model*.safetensors,Qwen/Qwen-Image:text_encoder/model*.safetensors,Qwen/Qwen-Image:vae/diffusion_pytorch_model.safetensors" \
+--learning_rate 1e-5 \
+--num_epochs 2 \
+--remove_prefix_in_ckpt "pipe.dit." \
+--output_path "./models/train/Qwen-Image_full" \
+--trainable_models "dit" \
+--use_gradient_checkpointing \
+--find_unused_parameters"""
+
+
+def test_repository_params_load_and_every_section_is_known():
+    config = load_params(REPO / "params.yaml")
+    assert config.model.tiny_preset == "qwen-image"
+    assert set(DEFAULT_PARAMS) == set(config.to_dict())
+
+
+def test_seed_document_command_gives_the_same_run():
+    config = config_from_args(shlex.split(SEED_QWEN_FULL))
+    assert config.dataset.dataset_base_path == "data/example_image_dataset"
+    assert config.dataset.dataset_metadata_path == "data/example_image_dataset/metadata.csv"
+    assert config.dataset.dataset_repeat == 50
+    assert config.resolution.max_pixels == 1048576
+    assert config.resolution.height is None and config.resolution.width is None
+    assert config.model.model_id_with_origin_paths.count("Qwen/Qwen-Image:") == 3
+    assert config.train.learning_rate == 1e-5
+    assert config.train.num_epochs == 2
+    assert config.train.trainable_models == "dit"
+    assert config.train.find_unused_parameters is True
+    assert config.gradient.use_gradient_checkpointing is True
+    assert config.output.output_path == "./models/train/Qwen-Image_full"
+    assert config.output.remove_prefix_in_ckpt == "pipe.dit."
+    # flags not given keep DiffSynth's defaults
+    assert config.train.weight_decay == 0.01
+    assert config.lora.lora_rank == 32
+    assert config.lora.lora_target_modules == "q,k,v,o,ffn.0,ffn.2"
+    assert config.output.save_steps is None
+    assert config.model.torch_dtype == "bfloat16"
+
+
+def test_params_from_args_cli_prints_loadable_params(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "diffsynth.cli", "params", "--from-args", *shlex.split(SEED_QWEN_FULL)],
+                         capture_output=True, text=True, check=True).stdout
+    data = yaml.safe_load(out)
+    assert data["train"]["learning_rate"] == 1e-5
+    assert data["gradient"]["use_gradient_checkpointing"] is True
+    assert config_from_dict(data).train.trainable_models == "dit"
+
+
+def test_unknown_key_names_the_key_and_suggests():
+    data = {"train": {"learnign_rate": 1.0}, "lora": {"lora_base_model": "dit"}}
+    with pytest.raises(ConfigError, match=r"train\.learnign_rate.*learning_rate"):
+        config_from_dict(data)
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(ConfigError, match=r"train\.num_epochs = 'two'"):
+        config_from_dict({"train": {"num_epochs": "two"}, "lora": {"lora_base_model": "dit"}})
+    with pytest.raises(ConfigError, match="dataset.on_invalid"):
+        config_from_dict({"dataset": {"on_invalid": "ignore"}, "lora": {"lora_base_model": "dit"}})
+
+
+def test_unsupported_flag_is_an_error_not_ignored():
+    with pytest.raises(ConfigError, match="--enable_wandb_log"):
+        config_from_args(["--lora_base_model", "dit", "--enable_wandb_log"])
+
+
+def test_nothing_to_train_is_refused():
+    with pytest.raises(ConfigError, match="Nothing to train"):
+        config_from_args(["--dataset_base_path", "x"])
+
+
+def test_flatten_for_mlflow():
+    flat = flatten({"train": {"learning_rate": 1e-4}, "sample": {"seeds": [0, 1]}})
+    assert flat == {"train.learning_rate": 1e-4, "sample.seeds": "[0, 1]"}

@@ -1,0 +1,132 @@
+"""`dvc repro` on a fresh copy of the repository: every stage runs for real, MLflow records the run, and a
+second `dvc repro` has nothing to do."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+# generated things at the top level (and DVC's cache) are not part of a fresh clone
+TOP_LEVEL_SKIP = {".git", ".venv", "outputs", "reports", "models", "mlflow.db", "mlruns", "mlartifacts", "dvc.lock",
+                  ".pytest_cache", "data"}
+
+
+def copy_repo(dst: Path) -> Path:
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        parts = Path(rel).parts
+        if parts[0] in TOP_LEVEL_SKIP or "__pycache__" in parts or parts[:2] in ((".dvc", "cache"), (".dvc", "tmp")):
+            continue
+        if not (REPO / rel).exists():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dst / rel)
+    env = pipeline_env(dst)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dst, check=True, env=env)
+    return dst
+
+
+def pipeline_env(root: Path) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update({"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"})
+    for var in ("DIFFSYNTH_MODEL_BASE_PATH", "MLFLOW_TRACKING_URI", "DIFFSYNTH_SKIP_DOWNLOAD"):
+        env.pop(var, None)  # the pipeline's own defaults are what is tested
+    return env
+
+
+def dvc(root: Path, *args: str) -> str:
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=root, env=pipeline_env(root),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    root = copy_repo(tmp_path_factory.mktemp("repo"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["num_epochs"] = 2  # 64 steps: enough for the assertions, half the default time
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = dvc(root, "repro")
+    return root, first
+
+
+@pytest.mark.slow
+def test_every_stage_runs_and_writes_its_outputs(repro):
+    root, log = repro
+    for stage in ("fetch_data", "data", "models", "train", "export"):
+        assert f"Running stage '{stage}'" in log
+    assert (root / "dvc.lock").exists()
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"fetch_data", "data", "models", "train", "export"}
+    report = json.loads((root / "reports/data.json").read_text())
+    assert report["total_rows"] == report["valid_rows"] == 32
+    manifest = json.loads((root / "outputs/models/manifest.json").read_text())
+    paths = [f["path"] for files in manifest["models"].values() for f in files]
+    assert "models/diffsynth-tiny/Qwen-Image/transformer/diffusion_pytorch_model-00001-of-00003.safetensors" in paths
+    assert all(len(f["sha256"]) == 64 for files in manifest["models"].values() for f in files if f["sha256"])
+    compat = json.loads((root / "outputs/export/lora_compat.json").read_text())
+    assert compat["unmatched_modules"] == 0 and compat["matched_modules"] == 18
+
+
+@pytest.mark.slow
+def test_exported_lora_keys_shapes_and_diffusers_load(repro):
+    root, _ = repro
+    lora = load_file(str(root / "outputs/export/pytorch_lora_weights.safetensors"))
+    assert len(lora) == 36
+    assert all(k.startswith("transformer.transformer_blocks.") and ".default." not in k for k in lora)
+    assert lora["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"].shape == (8, 64)
+    assert lora["transformer.transformer_blocks.1.img_mlp.net.2.lora_B.weight"].shape == (64, 8)
+
+    from diffusers import QwenImageTransformer2DModel
+    dit = QwenImageTransformer2DModel.from_pretrained(str(root / "models/diffsynth-tiny/Qwen-Image/transformer"))
+    dit.load_lora_adapter(str(root / "outputs/export/pytorch_lora_weights.safetensors"), prefix="transformer",
+                          adapter_name="trained")
+    loaded = {n: p for n, p in dit.named_parameters() if "lora_B.trained" in n}
+    assert len(loaded) == 18
+    key = "transformer_blocks.0.attn.to_q.lora_B.trained.weight"
+    assert (loaded[key] == lora["transformer.transformer_blocks.0.attn.to_q.lora_B.weight"]).all()
+
+
+@pytest.mark.slow
+def test_mlflow_run_has_params_losses_validation_images_and_checkpoint(repro):
+    root, _ = repro
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    run_id = json.loads((root / "outputs/train/mlflow_run.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.learning_rate"] == "0.002"
+    assert run.data.params["lora.lora_rank"] == "8"
+    assert run.data.params["model.family"] == "qwen_image"
+    assert run.data.tags["preset"] == "qwen-image"
+    losses = client.get_metric_history(run_id, "loss")
+    assert len(losses) == 64 and [m.step for m in losses] == list(range(1, 65))
+    val = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in val] == [0, 32, 64]
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert len(images) >= 1
+    checkpoints = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+    assert checkpoints == ["checkpoints/epoch-0.safetensors", "checkpoints/epoch-1.safetensors"]
+    exported = [a.path for a in client.list_artifacts(run_id, "export")]
+    assert "export/pytorch_lora_weights.safetensors" in exported
+    # the artifact store lives beside the database at the project root, not in a stage's working folder
+    assert run.info.artifact_uri.startswith((root / "mlruns").as_uri())
+
+
+@pytest.mark.slow
+def test_second_repro_runs_no_stage(repro):
+    root, _ = repro
+    log = dvc(root, "repro")
+    assert "Running stage" not in log
+    assert "Data and pipelines are up to date" in log
