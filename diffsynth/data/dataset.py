@@ -1,64 +1,94 @@
-"""The training dataset: DiffSynth's UnifiedDataset semantics for image rows (spec §2.1, §2.4)."""
+"""The training dataset: DiffSynth's UnifiedDataset semantics (spec §2.1, §2.4) for image and video rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from torch.utils.data import Dataset
 
-from .loading import absolute, load_image
 from .metadata import read_metadata
+from .operators import load_image_cell, load_video_cell
 from .resolution import resize_for_training
+
+DEFAULT_VIDEO_KEYS = ("video",)
 
 
 @dataclass(frozen=True)
 class ImageRules:
-    """How image files are sized: DiffSynth's height/width/max_pixels plus the family's size multiple."""
+    """How files are sized: DiffSynth's height/width/max_pixels plus the family's size multiple, and for
+    video columns how many leading frames are kept (``n % time_division_factor == time_division_remainder``)."""
 
     max_pixels: int = 1024 * 1024
     height: int | None = None
     width: int | None = None
     height_factor: int = 16
     width_factor: int = 16
+    num_frames: int = 81
+    time_division_factor: int = 4
+    time_division_remainder: int = 1
 
     def apply(self, image):
         return resize_for_training(image, self.max_pixels, self.height, self.width,
                                    self.height_factor, self.width_factor)
 
 
-def split_keys(value: str | None) -> list[str]:
-    return [k.strip() for k in (value or "").split(",") if k.strip()]
+VideoRules = ImageRules  # one set of rules covers both; the alias reads better at video call sites
+
+
+class DataLoadError(RuntimeError):
+    """A row's file could not be loaded; names the row, the column and the cause."""
+
+
+def split_keys(value: str | Iterable[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        return [k.strip() for k in value if k.strip()]
+    return [k.strip() for k in value.split(",") if k.strip()]
 
 
 class UnifiedDataset(Dataset):
-    """Rows of a metadata file; columns in ``data_file_keys`` are loaded as files, others pass through."""
+    """Rows of a metadata file; columns in ``data_file_keys`` are loaded as files, others pass through raw.
 
-    def __init__(self, base_path: str | Path, metadata_path: str | Path, data_file_keys: list[str],
-                 rules: ImageRules, repeat: int = 1):
+    A file column listed in ``video_keys`` is loaded as a video (list of frames), any other as an image
+    (or a list of images when the cell is a list). Keys missing from a row are skipped, as in DiffSynth.
+    """
+
+    def __init__(self, base_path: str | Path, metadata_path: str | Path, data_file_keys,
+                 rules: ImageRules, repeat: int = 1, *, video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
+                 max_data_items: int | None = None):
         self.base_path = str(base_path)
+        self.metadata_path = str(metadata_path)
         self.rows = read_metadata(metadata_path)
         if not self.rows:
             raise ValueError(f"{metadata_path} holds no rows: nothing to train on")
-        self.data_file_keys = list(data_file_keys)
+        self.data_file_keys = split_keys(data_file_keys)  # a str would iterate characters (a DiffSynth bug)
+        self.video_keys = set(video_keys)
         self.rules = rules
         self.repeat = repeat
+        self.max_data_items = max_data_items
 
     def __len__(self) -> int:
-        return len(self.rows) * self.repeat
+        return self.max_data_items or len(self.rows) * self.repeat
 
-    def load_file(self, value):
-        if isinstance(value, list):
-            return [self.load_file(v) for v in value]
-        if not isinstance(value, str):
-            raise ValueError(f"expected a file path, got {value!r}")
-        return self.rules.apply(load_image(absolute(self.base_path, value)))
+    def load_file(self, value, key: str = "image"):
+        loader = load_video_cell if key in self.video_keys else load_image_cell
+        return loader(self.base_path, value, self.rules)
 
-    def load_row(self, row: dict) -> dict:
+    def load_row(self, row: dict, index: int | None = None) -> dict:
         item = dict(row)
         for key in self.data_file_keys:
             if key in item:
-                item[key] = self.load_file(item[key])
+                try:
+                    item[key] = self.load_file(item[key], key)
+                except Exception as e:
+                    where = f"row {index}" if index is not None else "a row"
+                    raise DataLoadError(f"{self.metadata_path} {where}, column {key!r}: {type(e).__name__}: {e}. "
+                                        "Run `diffsynth data validate` (or set dataset.on_invalid: skip) to find "
+                                        "and drop bad rows before training.") from e
         return item
 
     def __getitem__(self, index: int) -> dict:
-        return self.load_row(self.rows[index % len(self.rows)])
+        i = index % len(self.rows)
+        return self.load_row(self.rows[i], i)
