@@ -1,5 +1,6 @@
 """DVC stage `data`: validate every row of the dataset, write the report (metrics + resolution plot) and
-the metadata that training uses. Exits non-zero, listing the bad rows, when dataset.on_invalid is error."""
+the metadata that training uses. Exits non-zero, listing the bad rows, when dataset.on_invalid is error
+(or when no row at all can be used)."""
 import sys
 
 from _layout import DATA_REPORT, DATA_RESOLUTIONS, VALIDATED_METADATA
@@ -10,12 +11,20 @@ from diffsynth.families import get_family
 
 def main() -> int:
     config = load_params()
-    factor = get_family(config.model.family).HEIGHT_FACTOR
-    report = check_dataset(config, factor, VALIDATED_METADATA, DATA_REPORT, DATA_RESOLUTIONS)
-    print(report.summary())
-    if report.invalid_rows and config.dataset.on_invalid == "error":
-        print("Invalid rows found and dataset.on_invalid is 'error': fix them, or set dataset.on_invalid: skip "
-              "to train on the valid rows.", file=sys.stderr)
+    family = get_family(config.model.family)
+    report = check_dataset(config, family.HEIGHT_FACTOR, VALIDATED_METADATA, DATA_REPORT, DATA_RESOLUTIONS,
+                           width_factor=getattr(family, "WIDTH_FACTOR", None),
+                           time_division_factor=getattr(family, "TIME_DIVISION_FACTOR", 4),
+                           time_division_remainder=getattr(family, "TIME_DIVISION_REMAINDER", 1))
+    print(report.summary(config.dataset.on_invalid))
+    print(f"report: {DATA_REPORT}")
+    if report.fatal:
+        print("The dataset cannot be used at all (see the problems above): fix the metadata or the dataset "
+              "params; dataset.on_invalid: skip cannot help here.", file=sys.stderr)
+        return 1
+    if report.failed(config.dataset.on_invalid):
+        print(f"{report.invalid_rows} invalid row(s) and dataset.on_invalid is 'error': fix them, or set "
+              "dataset.on_invalid: skip to train on the valid rows.", file=sys.stderr)
         return 1
     return 0
 

@@ -1,22 +1,27 @@
 """Dataset validation: check every row before training and report all problems at once (spec §2, issue 3).
 
 DiffSynth loads files lazily and a single bad file kills a multi-GPU run mid-training. Here every row is
-decoded and sized up front; the report lists each failing row with its reason.
+parsed, decoded and sized up front; the report lists each failing row with its reason. Problems with no row
+(``row: null``: unreadable metadata file, a data_file_keys column no row has, a fixed size that does not fit
+the family) are fatal whatever ``dataset.on_invalid`` says: skipping rows cannot fix them.
 """
 from __future__ import annotations
 
 import collections
 import csv
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
-from ..files import write_json
-from .dataset import ImageRules, split_keys
-from .loading import absolute, is_url, load_image
-from .metadata import is_missing, read_metadata
+from ..files import atomic_path, write_json
+from .dataset import DEFAULT_VIDEO_KEYS, ImageRules, split_keys
+from .file_checks import check_image_cell, check_video_cell
+from .metadata import MetadataError, MetadataRecord, is_missing, read_metadata_records
 
 PROMPT_KEY = "prompt"
+DIFFSYNTH_DEFAULT_FILE_KEYS = {"image", "video"}  # DiffSynth's --data_file_keys default: absent ones are normal
 
 
 @dataclass
@@ -24,13 +29,29 @@ class ValidationReport:
     metadata_path: str
     total_rows: int = 0
     valid_rows: int = 0
-    problems: list = field(default_factory=list)          # {"row", "column", "reason"}
-    resolutions: collections.Counter = field(default_factory=collections.Counter)   # "WxH" -> count
+    problems: list = field(default_factory=list)   # {"row", "line", "column", "reason"}; row None = whole dataset
+    warnings: list = field(default_factory=list)   # same shape; do not invalidate a row
+    resolutions: collections.Counter = field(default_factory=collections.Counter)   # "WxH" / "WxHxN" -> files
+    frame_counts: collections.Counter = field(default_factory=collections.Counter)  # frames kept -> videos
     cleaned_metadata_path: str | None = None
+    valid_records: list = field(default_factory=list, repr=False)
 
     @property
     def invalid_rows(self) -> int:
         return self.total_rows - self.valid_rows
+
+    @property
+    def fatal(self) -> bool:
+        """True when no training can start from this dataset, whatever on_invalid says."""
+        return any(p["row"] is None for p in self.problems) or self.valid_rows == 0
+
+    def failed(self, on_invalid: str) -> bool:
+        return self.fatal or (self.invalid_rows > 0 and on_invalid == "error")
+
+    def add(self, record: MetadataRecord | None, column, reason: str, warning: bool = False) -> None:
+        entry = {"row": record.index if record else None, "line": record.line if record else None,
+                 "column": column, "reason": reason}
+        (self.warnings if warning else self.problems).append(entry)
 
     def to_dict(self) -> dict:
         return {
@@ -38,104 +59,123 @@ class ValidationReport:
             "total_rows": self.total_rows,
             "valid_rows": self.valid_rows,
             "invalid_rows": self.invalid_rows,
+            "fatal": self.fatal,
             "problems": self.problems,
+            "warnings": self.warnings,
             "resolutions": dict(sorted(self.resolutions.items())),
+            "frame_counts": {str(k): v for k, v in sorted(self.frame_counts.items())},
             "cleaned_metadata_path": self.cleaned_metadata_path,
         }
 
-    def summary(self) -> str:
+    def summary(self, on_invalid: str | None = None, limit: int = 50) -> str:
         lines = [f"{self.metadata_path}: {self.valid_rows}/{self.total_rows} rows valid"]
-        for p in self.problems[:50]:
-            lines.append(f"  row {p['row']} [{p['column']}]: {p['reason']}")
-        if len(self.problems) > 50:
-            lines.append(f"  ... and {len(self.problems) - 50} more (see the report file)")
+        for p in self.problems[:limit]:
+            where = "dataset" if p["row"] is None else f"row {p['row']}" + (f" (line {p['line']})" if p["line"] else "")
+            lines.append(f"  {where} [{p['column']}]: {p['reason']}")
+        if len(self.problems) > limit:
+            lines.append(f"  ... and {len(self.problems) - limit} more (see the report file)")
+        for w in self.warnings[:10]:
+            lines.append(f"  warning: row {w['row']} [{w['column']}]: {w['reason']}")
+        if on_invalid == "skip" and self.invalid_rows and not self.fatal:
+            lines.append(f"  dataset.on_invalid is skip: dropped {self.invalid_rows} row(s); training uses "
+                         f"{self.valid_rows} (cleaned metadata: {self.cleaned_metadata_path})")
         return "\n".join(lines)
 
 
-def _check_file(base_path: str, value, rules: ImageRules) -> tuple[list[str], list[str]]:
-    """Return (problems, sizes) for one file cell (a path or a list of paths)."""
-    values = value if isinstance(value, list) else [value]
-    problems, sizes = [], []
-    for v in values:
-        if is_missing(v) or (isinstance(v, str) and not v.strip()):
-            problems.append("empty file cell")
+def _check_columns(report, records, data_file_keys, rules) -> None:
+    """Dataset-level checks: data_file_keys name real columns; fixed sizes fit the family's multiple."""
+    columns = set().union(*(r.row.keys() for r in records if r.row))
+    missing = [k for k in data_file_keys if k not in columns]
+    for key in missing:
+        if key in DIFFSYNTH_DEFAULT_FILE_KEYS and len(missing) < len(data_file_keys):
+            report.add(None, key, f"data_file_keys column {key!r} is in no row (normal with DiffSynth's "
+                                  "default 'image,video')", warning=True)
             continue
-        if not isinstance(v, str):
-            problems.append(f"expected a file path, got {v!r}")
-            continue
-        path = absolute(base_path, v)
-        if not is_url(path) and not Path(path).exists():
-            problems.append(f"file not found: {path}")
-            continue
-        try:
-            image = load_image(path)
-        except Exception as e:  # any decode failure is a row problem, not a crash
-            problems.append(f"cannot decode {path}: {type(e).__name__}: {e}")
-            continue
-        w, h = image.size
-        if rules.height is None or rules.width is None:
-            if w < rules.width_factor or h < rules.height_factor:
-                problems.append(f"{path} is {w}x{h}, smaller than one {rules.width_factor}x{rules.height_factor} block")
-                continue
-        tw, th = (rules.apply(image).size)
-        sizes.append(f"{tw}x{th}")
-    return problems, sizes
+        hint = difflib.get_close_matches(key, sorted(columns), n=1)
+        report.add(None, key, f"data_file_keys names column {key!r}, which no row has (columns: "
+                              f"{sorted(columns)})" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                              + "; fix dataset.data_file_keys")
+    for name, value, factor in (("height", rules.height, rules.height_factor), ("width", rules.width, rules.width_factor)):
+        if rules.height is not None and rules.width is not None and value % factor:
+            report.add(None, f"resolution.{name}", f"fixed {name} {value} is not a multiple of {factor}, which "
+                                                   "this model family needs; pick a multiple or leave it empty")
+
+
+def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived) -> bool:
+    """Add this row's problems to the report; True when the row is usable."""
+    before = len(report.problems)
+    if record.error:
+        report.add(record, None, record.error)
+        return False
+    row = record.row
+    prompt = row.get(PROMPT_KEY)
+    if PROMPT_KEY not in row:
+        report.add(record, PROMPT_KEY, "the row has no prompt; every row needs a non-empty prompt string")
+    elif not isinstance(prompt, str) or not prompt.strip():
+        got = "an empty cell (NaN/null)" if is_missing(prompt) else repr(prompt)
+        report.add(record, PROMPT_KEY, f"prompt must be a non-empty string, got {got}")
+    for key in extra_inputs:
+        if key not in derived and (key not in row or is_missing(row[key])):
+            report.add(record, key, f"extra_inputs column {key!r} is " + ("missing" if key not in row else "empty"))
+    shapes, frames = [], []
+    for key in data_file_keys:
+        if key not in row:
+            continue  # DiffSynth skips keys a row lacks
+        checker = check_video_cell if key in video_keys else check_image_cell
+        problems, cell_shapes = checker(base_path, row[key], rules)
+        for problem in problems:
+            report.add(record, key, problem)
+        shapes += cell_shapes
+        frames += [int(s.split("x")[2]) for s in cell_shapes if key in video_keys]
+    used = {PROMPT_KEY, *data_file_keys, *extra_inputs}
+    for key, value in row.items():
+        if key not in used and is_missing(value):
+            report.add(record, key, "empty cell (NaN/null) in a column training does not use", warning=True)
+    if len(report.problems) > before:
+        return False
+    report.resolutions.update(shapes)
+    report.frame_counts.update(frames)
+    return True
 
 
 def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file_keys: list[str] | str,
-                     rules: ImageRules, extra_inputs: list[str] | None = None) -> ValidationReport:
-    """Check every row: files exist and decode, sizes fit the family, prompt is a non-empty string."""
-    if isinstance(data_file_keys, str):
-        data_file_keys = split_keys(data_file_keys)
-    rows = read_metadata(metadata_path)
-    report = ValidationReport(metadata_path=str(metadata_path), total_rows=len(rows))
-    columns = set().union(*(r.keys() for r in rows)) if rows else set()
-    if not any(k in columns for k in data_file_keys):
-        report.problems.append({"row": None, "column": ",".join(data_file_keys),
-                                "reason": f"none of data_file_keys {data_file_keys} is a column of the metadata "
-                                          f"(columns: {sorted(columns)}); fix dataset.data_file_keys"})
-    for i, row in enumerate(rows):
-        row_problems = []
-        prompt = row.get(PROMPT_KEY)
-        if not isinstance(prompt, str) or not prompt.strip():
-            row_problems.append((PROMPT_KEY, f"prompt must be a non-empty string, got {prompt!r}"))
-        for key in extra_inputs or []:
-            if key not in row or is_missing(row[key]):
-                row_problems.append((key, f"extra input column {key!r} is missing"))
-        row_sizes = []
-        for key in data_file_keys:
-            if key not in row:
-                continue
-            problems, sizes = _check_file(str(base_path), row[key], rules)
-            row_problems += [(key, p) for p in problems]
-            row_sizes += sizes
-        if row_problems:
-            report.problems += [{"row": i, "column": c, "reason": r} for c, r in row_problems]
-        else:
-            report.valid_rows += 1
-            report.resolutions.update(row_sizes)
-    if any(p["row"] is None for p in report.problems):
-        report.valid_rows = 0
+                     rules: ImageRules, extra_inputs: Iterable[str] | None = None, *,
+                     video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
+                     derived_inputs: Iterable[str] = ()) -> ValidationReport:
+    """Check every row: files exist and decode, sizes fit the family, videos have a valid frame count,
+    prompt is a non-empty string, extra inputs are present. ``derived_inputs`` are extra inputs the family
+    computes from other columns (Wan's ``input_image`` = first video frame), so no column is required."""
+    data_file_keys, extra_inputs = split_keys(data_file_keys), split_keys(extra_inputs)
+    report = ValidationReport(metadata_path=str(metadata_path))
+    try:
+        records = read_metadata_records(metadata_path)
+    except MetadataError as e:
+        report.add(None, None, str(e))
+        return report
+    report.total_rows = len(records)
+    if not records:
+        report.add(None, None, f"{metadata_path} holds no rows")
+    _check_columns(report, records, data_file_keys, rules)
+    for record in records:
+        if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
+                      set(derived_inputs)):
+            report.valid_records.append(record)
+    report.valid_rows = len(report.valid_records)
     return report
 
 
 def write_cleaned_metadata(metadata_path: str | Path, report: ValidationReport, out_path: str | Path) -> Path:
-    """Write the valid rows only, as JSONL (which holds list-valued cells that CSV cannot)."""
-    bad = {p["row"] for p in report.problems}
-    rows = [r for i, r in enumerate(read_metadata(metadata_path)) if i not in bad]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "w") as f:
-        for r in rows:
-            f.write(json.dumps({k: (None if is_missing(v) else v) for k, v in r.items()}) + "\n")
+    """Write the valid rows only, as JSONL (which holds list-valued cells that CSV cannot); NaN -> null."""
+    with atomic_path(out_path) as tmp, open(tmp, "w") as f:
+        for record in report.valid_records:
+            f.write(json.dumps({k: (None if is_missing(v) else v) for k, v in record.row.items()}) + "\n")
     report.cleaned_metadata_path = str(out_path)
-    return out_path
+    return Path(out_path)
 
 
 def write_resolution_plot(report: ValidationReport, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    """DVC plot CSV: ``resolution,count``; a video's resolution reads WxHxN (N = frames kept)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["resolution", "count"])
         for res, count in sorted(report.resolutions.items()):
@@ -143,18 +183,24 @@ def write_resolution_plot(report: ValidationReport, path: str | Path) -> None:
 
 
 def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out: str | Path,
-                  plot_out: str | Path) -> ValidationReport:
+                  plot_out: str | Path, *, width_factor: int | None = None, time_division_factor: int = 4,
+                  time_division_remainder: int = 1, video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
+                  derived_inputs: Iterable[str] = ()) -> ValidationReport:
     """The validation stage's work: validate, write the metadata training uses, the report and the plot.
 
-    ``size_factor`` is the family's size multiple (16 for Qwen-Image); data code knows no model.
+    ``size_factor`` (and ``width_factor``, default the same) and the time division come from the model
+    family; data code knows no model. The cleaned metadata is written only when training can start.
     """
-    rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
-                       size_factor, size_factor)
+    r = config.resolution
+    rules = ImageRules(r.max_pixels, r.height, r.width, size_factor, width_factor or size_factor,
+                       r.num_frames, time_division_factor, time_division_remainder)
     if not config.dataset.dataset_metadata_path:
         raise ValueError("dataset.dataset_metadata_path is empty: point it at metadata.csv/.json/.jsonl")
     report = validate_dataset(config.dataset.dataset_base_path, config.dataset.dataset_metadata_path,
-                              config.dataset.data_file_keys, rules, split_keys(config.model.extra_inputs))
-    write_cleaned_metadata(config.dataset.dataset_metadata_path, report, metadata_out)
+                              config.dataset.data_file_keys, rules, config.model.extra_inputs,
+                              video_keys=video_keys, derived_inputs=derived_inputs)
+    if not report.fatal:
+        write_cleaned_metadata(config.dataset.dataset_metadata_path, report, metadata_out)
     write_json(report_out, report.to_dict())
     write_resolution_plot(report, plot_out)
     return report
