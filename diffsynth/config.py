@@ -39,8 +39,10 @@ class DatasetConfig:
     data_file_keys: str = _f("image,video", "comma list of metadata columns holding file paths")
     source: str = _f("local", "where the data comes from: builtin (generated sample), local, modelscope",
                      ours=True, choices=["builtin", "local", "modelscope"])
-    builtin_name: str = _f("shapes", "built-in sample dataset to generate when source=builtin", ours=True)
+    builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes or moving_shapes", ours=True)
     modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
+    modelscope_include: str = _f("", "comma list of file globs to download from the ModelScope dataset "
+                                     "(modelscope download --include); empty: all files", ours=True)
     on_invalid: str = _f("error", "invalid rows: error (stop before training) or skip (train on the rest)",
                          ours=True, choices=["error", "skip"])
 
@@ -79,6 +81,15 @@ class TrainConfig:
     customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
     seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
     max_steps: Optional[int] = _f(None, "stop after this many micro-steps (None: run all epochs)", ours=True)
+    lr_scheduler: str = _f("constant", "constant | constant_with_warmup | diffsynth (DiffSynth's hidden "
+                           "ConstantLR: first 5 scheduler steps at lr/3)", ours=True,
+                           choices=["constant", "constant_with_warmup", "diffsynth"])
+    lr_warmup_steps: int = _f(0, "optimizer steps of linear warm-up for constant_with_warmup", ours=True)
+    max_grad_norm: Optional[float] = _f(None, "clip the gradient norm to this value (None: no clipping)", ours=True)
+    resume: str = _f("auto", "auto: continue an interrupted run from <output_path>/state; never: start fresh",
+                     ours=True, choices=["auto", "never"])
+    min_timestep_boundary: float = _f(0.0, "lower end of the sampled timestep range, as a fraction of the grid")
+    max_timestep_boundary: float = _f(1.0, "upper end of the sampled timestep range (Wan2.2 experts)")
 
 
 @dataclass
@@ -86,6 +97,7 @@ class LoraConfigSection:
     lora_base_model: Optional[str] = _f(None, "model to put LoRA on, e.g. dit")
     lora_target_modules: str = _f("q,k,v,o,ffn.0,ffn.2", "comma list of module-name suffixes")
     lora_rank: int = _f(32, "LoRA rank")
+    lora_alpha: Optional[float] = _f(None, "LoRA alpha (None: = rank, DiffSynth's fixed choice)", ours=True)
     lora_checkpoint: Optional[str] = _f(None, "LoRA file to continue training from")
     preset_lora_path: Optional[str] = _f(None, "LoRA fused into the base weights before training")
     preset_lora_model: Optional[str] = _f(None, "model the preset LoRA is fused into, e.g. dit")
@@ -196,6 +208,15 @@ class Config:
             raise ConfigError("gradient.gradient_accumulation_steps must be at least 1")
         if self.output.save_steps is not None and self.output.save_steps < 1:
             raise ConfigError(f"output.save_steps = {self.output.save_steps}: must be >= 1, or empty for per-epoch saving")
+        if self.train.lr_warmup_steps < 0:
+            raise ConfigError("train.lr_warmup_steps must be >= 0")
+        if self.train.max_grad_norm is not None and self.train.max_grad_norm <= 0:
+            raise ConfigError("train.max_grad_norm must be > 0, or empty for no clipping")
+        if not 0 <= self.train.min_timestep_boundary < self.train.max_timestep_boundary <= 1:
+            raise ConfigError(f"timestep boundaries must satisfy 0 <= min ({self.train.min_timestep_boundary}) "
+                              f"< max ({self.train.max_timestep_boundary}) <= 1")
+        if bool(self.lora.preset_lora_path) != bool(self.lora.preset_lora_model):
+            raise ConfigError("lora.preset_lora_path and lora.preset_lora_model go together: set both or neither")
         if self.lora.lora_rank < 1:
             raise ConfigError(f"lora.lora_rank = {self.lora.lora_rank}: must be >= 1")
         if not self.lora.lora_base_model and not self.train.trainable_models:

@@ -59,7 +59,14 @@ def build_shapes_dataset(out_dir: str | Path, size: int = 128) -> Path:
     return out_dir / "metadata.csv"
 
 
-BUILTIN_DATASETS = {"shapes": build_shapes_dataset}
+def _moving_shapes(out_dir):
+    from .sample_video import build_moving_shapes_dataset  # needs PyAV; image users never import it
+
+    return build_moving_shapes_dataset(out_dir)
+
+
+# name -> builder(out_dir) returning the written metadata.csv
+BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes}
 
 
 def build_builtin(name: str, out_dir: str | Path) -> Path:
