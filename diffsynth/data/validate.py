@@ -75,7 +75,8 @@ class ValidationReport:
         if len(self.problems) > limit:
             lines.append(f"  ... and {len(self.problems) - limit} more (see the report file)")
         for w in self.warnings[:10]:
-            lines.append(f"  warning: row {w['row']} [{w['column']}]: {w['reason']}")
+            where = "dataset" if w["row"] is None else f"row {w['row']}"
+            lines.append(f"  warning: {where} [{w['column']}]: {w['reason']}")
         if on_invalid == "skip" and self.invalid_rows and not self.fatal:
             lines.append(f"  dataset.on_invalid is skip: dropped {self.invalid_rows} row(s); training uses "
                          f"{self.valid_rows} (cleaned metadata: {self.cleaned_metadata_path})")
