@@ -58,7 +58,8 @@ def parse_model_paths(text: str | None) -> list[ModelConfig]:
     except json.JSONDecodeError as e:
         snippet = text[max(0, e.pos - 30): e.pos + 10]
         raise ModelConfigError(
-            f"--model_paths is not valid JSON ({e.msg} at character {e.pos}, near {snippet!r}). "
+            f"--model_paths is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}, character {e.pos}, "
+            f"near {snippet!r}). "
             "A common cause is a stray comma after the last item of a list (DiffSynth's own warning: "
             "no extra ',' in the JSON)." ) from None
     if isinstance(items, str):
@@ -74,7 +75,20 @@ def parse_model_paths(text: str | None) -> list[ModelConfig]:
     return configs
 
 
-def parse_model_id_with_origin_paths(text: str | None) -> list[ModelConfig]:
+# DiffSynth's `redirect_common_files`: Wan's pickled .pth files are fetched as safetensors from its converted repo.
+CONVERTED_REPO = "DiffSynth-Studio/Wan-Series-Converted-Safetensors"
+REDIRECTED_FILES = ("models_t5_umt5-xxl-enc-bf16.pth", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                    "Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
+
+
+def redirect_common_file(model_id: str, pattern: str) -> tuple[str, str]:
+    """``Wan-AI/<any>:Wan2.1_VAE.pth`` -> ``DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors``."""
+    if pattern in REDIRECTED_FILES:
+        return CONVERTED_REPO, pattern[: -len(".pth")] + ".safetensors"
+    return model_id, pattern
+
+
+def parse_model_id_with_origin_paths(text: str | None, redirect_common_files: bool = True) -> list[ModelConfig]:
     configs = []
     for entry in (text or "").split(","):
         entry = entry.strip()
@@ -84,6 +98,11 @@ def parse_model_id_with_origin_paths(text: str | None) -> list[ModelConfig]:
             raise ModelConfigError(f"--model_id_with_origin_paths entry {entry!r} has no ':'; "
                                    "write model_id:file_pattern, e.g. Qwen/Qwen-Image:vae/*.safetensors")
         model_id, pattern = entry.rsplit(":", 1)
+        if not model_id or not pattern:
+            raise ModelConfigError(f"--model_id_with_origin_paths entry {entry!r}: both the model id and the file "
+                                   "pattern must be non-empty (model_id:file_pattern)")
+        if redirect_common_files:
+            model_id, pattern = redirect_common_file(model_id, pattern)
         configs.append(ModelConfig(model_id=model_id, origin_file_pattern=pattern, source_string=entry))
     return configs
 
@@ -112,8 +131,32 @@ def _normalise_pattern(pattern: str | None) -> str:
     return pattern + "*" if pattern.endswith("/") else pattern
 
 
+def hub_endpoint() -> str:
+    return os.environ.get("MODELSCOPE_ENDPOINT", "https://www.modelscope.cn")
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    """A quick TCP connect to the hub, so that offline runs fail in seconds, not after 22 s of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint or hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class HubUnreachable(ConnectionError):
+    pass
+
+
 def download(model_id: str, local_dir: Path, allow_patterns: list[str], ignore_patterns: list[str]) -> None:
     """Fetch files from ModelScope (the network boundary; tests replace it)."""
+    if not hub_reachable():
+        raise HubUnreachable(f"{hub_endpoint()} is not reachable")
     from modelscope import snapshot_download
 
     snapshot_download(model_id, local_dir=str(local_dir), allow_file_pattern=allow_patterns,
@@ -123,9 +166,20 @@ def download(model_id: str, local_dir: Path, allow_patterns: list[str], ignore_p
 def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None = None) -> ModelConfig:
     """Resolve ``config`` to local files, downloading missing ones unless skipping (spec §3.1)."""
     if config.path is not None:
+        files = []
         for p in config.files():
-            if not os.path.exists(p):
-                raise ModelConfigError(f"Model file {p} (from {config.source_string!r}) does not exist")
+            if glob.has_magic(p) and not os.path.exists(p):
+                matched = sorted(glob.glob(p))
+                if not matched:
+                    raise ModelConfigError(f"No files match the pattern {p} (from {config.source_string!r})")
+                files += matched
+            elif not os.path.exists(p):
+                raise ModelConfigError(f"Model file {p} (from {config.source_string!r}) does not exist; check the "
+                                       "path, or give model_id:pattern in model_id_with_origin_paths to download it")
+            else:
+                files.append(p)
+        if isinstance(config.path, list) or len(files) > 1:
+            config.path = files if len(files) > 1 else files[0]
         return config
     base_path = Path(base_path) if base_path is not None else model_base_path()
     skip = skip_download() if skip is None else skip
@@ -138,9 +192,10 @@ def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None 
         # also bring the folder's config.json and shard index, which loading needs
         allow = [pattern] + ([f"{folder}/*.json"] if folder else ["*.json"])
         ignore = [os.path.relpath(p, local_dir) for p in present]
+        ignore += [os.path.relpath(p, local_dir) for a in allow[1:] for p in sorted(glob.glob(str(local_dir / a)))]
         try:
             download(config.model_id, local_dir, allow, ignore)
-        except OSError as e:
+        except OSError as e:  # modelscope's NetworkError is an OSError too
             if not present:
                 raise ModelConfigError(
                     f"Could not download {config.model_id}:{pattern} into {local_dir} ({type(e).__name__}: {e}). "

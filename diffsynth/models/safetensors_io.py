@@ -80,3 +80,20 @@ def config_beside(files: list[str]) -> dict | None:
     """The ``config.json`` in the folder of the first file, if there is one."""
     path = Path(os.path.dirname(files[0])) / "config.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_shards(files: list[str]) -> None:
+    """If an HF shard index sits beside the files, every shard it lists must be among them."""
+    folder = Path(os.path.dirname(files[0]))
+    names = {os.path.basename(f) for f in files}
+    for index in folder.glob("*.safetensors.index.json"):
+        listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        if not listed & names:
+            continue  # an index of another model in the same folder
+        lacking = sorted(listed - names)
+        if lacking:
+            present = [n for n in lacking if (folder / n).exists()]
+            raise ModelFileError(
+                f"{index} lists {len(lacking)} shard(s) that are not in this model entry: {lacking[:4]}. "
+                + ("They exist on disk: add them to the shard list (or use a glob pattern)." if present else
+                   "They are missing on disk: the download is incomplete; fetch again."))
