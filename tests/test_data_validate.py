@@ -164,3 +164,15 @@ def test_stage_skip_mode_trains_on_the_rest(messy, tmp_path):
     assert "dropped 5 row(s)" in result.stdout
     rows = read_metadata(tmp_path / "proj/outputs/data/metadata.jsonl")
     assert [r["image"] for r in rows] == ["good.png", "good.png"]
+
+
+def test_fatal_dataset_leaves_no_stale_metadata(tmp_path):
+    (tmp_path / "m.json").write_text("[{")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/m.jsonl").write_text('{"image": "old.png", "prompt": "stale"}\n')
+    config = config_from_dict({"dataset": {"dataset_base_path": str(tmp_path), "data_file_keys": "image",
+                                           "dataset_metadata_path": str(tmp_path / "m.json")},
+                               "lora": {"lora_base_model": "dit"}})
+    report = check_dataset(config, 16, tmp_path / "out/m.jsonl", tmp_path / "out/r.json", tmp_path / "out/p.csv")
+    assert report.fatal and not (tmp_path / "out/m.jsonl").exists()
+    assert json.loads((tmp_path / "out/r.json").read_text())["fatal"] is True

@@ -202,6 +202,8 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
                               video_keys=video_keys, derived_inputs=derived_inputs)
     if not report.fatal:
         write_cleaned_metadata(config.dataset.dataset_metadata_path, report, metadata_out)
+    else:
+        Path(metadata_out).unlink(missing_ok=True)  # a stale copy from an earlier run must not be trained on
     write_json(report_out, report.to_dict())
     write_resolution_plot(report, plot_out)
     return report
