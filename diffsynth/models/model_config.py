@@ -84,7 +84,9 @@ REDIRECTED_FILES = ("models_t5_umt5-xxl-enc-bf16.pth", "models_clip_open-clip-xl
 def redirect_common_file(model_id: str, pattern: str) -> tuple[str, str]:
     """``Wan-AI/<any>:Wan2.1_VAE.pth`` -> ``DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors``."""
     if pattern in REDIRECTED_FILES:
-        return CONVERTED_REPO, pattern[: -len(".pth")] + ".safetensors"
+        # tiny presets carry the converted files themselves, under their own model id
+        target = model_id if model_id.split("/")[0] == TINY_MODEL_NAMESPACE else CONVERTED_REPO
+        return target, pattern[: -len(".pth")] + ".safetensors"
     return model_id, pattern
 
 
