@@ -52,7 +52,7 @@ def cmd_data_validate(args) -> int:
     report = check_dataset(config, factor, report_path.with_suffix(".metadata.jsonl"), report_path,
                            report_path.with_suffix(".resolutions.csv"))
     print(report.summary())
-    return 1 if report.invalid_rows and config.dataset.on_invalid == "error" else 0
+    return 1 if report.failed(config.dataset.on_invalid) else 0
 
 
 def cmd_export(args) -> int:

@@ -37,11 +37,15 @@ def test_checkpoints_are_diffsynth_lora_files(tmp_path, shapes_dataset, tiny_env
                          dataset__dataset_repeat=1)
     result = run_training(config)
     out = tmp_path / "out"
-    assert sorted(os.listdir(out)) == ["epoch-0.safetensors", "epoch-1.safetensors", "loss.csv", "training_args.json"]
+    assert sorted(os.listdir(out)) == ["epoch-0.safetensors", "epoch-1.safetensors", "loss.csv", "state",
+                                       "training_args.json"]
     state = load_file(str(out / "epoch-1.safetensors"))
     targets = config.lora.lora_target_modules.split(",")
-    # 2 blocks x 9 target modules x (A, B); prefix pipe.dit. removed; DiffSynth's `.default.` adapter segment
-    assert len(state) == 2 * len(targets) * 2
+    # 2 blocks x 9 target modules x (A, B), less the last block's txt_mlp.net.2 whose output the loss never
+    # uses; prefix pipe.dit. removed; DiffSynth's `.default.` adapter segment
+    assert len(state) == (2 * len(targets) - 1) * 2
+    assert "transformer_blocks.1.txt_mlp.net.2.lora_A.default.weight" not in state
+    assert "transformer_blocks.0.txt_mlp.net.2.lora_A.default.weight" in state
     for key, tensor in state.items():
         assert key.startswith("transformer_blocks.") and not key.startswith("pipe.")
         assert key.endswith((".lora_A.default.weight", ".lora_B.default.weight"))

@@ -16,7 +16,14 @@ class Pipeline(torch.nn.Module):
     schedule_name: str = ""
     height_factor: int = 16
     width_factor: int = 16
+    time_division_factor: int = 4      # video frame counts are n % factor == remainder (4k+1)
+    time_division_remainder: int = 1
     default_lora_targets: str = ""
+
+    def modules_without_gradient(self, model_name: str) -> list[str]:
+        """Modules of ``model_name`` whose output the loss never uses (so they get no gradient and make DDP
+        fail without ``find_unused_parameters``). LoRA is not put on them; names are relative to the model."""
+        return []
 
     def encode(self, item: dict) -> dict:
         """A dataset item -> model inputs without gradient: ``latents`` (x0) and conditioning tensors."""

@@ -83,6 +83,14 @@ class QwenImagePipeline(Pipeline):
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
 
+    def modules_without_gradient(self, model_name: str) -> list[str]:
+        # The last block's text-stream output is discarded: its to_add_out and txt_mlp never get a gradient
+        # (DiffSynth needs --find_unused_parameters for exactly this).
+        if model_name != "dit":
+            return []
+        last = f"transformer_blocks.{len(self.dit.transformer_blocks) - 1}"
+        return [f"{last}.attn.to_add_out", f"{last}.txt_mlp.net.0.proj", f"{last}.txt_mlp.net.2"]
+
     # ---------------------------------------------------------------- encoders (no gradient)
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:

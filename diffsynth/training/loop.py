@@ -1,9 +1,14 @@
 """The training loop on accelerate, with DiffSynth's semantics (spec §4.1-4.4) plus what DiffSynth lacks:
-a seed, a fixed-noise validation loss, sample images at every save point, and MLflow tracking."""
+a seed, full-state resume, a fixed-noise validation loss, sample images at every save point, MLflow."""
 from __future__ import annotations
 
 import contextlib
-import importlib
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +16,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError, flatten
@@ -20,13 +26,23 @@ from ..families.base import Pipeline
 from ..files import write_json
 from ..models.model_config import parse_model_configs
 from ..tracking import MetricsCSV, Tracker
-from .checkpoint import checkpoint_name, save_checkpoint, trainable_state_dict
-from .lora import add_lora, parse_target_modules
+from . import state as train_state
+from .checkpoint import checkpoint_name, save_checkpoint
+from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
 from .loss import flow_match_loss
+from .optim import Schedule, build_optimizer
+from .sampler import EpochShuffleSampler
 from .schedule import FlowMatchSchedule
 from .validation import FixedNoiseValidator
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Params that may change between an interrupted run and its resume; any other change makes the state invalid.
+RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.resume", "output.save_steps",
+                     "dataset.dataset_num_workers", "tracking.", "sample.", "validation.", "export.")
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a resumable state was written. Run again with train.resume: auto."""
 
 
 def first_item(batch: list):
@@ -38,38 +54,46 @@ class TrainingModule(torch.nn.Module):
     """Wraps the family pipeline as ``self.pipe`` so parameter names read ``pipe.dit.<...>`` as in DiffSynth."""
 
     def __init__(self, pipe: Pipeline, schedule: FlowMatchSchedule, generator: torch.Generator,
-                 offload_activations: bool = False):
+                 boundaries: tuple[float, float] = (0.0, 1.0), offload_activations: bool = False):
         super().__init__()
         self.pipe = pipe
         self.schedule = schedule
         self.generator = generator
+        self.boundaries = boundaries
         self.offload_activations = offload_activations
 
     def forward(self, item: dict) -> torch.Tensor:
         inputs = self.pipe.encode(item)
         ctx = torch.autograd.graph.save_on_cpu() if self.offload_activations else contextlib.nullcontext()
         with ctx:
-            return flow_match_loss(self.pipe, self.schedule, inputs, self.generator)
+            return flow_match_loss(self.pipe, self.schedule, inputs, self.generator, *self.boundaries)
+
+
+def _pipe_model(pipe: Pipeline, name: str, what: str) -> torch.nn.Module:
+    try:
+        return pipe.get_submodule(name)
+    except AttributeError:
+        raise ConfigError(f"{what}: {name!r} is not a model of this pipeline; models: "
+                          f"{[n for n, _ in pipe.named_children()]}") from None
 
 
 def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dtype) -> list[str]:
-    """Freeze everything, unfreeze ``trainable_models``, inject LoRA; return trainable parameter names."""
+    """DiffSynth's order (spec §4.1): load a full checkpoint, freeze all but ``trainable_models``, fuse the
+    preset LoRA, inject LoRA (optionally from ``lora_checkpoint``). Returns the trainable parameter names."""
     pipe = module.pipe
     pipe.eval().requires_grad_(False)
     for name in split_keys(config.train.trainable_models):
-        try:
-            sub = pipe.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(f"train.trainable_models: {name!r} is not a model of this pipeline; "
-                              f"models: {[n for n, _ in pipe.named_children()]}") from None
-        sub.train().requires_grad_(True)
+        _pipe_model(pipe, name, "train.trainable_models").train().requires_grad_(True)
+    if config.lora.preset_lora_path:
+        target = _pipe_model(pipe, config.lora.preset_lora_model, "lora.preset_lora_model")
+        fuse_lora(target, load_file(config.lora.preset_lora_path), source=config.lora.preset_lora_path)
     if config.lora.lora_base_model:
-        base = getattr(pipe, config.lora.lora_base_model, None)
-        if not isinstance(base, torch.nn.Module):
-            raise ConfigError(f"lora.lora_base_model {config.lora.lora_base_model!r} is not a model of this "
-                              f"pipeline; models: {[n for n, _ in pipe.named_children()]}")
+        base = _pipe_model(pipe, config.lora.lora_base_model, "lora.lora_base_model")
         targets = parse_target_modules(config.lora.lora_target_modules, base)
-        add_lora(base, targets, config.lora.lora_rank, dtype=dtype)
+        add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
+                 exclude=pipe.modules_without_gradient(config.lora.lora_base_model))
+        if config.lora.lora_checkpoint:
+            load_lora_checkpoint(base, load_file(config.lora.lora_checkpoint), source=config.lora.lora_checkpoint)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
         for child in pipe.children():
             if hasattr(child, "enable_gradient_checkpointing") and any(p.requires_grad for p in child.parameters()):
@@ -80,16 +104,18 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
     return names
 
 
-def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW
-    if config.train.customized_optimizer:
-        module_name, _, class_name = config.train.customized_optimizer.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"train.customized_optimizer {config.train.customized_optimizer!r} cannot be "
-                              f"imported ({e}); give a dotted class path like bitsandbytes.optim.Adam8bit") from None
-    return cls(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
+def load_full_checkpoint(module: TrainingModule, path: str, prefix: str | None) -> None:
+    """``--resume_from_checkpoint``: a saved full state dict, keys re-prefixed (spec §4.6)."""
+    state = {f"{prefix or ''}{k}": v for k, v in load_file(path).items()}
+    own = dict(module.named_parameters())
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise ConfigError(f"resume_from_checkpoint {path}: {len(unexpected)} keys fit no parameter (e.g. "
+                          f"{unexpected[:3]}). It takes full fine-tune checkpoints; continue a LoRA with "
+                          "lora.lora_checkpoint instead.")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].data.copy_(v.to(own[k].dtype))
 
 
 @dataclass
@@ -101,15 +127,39 @@ class TrainResult:
     run_id: str | None = None
     tracking_uri: str | None = None
     world_size: int = 1
+    resumed_from_step: int | None = None
 
 
-def _sample_images(pipe: Pipeline, config: Config) -> list[tuple[str, int, object]]:
+def _sample_images(pipe: Pipeline, config: Config) -> list[tuple[int, str, int, object]]:
     out = []
-    for prompt in config.sample.prompts:
+    for i, prompt in enumerate(config.sample.prompts):
         for seed in config.sample.seeds:
-            out.append((prompt, int(seed), pipe.sample(prompt, int(seed), config.sample.height,
-                                                       config.sample.width, config.sample.num_inference_steps)))
+            out.append((i, prompt, int(seed), pipe.sample(prompt, int(seed), config.sample.height,
+                                                          config.sample.width, config.sample.num_inference_steps)))
     return out
+
+
+def _fingerprint(config: Config, rows: list[dict], world_size: int) -> dict:
+    flat = {k: v for k, v in flatten(config.to_dict()).items() if not k.startswith(RESUMABLE_CHANGES)}
+    flat["_dataset_rows_sha256"] = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    flat["_world_size"] = world_size
+    return {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v)) for k, v in flat.items()}
+
+
+def _check_world_size(accelerator: Accelerator) -> None:
+    """`accelerate launch --multi_gpu` on a CPU machine without ACCELERATE_USE_CPU runs independent copies."""
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if expected != accelerator.num_processes:
+        raise RuntimeError(
+            f"The launcher started {expected} processes but accelerate sees {accelerator.num_processes}: they would "
+            "train unsynchronised copies. On CPU use `accelerate launch --multi_gpu --num_processes N` with "
+            "ACCELERATE_USE_CPU=1.")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_training(config: Config, metadata_path: str | None = None, tags: dict | None = None,
@@ -119,7 +169,8 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
         gradient_accumulation_steps=config.gradient.gradient_accumulation_steps,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.train.find_unused_parameters)],
     )
-    main = accelerator.is_main_process
+    _check_world_size(accelerator)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     dtype = DTYPES[config.model.torch_dtype]
     output = Path(config.output.output_path)
     torch.manual_seed(config.train.seed)
@@ -128,26 +179,73 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
     pipe = family.load_pipeline(parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths),
                                 config.model.tokenizer_path, dtype, accelerator.device)
     schedule = FlowMatchSchedule.for_family(pipe.schedule_name)
-    generator = torch.Generator().manual_seed(config.train.seed + 1000 * accelerator.process_index)
-    module = TrainingModule(pipe, schedule, generator, config.gradient.use_gradient_checkpointing_offload)
-    configure_trainable(module, config, dtype)
+    generator = torch.Generator().manual_seed(config.train.seed + 1000 * rank)
+    module = TrainingModule(pipe, schedule, generator,
+                            (config.train.min_timestep_boundary, config.train.max_timestep_boundary),
+                            config.gradient.use_gradient_checkpointing_offload)
+    if config.train.resume_from_checkpoint:
+        load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
+    trainable = configure_trainable(module, config, dtype)
 
     rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
-                       pipe.height_factor, pipe.width_factor)
+                       pipe.height_factor, pipe.width_factor, num_frames=config.resolution.num_frames,
+                       time_division_factor=pipe.time_division_factor,
+                       time_division_remainder=pipe.time_division_remainder)
     metadata = metadata_path or config.dataset.dataset_metadata_path
     if not metadata:
         raise ConfigError("dataset.dataset_metadata_path is empty; cached-dataset training is not supported yet")
     dataset = UnifiedDataset(config.dataset.dataset_base_path, metadata, split_keys(config.dataset.data_file_keys),
                              rules, repeat=config.dataset.dataset_repeat)
-    loader = DataLoader(dataset, shuffle=True, collate_fn=first_item, num_workers=config.dataset.dataset_num_workers,
-                        generator=torch.Generator().manual_seed(config.train.seed))
     optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    model, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+    lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, world)
+    if world > 1 and not config.train.find_unused_parameters and _trains_unused(module, trainable):
+        # a full fine-tune includes modules the loss never reaches; DDP must be told (DiffSynth: a crash)
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        if main:
+            print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
+    model, optimizer = accelerator.prepare(module, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ resume or fresh start
+    fingerprint = _fingerprint(config, dataset.rows, world)
+    meta = train_state.read_meta(output) if config.train.resume == "auto" else None
+    resuming = meta is not None and not meta.get("finished")
+    step, epoch0, offset, run_id = 0, 0, 0, None
+    if resuming:
+        changed = sorted(k for k in set(meta["fingerprint"]) | set(fingerprint)
+                         if meta["fingerprint"].get(k) != fingerprint.get(k))
+        if changed:
+            raise ConfigError(
+                f"Cannot resume the interrupted run in {output / train_state.STATE_DIR}: these params changed since it "
+                f"started: {changed[:10]}. Restore them, or set train.resume: never to start over (this discards the "
+                "interrupted run's progress).")
+        folder = output / train_state.STATE_DIR
+        weights = load_file(str(folder / "trainable.safetensors"))
+        own = dict(accelerator.unwrap_model(model).named_parameters())
+        with torch.no_grad():
+            for k, v in weights.items():
+                own[k].data.copy_(v)
+        optimizer.load_state_dict(train_state.load_structure(folder, "optimizer"))
+        lr_schedule.load_state_dict(train_state.load_structure(folder, "scheduler"))
+        generator.set_state(load_file(str(folder / f"rng-rank{rank}.safetensors"))["generator"])
+        step, epoch0, offset, run_id = meta["step"], meta["epoch"], meta["offset"], meta.get("mlflow_run_id")
+        if main:
+            print(f"[train] resuming at step {step} (epoch {epoch0}, item {offset}) from {folder}", flush=True)
+    elif main and output.exists():
+        # a fresh run: old checkpoints in the (DVC-persisted) folder would mix with the new ones
+        for old in list(output.glob("epoch-*.safetensors")) + list(output.glob("step-*.safetensors")):
+            old.unlink()
+        for name in ("loss.csv", train_state.STATE_DIR):
+            target = output / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    accelerator.wait_for_everyone()
 
     validator = FixedNoiseValidator([dataset.load_row(r) for r in dataset.rows[: config.validation.num_samples]],
                                     config.validation.sigmas, config.validation.seed)
-    result = TrainResult(world_size=accelerator.num_processes)
+    result = TrainResult(world_size=world, resumed_from_step=step if resuming else None)
     tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=main)
     csv_log = MetricsCSV(output / "loss.csv") if main and config.tracking.enable_csv_log else None
     tb_writer = None
@@ -155,86 +253,158 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
         from torch.utils.tensorboard import SummaryWriter
         tb_writer = SummaryWriter(str(output / "tensorboard_log"))
 
-    def log(metrics: dict, step: int) -> None:
-        tracker.log_metrics(metrics, step)
+    def log(metrics: dict, at: int) -> None:
+        tracker.log_metrics(metrics, at)
         if csv_log:
-            csv_log.log(metrics, step)
+            csv_log.log(metrics, at)
         if tb_writer:
             for k, v in metrics.items():
-                tb_writer.add_scalar(k, v, step)
+                tb_writer.add_scalar(k, v, at)
 
-    def save_point(step: int, epoch: int | None) -> None:
-        accelerator.wait_for_everyone()
-        if not main:
-            return
-        state = trainable_state_dict(accelerator.unwrap_model(model), config.output.remove_prefix_in_ckpt)
-        path = save_checkpoint(state, output / checkpoint_name(epoch=epoch, step=None if epoch is not None else step))
-        result.checkpoints.append(str(path))
-        tracker.log_artifact(path, "checkpoints")
-        evaluate(step)
-
-    def evaluate(step: int) -> None:
+    def evaluate(at: int) -> None:
         metrics = validator.evaluate(pipe, schedule)
-        result.val_history.append((step, metrics))
-        log(metrics, step)
-        print(f"[train] step {step}: val_loss {metrics['val_loss']:.5f}", flush=True)
-        table = {"prompt": [], "seed": [], "step": [], "image": []}
-        for i, (prompt, seed, image) in enumerate(_sample_images(pipe, config)):
-            key = f"sample/p{i // len(config.sample.seeds)}_s{seed}"
-            tracker.log_image(image, key=key, step=step)
-            table["prompt"].append(prompt), table["seed"].append(seed), table["step"].append(step)
-            table["image"].append(f"{key} step {step}")
+        result.val_history.append((at, metrics))
+        log(metrics, at)
+        print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
+        table = {"prompt": [], "seed": [], "step": [], "image_key": []}
+        for i, prompt, seed, image in _sample_images(pipe, config):
+            key = f"sample/p{i}_s{seed}"
+            tracker.log_image(image, key=key, step=at)
+            for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image_key", key)):
+                table[column].append(value)
         tracker.log_table(table, "samples.json")
 
+    def save_point(at: int, epoch: int | None) -> None:
+        state = accelerator.get_state_dict(model)  # collective under ZeRO-3: every rank calls it
+        if main:
+            prefix = config.output.remove_prefix_in_ckpt
+            ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
+                    for k, v in state.items() if k in trainable_set}
+            path = save_checkpoint(ckpt, output / checkpoint_name(epoch=epoch, step=None if epoch is not None else at))
+            result.checkpoints.append(str(path))
+            tracker.log_artifact(path, "checkpoints")
+            evaluate(at)
+        accelerator.wait_for_everyone()
+
+    def save_state(at: int, epoch: int, position: int, finished: bool = False) -> None:
+        """All ranks stage their RNG; the main process stages the rest and swaps the folder in."""
+        folder = train_state.staging_dir(output)
+        if main:
+            train_state.begin(output)
+        accelerator.wait_for_everyone()
+        save_file({"generator": generator.get_state()}, str(folder / f"rng-rank{rank}.safetensors"))
+        accelerator.wait_for_everyone()
+        if main:
+            own = accelerator.unwrap_model(model)
+            save_file({n: p.detach().to("cpu").contiguous() for n, p in own.named_parameters() if p.requires_grad},
+                      str(folder / "trainable.safetensors"))
+            train_state.save_structure(optimizer.state_dict(), folder, "optimizer")
+            train_state.save_structure(lr_schedule.state_dict(), folder, "scheduler")
+            write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
+                                              "mlflow_run_id": result.run_id, "fingerprint": fingerprint})
+            train_state.commit(output)
+        accelerator.wait_for_everyone()
+
+    stop = {"requested": False}
+
+    def request_stop(signum, _frame):
+        stop["requested"] = True
+        print(f"[train] signal {signum}: writing a resumable state at the next optimizer step", flush=True)
+
+    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    trainable_set = set(trainable)
     status = "FAILED"
     try:
         if main:
             output.mkdir(parents=True, exist_ok=True)
-            write_json(output / "training_args.json", config.to_dict(), indent=4)
-            result.run_id = tracker.start(flatten(config.to_dict()), tags=tags, run_name=_run_name())
+            write_json(output / "training_args.json", {**config.to_dict(), "world_size": world}, indent=4)
+            if resuming and run_id:
+                result.run_id = tracker.start(run_id=run_id)
+                tracker.set_tags({f"resumed_at_step_{step}": "true"})
+            else:
+                result.run_id = tracker.start(flatten(config.to_dict()), tags=tags,
+                                              run_name=os.environ.get("DVC_EXP_NAME") or None)
+                tracker.log_dataset(dataset.rows, source=str(Path(metadata).resolve()),
+                                    name=Path(config.dataset.dataset_base_path).name or "dataset")
+                for f in [output / "training_args.json", *(log_files or [])]:
+                    tracker.log_artifact(f, "config")
+                tracker.set_tags({"world_size": str(world)})
             result.tracking_uri = tracker.uri
-            tracker.log_dataset(dataset.rows, source=str(Path(metadata).resolve()), name=Path(metadata).parent.name)
-            for f in [output / "training_args.json", *(log_files or [])]:
-                tracker.log_artifact(f, "config")
-            tracker.set_tags({"world_size": str(accelerator.num_processes)})
-            evaluate(0)
+            if not resuming:
+                evaluate(0)
+        accelerator.wait_for_everyone()
         model.train()
-        step, save_steps = 0, config.output.save_steps
-        done = False
-        for epoch in range(config.train.num_epochs):
+        save_steps, done, state_pending = config.output.save_steps, False, False
+        epoch = epoch0
+        for epoch in range(epoch0, config.train.num_epochs):
+            start = offset if epoch == epoch0 else 0
+            sampler = EpochShuffleSampler(len(dataset), config.train.seed, epoch, rank, world, start)
+            loader = DataLoader(dataset, sampler=sampler, batch_size=1, collate_fn=first_item,
+                                num_workers=config.dataset.dataset_num_workers)
+            position = start
             for item in loader:
-                start = time.perf_counter()
+                started = time.perf_counter()
                 with accelerator.accumulate(model):
                     loss = model(item)
                     accelerator.backward(loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients:
+                        limit = config.train.max_grad_norm or float("inf")
+                        norm = accelerator.clip_grad_norm_(params, limit)  # inf: measure only
+                        grad_norm = float(norm) if norm is not None else None
                     optimizer.step()
-                    scheduler.step()
                     optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    lr_schedule.step()
                 step += 1
+                position += 1
                 if main:
                     value = loss.detach().float().item()
+                    elapsed = time.perf_counter() - started
                     result.loss_history.append((step, value))
-                    log({"loss": value, "lr": scheduler.get_last_lr()[0],
-                         "step_time": time.perf_counter() - start}, step)
+                    metrics = {"loss": value, "lr": lr_schedule.lr(), "step_time": elapsed,
+                               "samples_per_s": world / elapsed, "peak_memory_mb": _peak_memory_mb(accelerator.device)}
+                    if grad_norm is not None:
+                        metrics["grad_norm"] = grad_norm
+                    log(metrics, step)
                 if save_steps and step % save_steps == 0:
                     save_point(step, None)
+                    state_pending = True
                 if config.train.max_steps and step >= config.train.max_steps:
                     done = True
+                if accelerator.sync_gradients:
+                    if world > 1:  # every rank must stop at the same step, whichever got the signal
+                        flag = torch.tensor([1.0 if stop["requested"] else 0.0], device=accelerator.device)
+                        stop["requested"] = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+                    if stop["requested"]:
+                        next_epoch, next_pos = (epoch + 1, 0) if position >= sampler.per_rank else (epoch, position)
+                        save_state(step, next_epoch, next_pos)
+                        raise TrainingInterrupted(f"stopped at step {step}; state saved in "
+                                                  f"{output / train_state.STATE_DIR}. Run again to resume.")
+                    if state_pending and not done:
+                        next_epoch, next_pos = (epoch + 1, 0) if position >= sampler.per_rank else (epoch, position)
+                        save_state(step, next_epoch, next_pos)
+                        state_pending = False
+                if done:
                     break
-            if save_steps is None and not done:
+            if save_steps is None:
                 save_point(step, epoch)
+                if not done and accelerator.sync_gradients:
+                    save_state(step, epoch + 1, 0)
             if done:
                 break
         if save_steps and step % save_steps != 0:
             save_point(step, None)
-        elif save_steps is None and done:
-            save_point(step, epoch)
+        _check_ranks_agree(accelerator, model)
+        save_state(step, epoch + 1, 0, finished=True)
         result.steps = step
         status = "FINISHED"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TrainingInterrupted):
         status = "KILLED"
         raise
     finally:
+        for s, handler in previous_handlers.items():
+            signal.signal(s, handler)
         tracker.finish(status)
         if csv_log:
             csv_log.close()
@@ -244,9 +414,24 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
     return result
 
 
-def _run_name() -> str | None:
-    import os
-    return os.environ.get("DVC_EXP_NAME") or None
+def _trains_unused(module: TrainingModule, trainable: list[str]) -> bool:
+    unused = [f"pipe.{name}.{m}." for name, _ in module.pipe.named_children()
+              for m in module.pipe.modules_without_gradient(name)]
+    return any(n.startswith(tuple(unused)) for n in trainable) if unused else False
 
 
-__all__ = ["run_training", "TrainResult", "TrainingModule", "configure_trainable"]
+def _check_ranks_agree(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """After DDP every rank must hold the same trainable weights; a mismatch means unsynchronised copies."""
+    if accelerator.num_processes == 1:
+        return
+    own = accelerator.unwrap_model(model)
+    checksum = torch.stack([p.detach().double().sum() for p in own.parameters() if p.requires_grad]).sum()
+    sums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).cpu()
+    if accelerator.is_main_process:
+        print(f"[train] trainable-weight checksums per rank: {sums.tolist()}", flush=True)
+    if not torch.all(sums == sums[0]):
+        raise RuntimeError(f"Ranks ended with different weights (checksums {sums.tolist()}): gradients were not "
+                           "synchronised across processes.")
+
+
+__all__ = ["run_training", "TrainResult", "TrainingModule", "configure_trainable", "TrainingInterrupted"]
