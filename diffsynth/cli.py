@@ -41,17 +41,16 @@ def cmd_tiny_model(args) -> int:
 def cmd_data_validate(args) -> int:
     from .config import ConfigError, config_from_args
     from .data.validate import check_dataset
-    from .families import get_family
+    from .families import data_rules
     try:
-        config = config_from_args(args.rest + ["--lora_base_model", "dit"] if "--lora_base_model" not in args.rest else args.rest)
+        config = config_from_args(args.rest, check=False)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report_path = Path(args.report)
-    factor = get_family(config.model.family).HEIGHT_FACTOR
-    report = check_dataset(config, factor, report_path.with_suffix(".metadata.jsonl"), report_path,
-                           report_path.with_suffix(".resolutions.csv"))
-    print(report.summary())
+    report = check_dataset(config, metadata_out=report_path.with_suffix(".metadata.jsonl"), report_out=report_path,
+                           plot_out=report_path.with_suffix(".resolutions.csv"), **data_rules(config.model.family))
+    print(report.summary(config.dataset.on_invalid))
     return 1 if report.failed(config.dataset.on_invalid) else 0
 
 

@@ -132,6 +132,7 @@ class SampleConfig:
     height: int = _f(1024, "sample height", ours=True)
     width: int = _f(1024, "sample width", ours=True)
     num_inference_steps: int = _f(30, "sampler steps", ours=True)
+    num_frames: int = _f(1, "frames per sample for video families (4k+1)", ours=True)
 
 
 @dataclass
@@ -275,14 +276,16 @@ def _section_from_dict(name: str, cls: type, data: dict) -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict) -> Config:
+def config_from_dict(data: dict, check: bool = True) -> Config:
+    """Typed config from a params dict; ``check=False`` skips the whole-run checks (for data-only tools)."""
     data = dict(data or {})
     unknown = set(data) - set(SECTIONS) - PASSTHROUGH_SECTIONS
     if unknown:
         raise ConfigError(f"Unknown params section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
     sections = {name: _section_from_dict(name, cls, data.get(name)) for name, cls in SECTIONS.items()}
     extra = {name: data[name] for name in PASSTHROUGH_SECTIONS if name in data}
-    return Config(**sections, extra=extra).validate()
+    config = Config(**sections, extra=extra)
+    return config.validate() if check else config
 
 
 def load_params(path: str | Path = "params.yaml") -> Config:
@@ -342,7 +345,7 @@ def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: list[str], base: dict | None = None) -> Config:
+def config_from_args(argv: list[str], base: dict | None = None, check: bool = True) -> Config:
     """Parse DiffSynth flags over ``base`` (a params dict) and return the config they mean."""
     parser = build_arg_parser()
     ns = vars(parser.parse_args(argv))
@@ -359,7 +362,7 @@ def config_from_args(argv: list[str], base: dict | None = None) -> Config:
     for dest, value in ns.items():
         section, key = dest.split(".", 1)
         data.setdefault(section, {})[key] = value
-    return config_from_dict(data)
+    return config_from_dict(data, check)
 
 
 def diffsynth_defaults() -> dict:

@@ -116,6 +116,27 @@ class Tracker:
     def log_image(self, image, key: str, step: int) -> None:
         self._call("log_image", lambda: self._mlflow.log_image(image, key=key, step=step))
 
+    def log_video(self, frames: list, key: str, step: int, fps: int = 8) -> None:
+        """A sampled video: an mp4 artifact under ``videos/`` and a strip of frames as a step-keyed image."""
+        def _log():
+            import tempfile
+
+            from PIL import Image
+
+            from .data.sample_video import write_mp4
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{key.replace('/', '_')}_step{step}.mp4"
+                write_mp4(path, frames, fps=fps)
+                self._mlflow.log_artifact(str(path), "videos")
+            picks = frames[:: max(1, len(frames) // 4)][:4]
+            strip = Image.new("RGB", (sum(f.width for f in picks), max(f.height for f in picks)))
+            x = 0
+            for frame in picks:
+                strip.paste(frame, (x, 0))
+                x += frame.width
+            self._mlflow.log_image(strip, key=key, step=step)
+        self._call("log_video", _log)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
 

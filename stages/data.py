@@ -6,16 +6,13 @@ import sys
 from _layout import DATA_REPORT, DATA_RESOLUTIONS, VALIDATED_METADATA
 from diffsynth.config import load_params
 from diffsynth.data.validate import check_dataset
-from diffsynth.families import get_family
+from diffsynth.families import data_rules
 
 
 def main() -> int:
     config = load_params()
-    family = get_family(config.model.family)
-    report = check_dataset(config, family.HEIGHT_FACTOR, VALIDATED_METADATA, DATA_REPORT, DATA_RESOLUTIONS,
-                           width_factor=getattr(family, "WIDTH_FACTOR", None),
-                           time_division_factor=getattr(family, "TIME_DIVISION_FACTOR", 4),
-                           time_division_remainder=getattr(family, "TIME_DIVISION_REMAINDER", 1))
+    report = check_dataset(config, metadata_out=VALIDATED_METADATA, report_out=DATA_REPORT,
+                           plot_out=DATA_RESOLUTIONS, **data_rules(config.model.family))
     print(report.summary(config.dataset.on_invalid))
     print(f"report: {DATA_REPORT}")
     if report.fatal:

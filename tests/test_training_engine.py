@@ -12,10 +12,9 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from diffsynth.config import ConfigError
+from diffsynth.config import ConfigError, config_from_dict
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.families.qwen_image import load_pipeline
-from diffsynth.models.model_config import parse_model_configs
 from diffsynth.training import FlowMatchSchedule
 from diffsynth.training.lora import fuse_lora, split_lora_state
 from diffsynth.training.loop import TrainingInterrupted, TrainingModule, configure_trainable, run_training
@@ -33,7 +32,9 @@ def tiny_env(model_base, monkeypatch):
 
 def fresh_module(seed=0):
     torch.manual_seed(seed)
-    pipe = load_pipeline(parse_model_configs(None, TINY_QWEN_MODELS), TINY_QWEN_TOKENIZER, torch.float32)
+    config = config_from_dict({"model": {"model_id_with_origin_paths": TINY_QWEN_MODELS,
+                                         "tokenizer_path": TINY_QWEN_TOKENIZER}, "lora": {"lora_base_model": "dit"}})
+    pipe = load_pipeline(config, torch.float32)
     return TrainingModule(pipe, FlowMatchSchedule.for_family("qwen_image"), torch.Generator().manual_seed(0))
 
 

@@ -1,16 +1,44 @@
-"""Model families. Each module builds a family's pipeline; training talks to it only through `Pipeline`."""
+"""Model families. Each family module provides, and training uses only:
+
+- ``FAMILY`` (name), ``HEIGHT_FACTOR`` / ``WIDTH_FACTOR`` (image sides are floored to these multiples),
+  ``TIME_DIVISION_FACTOR`` / ``TIME_DIVISION_REMAINDER`` (video frame counts, 4k+1), ``VIDEO_KEYS``
+  (dataset columns loaded as videos);
+- ``load_pipeline(config, dtype, device) -> Pipeline``: fetch, detect and load the family's models as
+  ``config.model`` says (model flags, tokenizer/processor paths, extra_inputs).
+"""
 from __future__ import annotations
 
-from .base import Pipeline
+import importlib
+
+from .base import Pipeline, load_components
+
+# family name (and aliases) -> module
+_FAMILIES = {
+    "qwen_image": "qwen_image", "qwen": "qwen_image",
+    "qwen_image_edit": "qwen_image_edit",
+    "flux": "flux", "flux1": "flux",
+    "wan": "wan", "wanvideo": "wan",
+}
 
 
 def get_family(name: str):
-    """The family module for ``name`` (``qwen_image``; more families come with their modules)."""
-    key = name.lower().replace("-", "_")
-    if key in ("qwen_image", "qwen"):
-        from . import qwen_image
-        return qwen_image
-    raise ValueError(f"Unknown model family {name!r}; supported: qwen_image")
+    key = name.lower().replace("-", "_").replace(".", "")
+    if key not in _FAMILIES:
+        raise ValueError(f"Unknown model family {name!r}; supported: {sorted(set(_FAMILIES.values()))}")
+    try:
+        return importlib.import_module(f".{_FAMILIES[key]}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith(_FAMILIES[key]):
+            raise ValueError(f"Model family {name!r} is not implemented yet") from None
+        raise
 
 
-__all__ = ["Pipeline", "get_family"]
+def data_rules(name: str) -> dict:
+    """The family's dataset rules as keyword arguments of ``diffsynth.data.validate.check_dataset``."""
+    family = get_family(name)
+    return {"size_factor": family.HEIGHT_FACTOR, "width_factor": family.WIDTH_FACTOR,
+            "time_division_factor": family.TIME_DIVISION_FACTOR,
+            "time_division_remainder": family.TIME_DIVISION_REMAINDER, "video_keys": family.VIDEO_KEYS}
+
+
+__all__ = ["Pipeline", "get_family", "load_components", "data_rules"]

@@ -4,6 +4,26 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from ..models.components import load_component
+from ..models.model_config import ModelConfig, fetch
+
+
+def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.dtype,
+                    required: tuple[str, ...]) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+    """Fetch, detect and load every model entry: ({component: module}, {component: the entry as written})."""
+    modules, sources = {}, {}
+    for config in model_configs:
+        component, module = load_component(fetch(config), family, dtype)
+        if component in modules:
+            raise ValueError(f"Two model entries are both the {family} {component} ({sources[component]!r} and "
+                             f"{config.source_string!r}); give each model once")
+        modules[component], sources[component] = module, config.source_string
+    missing = [c for c in required if c not in modules]
+    if missing:
+        raise ValueError(f"{family} training needs {', '.join(required)}; missing: {missing}. Add them to "
+                         "model.model_id_with_origin_paths or model.model_paths.")
+    return modules, sources
+
 
 class Pipeline(torch.nn.Module):
     """A family's models as child modules (``dit``, ``vae``, ``text_encoder``, ...) plus what training needs.
@@ -20,13 +40,19 @@ class Pipeline(torch.nn.Module):
     time_division_remainder: int = 1
     default_lora_targets: str = ""
 
+    # {pipeline attribute: the model entry it was loaded from}; fp8_models matches on these strings
+    component_sources: dict[str, str] = {}
+
     def modules_without_gradient(self, model_name: str) -> list[str]:
         """Modules of ``model_name`` whose output the loss never uses (so they get no gradient and make DDP
         fail without ``find_unused_parameters``). LoRA is not put on them; names are relative to the model."""
         return []
 
     def encode(self, item: dict) -> dict:
-        """A dataset item -> model inputs without gradient: ``latents`` (x0) and conditioning tensors."""
+        """A dataset item -> model inputs without gradient: ``latents`` (x0) and conditioning tensors.
+
+        ``first_frame_latents`` in the result marks a clean conditioning frame (Wan2.2 TI2V): the loss keeps
+        latent frame 0 clean and leaves it out of the MSE, as DiffSynth does."""
         raise NotImplementedError
 
     def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
@@ -34,5 +60,7 @@ class Pipeline(torch.nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int) -> Image.Image:
+    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
+               num_frames: int = 1) -> Image.Image | list[Image.Image]:
+        """One sample for a save point: an image, or a list of frames for video families."""
         raise NotImplementedError

@@ -8,12 +8,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.components import load_component, load_tokenizer
-from ..models.model_config import ModelConfig, fetch, parse_path_or_model_id
-from .base import Pipeline
+from ..models.components import load_tokenizer
+from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from .base import Pipeline, load_components
 
 FAMILY = "qwen_image"
 HEIGHT_FACTOR = WIDTH_FACTOR = 16  # image sides are floored to this multiple (VAE 8 x 2x2 patches)
+TIME_DIVISION_FACTOR, TIME_DIVISION_REMAINDER = 4, 1
+VIDEO_KEYS: tuple[str, ...] = ()
 DEFAULT_TOKENIZER = "Qwen/Qwen-Image:tokenizer/"
 # DiffSynth's (and the official) text-to-image prompt template; the prefix tokens are dropped after encoding.
 PROMPT_TEMPLATE = (
@@ -141,7 +143,8 @@ class QwenImagePipeline(Pipeline):
         return unpack_latents(out, h, w)
 
     @torch.no_grad()
-    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int) -> Image.Image:
+    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
+               num_frames: int = 1) -> Image.Image:
         """Euler sampling of the flow (cfg 1), as DiffSynth's pipeline does at cfg_scale=1."""
         factor = 2 ** len(self.vae.config.temperal_downsample)
         h, w = height // factor, width // factor
@@ -155,20 +158,12 @@ class QwenImagePipeline(Pipeline):
         return self.decode(latents)
 
 
-def load_pipeline(model_configs: list[ModelConfig], tokenizer_path: str | None, dtype: torch.dtype,
-                  device: torch.device | str = "cpu") -> QwenImagePipeline:
-    """Fetch and detect every model entry, load DiT, VAE, text encoder and tokenizer."""
-    components = {}
-    for config in model_configs:
-        component, module = load_component(fetch(config), FAMILY, dtype)
-        if component in components:
-            raise ValueError(f"Two model entries are both a Qwen-Image {component} "
-                             f"(second: {config.source_string!r}); give each model once")
-        components[component] = module
-    missing = [c for c in ("dit", "vae", "text_encoder") if c not in components]
-    if missing:
-        raise ValueError(f"Qwen-Image training needs a DiT, a VAE and a text encoder; missing: {missing}. "
-                         "Add them to model.model_id_with_origin_paths or model.model_paths.")
-    tokenizer = load_tokenizer(fetch(parse_path_or_model_id(tokenizer_path, DEFAULT_TOKENIZER)))
-    pipe = QwenImagePipeline(components["dit"], components["vae"], components["text_encoder"], tokenizer, dtype)
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImagePipeline:
+    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer."""
+    m = config.model
+    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), FAMILY,
+                                       dtype, required=("dit", "vae", "text_encoder"))
+    tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
+    pipe = QwenImagePipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
+    pipe.component_sources = sources
     return pipe.to(device)

@@ -24,7 +24,7 @@ from ..data.dataset import ImageRules, UnifiedDataset, split_keys
 from ..families import get_family
 from ..families.base import Pipeline
 from ..files import write_json
-from ..models.model_config import parse_model_configs
+from ..models.fp8 import enable_fp8, fp8_entries
 from ..tracking import MetricsCSV, Tracker
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
@@ -130,13 +130,27 @@ class TrainResult:
     resumed_from_step: int | None = None
 
 
-def _sample_images(pipe: Pipeline, config: Config) -> list[tuple[int, str, int, object]]:
+def _samples(pipe: Pipeline, config: Config) -> list[tuple[int, str, int, object]]:
+    """(prompt index, prompt, seed, image or list of frames) for every prompt × seed."""
     out = []
     for i, prompt in enumerate(config.sample.prompts):
         for seed in config.sample.seeds:
-            out.append((i, prompt, int(seed), pipe.sample(prompt, int(seed), config.sample.height,
-                                                          config.sample.width, config.sample.num_inference_steps)))
+            out.append((i, prompt, int(seed), pipe.sample(prompt, int(seed), config.sample.height, config.sample.width,
+                                                          config.sample.num_inference_steps,
+                                                          num_frames=config.sample.num_frames)))
     return out
+
+
+def _apply_fp8(pipe: Pipeline, config: Config, dtype: torch.dtype) -> None:
+    """``model.fp8_models``: frozen weights of the listed entries stored in fp8 (after LoRA injection)."""
+    wanted = fp8_entries(config.model.fp8_models)
+    unknown = wanted - set(pipe.component_sources.values())
+    if unknown:
+        raise ConfigError(f"model.fp8_models entries {sorted(unknown)} are not model entries; write them exactly as "
+                          f"in the model flags: {sorted(pipe.component_sources.values())}")
+    for component, source in pipe.component_sources.items():
+        if source in wanted:
+            enable_fp8(getattr(pipe, component), compute_dtype=dtype)  # computed in model.torch_dtype
 
 
 def _fingerprint(config: Config, rows: list[dict], world_size: int) -> dict:
@@ -176,8 +190,7 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
     torch.manual_seed(config.train.seed)
 
     family = get_family(config.model.family)
-    pipe = family.load_pipeline(parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths),
-                                config.model.tokenizer_path, dtype, accelerator.device)
+    pipe = family.load_pipeline(config, dtype, accelerator.device)
     schedule = FlowMatchSchedule.for_family(pipe.schedule_name)
     generator = torch.Generator().manual_seed(config.train.seed + 1000 * rank)
     module = TrainingModule(pipe, schedule, generator,
@@ -186,6 +199,7 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
     if config.train.resume_from_checkpoint:
         load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
     trainable = configure_trainable(module, config, dtype)
+    _apply_fp8(pipe, config, dtype)
 
     rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
                        pipe.height_factor, pipe.width_factor, num_frames=config.resolution.num_frames,
@@ -195,7 +209,7 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
     if not metadata:
         raise ConfigError("dataset.dataset_metadata_path is empty; cached-dataset training is not supported yet")
     dataset = UnifiedDataset(config.dataset.dataset_base_path, metadata, split_keys(config.dataset.data_file_keys),
-                             rules, repeat=config.dataset.dataset_repeat)
+                             rules, repeat=config.dataset.dataset_repeat, video_keys=family.VIDEO_KEYS)
     optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
     lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, world)
     if world > 1 and not config.train.find_unused_parameters and _trains_unused(module, trainable):
@@ -267,9 +281,12 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
         log(metrics, at)
         print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
         table = {"prompt": [], "seed": [], "step": [], "image_key": []}
-        for i, prompt, seed, image in _sample_images(pipe, config):
+        for i, prompt, seed, image in _samples(pipe, config):
             key = f"sample/p{i}_s{seed}"
-            tracker.log_image(image, key=key, step=at)
+            if isinstance(image, list):
+                tracker.log_video(image, key=key, step=at)
+            else:
+                tracker.log_image(image, key=key, step=at)
             for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image_key", key)):
                 table[column].append(value)
         tracker.log_table(table, "samples.json")

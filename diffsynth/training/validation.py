@@ -3,10 +3,9 @@ comparable across steps and runs (the training loss itself jumps with the random
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..families.base import Pipeline
-from .loss import noised
+from .loss import velocity_mse
 from .schedule import FlowMatchSchedule
 
 
@@ -29,8 +28,7 @@ class FixedNoiseValidator:
             noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
             for s in self.sigmas:
                 t, sigma, _ = schedule.sigma_for(s)
-                pred = pipe.predict(noised(latents, noise, sigma.to(latents.device)), t.to(latents.device), inputs)
-                per_sigma[s] += F.mse_loss(pred.float(), (noise - latents).float()).item() / len(self.items)
+                per_sigma[s] += velocity_mse(pipe, inputs, noise, t, sigma).item() / len(self.items)
         metrics = {f"val_loss/sigma_{s:g}": v for s, v in per_sigma.items()}
         metrics["val_loss"] = sum(per_sigma.values()) / len(per_sigma)
         return metrics
