@@ -48,6 +48,13 @@ class Pipeline(torch.nn.Module):
         fail without ``find_unused_parameters``). LoRA is not put on them; names are relative to the model."""
         return []
 
+    def map_lora_targets(self, model_name: str, targets: list[str]) -> list[str]:
+        """``lora_target_modules`` of ``model_name`` as module names of the loaded model. Default: unchanged.
+
+        A family whose checkpoints use other names than the loaded classes (Wan's original ``self_attn.q`` vs
+        diffusers' ``attn1.to_q``) maps DiffSynth's lists here, so a pasted DiffSynth command line still works."""
+        return list(targets)
+
     def encode(self, item: dict) -> dict:
         """A dataset item -> model inputs without gradient: ``latents`` (x0) and conditioning tensors.
 

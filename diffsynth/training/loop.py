@@ -90,6 +90,9 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
     if config.lora.lora_base_model:
         base = _pipe_model(pipe, config.lora.lora_base_model, "lora.lora_base_model")
         targets = parse_target_modules(config.lora.lora_target_modules, base)
+        # family names -> loaded module names (a single target stays one string: DiffSynth's regex full-match)
+        mapped = pipe.map_lora_targets(config.lora.lora_base_model, [targets] if isinstance(targets, str) else targets)
+        targets = mapped[0] if isinstance(targets, str) else mapped
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
                  exclude=pipe.modules_without_gradient(config.lora.lora_base_model))
         if config.lora.lora_checkpoint:
