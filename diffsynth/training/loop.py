@@ -179,259 +179,290 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+class Trainer:
+    """One training run: set up in ``__init__``, run with :meth:`run`.
+
+    State lives on the instance so the save points, the resumable state and the MLflow logging read as
+    separate methods rather than closures in one long function.
+    """
+
+    def __init__(self, config: Config, metadata_path: str | None = None, tags: dict | None = None,
+                 log_files: list[str] | None = None):
+        self.config, self.tags, self.log_files = config, tags, log_files or []
+        self.accelerator = accelerator = Accelerator(
+            gradient_accumulation_steps=config.gradient.gradient_accumulation_steps,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.train.find_unused_parameters)],
+        )
+        _check_world_size(accelerator)
+        self.main, self.rank, self.world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+        dtype = DTYPES[config.model.torch_dtype]
+        self.output = Path(config.output.output_path)
+        torch.manual_seed(config.train.seed)
+
+        self.family = family = get_family(config.model.family)
+        self.pipe = pipe = family.load_pipeline(config, dtype, accelerator.device)
+        self.schedule = FlowMatchSchedule.for_family(pipe.schedule_name)
+        self.generator = torch.Generator().manual_seed(config.train.seed + 1000 * self.rank)
+        module = TrainingModule(pipe, self.schedule, self.generator,
+                                (config.train.min_timestep_boundary, config.train.max_timestep_boundary),
+                                config.gradient.use_gradient_checkpointing_offload)
+        if config.train.resume_from_checkpoint:
+            load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
+        self.trainable = set(configure_trainable(module, config, dtype))
+        _apply_fp8(pipe, config, dtype)
+
+        rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
+                           pipe.height_factor, pipe.width_factor, num_frames=config.resolution.num_frames,
+                           time_division_factor=pipe.time_division_factor,
+                           time_division_remainder=pipe.time_division_remainder)
+        self.metadata = metadata_path or config.dataset.dataset_metadata_path
+        if not self.metadata:
+            raise ConfigError("dataset.dataset_metadata_path is empty; cached-dataset training is not supported yet")
+        self.dataset = UnifiedDataset(config.dataset.dataset_base_path, self.metadata,
+                                      split_keys(config.dataset.data_file_keys), rules,
+                                      repeat=config.dataset.dataset_repeat, video_keys=family.VIDEO_KEYS)
+        optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
+        self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world)
+        if self.world > 1 and not config.train.find_unused_parameters and _trains_unused(module, self.trainable):
+            # a full fine-tune includes modules the loss never reaches; DDP must be told (DiffSynth: a crash)
+            accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+            if self.main:
+                print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
+        self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.fingerprint = _fingerprint(config, self.dataset.rows, self.world)
+
+        self.validator = FixedNoiseValidator(
+            [self.dataset.load_row(r) for r in self.dataset.rows[: config.validation.num_samples]],
+            config.validation.sigmas, config.validation.seed)
+        self.result = TrainResult(world_size=self.world)
+        self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=self.main)
+        self.csv_log = self.tb_writer = None
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ logging
+    def log(self, metrics: dict, at: int) -> None:
+        self.tracker.log_metrics(metrics, at)
+        if self.csv_log:
+            self.csv_log.log(metrics, at)
+        if self.tb_writer:
+            for k, v in metrics.items():
+                self.tb_writer.add_scalar(k, v, at)
+
+    def _open_local_logs(self) -> None:
+        if self.config.tracking.enable_csv_log:
+            self.csv_log = MetricsCSV(self.output / "loss.csv")
+        if self.config.tracking.enable_tensorboard_log:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb_writer = SummaryWriter(str(self.output / "tensorboard_log"))
+
+    def _start_tracking(self, resumed_run_id: str | None) -> None:
+        config, tracker = self.config, self.tracker
+        self.output.mkdir(parents=True, exist_ok=True)
+        write_json(self.output / "training_args.json", {**config.to_dict(), "world_size": self.world}, indent=4)
+        if resumed_run_id:
+            self.result.run_id = tracker.start(run_id=resumed_run_id)
+            tracker.set_tags({f"resumed_at_step_{self.result.resumed_from_step}": "true"})
+        else:
+            self.result.run_id = tracker.start(flatten(config.to_dict()), tags=self.tags,
+                                               run_name=os.environ.get("DVC_EXP_NAME") or None)
+            tracker.log_dataset(self.dataset.rows, source=str(Path(self.metadata).resolve()),
+                                name=Path(config.dataset.dataset_base_path).name or "dataset")
+            for f in [self.output / "training_args.json", *self.log_files]:
+                tracker.log_artifact(f, "config")
+            tracker.set_tags({"world_size": str(self.world)})
+        self.result.tracking_uri = tracker.uri
+
+    def evaluate(self, at: int) -> None:
+        """Fixed-noise validation loss and sample images (main process)."""
+        metrics = self.validator.evaluate(self.pipe, self.schedule)
+        self.result.val_history.append((at, metrics))
+        self.log(metrics, at)
+        print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
+        table = {"prompt": [], "seed": [], "step": [], "image_key": []}
+        for i, prompt, seed, image in _samples(self.pipe, self.config):
+            key = f"sample/p{i}_s{seed}"
+            if isinstance(image, list):
+                self.tracker.log_video(image, key=key, step=at)
+            else:
+                self.tracker.log_image(image, key=key, step=at)
+            for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image_key", key)):
+                table[column].append(value)
+        self.tracker.log_table(table, "samples.json")
+
+    # ------------------------------------------------------------------ checkpoints and state
+    def save_point(self, at: int, epoch: int | None) -> None:
+        """DiffSynth's checkpoint (trainable tensors, prefix removed), then validation and samples."""
+        state = self.accelerator.get_state_dict(self.model)  # collective under ZeRO-3: every rank calls it
+        if self.main:
+            prefix = self.config.output.remove_prefix_in_ckpt
+            ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
+                    for k, v in state.items() if k in self.trainable}
+            name = checkpoint_name(epoch=epoch, step=None if epoch is not None else at)
+            path = save_checkpoint(ckpt, self.output / name)
+            self.result.checkpoints.append(str(path))
+            self.tracker.log_artifact(path, "checkpoints")
+            self.evaluate(at)
+        self.accelerator.wait_for_everyone()
+
+    def save_state(self, at: int, epoch: int, position: int, finished: bool = False) -> None:
+        """All ranks stage their RNG; the main process stages the rest and swaps the folder in."""
+        accelerator, folder = self.accelerator, train_state.staging_dir(self.output)
+        if self.main:
+            train_state.begin(self.output)
+        accelerator.wait_for_everyone()
+        save_file({"generator": self.generator.get_state()}, str(folder / f"rng-rank{self.rank}.safetensors"))
+        accelerator.wait_for_everyone()
+        if self.main:
+            own = accelerator.unwrap_model(self.model)
+            save_file({n: p.detach().to("cpu").contiguous() for n, p in own.named_parameters() if p.requires_grad},
+                      str(folder / "trainable.safetensors"))
+            train_state.save_structure(self.optimizer.state_dict(), folder, "optimizer")
+            train_state.save_structure(self.lr_schedule.state_dict(), folder, "scheduler")
+            write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
+                                              "mlflow_run_id": self.result.run_id, "fingerprint": self.fingerprint})
+            train_state.commit(self.output)
+        accelerator.wait_for_everyone()
+
+    def restore_or_reset(self) -> tuple[int, int, int, str | None]:
+        """Continue an interrupted run (train.resume: auto) or clear the persisted folder for a fresh one.
+
+        Returns (step, epoch, position in the epoch, MLflow run id to reopen).
+        """
+        meta = train_state.read_meta(self.output) if self.config.train.resume == "auto" else None
+        if meta is None or meta.get("finished"):
+            if self.main and self.output.exists():
+                # a fresh run: old files in the (DVC-persisted) folder would mix with the new ones
+                for old in [*self.output.glob("epoch-*.safetensors"), *self.output.glob("step-*.safetensors"),
+                            self.output / "loss.csv"]:
+                    old.unlink(missing_ok=True)
+                shutil.rmtree(self.output / train_state.STATE_DIR, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            return 0, 0, 0, None
+        folder = self.output / train_state.STATE_DIR
+        changed = sorted(k for k in set(meta["fingerprint"]) | set(self.fingerprint)
+                         if meta["fingerprint"].get(k) != self.fingerprint.get(k))
+        if changed:
+            raise ConfigError(
+                f"Cannot resume the interrupted run in {folder}: these params changed since it started: "
+                f"{changed[:10]}. Restore them, or set train.resume: never to start over (this discards the "
+                "interrupted run's progress).")
+        own = dict(self.accelerator.unwrap_model(self.model).named_parameters())
+        with torch.no_grad():
+            for k, v in load_file(str(folder / "trainable.safetensors")).items():
+                own[k].data.copy_(v)
+        self.optimizer.load_state_dict(train_state.load_structure(folder, "optimizer"))
+        self.lr_schedule.load_state_dict(train_state.load_structure(folder, "scheduler"))
+        self.generator.set_state(load_file(str(folder / f"rng-rank{self.rank}.safetensors"))["generator"])
+        self.result.resumed_from_step = meta["step"]
+        if self.main:
+            print(f"[train] resuming at step {meta['step']} (epoch {meta['epoch']}, item {meta['offset']}) "
+                  f"from {folder}", flush=True)
+        return meta["step"], meta["epoch"], meta["offset"], meta.get("mlflow_run_id")
+
+    # ------------------------------------------------------------------ the loop
+    def _request_stop(self, signum, _frame) -> None:
+        self.stop_requested = True
+        print(f"[train] signal {signum}: writing a resumable state at the next optimizer step", flush=True)
+
+    def _stop_agreed(self) -> bool:
+        """Every rank must stop at the same step, whichever one got the signal."""
+        if self.world > 1:
+            flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.accelerator.device)
+            self.stop_requested = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return self.stop_requested
+
+    def train_step(self, item: dict, step: int) -> None:
+        accelerator, started = self.accelerator, time.perf_counter()
+        with accelerator.accumulate(self.model):
+            loss = self.model(item)
+            accelerator.backward(loss)
+            grad_norm = None
+            if accelerator.sync_gradients:
+                norm = accelerator.clip_grad_norm_(self.params, self.config.train.max_grad_norm or float("inf"))
+                grad_norm = float(norm) if norm is not None else None  # inf: measured, not clipped
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            self.lr_schedule.step()
+        if self.main:
+            value, elapsed = loss.detach().float().item(), time.perf_counter() - started
+            self.result.loss_history.append((step, value))
+            metrics = {"loss": value, "lr": self.lr_schedule.lr(), "step_time": elapsed,
+                       "samples_per_s": self.world / elapsed, "peak_memory_mb": _peak_memory_mb(accelerator.device)}
+            if grad_norm is not None:
+                metrics["grad_norm"] = grad_norm
+            self.log(metrics, step)
+
+    def run(self) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        step, epoch0, offset, run_id = self.restore_or_reset()
+        previous_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        status = "FAILED"
+        try:
+            if self.main:
+                self._start_tracking(run_id)
+                self._open_local_logs()
+                if self.result.resumed_from_step is None:
+                    self.evaluate(0)
+            accelerator.wait_for_everyone()
+            self.model.train()
+            save_steps, done, state_pending, epoch = config.output.save_steps, False, False, epoch0
+            for epoch in range(epoch0, config.train.num_epochs):
+                start = offset if epoch == epoch0 else 0
+                sampler = EpochShuffleSampler(len(self.dataset), config.train.seed, epoch, self.rank, self.world, start)
+                loader = DataLoader(self.dataset, sampler=sampler, batch_size=1, collate_fn=first_item,
+                                    num_workers=config.dataset.dataset_num_workers)
+                position = start
+                for item in loader:
+                    step, position = step + 1, position + 1
+                    self.train_step(item, step)
+                    if save_steps and step % save_steps == 0:
+                        self.save_point(step, None)
+                        state_pending = True
+                    done = bool(config.train.max_steps and step >= config.train.max_steps)
+                    if accelerator.sync_gradients:  # resumable states only between optimizer steps
+                        where = (epoch + 1, 0) if position >= sampler.per_rank else (epoch, position)
+                        if self._stop_agreed():
+                            self.save_state(step, *where)
+                            raise TrainingInterrupted(f"stopped at step {step}; state saved in "
+                                                      f"{self.output / train_state.STATE_DIR}. Run again to resume.")
+                        if state_pending and not done:
+                            self.save_state(step, *where)
+                            state_pending = False
+                    if done:
+                        break
+                if save_steps is None:
+                    self.save_point(step, epoch)
+                    if not done and accelerator.sync_gradients:
+                        self.save_state(step, epoch + 1, 0)
+                if done:
+                    break
+            if save_steps and step % save_steps != 0:
+                self.save_point(step, None)
+            _check_ranks_agree(accelerator, self.model)
+            self.save_state(step, epoch + 1, 0, finished=True)
+            self.result.steps = step
+            status = "FINISHED"
+        except (KeyboardInterrupt, TrainingInterrupted):
+            status = "KILLED"
+            raise
+        finally:
+            for s, handler in previous_handlers.items():
+                signal.signal(s, handler)
+            self.tracker.finish(status)
+            if self.csv_log:
+                self.csv_log.close()
+            if self.tb_writer:
+                self.tb_writer.close()
+            accelerator.end_training()
+        return self.result
+
+
 def run_training(config: Config, metadata_path: str | None = None, tags: dict | None = None,
                  log_files: list[str] | None = None) -> TrainResult:
     """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs)."""
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient.gradient_accumulation_steps,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.train.find_unused_parameters)],
-    )
-    _check_world_size(accelerator)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    dtype = DTYPES[config.model.torch_dtype]
-    output = Path(config.output.output_path)
-    torch.manual_seed(config.train.seed)
-
-    family = get_family(config.model.family)
-    pipe = family.load_pipeline(config, dtype, accelerator.device)
-    schedule = FlowMatchSchedule.for_family(pipe.schedule_name)
-    generator = torch.Generator().manual_seed(config.train.seed + 1000 * rank)
-    module = TrainingModule(pipe, schedule, generator,
-                            (config.train.min_timestep_boundary, config.train.max_timestep_boundary),
-                            config.gradient.use_gradient_checkpointing_offload)
-    if config.train.resume_from_checkpoint:
-        load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
-    trainable = configure_trainable(module, config, dtype)
-    _apply_fp8(pipe, config, dtype)
-
-    rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
-                       pipe.height_factor, pipe.width_factor, num_frames=config.resolution.num_frames,
-                       time_division_factor=pipe.time_division_factor,
-                       time_division_remainder=pipe.time_division_remainder)
-    metadata = metadata_path or config.dataset.dataset_metadata_path
-    if not metadata:
-        raise ConfigError("dataset.dataset_metadata_path is empty; cached-dataset training is not supported yet")
-    dataset = UnifiedDataset(config.dataset.dataset_base_path, metadata, split_keys(config.dataset.data_file_keys),
-                             rules, repeat=config.dataset.dataset_repeat, video_keys=family.VIDEO_KEYS)
-    optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
-    lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, world)
-    if world > 1 and not config.train.find_unused_parameters and _trains_unused(module, trainable):
-        # a full fine-tune includes modules the loss never reaches; DDP must be told (DiffSynth: a crash)
-        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
-        if main:
-            print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
-    model, optimizer = accelerator.prepare(module, optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    # ------------------------------------------------------------------ resume or fresh start
-    fingerprint = _fingerprint(config, dataset.rows, world)
-    meta = train_state.read_meta(output) if config.train.resume == "auto" else None
-    resuming = meta is not None and not meta.get("finished")
-    step, epoch0, offset, run_id = 0, 0, 0, None
-    if resuming:
-        changed = sorted(k for k in set(meta["fingerprint"]) | set(fingerprint)
-                         if meta["fingerprint"].get(k) != fingerprint.get(k))
-        if changed:
-            raise ConfigError(
-                f"Cannot resume the interrupted run in {output / train_state.STATE_DIR}: these params changed since it "
-                f"started: {changed[:10]}. Restore them, or set train.resume: never to start over (this discards the "
-                "interrupted run's progress).")
-        folder = output / train_state.STATE_DIR
-        weights = load_file(str(folder / "trainable.safetensors"))
-        own = dict(accelerator.unwrap_model(model).named_parameters())
-        with torch.no_grad():
-            for k, v in weights.items():
-                own[k].data.copy_(v)
-        optimizer.load_state_dict(train_state.load_structure(folder, "optimizer"))
-        lr_schedule.load_state_dict(train_state.load_structure(folder, "scheduler"))
-        generator.set_state(load_file(str(folder / f"rng-rank{rank}.safetensors"))["generator"])
-        step, epoch0, offset, run_id = meta["step"], meta["epoch"], meta["offset"], meta.get("mlflow_run_id")
-        if main:
-            print(f"[train] resuming at step {step} (epoch {epoch0}, item {offset}) from {folder}", flush=True)
-    elif main and output.exists():
-        # a fresh run: old checkpoints in the (DVC-persisted) folder would mix with the new ones
-        for old in list(output.glob("epoch-*.safetensors")) + list(output.glob("step-*.safetensors")):
-            old.unlink()
-        for name in ("loss.csv", train_state.STATE_DIR):
-            target = output / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    accelerator.wait_for_everyone()
-
-    validator = FixedNoiseValidator([dataset.load_row(r) for r in dataset.rows[: config.validation.num_samples]],
-                                    config.validation.sigmas, config.validation.seed)
-    result = TrainResult(world_size=world, resumed_from_step=step if resuming else None)
-    tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=main)
-    csv_log = MetricsCSV(output / "loss.csv") if main and config.tracking.enable_csv_log else None
-    tb_writer = None
-    if main and config.tracking.enable_tensorboard_log:
-        from torch.utils.tensorboard import SummaryWriter
-        tb_writer = SummaryWriter(str(output / "tensorboard_log"))
-
-    def log(metrics: dict, at: int) -> None:
-        tracker.log_metrics(metrics, at)
-        if csv_log:
-            csv_log.log(metrics, at)
-        if tb_writer:
-            for k, v in metrics.items():
-                tb_writer.add_scalar(k, v, at)
-
-    def evaluate(at: int) -> None:
-        metrics = validator.evaluate(pipe, schedule)
-        result.val_history.append((at, metrics))
-        log(metrics, at)
-        print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
-        table = {"prompt": [], "seed": [], "step": [], "image_key": []}
-        for i, prompt, seed, image in _samples(pipe, config):
-            key = f"sample/p{i}_s{seed}"
-            if isinstance(image, list):
-                tracker.log_video(image, key=key, step=at)
-            else:
-                tracker.log_image(image, key=key, step=at)
-            for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image_key", key)):
-                table[column].append(value)
-        tracker.log_table(table, "samples.json")
-
-    def save_point(at: int, epoch: int | None) -> None:
-        state = accelerator.get_state_dict(model)  # collective under ZeRO-3: every rank calls it
-        if main:
-            prefix = config.output.remove_prefix_in_ckpt
-            ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
-                    for k, v in state.items() if k in trainable_set}
-            path = save_checkpoint(ckpt, output / checkpoint_name(epoch=epoch, step=None if epoch is not None else at))
-            result.checkpoints.append(str(path))
-            tracker.log_artifact(path, "checkpoints")
-            evaluate(at)
-        accelerator.wait_for_everyone()
-
-    def save_state(at: int, epoch: int, position: int, finished: bool = False) -> None:
-        """All ranks stage their RNG; the main process stages the rest and swaps the folder in."""
-        folder = train_state.staging_dir(output)
-        if main:
-            train_state.begin(output)
-        accelerator.wait_for_everyone()
-        save_file({"generator": generator.get_state()}, str(folder / f"rng-rank{rank}.safetensors"))
-        accelerator.wait_for_everyone()
-        if main:
-            own = accelerator.unwrap_model(model)
-            save_file({n: p.detach().to("cpu").contiguous() for n, p in own.named_parameters() if p.requires_grad},
-                      str(folder / "trainable.safetensors"))
-            train_state.save_structure(optimizer.state_dict(), folder, "optimizer")
-            train_state.save_structure(lr_schedule.state_dict(), folder, "scheduler")
-            write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
-                                              "mlflow_run_id": result.run_id, "fingerprint": fingerprint})
-            train_state.commit(output)
-        accelerator.wait_for_everyone()
-
-    stop = {"requested": False}
-
-    def request_stop(signum, _frame):
-        stop["requested"] = True
-        print(f"[train] signal {signum}: writing a resumable state at the next optimizer step", flush=True)
-
-    previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    trainable_set = set(trainable)
-    status = "FAILED"
-    try:
-        if main:
-            output.mkdir(parents=True, exist_ok=True)
-            write_json(output / "training_args.json", {**config.to_dict(), "world_size": world}, indent=4)
-            if resuming and run_id:
-                result.run_id = tracker.start(run_id=run_id)
-                tracker.set_tags({f"resumed_at_step_{step}": "true"})
-            else:
-                result.run_id = tracker.start(flatten(config.to_dict()), tags=tags,
-                                              run_name=os.environ.get("DVC_EXP_NAME") or None)
-                tracker.log_dataset(dataset.rows, source=str(Path(metadata).resolve()),
-                                    name=Path(config.dataset.dataset_base_path).name or "dataset")
-                for f in [output / "training_args.json", *(log_files or [])]:
-                    tracker.log_artifact(f, "config")
-                tracker.set_tags({"world_size": str(world)})
-            result.tracking_uri = tracker.uri
-            if not resuming:
-                evaluate(0)
-        accelerator.wait_for_everyone()
-        model.train()
-        save_steps, done, state_pending = config.output.save_steps, False, False
-        epoch = epoch0
-        for epoch in range(epoch0, config.train.num_epochs):
-            start = offset if epoch == epoch0 else 0
-            sampler = EpochShuffleSampler(len(dataset), config.train.seed, epoch, rank, world, start)
-            loader = DataLoader(dataset, sampler=sampler, batch_size=1, collate_fn=first_item,
-                                num_workers=config.dataset.dataset_num_workers)
-            position = start
-            for item in loader:
-                started = time.perf_counter()
-                with accelerator.accumulate(model):
-                    loss = model(item)
-                    accelerator.backward(loss)
-                    grad_norm = None
-                    if accelerator.sync_gradients:
-                        limit = config.train.max_grad_norm or float("inf")
-                        norm = accelerator.clip_grad_norm_(params, limit)  # inf: measure only
-                        grad_norm = float(norm) if norm is not None else None
-                    optimizer.step()
-                    optimizer.zero_grad()
-                if accelerator.sync_gradients:
-                    lr_schedule.step()
-                step += 1
-                position += 1
-                if main:
-                    value = loss.detach().float().item()
-                    elapsed = time.perf_counter() - started
-                    result.loss_history.append((step, value))
-                    metrics = {"loss": value, "lr": lr_schedule.lr(), "step_time": elapsed,
-                               "samples_per_s": world / elapsed, "peak_memory_mb": _peak_memory_mb(accelerator.device)}
-                    if grad_norm is not None:
-                        metrics["grad_norm"] = grad_norm
-                    log(metrics, step)
-                if save_steps and step % save_steps == 0:
-                    save_point(step, None)
-                    state_pending = True
-                if config.train.max_steps and step >= config.train.max_steps:
-                    done = True
-                if accelerator.sync_gradients:
-                    if world > 1:  # every rank must stop at the same step, whichever got the signal
-                        flag = torch.tensor([1.0 if stop["requested"] else 0.0], device=accelerator.device)
-                        stop["requested"] = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
-                    if stop["requested"]:
-                        next_epoch, next_pos = (epoch + 1, 0) if position >= sampler.per_rank else (epoch, position)
-                        save_state(step, next_epoch, next_pos)
-                        raise TrainingInterrupted(f"stopped at step {step}; state saved in "
-                                                  f"{output / train_state.STATE_DIR}. Run again to resume.")
-                    if state_pending and not done:
-                        next_epoch, next_pos = (epoch + 1, 0) if position >= sampler.per_rank else (epoch, position)
-                        save_state(step, next_epoch, next_pos)
-                        state_pending = False
-                if done:
-                    break
-            if save_steps is None:
-                save_point(step, epoch)
-                if not done and accelerator.sync_gradients:
-                    save_state(step, epoch + 1, 0)
-            if done:
-                break
-        if save_steps and step % save_steps != 0:
-            save_point(step, None)
-        _check_ranks_agree(accelerator, model)
-        save_state(step, epoch + 1, 0, finished=True)
-        result.steps = step
-        status = "FINISHED"
-    except (KeyboardInterrupt, TrainingInterrupted):
-        status = "KILLED"
-        raise
-    finally:
-        for s, handler in previous_handlers.items():
-            signal.signal(s, handler)
-        tracker.finish(status)
-        if csv_log:
-            csv_log.close()
-        if tb_writer:
-            tb_writer.close()
-        accelerator.end_training()
-    return result
+    return Trainer(config, metadata_path, tags, log_files).run()
 
 
 def _trains_unused(module: TrainingModule, trainable: list[str]) -> bool:
@@ -454,4 +485,4 @@ def _check_ranks_agree(accelerator: Accelerator, model: torch.nn.Module) -> None
                            "synchronised across processes.")
 
 
-__all__ = ["run_training", "TrainResult", "TrainingModule", "configure_trainable", "TrainingInterrupted"]
+__all__ = ["run_training", "Trainer", "TrainResult", "TrainingModule", "configure_trainable", "TrainingInterrupted"]
