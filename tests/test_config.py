@@ -88,3 +88,17 @@ def test_nothing_to_train_is_refused():
 def test_flatten_for_mlflow():
     flat = flatten({"train": {"learning_rate": 1e-4}, "sample": {"seeds": [0, 1]}})
     assert flat == {"train.learning_rate": 1e-4, "sample.seeds": "[0, 1]"}
+
+
+def test_shipped_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+    expected = {"single": ("NO", None), "ddp": ("MULTI_GPU", None), "deepspeed_zero2": ("DEEPSPEED", 2),
+                "deepspeed_zero2_offload": ("DEEPSPEED", 2), "deepspeed_zero3": ("DEEPSPEED", 3), "fsdp": ("FSDP", None)}
+    for name, (kind, stage) in expected.items():
+        config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
+        assert config.distributed_type.value == kind, name
+        if stage:
+            assert config.deepspeed_config["zero_stage"] == stage
+    offload = load_config_from_file(str(REPO / "configs/accelerate/deepspeed_zero2_offload.yaml")).deepspeed_config
+    assert offload["offload_optimizer_device"] == "cpu" and offload["offload_param_device"] == "cpu"
+    assert load_config_from_file(str(REPO / "configs/accelerate/deepspeed_zero3.yaml")).deepspeed_config["zero3_init_flag"]
