@@ -36,3 +36,10 @@ TINY_QWEN_MODELS = ("diffsynth-tiny/Qwen-Image:transformer/diffusion_pytorch_mod
                     "diffsynth-tiny/Qwen-Image:text_encoder/model*.safetensors,"
                     "diffsynth-tiny/Qwen-Image:vae/diffusion_pytorch_model.safetensors")
 TINY_QWEN_TOKENIZER = "diffsynth-tiny/Qwen-Image:tokenizer/"
+
+
+@pytest.fixture()
+def tiny_env(model_base, monkeypatch):
+    """Model flags resolve against the session's tiny presets, never a hub."""
+    monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(model_base))
+    monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")

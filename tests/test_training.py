@@ -9,11 +9,6 @@ from diffsynth.training.loop import run_training
 from helpers import tiny_config
 
 
-@pytest.fixture()
-def tiny_env(model_base, monkeypatch):
-    monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(model_base))
-    monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
-
 
 @pytest.mark.slow
 def test_fixed_noise_validation_loss_falls(tmp_path, shapes_dataset, tiny_env):

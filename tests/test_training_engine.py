@@ -24,11 +24,6 @@ from helpers import REPO, tiny_config
 from conftest import TINY_QWEN_MODELS, TINY_QWEN_TOKENIZER
 
 
-@pytest.fixture()
-def tiny_env(model_base, monkeypatch):
-    monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(model_base))
-    monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
-
 
 def fresh_module(seed=0):
     torch.manual_seed(seed)

@@ -11,11 +11,6 @@ from helpers import tiny_config
 from conftest import TINY_QWEN_MODELS
 
 
-@pytest.fixture()
-def tiny_env(model_base, monkeypatch):
-    monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(model_base))
-    monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
-
 
 @pytest.mark.slow
 def test_fp8_dit_trains_lora(tmp_path, shapes_dataset, tiny_env):
