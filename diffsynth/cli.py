@@ -49,7 +49,7 @@ def cmd_data_validate(args) -> int:
         return 2
     report_path = Path(args.report)
     report = check_dataset(config, metadata_out=report_path.with_suffix(".metadata.jsonl"), report_out=report_path,
-                           plot_out=report_path.with_suffix(".resolutions.csv"), **data_rules(config.model.family))
+                           plot_out=report_path.with_suffix(".resolutions.csv"), **data_rules(config.model.family, config))
     print(report.summary(config.dataset.on_invalid))
     return 1 if report.failed(config.dataset.on_invalid) else 0
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="diffusers", choices=["diffusers"])
     p.add_argument("--out", required=True)
     sub.add_parser("summary", help="print where the pipeline's results are")
+    sub.add_parser("flags", help="print every DiffSynth flag, its params.yaml key and its status (markdown)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "params":
         return cmd_params(args, rest)
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_data_validate(args)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "flags":
+        from .config import flag_table
+        print(flag_table())
+        return 0
     return {"tiny-model": cmd_tiny_model, "export": cmd_export, "summary": cmd_summary}[args.command](args)
 
 

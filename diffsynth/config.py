@@ -39,7 +39,8 @@ class DatasetConfig:
     data_file_keys: str = _f("image,video", "comma list of metadata columns holding file paths")
     source: str = _f("local", "where the data comes from: builtin (generated sample), local, modelscope",
                      ours=True, choices=["builtin", "local", "modelscope"])
-    builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes or moving_shapes", ours=True)
+    builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes or "
+                           "shapes_edit", ours=True)
     modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
     modelscope_include: str = _f("", "comma list of file globs to download from the ModelScope dataset "
                                      "(modelscope download --include); empty: all files", ours=True)
@@ -57,14 +58,22 @@ class ResolutionConfig:
 
 @dataclass
 class ModelConfigSection:
-    family: str = _f("qwen_image", "model family: qwen_image", ours=True)
+    family: str = _f("qwen_image", "model family: qwen_image, flux, wan (Wan2.1/2.2), qwen_image_edit (qwen_image "
+                     "with edit_image in extra_inputs trains the edit model too, as DiffSynth's one script does)", ours=True)
     tiny_preset: str = _f("", "generate a tiny random model of this family in the real layout (test/demo only)",
                           ours=True)
     model_paths: Optional[str] = _f(None, "JSON list of model files; an item may be a list of shards")
     model_id_with_origin_paths: Optional[str] = _f(None, "comma list of model_id:glob, e.g. Qwen/Qwen-Image:vae/*.safetensors")
     tokenizer_path: Optional[str] = _f(None, "tokenizer folder or model_id:folder/")
     processor_path: Optional[str] = _f(None, "image processor folder or model_id:folder/ (edit models)")
+    tokenizer_1_path: Optional[str] = _f(None, "FLUX CLIP tokenizer folder or model_id:folder/ "
+                                         "(None: black-forest-labs/FLUX.1-dev:tokenizer/)")
+    tokenizer_2_path: Optional[str] = _f(None, "FLUX T5 tokenizer folder or model_id:folder/ "
+                                         "(None: black-forest-labs/FLUX.1-dev:tokenizer_2/)")
     extra_inputs: Optional[str] = _f(None, "comma list of metadata columns passed to the model as extra inputs")
+    zero_cond_t: bool = _f(False, "Qwen-Image-Edit-2511: edit-image tokens are modulated at timestep 0")
+    edit_image_area: int = _f(1024 * 1024, "Qwen-Image-Edit: each edit image is resized to this area (ratio kept, "
+                              "sides multiples of 32) before VAE encoding; DiffSynth uses 1024*1024", ours=True)
     fp8_models: Optional[str] = _f(None, "models stored in fp8 (entries of the two model lists)")
     torch_dtype: str = _f("bfloat16", "dtype the models are loaded and computed in", ours=True,
                           choices=["bfloat16", "float16", "float32"])
@@ -116,6 +125,8 @@ class OutputConfig:
     output_path: str = _f("./models", "folder for checkpoints and training_args.json")
     remove_prefix_in_ckpt: Optional[str] = _f("pipe.dit.", "prefix stripped from saved keys")
     save_steps: Optional[int] = _f(None, "save every N micro-steps; empty: once per epoch")
+    align_to_opensource_format: bool = _f(False, "FLUX: save LoRA checkpoints in kohya names "
+                                                 "(lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight, .alpha)")
 
 
 @dataclass
@@ -137,8 +148,9 @@ class SampleConfig:
 
 @dataclass
 class TrackingConfig:
-    experiment: str = _f("diffsynth", "MLflow experiment name", ours=True)
-    uri: str = _f("", "MLflow tracking URI; empty: sqlite mlflow.db at the project root", ours=True)
+    experiment: str = _f("diffsynth", "MLflow experiment name", ours=True, flag="mlflow_experiment")
+    uri: str = _f("", "MLflow tracking URI; empty: sqlite mlflow.db at the project root", ours=True,
+                  flag="tracking_uri")
     enable_csv_log: bool = _f(False, "append step,key,value rows to <output_path>/loss.csv")
     enable_tensorboard_log: bool = _f(False, "write loss to <output_path>/tensorboard_log")
 
@@ -172,7 +184,7 @@ UNSUPPORTED_FLAGS: dict[str, Any] = {
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
     "enable_swanlab_log": False, "swanlab_project": "DiffSynth-Studio",
     "enable_wandb_log": False, "wandb_project": "DiffSynth-Studio",
-    "initialize_model_on_cpu": False, "zero_cond_t": False,
+    "initialize_model_on_cpu": False,
 }
 
 
@@ -221,6 +233,9 @@ class Config:
             raise ConfigError("lora.preset_lora_path and lora.preset_lora_model go together: set both or neither")
         if self.lora.lora_rank < 1:
             raise ConfigError(f"lora.lora_rank = {self.lora.lora_rank}: must be >= 1")
+        if self.output.align_to_opensource_format and not self.lora.lora_base_model:
+            raise ConfigError("output.align_to_opensource_format converts LoRA checkpoints: set lora.lora_base_model, "
+                              "or turn the flag off for full fine-tuning")
         if not self.lora.lora_base_model and not self.train.trainable_models:
             raise ConfigError("Nothing to train: set lora.lora_base_model (e.g. dit) or train.trainable_models")
         return self
@@ -354,6 +369,7 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
         raise ConfigError("Not supported yet: " + ", ".join(f"--{u}" for u in unsupported)
                           + ". Remove these flags; see the flag table in README.md.")
     data: dict = {}
+    flags_only = "params" not in ns and not base  # a pasted DiffSynth command line, nothing else
     if "params" in ns:
         data = yaml.safe_load(Path(ns.pop("params")).read_text()) or {}
     elif base:
@@ -362,7 +378,66 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
     for dest, value in ns.items():
         section, key = dest.split(".", 1)
         data.setdefault(section, {})[key] = value
+    model = data.setdefault("model", {})
+    if not model.get("family"):
+        # DiffSynth picks the family by which train.py runs; we read it from the model ids (--family wins)
+        inferred = infer_family(model.get("model_id_with_origin_paths"), model.get("model_paths"))
+        if inferred:
+            model["family"] = inferred
+    gradient = data.setdefault("gradient", {})
+    if flags_only and model.get("family") in WAN_FAMILIES and "use_gradient_checkpointing" not in gradient:
+        # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on;
+        # params.yaml leaves it to the user (it costs ~55% per step and is only a memory tool)
+        gradient["use_gradient_checkpointing"] = True
     return config_from_dict(data, check)
+
+
+# model id / file name pattern -> family, for flag-only command lines without --family
+FAMILY_PATTERNS = (("FLUX.1", "flux"), ("flux1-", "flux"),
+                   ("Wan-AI/", "wan"), ("Wan2.1", "wan"), ("Wan2.2", "wan"))  # Wan repos, VAE and DiT file names
+WAN_FAMILIES = ("wan", "wanvideo")
+
+
+def infer_family(model_id_with_origin_paths: str | None, model_paths: str | None) -> str | None:
+    """The family the model entries name (e.g. ``black-forest-labs/FLUX.1-dev:...`` -> flux), or None."""
+    text = f"{model_id_with_origin_paths or ''} {model_paths or ''}".lower()
+    found = {family for pattern, family in FAMILY_PATTERNS if pattern.lower() in text}
+    return found.pop() if len(found) == 1 else None
+
+
+# How a supported DiffSynth flag behaves differently here (shown in the README's flag table).
+DIFFERENCES = {
+    "dataset_metadata_path": "required: cached-dataset mode (no metadata) is not supported yet",
+    "model_paths": "safetensors only (pickled .bin/.pth are refused); shard lists and globs",
+    "model_id_with_origin_paths": "files recognised by key names and shapes, not a hash: partial key sets load",
+    "fp8_models": "per-tensor scaled fp8 (more precise than a plain cast)",
+    "trainable_models": "",
+    "find_unused_parameters": "rarely needed: LoRA is not put on modules that get no gradient, and a full "
+                              "fine-tune turns it on by itself under DDP",
+    "task": "only sft",
+    "resume_from_checkpoint": "weights only, as DiffSynth; full-state resume is train.resume",
+    "lora_target_modules": "DiffSynth's FLUX and Wan names are mapped to the loaded modules",
+    "save_steps": "also writes a resumable state (optimizer, RNG, data position) beside the checkpoint",
+    "use_gradient_checkpointing_offload": "saved activations of the whole forward go to CPU memory",
+    "enable_csv_log": "every metric (loss, lr, grad_norm, validation), not only loss",
+    "enable_tensorboard_log": "every metric",
+    "num_frames": "",
+}
+
+
+def flag_table() -> str:
+    """Markdown: every DiffSynth flag (and ours) -> params.yaml key -> status."""
+    rows = ["| flag | params.yaml key | status |", "|-|-|-|"]
+    for section, f, flag in _flag_fields():
+        if f.metadata.get("ours"):
+            status = "ours (not in DiffSynth): " + f.metadata.get("help", "").replace("|", "\\|")
+        else:
+            note = DIFFERENCES.get(f.name, "")
+            status = "supported" + (f"; {note}" if note else "")
+        rows.append(f"| `--{flag}` | `{section}.{f.name}` | {status} |")
+    for flag in UNSUPPORTED_FLAGS:
+        rows.append(f"| `--{flag}` | — | not supported yet: refused with an error |")
+    return "\n".join(rows)
 
 
 def diffsynth_defaults() -> dict:
