@@ -26,9 +26,10 @@ def test_check_finds_missing_modules_and_wrong_shapes():
     ok = check_against_model(to_diffusers(native()), Tiny())
     assert ok["matched_modules"] == 1 and ok["unmatched_modules"] == 0
     missing = check_against_model(to_diffusers(native(module="blocks.0.to_k")), Tiny())
-    assert missing["unmatched"] == ["blocks.0.to_k"]
+    assert sorted(missing["unmatched"]) == ["transformer.blocks.0.to_k.lora_A.weight",
+                                            "transformer.blocks.0.to_k.lora_B.weight"]
     wrong = check_against_model(to_diffusers(native(in_f=7)), Tiny())
-    assert wrong["unmatched"] == ["blocks.0.to_q"]
+    assert list(wrong["unmatched"]) == ["transformer.blocks.0.to_q.lora_A.weight"] and wrong["unmatched_modules"] == 1
 
 
 def test_export_rejects_non_lora_files(tmp_path):

@@ -1,0 +1,75 @@
+"""Check an exported LoRA against the base model: every tensor must address an existing 2-D weight with fitting
+shapes, in the naming the format promises (diffusers module names, or the family's original checkpoint names for
+ComfyUI/kohya). The result is the ``lora_compat.json`` record; any unmatched key fails the export stage."""
+from __future__ import annotations
+
+import torch
+
+from ..models import convert_flux, convert_wan
+from ..models.components import normalise_family
+from .lora_formats import LORA_KEY, PREFIXES, kohya_name
+
+
+def weight_shapes(model: torch.nn.Module) -> dict[str, tuple]:
+    """``{module: (out, in)}`` of every Linear of ``model`` (works on the meta device)."""
+    return {name: (m.out_features, m.in_features) for name, m in model.named_modules()
+            if isinstance(getattr(m, "base_layer", m), torch.nn.Linear) and not name.endswith(".base_layer")}
+
+
+def original_weight_shapes(model: torch.nn.Module, family: str) -> dict[str, tuple]:
+    """``{module: (out, in)}`` of the 2-D weights in the family's original checkpoint layout, derived from the
+    diffusers model (on meta: no weights read) with the ``convert_*`` functions."""
+    family = normalise_family(family)
+    state = {k: v for k, v in model.state_dict().items() if k.endswith(".weight")}
+    if family == "flux":
+        state = convert_flux.diffusers_to_bfl_dit(state)
+    elif family == "wan":
+        state = convert_wan.diffusers_to_wan_dit(state)
+    return {k[: -len(".weight")]: tuple(v.shape) for k, v in state.items() if v.dim() == 2}
+
+
+def _target(key: str, fmt: str, kohya: dict[str, str]) -> tuple[str | None, str | None]:
+    """(module, slot A/B/alpha) a key of ``fmt`` addresses; module None when the name has the wrong form."""
+    if key.endswith(".alpha"):
+        base, slot = key[: -len(".alpha")], "alpha"
+    else:
+        m = LORA_KEY.match(key)
+        if not m:
+            return None, None
+        base, slot = m.group("module"), "A" if m.group("kind") in ("lora_A", "lora_down") else "B"
+    if fmt == "kohya":
+        return kohya.get(base), slot
+    prefix = {"diffusers": "transformer.", "comfyui": "diffusion_model."}.get(fmt, "")
+    if prefix and not base.startswith(prefix):
+        return None, slot
+    if not prefix and base.startswith(PREFIXES):
+        return None, slot
+    return base[len(prefix):], slot
+
+
+def check_lora(state: dict, fmt: str, shapes: dict[str, tuple]) -> dict:
+    """Match every tensor of ``state`` (format ``fmt``) to ``shapes`` (the base model's modules in that format's
+    naming); returns counts and the unmatched keys with the reason."""
+    kohya = {kohya_name(name): name for name in shapes}
+    matched, unmatched = set(), {}
+    for key, value in sorted(state.items()):
+        module, slot = _target(key, fmt, kohya)
+        if module is None or module not in shapes:
+            unmatched[key] = "no such module in the base model"
+            continue
+        out_f, in_f = shapes[module]
+        if slot == "A" and value.shape[-1] != in_f:
+            unmatched[key] = f"A has {value.shape[-1]} inputs, the layer {in_f}"
+        elif slot == "B" and value.shape[0] != out_f:
+            unmatched[key] = f"B has {value.shape[0]} outputs, the layer {out_f}"
+        else:
+            matched.add(module)
+    bad_modules = {(_target(k, fmt, kohya)[0] or k) for k in unmatched}
+    return {"tensors": len(state), "matched_modules": len(matched - bad_modules),
+            "unmatched_modules": len(bad_modules), "unmatched_keys": len(unmatched),
+            "unmatched": dict(list(unmatched.items())[:50])}
+
+
+def check_against_model(state: dict, model: torch.nn.Module, fmt: str = "diffusers", family: str = "qwen_image") -> dict:
+    shapes = original_weight_shapes(model, family) if fmt in ("comfyui", "kohya") else weight_shapes(model)
+    return check_lora(state, fmt, shapes)

@@ -1,0 +1,101 @@
+"""Export one training checkpoint in every requested format, checking each against the base model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..files import atomic_path
+from .check import check_lora, original_weight_shapes, weight_shapes
+from .full import load_full_weights, merge_lora, save_model_folder
+from .lora_formats import FORMATS, ExportError, is_lora_key, lora_modules, write_format
+
+# diffusers' own file name, so `pipe.load_lora_weights(out_dir)` finds it without weight_name=
+FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "diffsynth": "lora_diffsynth.safetensors",
+              "comfyui": "lora_comfyui.safetensors", "kohya": "lora_kohya.safetensors"}
+MODEL_FOLDER = "model"
+
+
+@dataclass
+class ExportResult:
+    files: dict = field(default_factory=dict)    # format (or "model") -> written path
+    compat: dict = field(default_factory=dict)   # the lora_compat.json record
+
+    @property
+    def ok(self) -> bool:
+        return self.compat.get("unmatched_keys", 0) == 0
+
+
+def check_formats(formats: list[str]) -> list[str]:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"export.formats has {unknown}; choose among {list(FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def _save(state: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list[str], family: str,
+                      base: torch.nn.Module, lora_alpha: float | None = None, merge: bool = False,
+                      load_base: Callable[[], torch.nn.Module] | None = None,
+                      max_shard_size: str = "5GB") -> ExportResult:
+    """``base`` is the trained model's architecture (meta device is enough for the checks); ``load_base``
+    returns it with real weights, needed only for a full fine-tune or ``merge``."""
+    formats = check_formats(formats)
+    out_dir = Path(out_dir)
+    state = load_file(str(checkpoint))
+    if not state:
+        raise ExportError(f"{checkpoint} holds no tensors")
+    lora_state = {k: v for k, v in state.items() if is_lora_key(k)}
+    full_state = {k: v for k, v in state.items() if not is_lora_key(k)}
+    result = ExportResult(compat={"checkpoint": str(checkpoint), "family": family, "formats": {}})
+    shapes = {"native": weight_shapes(base)}
+    if lora_state:
+        modules = lora_modules(lora_state, lora_alpha)
+        native = check_lora(write_format(modules, "diffsynth", family), "diffsynth", shapes["native"])
+        result.compat.update(matched_modules=native["matched_modules"], lora_rank=max(a.shape[0] for a, _ in modules.values()))
+        for fmt in formats:
+            if fmt in ("comfyui", "kohya") and "original" not in shapes:
+                shapes["original"] = original_weight_shapes(base, family)
+            exported = write_format(modules, fmt, family, shapes["native"])
+            record = check_lora(exported, fmt, shapes["original" if fmt in ("comfyui", "kohya") else "native"])
+            path = out_dir / FILE_NAMES[fmt]
+            _save(exported, path)
+            result.files[fmt] = path
+            result.compat["formats"][fmt] = {"file": str(path), **record}
+    if full_state or merge:
+        if load_base is None:
+            raise ExportError("a full fine-tune or export.merge_lora needs the base model's weights (load_base)")
+        model = load_base()
+        record = {}
+        if full_state:
+            record["full_tensors"] = load_full_weights(model, full_state, str(checkpoint))
+        if merge and lora_state:
+            record["merged_lora_modules"] = merge_lora(model, modules)
+        folder = save_model_folder(model, out_dir / MODEL_FOLDER, max_shard_size)
+        result.files["model"] = folder
+        result.compat["model"] = {"folder": str(folder), **record}
+    per_format = result.compat["formats"].values()
+    result.compat["unmatched_modules"] = sum(r["unmatched_modules"] for r in per_format)
+    result.compat["unmatched_keys"] = sum(r["unmatched_keys"] for r in per_format)
+    result.compat.setdefault("matched_modules", 0)
+    result.compat["tensors"] = len(state)
+    return result
+
+
+def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffusers", family: str = "qwen_image",
+                lora_alpha: float | None = None, shapes: dict | None = None) -> dict[str, torch.Tensor]:
+    """One LoRA file in ``fmt`` (no base-model check: ``diffsynth export`` without the model at hand)."""
+    check_formats([fmt])
+    state = load_file(str(checkpoint))
+    if not state:
+        raise ExportError(f"{checkpoint} holds no tensors")
+    exported = write_format(lora_modules(state, lora_alpha), fmt, family, shapes)
+    _save(exported, Path(out_file))
+    return exported

@@ -1,0 +1,221 @@
+"""Every export format on the tiny Qwen-Image, FLUX and Wan DiTs: keys load into the diffusers model with nothing
+missing or unexpected, ComfyUI/kohya names exist in the family's original checkpoint layout and carry the same
+weight update, and whole-model exports equal base + B·A."""
+import logging
+
+import pytest
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors.torch import load_file, save_file
+
+from diffsynth.export import (ExportError, check_lora, export_checkpoint, lora_modules, original_weight_shapes,
+                              weight_shapes, write_format)
+from diffsynth.models import convert_flux, convert_wan
+from diffsynth.models.convert_flux import rope_axes
+
+
+def tiny_dit(family):
+    torch.manual_seed(0)
+    if family == "qwen_image":
+        from diffusers import QwenImageTransformer2DModel
+        return QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                                           attention_head_dim=16, num_attention_heads=4, joint_attention_dim=32,
+                                           axes_dims_rope=(4, 6, 6))
+    if family == "flux":
+        from diffusers import FluxTransformer2DModel
+        return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
+                                      attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                      pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=rope_axes(16))
+    from diffsynth.models.tiny import _tiny_wan_dit
+    return _tiny_wan_dit()
+
+
+TARGETS = {
+    "qwen_image": ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "img_mlp.net.2"],
+    # q/k/v of the double blocks complete, single blocks only partly (to_q, proj_mlp): exercises zero-filled fusion
+    "flux": ["to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out",
+             "ff.net.0.proj", "ff_context.net.2", "proj_mlp", "norm1.linear", "norm_out.linear"],
+    "wan": ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+}
+FAMILIES = list(TARGETS)
+
+
+def trained_lora(family, rank=4):
+    """A DiffSynth-native checkpoint as the trainer writes it: peft adapter `default`, B made non-zero."""
+    model = tiny_dit(family)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS[family]), model)
+    gen = torch.Generator().manual_seed(1)
+    state = {}
+    for name, p in model.named_parameters():
+        if ".lora_" in name:
+            state[name] = torch.randn(p.shape, generator=gen) * 0.1
+    return state
+
+
+def deltas(modules):
+    return {f"{name}.weight": b.float() @ a.float() for name, (a, b) in modules.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_diffusers_format_loads_with_load_lora_adapter(family, caplog):
+    native = trained_lora(family)
+    exported = write_format(lora_modules(native), "diffusers", family)
+    assert all(k.startswith("transformer.") and ".default." not in k for k in exported)
+    model = tiny_dit(family)
+    with caplog.at_level(logging.WARNING):
+        model.load_lora_adapter(exported, prefix="transformer", adapter_name="t")
+    assert "unexpected" not in caplog.text.lower() and "missing" not in caplog.text.lower(), caplog.text
+    loaded = {n.replace(".t.weight", ".weight"): p for n, p in model.named_parameters() if ".lora_" in n}
+    assert set(loaded) == {k[len("transformer."):] for k in exported}
+    for key, value in exported.items():
+        assert torch.equal(loaded[key[len("transformer."):]], value)
+    record = check_lora(exported, "diffusers", weight_shapes(tiny_dit(family)))
+    assert record["unmatched_keys"] == 0 and record["matched_modules"] == len(native) // 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fmt", ["comfyui", "kohya"])
+def test_original_name_formats_carry_the_same_update(family, fmt):
+    """Applying the exported LoRA in the original layout equals converting the diffusers-space merge."""
+    base = tiny_dit(family)
+    shapes = weight_shapes(base)
+    modules = lora_modules(trained_lora(family))
+    exported = write_format(modules, fmt, family, shapes)
+    original = original_weight_shapes(base, family)
+    record = check_lora(exported, fmt, original)
+    assert record["unmatched_keys"] == 0, record["unmatched"]
+    convert = {"qwen_image": lambda sd: sd, "flux": convert_flux.diffusers_to_bfl_dit,
+               "wan": convert_wan.diffusers_to_wan_dit}[family]
+    sd = {k: v for k, v in base.state_dict().items()}
+    merged = {k: (v + deltas(modules)[k] if k in deltas(modules) else v) for k, v in sd.items()}
+    expected = convert(merged)
+    got = dict(convert(sd))
+    down, up, prefix = ("lora_A", "lora_B", "diffusion_model.") if fmt == "comfyui" else ("lora_down", "lora_up", "")
+    kohya = {"lora_unet_" + n.replace(".", "_"): n for n in original}
+    for key, a in exported.items():
+        if not key.endswith(f".{down}.weight"):
+            continue
+        base_name = key[: -len(f".{down}.weight")]
+        b = exported[f"{base_name}.{up}.weight"]
+        alpha = exported[f"{base_name}.alpha"].item()
+        assert alpha == a.shape[0]  # alpha = rank: the update is B @ A
+        name = base_name[len(prefix):] if fmt == "comfyui" else kohya[base_name]
+        got[f"{name}.weight"] = got[f"{name}.weight"] + (alpha / a.shape[0]) * (b @ a)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_comfyui_names_are_the_original_ones():
+    wan = write_format(lora_modules(trained_lora("wan")), "comfyui", "wan")
+    assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in wan
+    assert "diffusion_model.blocks.1.ffn.2.lora_B.weight" in wan and "diffusion_model.blocks.0.self_attn.q.alpha" in wan
+    assert not any(".attn1." in k or "to_q" in k for k in wan)
+    flux_base = tiny_dit("flux")
+    flux = write_format(lora_modules(trained_lora("flux", rank=4)), "comfyui", "flux", weight_shapes(flux_base))
+    a = flux["diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight"]
+    b = flux["diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight"]
+    assert a.shape == (12, 32) and b.shape == (96, 12)  # q, k, v ranks stacked; B block-diagonal
+    assert torch.count_nonzero(b[:32, 4:]) == 0 and torch.count_nonzero(b[32:64, :4]) == 0
+    # single blocks: only to_q and proj_mlp have LoRA; linear1 = [q, k, v, mlp], k/v rows of the update are zero
+    a1 = flux["diffusion_model.single_blocks.0.linear1.lora_A.weight"]
+    b1 = flux["diffusion_model.single_blocks.0.linear1.lora_B.weight"]
+    update = b1 @ a1
+    assert update.shape == (32 * 3 + 128, 32) and torch.count_nonzero(update[32:96]) == 0
+    assert "diffusion_model.final_layer.adaLN_modulation.1.lora_B.weight" in flux
+
+
+def test_flux_kohya_names_match_the_opensource_format():
+    flux = write_format(lora_modules(trained_lora("flux")), "kohya", "flux", weight_shapes(tiny_dit("flux")))
+    for name in ("lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_txt_attn_qkv",
+                 "lora_unet_double_blocks_0_img_attn_proj", "lora_unet_double_blocks_0_txt_attn_proj",
+                 "lora_unet_double_blocks_0_img_mlp_0", "lora_unet_double_blocks_0_txt_mlp_2",
+                 "lora_unet_double_blocks_0_img_mod_lin", "lora_unet_single_blocks_1_linear1"):
+        assert f"{name}.lora_down.weight" in flux and f"{name}.lora_up.weight" in flux, name
+        assert flux[f"{name}.alpha"].item() == flux[f"{name}.lora_down.weight"].shape[0]
+
+
+def test_partial_fusion_without_the_base_model_uses_flux_shapes():
+    modules = lora_modules(trained_lora("flux"))
+    assert write_format(modules, "comfyui", "flux").keys() == \
+        write_format(modules, "comfyui", "flux", weight_shapes(tiny_dit("flux"))).keys()
+
+
+def test_one_opensource_implementation_for_training_and_export():
+    """families.flux's training-time --align_to_opensource_format writer agrees with the export's kohya writer."""
+    flux = pytest.importorskip("diffsynth.families.flux")
+    from diffsynth.export.lora_formats import to_opensource_lora
+    native = {k: v for k, v in trained_lora("flux").items() if "blocks." in k}  # theirs drops non-block modules
+    ours, theirs = to_opensource_lora(native), flux.to_opensource_lora(native)
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k].float(), theirs[k].float(), msg=k)
+
+
+def test_lora_alpha_is_folded_into_b():
+    native = trained_lora("qwen_image", rank=4)
+    plain = write_format(lora_modules(native), "diffusers", "qwen_image")
+    scaled = write_format(lora_modules(native, alpha=8), "diffusers", "qwen_image")
+    key = "transformer.transformer_blocks.0.attn.to_q.lora_B.weight"
+    torch.testing.assert_close(scaled[key], 2 * plain[key])
+    a_key = key.replace("lora_B", "lora_A")
+    assert torch.equal(scaled[a_key], plain[a_key])
+
+
+def test_check_reports_unknown_modules_and_wrong_shapes():
+    shapes = weight_shapes(tiny_dit("wan"))
+    bad = {"transformer.blocks.0.attn1.to_x.lora_A.weight": torch.zeros(2, 32),
+           "transformer.blocks.0.attn1.to_x.lora_B.weight": torch.zeros(32, 2),
+           "transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 31),
+           "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(32, 2)}
+    record = check_lora(bad, "diffusers", shapes)
+    assert record["unmatched_modules"] == 2 and record["matched_modules"] == 0
+    assert "31 inputs" in record["unmatched"]["transformer.blocks.0.attn1.to_q.lora_A.weight"]
+
+
+@pytest.mark.parametrize("family", ["qwen_image", "wan"])
+def test_merged_export_is_base_plus_ba_and_loads_with_from_pretrained(family, tmp_path):
+    native = trained_lora(family)
+    save_file(native, str(tmp_path / "epoch-0.safetensors"))
+    base = tiny_dit(family)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    result = export_checkpoint(tmp_path / "epoch-0.safetensors", tmp_path / "out", ["diffusers", "comfyui"], family,
+                               base, lora_alpha=8, merge=True, load_base=lambda: base, max_shard_size="50KB")
+    assert result.ok and set(result.files) == {"diffusers", "comfyui", "model"}
+    folder = tmp_path / "out" / "model"
+    assert (folder / "config.json").exists() and (folder / "diffusion_pytorch_model.safetensors.index.json").exists()
+    assert len(list(folder.glob("diffusion_pytorch_model-*.safetensors"))) > 1
+    merged = type(base).from_pretrained(str(folder)).state_dict()
+    modules = lora_modules(native)  # alpha = rank here; the export used lora_alpha 8 = 2 × rank 4
+    for name, (a, b) in modules.items():
+        expected = before[f"{name}.weight"] + 2.0 * (b @ a)
+        torch.testing.assert_close(merged[f"{name}.weight"], expected, rtol=1e-6, atol=1e-6)
+    untouched = next(k for k in before if k.endswith("norm_q.weight"))
+    assert torch.equal(merged[untouched], before[untouched])
+
+
+def test_full_finetune_exports_a_model_folder(tmp_path):
+    base = tiny_dit("wan")
+    trained = {k: v + 1.0 for k, v in tiny_dit("wan").state_dict().items()}
+    save_file(trained, str(tmp_path / "epoch-0.safetensors"))
+    result = export_checkpoint(tmp_path / "epoch-0.safetensors", tmp_path / "out", ["diffusers"], "wan",
+                               tiny_dit("wan"), load_base=lambda: base)
+    assert "diffusers" not in result.files and result.compat["model"]["full_tensors"] == len(trained)
+    loaded = type(base).from_pretrained(str(tmp_path / "out" / "model")).state_dict()
+    for k, v in trained.items():
+        assert torch.equal(loaded[k], v), k
+
+
+def test_unknown_format_names_the_param(tmp_path):
+    save_file(trained_lora("qwen_image"), str(tmp_path / "c.safetensors"))
+    with pytest.raises(ExportError, match="export.formats"):
+        export_checkpoint(tmp_path / "c.safetensors", tmp_path / "o", ["safetensors"], "qwen_image", tiny_dit("qwen_image"))
+
+
+def test_exported_files_round_trip(tmp_path):
+    native = trained_lora("wan")
+    save_file(native, str(tmp_path / "c.safetensors"))
+    result = export_checkpoint(tmp_path / "c.safetensors", tmp_path / "o", ["diffsynth", "kohya"], "wan", tiny_dit("wan"))
+    assert result.ok
+    again = load_file(str(result.files["diffsynth"]))
+    assert set(again) == set(native) and all(torch.equal(again[k], native[k]) for k in native)
+    assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in load_file(str(result.files["kohya"]))
