@@ -157,8 +157,14 @@ class TrackingConfig:
 
 @dataclass
 class ExportConfig:
-    format: str = _f("diffusers", "LoRA export format", ours=True, choices=["diffusers"])
+    formats: list = _fl(["diffusers"], "LoRA export formats: diffsynth | diffusers | comfyui | kohya", ours=True)
+    format: str = _f("", "one more format (older single-format key; added to formats)", ours=True)
+    merge_lora: bool = _f(False, "also write base + LoRA merged as a full model folder (<out_dir>/model)", ours=True)
+    max_shard_size: str = _f("5GB", "shard size of exported model folders", ours=True)
     out_dir: str = _f("outputs/export", "folder of the exported files", ours=True)
+
+    def all_formats(self) -> list:
+        return list(dict.fromkeys([*self.formats, *([self.format] if self.format else [])]))
 
 
 SECTIONS: dict[str, type] = {
@@ -384,6 +390,9 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
         inferred = infer_family(model.get("model_id_with_origin_paths"), model.get("model_paths"))
         if inferred:
             model["family"] = inferred
+        elif "edit_image" in [k.strip() for k in str(model.get("extra_inputs") or "").split(",")]:
+            # DiffSynth's Qwen train.py becomes an edit run when edit_image is an extra input
+            model["family"] = "qwen_image_edit"
     gradient = data.setdefault("gradient", {})
     if flags_only and model.get("family") in WAN_FAMILIES and "use_gradient_checkpointing" not in gradient:
         # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on;
