@@ -55,6 +55,11 @@ class Pipeline(torch.nn.Module):
         diffusers' ``attn1.to_q``) maps DiffSynth's lists here, so a pasted DiffSynth command line still works."""
         return list(targets)
 
+    def checkpoint_converter(self):
+        """``output.align_to_opensource_format``: a function ``state -> state`` writing saved LoRAs in the
+        open-source (kohya) names, or None where the family has no such format."""
+        return None
+
     def encode(self, item: dict) -> dict:
         """A dataset item -> model inputs without gradient: ``latents`` (x0) and conditioning tensors.
 

@@ -25,7 +25,7 @@ from ..families import get_family
 from ..families.base import Pipeline
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
-from ..tracking import MetricsCSV, Tracker
+from ..tracking import MetricsLog, Tracker
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
@@ -209,6 +209,7 @@ class Trainer:
         if config.train.resume_from_checkpoint:
             load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
         self.trainable = set(configure_trainable(module, config, dtype))
+        self.convert_checkpoint = _checkpoint_converter(pipe, config)
         _apply_fp8(pipe, config, dtype)
 
         rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
@@ -237,24 +238,19 @@ class Trainer:
             config.validation.sigmas, config.validation.seed)
         self.result = TrainResult(world_size=self.world)
         self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=self.main)
-        self.csv_log = self.tb_writer = None
+        self.metrics_log = None  # opened with the output folder (main process)
         self.stop_requested = False
 
     # ------------------------------------------------------------------ logging
     def log(self, metrics: dict, at: int) -> None:
-        self.tracker.log_metrics(metrics, at)
-        if self.csv_log:
-            self.csv_log.log(metrics, at)
-        if self.tb_writer:
-            for k, v in metrics.items():
-                self.tb_writer.add_scalar(k, v, at)
+        if self.metrics_log:
+            self.metrics_log.log(metrics, at)
 
     def _open_local_logs(self) -> None:
-        if self.config.tracking.enable_csv_log:
-            self.csv_log = MetricsCSV(self.output / "loss.csv")
-        if self.config.tracking.enable_tensorboard_log:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb_writer = SummaryWriter(str(self.output / "tensorboard_log"))
+        # MLflow + loss.csv (also when MLflow fails, whatever enable_csv_log says) + tensorboard
+        tracking = self.config.tracking
+        self.metrics_log = MetricsLog(self.tracker, self.output / "loss.csv", tracking.enable_csv_log,
+                                      self.output / "tensorboard_log" if tracking.enable_tensorboard_log else None)
 
     def _start_tracking(self, resumed_run_id: str | None) -> None:
         config, tracker = self.config, self.tracker
@@ -279,14 +275,12 @@ class Trainer:
         self.result.val_history.append((at, metrics))
         self.log(metrics, at)
         print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
-        table = {"prompt": [], "seed": [], "step": [], "image_key": []}
+        table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": []}
         for i, prompt, seed, image in _samples(self.pipe, self.config):
-            key = f"sample/p{i}_s{seed}"
-            if isinstance(image, list):
-                self.tracker.log_video(image, key=key, step=at)
-            else:
-                self.tracker.log_image(image, key=key, step=at)
-            for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image_key", key)):
+            key = f"sample/p{i}_s{seed}"  # one image key per prompt × seed; the step slider walks the save points
+            shown = self.tracker.log_sample(image, key=key, step=at)
+            for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image", shown),
+                                  ("image_key", key)):
                 table[column].append(value)
         self.tracker.log_table(table, "samples.json")
 
@@ -298,6 +292,8 @@ class Trainer:
             prefix = self.config.output.remove_prefix_in_ckpt
             ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
                     for k, v in state.items() if k in self.trainable}
+            if self.convert_checkpoint:
+                ckpt = self.convert_checkpoint(ckpt)
             name = checkpoint_name(epoch=epoch, step=None if epoch is not None else at)
             path = save_checkpoint(ckpt, self.output / name)
             self.result.checkpoints.append(str(path))
@@ -401,8 +397,8 @@ class Trainer:
         status = "FAILED"
         try:
             if self.main:
+                self._open_local_logs()  # first: a tracking failure at start switches the CSV on
                 self._start_tracking(run_id)
-                self._open_local_logs()
                 if self.result.resumed_from_step is None:
                     self.evaluate(0)
             accelerator.wait_for_everyone()
@@ -451,10 +447,8 @@ class Trainer:
             for s, handler in previous_handlers.items():
                 signal.signal(s, handler)
             self.tracker.finish(status)
-            if self.csv_log:
-                self.csv_log.close()
-            if self.tb_writer:
-                self.tb_writer.close()
+            if self.metrics_log:
+                self.metrics_log.close()
             accelerator.end_training()
         return self.result
 
@@ -463,6 +457,17 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
                  log_files: list[str] | None = None) -> TrainResult:
     """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs)."""
     return Trainer(config, metadata_path, tags, log_files).run()
+
+
+def _checkpoint_converter(pipe: Pipeline, config: Config):
+    """``output.align_to_opensource_format``: the family's saved-LoRA converter (checked before training)."""
+    if not config.output.align_to_opensource_format:
+        return None
+    converter = pipe.checkpoint_converter()
+    if converter is None:
+        raise ConfigError(f"output.align_to_opensource_format: the {config.model.family} family has no open-source "
+                          "LoRA format (DiffSynth has it for FLUX); turn the flag off")
+    return converter
 
 
 def _trains_unused(module: TrainingModule, trainable: list[str]) -> bool:
