@@ -1,0 +1,293 @@
+"""FLUX.1-dev (reference spec §5.2): diffusers FluxTransformer2DModel DiT, AutoencoderKL VAE, CLIP-L (pooled
+prompt embedding) and T5-XXL (per-token prompt embedding), each with its own tokenizer.
+
+What the DiT sees matches DiffSynth's FLUX pipeline in training: packed latents (2×2 patches as tokens),
+``img_ids`` (0, row, col) per token, ``txt_ids`` all zeros, T5 padded to 512 tokens, CLIP pooled over 77
+tokens, embedded guidance 1 (spec §9.8; 3.5 is the inference default) and the timestep as t/1000.
+
+LoRA names: DiffSynth's own FLUX DiT fuses q/k/v (``a_to_qkv``) and names modules differently from diffusers.
+:func:`map_lora_targets` turns DiffSynth's ``--lora_target_modules`` into diffusers module names, and
+:func:`to_opensource_lora` writes a trained LoRA in kohya names (``--align_to_opensource_format``), fusing the
+separate q/k/v LoRAs back into one per fused BFL layer.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+from PIL import Image
+
+from ..models.components import load_tokenizer
+from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from .base import Pipeline, load_components
+from .qwen_image import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
+
+FAMILY = "flux"
+HEIGHT_FACTOR = WIDTH_FACTOR = 16  # DiffSynth's FLUX pipeline: VAE 8 x 2x2 patches
+TIME_DIVISION_FACTOR, TIME_DIVISION_REMAINDER = 4, 1
+VIDEO_KEYS: tuple[str, ...] = ()
+DEFAULT_TOKENIZER_1 = "black-forest-labs/FLUX.1-dev:tokenizer/"     # CLIP
+DEFAULT_TOKENIZER_2 = "black-forest-labs/FLUX.1-dev:tokenizer_2/"   # T5
+CLIP_SEQUENCE_LENGTH = 77
+T5_SEQUENCE_LENGTH = 512        # DiffSynth's training value (t5_sequence_length=512)
+TRAIN_GUIDANCE = 1.0            # embedded guidance during training (spec §9.8)
+SAMPLE_GUIDANCE = 3.5           # FLUX.1-dev's inference default
+MLP_RATIO = 4                   # single blocks: proj_mlp has 4 × hidden outputs
+# DiffSynth's FLUX LoRA recipe, in DiffSynth's own module names (translated by map_lora_targets).
+LORA_TARGETS = ("a_to_qkv,b_to_qkv,ff_a.0,ff_a.2,ff_b.0,ff_b.2,a_to_out,b_to_out,proj_out,norm.linear,"
+                "norm1_a.linear,norm1_b.linear,to_qkv_mlp")
+
+# ------------------------------------------------------------------------------------------ LoRA names
+# DiffSynth FLUX DiT module -> (diffusers block list, module names inside each block). DiffSynth's
+# `blocks.N` are diffusers' `transformer_blocks.N`, its `single_blocks.N` are `single_transformer_blocks.N`.
+DIFFSYNTH_TO_DIFFUSERS = {
+    "a_to_qkv": ("transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v")),
+    "b_to_qkv": ("transformer_blocks", ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")),
+    "a_to_out": ("transformer_blocks", ("attn.to_out.0",)),
+    "b_to_out": ("transformer_blocks", ("attn.to_add_out",)),
+    "ff_a.0": ("transformer_blocks", ("ff.net.0.proj",)),
+    "ff_a.2": ("transformer_blocks", ("ff.net.2",)),
+    "ff_b.0": ("transformer_blocks", ("ff_context.net.0.proj",)),
+    "ff_b.2": ("transformer_blocks", ("ff_context.net.2",)),
+    "norm1_a.linear": ("transformer_blocks", ("norm1.linear",)),
+    "norm1_b.linear": ("transformer_blocks", ("norm1_context.linear",)),
+    "norm.linear": ("single_transformer_blocks", ("norm.linear",)),
+    "to_qkv_mlp": ("single_transformer_blocks", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+    "proj_out": ("single_transformer_blocks", ("proj_out",)),  # not the DiT's final proj_out, as in DiffSynth
+}
+# DiffSynth also accepts the dotted forms (`attn.a_to_qkv`) its converter table uses.
+_DIFFSYNTH_ALIASES = {f"attn.{k}": k for k in ("a_to_qkv", "b_to_qkv", "a_to_out", "b_to_out")}
+
+
+def map_lora_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
+    """DiffSynth FLUX target names -> full diffusers module names of ``model``; other names pass unchanged.
+
+    Full names (``transformer_blocks.3.attn.to_q``) rather than suffixes, because a diffusers suffix such as
+    ``attn.to_q`` exists in both block lists while DiffSynth's ``a_to_qkv`` means the double blocks only."""
+    out: list[str] = []
+    for target in targets:
+        key = _DIFFSYNTH_ALIASES.get(target, target)
+        if key not in DIFFSYNTH_TO_DIFFUSERS:
+            out.append(target)
+            continue
+        blocks, names = DIFFSYNTH_TO_DIFFUSERS[key]
+        for i in range(len(getattr(model, blocks))):
+            out += [f"{blocks}.{i}.{name}" for name in names]
+    out = list(dict.fromkeys(out))  # drop duplicates, keep order
+    if len(targets) == 1 and len(out) > 1:
+        # one target stays one string (training turns it into peft's regex full-match): an alternation
+        return ["|".join(re.escape(name) for name in out)]
+    return out
+
+
+# diffusers module inside a block -> (kohya/BFL module, index of this part in the fused BFL layer)
+_KOHYA_DOUBLE = {
+    "attn.to_q": ("img_attn_qkv", 0), "attn.to_k": ("img_attn_qkv", 1), "attn.to_v": ("img_attn_qkv", 2),
+    "attn.add_q_proj": ("txt_attn_qkv", 0), "attn.add_k_proj": ("txt_attn_qkv", 1),
+    "attn.add_v_proj": ("txt_attn_qkv", 2),
+    "attn.to_out.0": ("img_attn_proj", 0), "attn.to_add_out": ("txt_attn_proj", 0),
+    "ff.net.0.proj": ("img_mlp_0", 0), "ff.net.2": ("img_mlp_2", 0),
+    "ff_context.net.0.proj": ("txt_mlp_0", 0), "ff_context.net.2": ("txt_mlp_2", 0),
+    "norm1.linear": ("img_mod_lin", 0), "norm1_context.linear": ("txt_mod_lin", 0),
+}
+_KOHYA_SINGLE = {
+    "attn.to_q": ("linear1", 0), "attn.to_k": ("linear1", 1), "attn.to_v": ("linear1", 2), "proj_mlp": ("linear1", 3),
+    "proj_out": ("linear2", 0), "norm.linear": ("modulation_lin", 0),
+}
+_FUSED_PARTS = {"img_attn_qkv": 3, "txt_attn_qkv": 3, "linear1": 4}
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>A|B)(?:\.default)?\.weight$")
+
+
+def _part_out_features(layer: str, part: int, hidden: int) -> int:
+    # q/k/v project hidden -> hidden; the single block's MLP input projection hidden -> 4·hidden
+    return MLP_RATIO * hidden if (layer == "linear1" and part == 3) else hidden
+
+
+def to_opensource_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA on diffusers FLUX names -> kohya names (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``,
+    ``.lora_up.weight``, ``.alpha``), as DiffSynth's ``--align_to_opensource_format`` writes them.
+
+    diffusers splits the layers BFL fuses (q/k/v; q/k/v/mlp in single blocks), so their LoRAs are fused: A
+    stacked along the rank, B block-diagonal (zero where a part has no LoRA), which gives exactly the sum of the
+    separate updates. ``alpha`` = the fused rank keeps the scale at 1. Modules with no kohya name (e.g. the
+    DiT's input/output layers) are left out, as in DiffSynth, with a printed warning.
+    """
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        m = _LORA_KEY.match(key)
+        if not m:
+            raise ValueError(f"output.align_to_opensource_format converts LoRA checkpoints, but {key!r} is not a "
+                             "LoRA tensor; turn the flag off for full fine-tuning")
+        modules.setdefault(m.group("module"), {})[m.group("ab")] = value
+    fused: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    dropped = []
+    for module, ab in modules.items():
+        m = re.match(r"^(?:pipe\.dit\.)?(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
+        table = _KOHYA_DOUBLE if m and m.group(1) == "transformer_blocks" else _KOHYA_SINGLE
+        if not m or m.group(3) not in table or set(ab) != {"A", "B"}:
+            dropped.append(module)
+            continue
+        layer, part = table[m.group(3)]
+        kind = "double" if m.group(1) == "transformer_blocks" else "single"
+        fused.setdefault(f"lora_unet_{kind}_blocks_{m.group(2)}_{layer}", {})[part] = ab
+    if dropped:
+        print(f"[flux] align_to_opensource_format: no kohya name for {len(dropped)} LoRA module(s), left out: "
+              f"{dropped[:5]}")
+    out = {}
+    for name, parts in fused.items():
+        layer = name.split("_", 5)[-1]
+        count = _FUSED_PARTS.get(layer, 1)
+        a_parts = [parts[i]["A"] for i in sorted(parts)]
+        hidden = a_parts[0].shape[1]
+        rank = sum(a.shape[0] for a in a_parts)
+        if count == 1:
+            down, up = parts[0]["A"], parts[0]["B"]
+        else:
+            sizes = [parts[i]["B"].shape[0] if i in parts else _part_out_features(layer, i, hidden) for i in range(count)]
+            down = torch.cat(a_parts, dim=0)
+            up = torch.zeros(sum(sizes), rank, dtype=parts[min(parts)]["B"].dtype)
+            row, col = 0, 0
+            for i in range(count):
+                if i in parts:
+                    b = parts[i]["B"]
+                    up[row:row + b.shape[0], col:col + b.shape[1]] = b
+                    col += b.shape[1]
+                row += sizes[i]
+        out[f"{name}.lora_down.weight"] = down.contiguous()
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(rank), dtype=down.dtype)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+
+def latent_image_ids(height: int, width: int, device=None) -> torch.Tensor:
+    """(height·width, 3) position ids of the packed tokens: (0, row, col), as diffusers/DiffSynth build them."""
+    ids = torch.zeros(height, width, 3, device=device)
+    ids[..., 1] = torch.arange(height, device=device)[:, None]
+    ids[..., 2] = torch.arange(width, device=device)[None, :]
+    return ids.reshape(height * width, 3)
+
+
+def inference_sigmas(num_steps: int) -> torch.Tensor:
+    """DiffSynth's FLUX.1 inference grid: linspace(1, 0.003/1.002) with shift 3, then 0."""
+    s = torch.linspace(1.0, 0.003 / 1.002, num_steps, dtype=torch.float64)
+    s = 3.0 * s / (1.0 + 2.0 * s)
+    return torch.cat([s, torch.zeros(1, dtype=s.dtype)]).float()
+
+
+class FluxPipeline(Pipeline):
+    family = FAMILY
+    schedule_name = "flux"
+    height_factor = HEIGHT_FACTOR
+    width_factor = WIDTH_FACTOR
+    default_lora_targets = LORA_TARGETS
+
+    def __init__(self, dit, vae, text_encoder, text_encoder_2, tokenizer_1, tokenizer_2,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.dit = dit
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.tokenizer_1 = tokenizer_1
+        self.tokenizer_2 = tokenizer_2
+        self.torch_dtype = dtype
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    def map_lora_targets(self, model_name: str, targets: list[str]) -> list[str]:
+        return map_lora_targets(self.dit, targets) if model_name == "dit" else targets
+
+    def checkpoint_converter(self):
+        return to_opensource_lora
+
+    # modules_without_gradient: none. Every DiT parameter gets a gradient (the last single block's text tokens
+    # are dropped, but its layers are shared with the image tokens); tests/test_family_flux.py checks it.
+
+    # ---------------------------------------------------------------- encoders (no gradient)
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T5 embedding (1, T5_SEQUENCE_LENGTH, D), CLIP pooled embedding (1, D_clip))."""
+        clip_ids = self.tokenizer_1(prompt, padding="max_length", max_length=CLIP_SEQUENCE_LENGTH, truncation=True,
+                                    return_tensors="pt")["input_ids"].to(self.device)
+        pooled = self.text_encoder(input_ids=clip_ids).pooler_output
+        t5_ids = self.tokenizer_2(prompt, padding="max_length", max_length=T5_SEQUENCE_LENGTH, truncation=True,
+                                  return_tensors="pt")["input_ids"].to(self.device)
+        prompt_emb = self.text_encoder_2(input_ids=t5_ids).last_hidden_state
+        return prompt_emb.to(self.torch_dtype), pooled.to(self.torch_dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
+        """Deterministic VAE latents (the mode), then (z - shift_factor) · scaling_factor: (1, 16, H/8, W/8)."""
+        pixels = image_to_tensor(image).to(self.device, self.torch_dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        c = self.vae.config
+        return ((latents - c.shift_factor) * c.scaling_factor).to(self.torch_dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        c = self.vae.config
+        pixels = self.vae.decode((latents / c.scaling_factor + c.shift_factor).to(self.torch_dtype)).sample
+        return tensor_to_image(pixels[0])
+
+    def encode(self, item: dict) -> dict:
+        image = item["image"]
+        if isinstance(image, list):
+            image = image[0]
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(f"row has no prompt string: {prompt!r}")
+        prompt_emb, pooled = self.encode_prompt(prompt)
+        return {"latents": self.encode_image(image), "prompt_emb": prompt_emb, "pooled_prompt_emb": pooled}
+
+    # ---------------------------------------------------------------- denoiser
+    def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
+        b, _, h, w = noisy_latents.shape
+        prompt_emb = inputs["prompt_emb"]
+        guidance = torch.full((b,), float(inputs.get("guidance", TRAIN_GUIDANCE)), device=self.device,
+                              dtype=self.torch_dtype)
+        out = self.dit(
+            hidden_states=pack_latents(noisy_latents.to(self.torch_dtype)),
+            encoder_hidden_states=prompt_emb,
+            pooled_projections=inputs["pooled_prompt_emb"],
+            timestep=(timestep / 1000).to(self.torch_dtype).reshape(-1).expand(b).to(self.device),  # DiT takes t/1000
+            img_ids=latent_image_ids(h // 2, w // 2, self.device).to(self.torch_dtype),
+            txt_ids=torch.zeros(prompt_emb.shape[1], 3, device=self.device, dtype=self.torch_dtype),
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return unpack_latents(out, h, w)
+
+    @torch.no_grad()
+    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
+               num_frames: int = 1) -> Image.Image:
+        """Euler sampling with embedded guidance 3.5 (no CFG), as FLUX.1-dev is run."""
+        step = 2 * self.vae_factor  # latent sides must be even for the 2x2 packing
+        h, w = max(step, height // step * step) // self.vae_factor, max(step, width // step * step) // self.vae_factor
+        generator = torch.Generator().manual_seed(seed)
+        channels = self.vae.config.latent_channels
+        latents = torch.randn((1, channels, h, w), generator=generator).to(self.device, self.torch_dtype)
+        prompt_emb, pooled = self.encode_prompt(prompt)
+        inputs = {"prompt_emb": prompt_emb, "pooled_prompt_emb": pooled, "guidance": SAMPLE_GUIDANCE}
+        sigmas = inference_sigmas(num_inference_steps)
+        for i in range(num_inference_steps):
+            velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
+            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+        return self.decode(latents)
+
+
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> FluxPipeline:
+    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers."""
+    m = config.model
+    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), FAMILY,
+                                       dtype, required=("dit", "vae", "text_encoder", "text_encoder_2"))
+    tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
+    tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
+    pipe = FluxPipeline(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
+                        tokenizer_1, tokenizer_2, dtype)
+    pipe.component_sources = sources
+    return pipe.to(device)
