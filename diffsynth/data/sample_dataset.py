@@ -59,14 +59,38 @@ def build_shapes_dataset(out_dir: str | Path, size: int = 128) -> Path:
     return out_dir / "metadata.csv"
 
 
+def build_shapes_edit_dataset(out_dir: str | Path, size: int = 128) -> Path:
+    """An edit dataset in DiffSynth's Qwen-Image-Edit layout: ``metadata.json`` rows with ``edit_image`` (a
+    shape), ``image`` (the same shape recoloured) and ``prompt`` ("make the circle blue"). 16 rows: every shape
+    in every colour, each recoloured to the next colour, on white. Written in a temporary sibling, then swapped in."""
+    import json
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    names = list(COLOURS)
+    for colour_name, colour in COLOURS.items():
+        for shape in SHAPES:
+            draw_shape(shape, colour, BACKGROUNDS["white"], size).save(tmp / f"{colour_name}_{shape}.png")
+    rows = [{"image": f"{names[(i + 1) % len(names)]}_{shape}.png", "edit_image": f"{source}_{shape}.png",
+             "prompt": f"make the {shape} {names[(i + 1) % len(names)]}"}
+            for i, source in enumerate(names) for shape in SHAPES]
+    (tmp / "metadata.json").write_text(json.dumps(rows, indent=1))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return out_dir / "metadata.json"
+
+
 def _moving_shapes(out_dir):
     from .sample_video import build_moving_shapes_dataset  # needs PyAV; image users never import it
 
     return build_moving_shapes_dataset(out_dir)
 
 
-# name -> builder(out_dir) returning the written metadata.csv
-BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes}
+# name -> builder(out_dir) returning the written metadata file
+BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes,
+                    "shapes_edit": build_shapes_edit_dataset}
 
 
 def build_builtin(name: str, out_dir: str | Path) -> Path:

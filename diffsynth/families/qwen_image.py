@@ -128,19 +128,31 @@ class QwenImagePipeline(Pipeline):
         return {"latents": self.encode_image(image), "prompt_emb": self.encode_prompt(prompt)}
 
     # ---------------------------------------------------------------- denoiser
+    def conditioning_latents(self, inputs: dict) -> list[torch.Tensor]:
+        """Clean latents appended to the image tokens (edit images); none for text-to-image."""
+        return []
+
     def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
-        _, _, h, w = noisy_latents.shape
+        b, _, h, w = noisy_latents.shape
         prompt_emb = inputs["prompt_emb"]
         mask = torch.ones(prompt_emb.shape[:2], dtype=torch.long, device=prompt_emb.device)
+        cond = self.conditioning_latents(inputs)
+        tokens = torch.cat([pack_latents(x.to(self.torch_dtype)) for x in [noisy_latents, *cond]], dim=1)
+        # RoPE shapes: the target grid first, then one "frame" per conditioning image (as DiffSynth's model_fn)
+        shapes = [(1, h // 2, w // 2)] + [(1, c.shape[2] // 2, c.shape[3] // 2) for c in cond]
         out = self.dit(
-            hidden_states=pack_latents(noisy_latents.to(self.torch_dtype)),
+            hidden_states=tokens,
             encoder_hidden_states=prompt_emb,
             encoder_hidden_states_mask=mask,
             timestep=(timestep / 1000).to(self.torch_dtype).reshape(-1).to(self.device),  # DiT takes t in [0, 1]
-            img_shapes=[[(1, h // 2, w // 2)]] * noisy_latents.shape[0],
+            img_shapes=[shapes] * b,
             return_dict=False,
         )[0]
-        return unpack_latents(out, h, w)
+        return unpack_latents(out[:, : (h // 2) * (w // 2)], h, w)  # only the target tokens are predicted
+
+    def sample_inputs(self, prompt: str) -> dict:
+        """Conditioning of a save-point sample (the edit family adds its edit image)."""
+        return {"prompt_emb": self.encode_prompt(prompt)}
 
     @torch.no_grad()
     def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
@@ -150,7 +162,7 @@ class QwenImagePipeline(Pipeline):
         h, w = height // factor, width // factor
         generator = torch.Generator().manual_seed(seed)
         latents = torch.randn((1, self.vae.config.z_dim, h, w), generator=generator).to(self.device, self.torch_dtype)
-        inputs = {"prompt_emb": self.encode_prompt(prompt)}
+        inputs = self.sample_inputs(prompt)
         sigmas = inference_sigmas(num_inference_steps, (h // 2) * (w // 2))
         for i in range(num_inference_steps):
             velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
@@ -158,12 +170,35 @@ class QwenImagePipeline(Pipeline):
         return self.decode(latents)
 
 
+def set_zero_cond_t(dit, enabled: bool) -> None:
+    """Edit-2511's ``zero_cond_t``: conditioning tokens are modulated at t=0 (diffusers' ``modulate_index``).
+
+    A switch of the forward pass, not of the weights, so it is set on the loaded DiT and its blocks."""
+    dit.zero_cond_t = enabled
+    for block in dit.transformer_blocks:
+        block.zero_cond_t = enabled
+    dit.register_to_config(zero_cond_t=enabled)
+
+
+def wants_edit(config) -> bool:
+    """DiffSynth trains Qwen-Image and Qwen-Image-Edit with one script: ``edit_image`` among the extra inputs
+    makes it an edit run. We follow that, so a pasted DiffSynth command line trains the same thing."""
+    return "edit_image" in [k.strip() for k in (config.model.extra_inputs or "").split(",")]
+
+
 def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImagePipeline:
-    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer."""
+    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer.
+
+    With ``edit_image`` in ``model.extra_inputs`` this builds the Qwen-Image-Edit pipeline instead."""
+    if wants_edit(config):
+        from . import qwen_image_edit
+        return qwen_image_edit.load_pipeline(config, dtype, device)
     m = config.model
     modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), FAMILY,
                                        dtype, required=("dit", "vae", "text_encoder"))
     tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
     pipe = QwenImagePipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
     pipe.component_sources = sources
+    if getattr(m, "zero_cond_t", False):
+        set_zero_cond_t(pipe.dit, True)
     return pipe.to(device)

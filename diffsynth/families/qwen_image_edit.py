@@ -1,0 +1,224 @@
+"""Qwen-Image-Edit, -2509 and -2511 (reference spec §5.1): the Qwen-Image models plus edit images.
+
+What an edit row adds to text-to-image training, as DiffSynth's pipeline units do it:
+
+* EditImageEmbedder: each edit image is resized to ``model.edit_image_area`` (DiffSynth: 1024², ratio kept,
+  sides multiples of 32), VAE-encoded, and its latents are appended to the image tokens as extra RoPE
+  "frames"; the DiT output is sliced back to the target tokens.
+* PromptEmbedder: the prompt goes through the vision-language template with the edit image's vision tokens
+  (Qwen2.5-VL vision tower); a list of edit images (2509 style) gets "Picture i: " prefixes and each image is
+  resized to 384² area for the vision tower. The system prefix (64 tokens with the real tokenizer) is dropped.
+* ``zero_cond_t`` (2511): the edit-image tokens are modulated at t=0.
+
+Family choice: DiffSynth trains both with one script, and so do we: ``model.family: qwen_image`` with
+``edit_image`` in ``model.extra_inputs`` builds this pipeline, and ``model.family: qwen_image_edit`` says so
+explicitly (``diffsynth params --from-args`` writes it when the flags name ``edit_image``).
+
+Save-point samples are conditioned on the edit image of the dataset's first row (``sample_edit_image``);
+without one (no such row or column) they are plain text-to-image samples, and a note says so.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from PIL import Image
+
+from ..config import ConfigError
+from ..data.dataset import DataLoadError, ImageRules, UnifiedDataset, split_keys
+from ..models.components import load_tokenizer
+from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from .base import load_components
+from .qwen_image import (DEFAULT_TOKENIZER, HEIGHT_FACTOR, TIME_DIVISION_FACTOR, TIME_DIVISION_REMAINDER,
+                         WIDTH_FACTOR, QwenImagePipeline, set_zero_cond_t)
+
+FAMILY = "qwen_image_edit"
+VIDEO_KEYS: tuple[str, ...] = ()
+__all__ = ["FAMILY", "HEIGHT_FACTOR", "WIDTH_FACTOR", "TIME_DIVISION_FACTOR", "TIME_DIVISION_REMAINDER",
+           "VIDEO_KEYS", "QwenImageEditPipeline", "load_pipeline", "edit_size", "resize_to_area"]
+
+DEFAULT_PROCESSOR = "Qwen/Qwen-Image-Edit:processor/"  # DiffSynth's default, also for Edit-2509/2511
+EDIT_AREA = 1024 * 1024          # EditImageEmbedder's target area
+MULTI_IMAGE_VL_AREA = 384 * 384  # PromptEmbedder's area for each of several edit images
+SUPPORTED_EXTRA_INPUTS = ("edit_image",)
+
+# DiffSynth's (and diffusers') edit prompt templates. The system part is dropped after encoding: 64 tokens
+# with the real Qwen tokenizer; counted with the loaded tokenizer here, since tiny tokenizers differ.
+EDIT_SYSTEM = (
+    "<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, objects, "
+    "background), then explain how the user's text instruction should alter or modify the image. Generate a new "
+    "image that meets the user's requirements while maintaining consistency with the original input where "
+    "appropriate.<|im_end|>\n<|im_start|>user\n"
+)
+VISION_TOKENS = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+SINGLE_TEMPLATE = EDIT_SYSTEM + VISION_TOKENS + "{}<|im_end|>\n<|im_start|>assistant\n"
+MULTI_TEMPLATE = EDIT_SYSTEM + "{}<|im_end|>\n<|im_start|>assistant\n"
+PICTURE_PREFIX = "Picture {}: " + VISION_TOKENS
+
+
+def edit_size(width: int, height: int, area: int) -> tuple[int, int]:
+    """DiffSynth's ``calculate_dimensions``: (w, h) of about ``area`` pixels at the ratio w/h, multiples of 32."""
+    ratio = width / height
+    w = math.sqrt(area * ratio)
+    h = w / ratio
+    # DiffSynth rounds to 0 for tiny areas; 32 keeps a valid image
+    return max(32, round(w / 32) * 32), max(32, round(h / 32) * 32)
+
+
+def resize_to_area(image: Image.Image, area: int) -> Image.Image:
+    size = edit_size(*image.size, area)
+    return image if image.size == size else image.resize(size)  # PIL's default filter, as DiffSynth
+
+
+def expand_image_pads(text: str, grid_thw: torch.Tensor, merge_size: int) -> str:
+    """What Qwen2VLProcessor does to the text: each ``<|image_pad|>`` becomes one token per merged patch."""
+    parts = text.split(IMAGE_PAD)
+    if len(parts) - 1 != len(grid_thw):
+        raise ValueError(f"{len(parts) - 1} image placeholders for {len(grid_thw)} images")
+    counts = [int(g.prod()) // merge_size ** 2 for g in grid_thw]
+    return parts[0] + "".join(IMAGE_PAD * n + rest for n, rest in zip(counts, parts[1:]))
+
+
+def load_image_processor(folder: str):
+    """The Qwen2-VL image processor of ``processor/``. Without torchvision transformers uses its PIL
+    implementation; we ask for it directly (the full Qwen2VLProcessor needs torchvision for video)."""
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as cls
+    except ImportError:  # older transformers: the one class is PIL/numpy based
+        from transformers import Qwen2VLImageProcessor as cls
+    try:
+        return cls.from_pretrained(folder)
+    except OSError as e:
+        raise ConfigError(f"model.processor_path: no Qwen2-VL image processor in {folder} ({e}); point it at the "
+                          "processor/ folder of Qwen/Qwen-Image-Edit (preprocessor_config.json)") from None
+
+
+def _as_images(value, what: str) -> list[Image.Image]:
+    images = value if isinstance(value, list) else [value]
+    for image in images:
+        if isinstance(image, str):
+            raise ValueError(f"{what} is the path {image!r}, not an image: add edit_image to dataset.data_file_keys "
+                             "so the file is loaded")
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"{what} must be an image or a list of images, got {type(image).__name__}")
+    if not images:
+        raise ValueError(f"{what} is an empty list")
+    return images
+
+
+class QwenImageEditPipeline(QwenImagePipeline):
+    family = FAMILY
+
+    def __init__(self, dit, vae, text_encoder, tokenizer, image_processor, dtype: torch.dtype = torch.float32,
+                 edit_image_area: int = EDIT_AREA):
+        super().__init__(dit, vae, text_encoder, tokenizer, dtype)
+        self.image_processor = image_processor
+        self.edit_image_area = edit_image_area
+        self._edit_drop_idx = len(tokenizer(EDIT_SYSTEM)["input_ids"])
+        self.sample_edit_image: Image.Image | list[Image.Image] | None = None
+        self._sample_edit_source = None  # callable giving the first row's edit image, run at the first sample
+
+    # ---------------------------------------------------------------- encoders (no gradient)
+    @torch.no_grad()
+    def encode_prompt_edit(self, prompt: str, edit_image: Image.Image | list[Image.Image]) -> torch.Tensor:
+        """VL prompt embedding: (1, L, D) with the vision tokens of the edit image(s), system prefix dropped.
+
+        One image (not a list) uses the single-image template on the image as given; a list (even of one, as
+        DiffSynth) uses "Picture i: " prefixes with each image resized to 384² area."""
+        if isinstance(edit_image, list):
+            images = [resize_to_area(image, MULTI_IMAGE_VL_AREA) for image in edit_image]
+            text = MULTI_TEMPLATE.format("".join(PICTURE_PREFIX.format(i + 1) for i in range(len(images))) + prompt)
+        else:
+            images = [edit_image]
+            text = SINGLE_TEMPLATE.format(prompt)
+        vision = self.image_processor(images=images, return_tensors="pt")
+        grid = vision["image_grid_thw"]
+        tokens = self.tokenizer(expand_image_pads(text, grid, self.image_processor.merge_size), return_tensors="pt")
+        out = self.text_encoder(input_ids=tokens["input_ids"].to(self.device),
+                                attention_mask=tokens["attention_mask"].to(self.device),
+                                pixel_values=vision["pixel_values"].to(self.device, self.torch_dtype),
+                                image_grid_thw=grid.to(self.device), output_hidden_states=True)
+        return out.hidden_states[-1][:, self._edit_drop_idx:].to(self.torch_dtype)
+
+    def edit_inputs(self, prompt: str, edit_image) -> dict:
+        """Prompt embedding and edit latents for an edit image or list of them (EditImageEmbedder →
+        PromptEmbedder: the VL encoder sees the resized images)."""
+        images = _as_images(edit_image, "edit_image")
+        resized = [resize_to_area(image, self.edit_image_area) for image in images]
+        return {"prompt_emb": self.encode_prompt_edit(prompt, resized if isinstance(edit_image, list) else resized[0]),
+                "edit_latents": [self.encode_image(image) for image in resized]}
+
+    def encode(self, item: dict) -> dict:
+        image = item["image"]
+        if isinstance(image, list):
+            image = image[0]
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(f"row has no prompt string: {prompt!r}")
+        edit = item.get("edit_image")
+        if edit is None:
+            raise ValueError("a dataset row has no edit_image: every row of an edit dataset needs one (or remove "
+                             "edit_image from model.extra_inputs to train text-to-image)")
+        return {"latents": self.encode_image(image), **self.edit_inputs(prompt, edit)}
+
+    # ---------------------------------------------------------------- denoiser and samples
+    def conditioning_latents(self, inputs: dict) -> list[torch.Tensor]:
+        return list(inputs.get("edit_latents") or [])
+
+    def sample_inputs(self, prompt: str) -> dict:
+        if self.sample_edit_image is None and self._sample_edit_source is not None:
+            source, self._sample_edit_source = self._sample_edit_source, None
+            self.sample_edit_image = source()
+            if self.sample_edit_image is None:
+                print("[qwen_image_edit] no edit image in the dataset's first row: samples are text-to-image")
+        if self.sample_edit_image is None:
+            return super().sample_inputs(prompt)
+        return self.edit_inputs(prompt, self.sample_edit_image)
+
+
+def _check_edit_config(config) -> None:
+    extra = split_keys(config.model.extra_inputs)
+    if "edit_image" not in extra:
+        raise ConfigError("model.family qwen_image_edit needs edit_image in model.extra_inputs (DiffSynth: "
+                          "--extra_inputs edit_image); set model.extra_inputs: edit_image")
+    unsupported = [k for k in extra if k not in SUPPORTED_EXTRA_INPUTS]
+    if unsupported:
+        raise ConfigError(f"model.extra_inputs {unsupported} are not supported for Qwen-Image(-Edit) yet; "
+                          f"supported: {list(SUPPORTED_EXTRA_INPUTS)}. Remove them from model.extra_inputs.")
+    if "edit_image" not in split_keys(config.dataset.data_file_keys):
+        raise ConfigError("dataset.data_file_keys lacks edit_image, so edit images would stay file paths; "
+                          "set dataset.data_file_keys: image,edit_image")
+    if config.model.edit_image_area < 32 * 32:
+        raise ConfigError(f"model.edit_image_area = {config.model.edit_image_area}: must be at least 1024 (32x32)")
+
+
+def first_row_edit_image(config, height_factor: int, width_factor: int):
+    """The edit image(s) of the dataset's first row, sized by the training rules; None if it has none."""
+    d, r = config.dataset, config.resolution
+    if not d.dataset_metadata_path:
+        return None
+    rules = ImageRules(r.max_pixels, r.height, r.width, height_factor, width_factor)
+    try:
+        dataset = UnifiedDataset(d.dataset_base_path, d.dataset_metadata_path, ["edit_image"], rules)
+        return dataset[0].get("edit_image")
+    except (DataLoadError, OSError, ValueError) as e:
+        print(f"[qwen_image_edit] cannot load the first row's edit image for samples ({e})")
+        return None
+
+
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImageEditPipeline:
+    """The Qwen-Image models (edit DiT), tokenizer and the Qwen2-VL image processor of ``model.processor_path``."""
+    _check_edit_config(config)
+    m = config.model
+    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                       "qwen_image", dtype, required=("dit", "vae", "text_encoder"))
+    tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
+    processor = load_image_processor(fetch(parse_path_or_model_id(m.processor_path, DEFAULT_PROCESSOR)).files()[0])
+    pipe = QwenImageEditPipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, processor, dtype,
+                                 edit_image_area=m.edit_image_area)
+    pipe.component_sources = sources
+    if m.zero_cond_t:
+        set_zero_cond_t(pipe.dit, True)
+    pipe._sample_edit_source = lambda: first_row_edit_image(config, pipe.height_factor, pipe.width_factor)
+    return pipe.to(device)
