@@ -48,8 +48,9 @@ def cmd_data_validate(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report_path = Path(args.report)
+    rules = data_rules(config.model.family, config)
     report = check_dataset(config, metadata_out=report_path.with_suffix(".metadata.jsonl"), report_out=report_path,
-                           plot_out=report_path.with_suffix(".resolutions.csv"), **data_rules(config.model.family, config))
+                           plot_out=report_path.with_suffix(".resolutions.csv"), **rules)
     print(report.summary(config.dataset.on_invalid))
     return 1 if report.failed(config.dataset.on_invalid) else 0
 

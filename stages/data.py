@@ -12,7 +12,7 @@ from diffsynth.families import data_rules
 def main() -> int:
     config = load_params()
     report = check_dataset(config, metadata_out=VALIDATED_METADATA, report_out=DATA_REPORT,
-                           plot_out=DATA_RESOLUTIONS, **data_rules(config.model.family))
+                           plot_out=DATA_RESOLUTIONS, **data_rules(config.model.family, config))
     print(report.summary(config.dataset.on_invalid))
     print(f"report: {DATA_REPORT}")
     if report.fatal:

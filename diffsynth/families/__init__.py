@@ -33,12 +33,18 @@ def get_family(name: str):
         raise
 
 
-def data_rules(name: str) -> dict:
-    """The family's dataset rules as keyword arguments of ``diffsynth.data.validate.check_dataset``."""
+def data_rules(name: str, config=None) -> dict:
+    """The family's dataset rules as keyword arguments of ``diffsynth.data.validate.check_dataset``.
+
+    With ``config``, a family whose size multiple depends on the model (Wan2.2's VAE: 32, not 16) overrides
+    the module constants through its optional ``data_factors(config) -> {"size_factor", "width_factor"}``."""
     family = get_family(name)
-    return {"size_factor": family.HEIGHT_FACTOR, "width_factor": family.WIDTH_FACTOR,
-            "time_division_factor": family.TIME_DIVISION_FACTOR,
-            "time_division_remainder": family.TIME_DIVISION_REMAINDER, "video_keys": family.VIDEO_KEYS}
+    rules = {"size_factor": family.HEIGHT_FACTOR, "width_factor": family.WIDTH_FACTOR,
+             "time_division_factor": family.TIME_DIVISION_FACTOR,
+             "time_division_remainder": family.TIME_DIVISION_REMAINDER, "video_keys": family.VIDEO_KEYS}
+    if config is not None and hasattr(family, "data_factors"):
+        rules.update(family.data_factors(config))
+    return rules
 
 
 __all__ = ["Pipeline", "get_family", "load_components", "data_rules"]
