@@ -56,9 +56,13 @@ def cmd_data_validate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_lora
-    exported = export_lora(args.checkpoint, args.out, args.format)
-    print(f"wrote {len(exported)} tensors to {args.out}")
+    from .export import ExportError, export_lora
+    try:
+        exported = export_lora(args.checkpoint, args.out, args.format, args.family, args.lora_alpha)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(exported)} tensors ({args.format} names, {args.family}) to {args.out}")
     return 0
 
 
@@ -66,7 +70,7 @@ def cmd_summary(args) -> int:
     """What `make run` produced and how to look at it."""
     from .tracking import default_tracking_uri
     metrics = Path("outputs/train/metrics.json")
-    compat = Path("outputs/export/lora_compat.json")
+    compat = Path("reports/lora_compat.json")
     print("\nResults")
     if metrics.exists():
         m = json.loads(metrics.read_text())
@@ -75,8 +79,11 @@ def cmd_summary(args) -> int:
         print(f"  checkpoint: {m['last_checkpoint']}")
     if compat.exists():
         c = json.loads(compat.read_text())
-        print(f"  export:     outputs/export/pytorch_lora_weights.safetensors "
-              f"({c['tensors']} tensors, {c['unmatched_modules']} unmatched modules)")
+        for fmt, record in c.get("formats", {}).items():
+            print(f"  export:     {record['file']} ({fmt}; {record['tensors']} tensors, "
+                  f"{record['unmatched_modules']} unmatched modules)")
+        if "model" in c:
+            print(f"  model:      {c['model']['folder']} (diffusers from_pretrained folder)")
     print("  data report: reports/data.json")
     print(f"\nMLflow UI:  .venv/bin/mlflow ui --backend-store-uri {default_tracking_uri()}  (then open http://127.0.0.1:5000)")
     print("DVC:        .venv/bin/dvc metrics show; .venv/bin/dvc exp run --set-param train.learning_rate=0.001")
@@ -103,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--report", default="reports/data.json")
     p = sub.add_parser("export", help="convert a checkpoint to another LoRA format")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", default="diffusers", choices=["diffusers"])
+    p.add_argument("--format", default="diffusers", choices=["diffsynth", "diffusers", "comfyui", "kohya"],
+                   help="diffusers: transformer.* (load_lora_weights); comfyui: diffusion_model.<original names> "
+                        "+ .alpha; kohya: lora_unet_*; diffsynth: <module>.lora_A.default.weight")
+    p.add_argument("--family", default="qwen_image", help="qwen_image | flux | wan: which original names to use")
+    p.add_argument("--lora-alpha", type=float, default=None,
+                   help="the lora_alpha the LoRA was trained with (default: rank, DiffSynth's fixed choice)")
     p.add_argument("--out", required=True)
     sub.add_parser("summary", help="print where the pipeline's results are")
     sub.add_parser("flags", help="print every DiffSynth flag, its params.yaml key and its status (markdown)")

@@ -18,6 +18,11 @@ from .files import project_root
 
 # log_table re-downloads the table to append to it; its progress bar is noise in stage logs
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's HTTP client retries 7 times with exponential back-off (minutes per call) before giving up; a server
+# that went away must cost a run seconds, once, not minutes. The user's own settings win.
+for _var, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+    os.environ.setdefault(_var, _value)
 
 
 def default_tracking_uri() -> str:
@@ -27,6 +32,20 @@ def default_tracking_uri() -> str:
 def resolve_tracking_uri(configured: str = "") -> str:
     """``tracking.uri`` param, else ``$MLFLOW_TRACKING_URI``, else the project's SQLite store."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError when an http(s) tracking server does not answer at all (checked once, at start)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered; a server without /health is still a server
+    except (urllib.error.URLError, OSError) as e:
+        raise ConnectionError(f"no MLflow server answers at {uri} ({getattr(e, 'reason', e)})") from None
 
 
 def git_commit(root: Path) -> str | None:
@@ -67,12 +86,22 @@ class Tracker:
         self.uri = resolve_tracking_uri(uri)
         self.enabled = enabled
         self.run_id: str | None = None
+        self.failed = False
+        self.fallback = "metrics are still written to local CSV"  # set by MetricsLog to name the file
         self._mlflow = None
+        self._on_failure = []
+
+    def on_failure(self, callback) -> None:
+        self._on_failure.append(callback)
 
     def _fail(self, what: str, error: Exception) -> None:
-        print(f"[tracking] MLflow {what} failed ({type(error).__name__}: {error}); training goes on without "
-              f"MLflow, metrics are still written to local CSV.", file=sys.stderr)
+        # said once: the tracker disables itself, so no later call gets here
+        print(f"[tracking] MLflow {what} failed at {self.uri} ({type(error).__name__}: {str(error)[:300]}); training "
+              f"goes on without MLflow; {self.fallback}.", file=sys.stderr, flush=True)
         self.enabled = False
+        self.failed = True
+        for callback in self._on_failure:
+            callback()
 
     def _call(self, what: str, fn, *args, **kwargs):
         if not self.enabled or self._mlflow is None:
@@ -89,6 +118,7 @@ class Tracker:
         if not self.enabled:
             return None
         try:
+            check_reachable(self.uri)
             import mlflow
             self._mlflow = mlflow
             mlflow.set_tracking_uri(self.uri)
@@ -121,24 +151,31 @@ class Tracker:
         def _log():
             import tempfile
 
-            from PIL import Image
-
             from .data.sample_video import write_mp4
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{key.replace('/', '_')}_step{step}.mp4"
                 write_mp4(path, frames, fps=fps)
                 self._mlflow.log_artifact(str(path), "videos")
-            picks = frames[:: max(1, len(frames) // 4)][:4]
-            strip = Image.new("RGB", (sum(f.width for f in picks), max(f.height for f in picks)))
-            x = 0
-            for frame in picks:
-                strip.paste(frame, (x, 0))
-                x += frame.width
-            self._mlflow.log_image(strip, key=key, step=step)
+            self._mlflow.log_image(frame_strip(frames), key=key, step=step)
         self._call("log_video", _log)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
+        """A file, or a folder with its contents under ``<artifact_path>/<folder name>``."""
+        path = Path(path)
+        if path.is_dir():
+            target = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            self._call("log_artifacts", lambda: self._mlflow.log_artifacts(str(path), target))
+        else:
+            self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
+
+    def log_sample(self, sample, key: str, step: int):
+        """One sample (an image, or a list of video frames) under a step-keyed image ``key``; returns the image
+        shown (a frame strip for videos) for the samples table."""
+        if isinstance(sample, list):
+            self.log_video(sample, key=key, step=step)
+            return frame_strip(sample)
+        self.log_image(sample, key=key, step=step)
+        return sample
 
     def log_table(self, data: dict, artifact_file: str) -> None:
         self._call("log_table", lambda: self._mlflow.log_table(data, artifact_file=artifact_file))
@@ -158,6 +195,63 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self._call("end_run", lambda: self._mlflow.end_run(status=status))
+
+
+def frame_strip(frames: list):
+    """Up to four frames of a video side by side (MLflow's image view has no video player)."""
+    from PIL import Image
+    picks = frames[:: max(1, len(frames) // 4)][:4]
+    strip = Image.new("RGB", (sum(f.width for f in picks), max(f.height for f in picks)))
+    x = 0
+    for frame in picks:
+        strip.paste(frame, (x, 0))
+        x += frame.width
+    return strip
+
+
+class MetricsLog:
+    """Every scalar metric goes to MLflow, to ``csv_path`` (``step,key,value``, DiffSynth's --enable_csv_log
+    format) when ``csv_enabled``, and to tensorboard when ``tensorboard_dir`` is set. If MLflow fails, the CSV
+    is switched on whatever ``csv_enabled`` says and receives every metric logged before the failure too, so no
+    step is lost."""
+
+    def __init__(self, tracker: Tracker, csv_path: str | Path, csv_enabled: bool = True,
+                 tensorboard_dir: str | Path | None = None):
+        self.tracker = tracker
+        self.csv_path = Path(csv_path)
+        self._csv = MetricsCSV(self.csv_path) if csv_enabled else None
+        self._history: list[tuple[dict, int]] = []  # kept only while the CSV is off, for a late switch-on
+        self._tb = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+            self._tb = SummaryWriter(str(tensorboard_dir))
+        tracker.fallback = f"every metric goes to {self.csv_path}"
+        tracker.on_failure(self._switch_on_csv)
+        if tracker.failed:
+            self._switch_on_csv()
+
+    def _switch_on_csv(self) -> None:
+        if self._csv is None:
+            self._csv = MetricsCSV(self.csv_path)
+            for metrics, step in self._history:
+                self._csv.log(metrics, step)
+            self._history = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.tracker.log_metrics(metrics, step)
+        if self._csv is not None:
+            self._csv.log(metrics, step)
+        elif self.tracker.enabled:
+            self._history.append((dict(metrics), step))
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def run_tags(family: str, tiny_preset: str, manifests: dict[str, str]) -> dict:

@@ -1,41 +1,58 @@
-"""DVC stage `export`: write the final LoRA in diffusers format, check every key against the base DiT's
-modules (lora_compat.json; any unmatched key fails the stage), and log both into the training's MLflow run."""
+"""DVC stage `export`: write the final checkpoint in every `export.formats` entry (and, for a full fine-tune or
+`export.merge_lora`, a diffusers model folder), check every key against the base model (reports/lora_compat.json;
+any unmatched key fails the stage), and log the files into the training's MLflow run."""
 import json
 import os
 import sys
-from pathlib import Path
+
+import torch
 
 from _layout import LORA_COMPAT, TRAIN_METRICS, TRAIN_RUN
 from diffsynth.config import load_params
-from diffsynth.export import check_against_model, export_lora
+from diffsynth.export import export_checkpoint
 from diffsynth.files import write_json
-from diffsynth.models.components import empty_component
+from diffsynth.models.components import detect, empty_component, load_component
 from diffsynth.models.model_config import fetch, parse_model_configs
 from diffsynth.tracking import Tracker
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def main() -> int:
     os.environ["DIFFSYNTH_SKIP_DOWNLOAD"] = "true"  # the models stage fetched and pinned every file
     config = load_params()
     checkpoint = json.loads(TRAIN_METRICS.read_text())["last_checkpoint"]
-    out_file = Path(config.export.out_dir) / "pytorch_lora_weights.safetensors"
-    exported = export_lora(checkpoint, out_file, config.export.format)
+    family, component = config.model.family, config.lora.lora_base_model or "dit"
     configs = [fetch(c) for c in parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths)]
-    base = empty_component(configs, config.model.family, config.lora.lora_base_model or "dit")
-    compat = {"format": config.export.format, "checkpoint": checkpoint, **check_against_model(exported, base)}
-    write_json(LORA_COMPAT, compat)
+
+    def load_base():  # only the trained component is read from disk, and only when needed
+        entry = next(c for c in configs if detect(c.files(), family).component == component)
+        return load_component(entry, family, DTYPES[config.model.torch_dtype])[1]
+
+    result = export_checkpoint(checkpoint, config.export.out_dir, config.export.all_formats(), family,
+                               empty_component(configs, family, component), lora_alpha=config.lora.lora_alpha,
+                               merge=config.export.merge_lora, load_base=load_base,
+                               max_shard_size=config.export.max_shard_size)
+    write_json(LORA_COMPAT, result.compat)
     run = json.loads(TRAIN_RUN.read_text())
-    if run.get("run_id"):
+    if run.get("run_id"):  # into the training's own run, so the LoRA sits beside its losses and samples
         tracker = Tracker(config.tracking.experiment, run.get("tracking_uri") or config.tracking.uri)
         tracker.start(run_id=run["run_id"])
-        tracker.log_artifact(out_file, "export")
+        for path in result.files.values():
+            tracker.log_artifact(path, "export")  # a folder is logged with its contents
         tracker.log_artifact(LORA_COMPAT, "export")
-        tracker.log_metrics({"export/unmatched_modules": compat["unmatched_modules"]}, step=0)
+        tracker.log_metrics({f"export/{fmt}/unmatched_keys": r["unmatched_keys"]
+                             for fmt, r in result.compat["formats"].items()}, step=0)
         tracker.finish()
-    print(f"[export] {out_file}: {compat['tensors']} tensors, {compat['matched_modules']} modules matched, "
-          f"{compat['unmatched_modules']} unmatched")
-    if compat["unmatched_modules"]:
-        print(f"LoRA keys target modules the base model does not have: {compat['unmatched'][:10]}", file=sys.stderr)
+    for fmt, record in result.compat["formats"].items():
+        print(f"[export] {fmt}: {record['file']}: {record['tensors']} tensors, {record['matched_modules']} modules "
+              f"matched, {record['unmatched_modules']} unmatched")
+    if "model" in result.compat:
+        print(f"[export] model folder: {result.compat['model']['folder']}")
+    if not result.ok:
+        bad = {fmt: r["unmatched"] for fmt, r in result.compat["formats"].items() if r["unmatched"]}
+        print(f"[export] LoRA keys that fit no module of the base model (see {LORA_COMPAT}): "
+              f"{json.dumps(bad, indent=1)[:2000]}", file=sys.stderr)
         return 1
     return 0
 
