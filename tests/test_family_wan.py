@@ -216,6 +216,19 @@ def test_lora_target_mapping_and_size_rules():
     t2v = load_params(REPO / "presets" / "wan2.1-t2v-1.3b-lora.yaml")
     assert data_rules("wan", ti2v)["size_factor"] == 32 and data_rules("wan", t2v)["size_factor"] == 16
     assert data_rules("wan")["video_keys"] == ("video",) and data_rules("wan")["time_division_factor"] == 4
+    assert data_rules("wan")["derived_inputs"] == ("input_image",)  # the first frame, not a metadata column
+
+
+@pytest.mark.parametrize("size,code", [("32", 0), ("48", 1)])
+def test_data_validation_of_a_ti2v_dataset(size, code, clips, tmp_path):
+    """`input_image` needs no column (it is the first frame); the Wan2.2 VAE needs sides of multiples of 32."""
+    args = ["data", "validate", "--report", str(tmp_path / "report.json"),
+            "--params", str(REPO / "presets" / "tiny" / "wan2.2-ti2v-5b-lora.yaml"),
+            "--dataset_base_path", str(clips.parent), "--dataset_metadata_path", str(clips),
+            "--height", size, "--width", size]
+    assert cli_main(args) == code
+    report = (tmp_path / "report.json").read_text()
+    assert ("not a multiple of 32" in report) == (code == 1) and "input_image" not in report
 
 
 # ------------------------------------------------------------------------- (c) A14B expert boundaries
@@ -289,3 +302,24 @@ def test_diffsynth_flags_give_the_preset(name, flags, capsys):
     assert printed.model.family == "wan" and printed.gradient.use_gradient_checkpointing
     # our params files decide for themselves
     assert not config_from_args(flags, base={"model": {"family": "wan"}}).gradient.use_gradient_checkpointing
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(wan_base, tmp_path, clips, tracking_uri):
+    """The real presets turn checkpointing on (DiffSynth forces it for Wan): same gradients, recomputed."""
+    from diffsynth.training.loop import TrainingModule, configure_trainable
+    grads = []
+    for on in (False, True):
+        config = twin_config("wan2.1-i2v-14b-lora", tmp_path, clips, tracking_uri,
+                             gradient__use_gradient_checkpointing=on)
+        torch.manual_seed(0)
+        pipe = wan.load_pipeline(config, torch.float32)
+        module = TrainingModule(pipe, FlowMatchSchedule.for_family("wan"), torch.Generator().manual_seed(0))
+        configure_trainable(module, config, torch.float32)
+        for p in module.parameters():  # LoRA B starts at zero: make the A gradients non-trivial
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.02)
+        assert pipe.dit.gradient_checkpointing is on
+        module(example()).backward()
+        grads.append({n: p.grad for n, p in module.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * 2 * len(LORA_MODULES)
+    assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])

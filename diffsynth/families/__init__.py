@@ -41,7 +41,9 @@ def data_rules(name: str, config=None) -> dict:
     family = get_family(name)
     rules = {"size_factor": family.HEIGHT_FACTOR, "width_factor": family.WIDTH_FACTOR,
              "time_division_factor": family.TIME_DIVISION_FACTOR,
-             "time_division_remainder": family.TIME_DIVISION_REMAINDER, "video_keys": family.VIDEO_KEYS}
+             "time_division_remainder": family.TIME_DIVISION_REMAINDER, "video_keys": family.VIDEO_KEYS,
+             # extra inputs the family computes from other columns (Wan: input_image = first video frame)
+             "derived_inputs": getattr(family, "DERIVED_INPUTS", ())}
     if config is not None and hasattr(family, "data_factors"):
         rules.update(family.data_factors(config))
     return rules

@@ -35,6 +35,7 @@ VIDEO_KEYS: tuple[str, ...] = ("video",)
 DEFAULT_TOKENIZER = "Wan-AI/Wan2.1-T2V-1.3B:google/umt5-xxl/"
 PROMPT_SEQ_LEN = 512  # DiffSynth pads/truncates every prompt to 512 tokens and zeroes the embeddings past its end
 SUPPORTED_EXTRA_INPUTS = ("input_image",)
+DERIVED_INPUTS = ("input_image",)  # DiffSynth's Wan override: input_image is video[0], not a metadata column
 # DiffSynth's default `--lora_target_modules q,k,v,o,ffn.0,ffn.2` names Linear layers of the ORIGINAL Wan DiT.
 # The loaded DiT is diffusers' WanTransformer3DModel; these are the same layers under its names (checkpoint
 # conversion in models/convert_wan.py). Suffixes and dotted paths both map; diffusers names pass unchanged.
