@@ -9,9 +9,8 @@ import torch
 
 from _layout import LORA_COMPAT, TRAIN_METRICS, TRAIN_RUN
 from diffsynth.config import load_params
-from diffsynth.export import export_checkpoint
+from diffsynth.export import base_model, export_checkpoint
 from diffsynth.files import write_json
-from diffsynth.models.components import detect, empty_component, load_component
 from diffsynth.models.model_config import fetch, parse_model_configs
 from diffsynth.tracking import Tracker
 
@@ -24,14 +23,9 @@ def main() -> int:
     checkpoint = json.loads(TRAIN_METRICS.read_text())["last_checkpoint"]
     family, component = config.model.family, config.lora.lora_base_model or "dit"
     configs = [fetch(c) for c in parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths)]
-
-    def load_base():  # only the trained component is read from disk, and only when needed
-        entry = next(c for c in configs if detect(c.files(), family).component == component)
-        return load_component(entry, family, DTYPES[config.model.torch_dtype])[1]
-
-    result = export_checkpoint(checkpoint, config.export.out_dir, config.export.all_formats(), family,
-                               empty_component(configs, family, component), lora_alpha=config.lora.lora_alpha,
-                               merge=config.export.merge_lora, load_base=load_base,
+    meta, load_base = base_model(configs, family, component, DTYPES[config.model.torch_dtype])
+    result = export_checkpoint(checkpoint, config.export.out_dir, config.export.all_formats(), family, meta,
+                               lora_alpha=config.lora.lora_alpha, merge=config.export.merge_lora, load_base=load_base,
                                max_shard_size=config.export.max_shard_size)
     write_json(LORA_COMPAT, result.compat)
     run = json.loads(TRAIN_RUN.read_text())

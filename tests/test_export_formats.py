@@ -219,3 +219,22 @@ def test_exported_files_round_trip(tmp_path):
     again = load_file(str(result.files["diffsynth"]))
     assert set(again) == set(native) and all(torch.equal(again[k], native[k]) for k in native)
     assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in load_file(str(result.files["kohya"]))
+
+
+def test_merge_with_the_fetched_tiny_preset(tmp_path, tiny_env):
+    """The export stage's path: model entries -> trained component on meta for the checks, weights only to merge."""
+    from conftest import TINY_QWEN_MODELS
+    from diffsynth.export import base_model
+    from diffsynth.models.model_config import fetch, parse_model_configs
+
+    configs = [fetch(c) for c in parse_model_configs(None, TINY_QWEN_MODELS)]
+    meta, load = base_model(configs, "qwen_image", "dit")
+    native = trained_lora("qwen_image")
+    save_file(native, str(tmp_path / "c.safetensors"))
+    result = export_checkpoint(tmp_path / "c.safetensors", tmp_path / "o", ["diffusers", "comfyui"], "qwen_image",
+                               meta, merge=True, load_base=load)
+    assert result.ok and result.compat["matched_modules"] == len(native) // 2
+    base, merged = load().state_dict(), type(meta).from_pretrained(str(tmp_path / "o" / "model")).state_dict()
+    a, b = native["transformer_blocks.1.attn.to_q.lora_A.default.weight"], native["transformer_blocks.1.attn.to_q.lora_B.default.weight"]
+    torch.testing.assert_close(merged["transformer_blocks.1.attn.to_q.weight"],
+                               base["transformer_blocks.1.attn.to_q.weight"] + b @ a, rtol=1e-6, atol=1e-6)

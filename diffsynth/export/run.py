@@ -29,6 +29,17 @@ class ExportResult:
         return self.compat.get("unmatched_keys", 0) == 0
 
 
+def base_model(configs: list, family: str, component: str, dtype: torch.dtype = torch.float32):
+    """(the trained component on meta, a function loading it with its weights) among fetched model entries."""
+    from ..models.components import detect, empty_component, load_component
+    meta = empty_component(configs, family, component)
+
+    def load() -> torch.nn.Module:  # reads only the trained component, and only when an export needs weights
+        entry = next(c for c in configs if detect(c.files(), family).component == component)
+        return load_component(entry, family, dtype)[1]
+    return meta, load
+
+
 def check_formats(formats: list[str]) -> list[str]:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
