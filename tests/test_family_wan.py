@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from diffsynth.cli import main as cli_main
 from diffsynth.config import SECTIONS, config_from_args, config_from_dict, load_params
+from diffsynth.export import export_checkpoint
 from diffsynth.families import data_rules, wan
 from diffsynth.models.real_configs import REAL_MODELS, build_class
 from diffsynth.models.tiny import write_tiny_model
@@ -103,6 +104,13 @@ def test_tiny_twin_trains_and_saves_keys_of_the_real_model(name, tmp_path, clips
         assert {m.split(".", 2)[2] for m in modules} == LORA_MODULES and len(modules) == 2 * len(LORA_MODULES)
         for module in modules:  # every key targets a Linear of the full-size model
             assert isinstance(dit.get_submodule(module), torch.nn.Linear), module
+        # the preset's export formats: ComfyUI gets the original Wan names, every key fits the base model
+        exported = export_checkpoint(result.checkpoints[-1], tmp_path / "export", config.export.all_formats(), "wan",
+                                     wan.load_pipeline(config, torch.float32).dit)
+        assert exported.ok and set(exported.files) == {"diffusers", "comfyui"}
+        comfy = load_file(str(exported.files["comfyui"]))
+        assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in comfy
+        assert "diffusion_model.blocks.1.ffn.2.lora_B.weight" in comfy
     else:
         real = dict(dit.named_parameters())
         assert set(state) == set(dict(run_dit_names(config)))  # the whole DiT, prefix removed
