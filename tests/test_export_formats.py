@@ -140,17 +140,6 @@ def test_partial_fusion_without_the_base_model_uses_flux_shapes():
         write_format(modules, "comfyui", "flux", weight_shapes(tiny_dit("flux"))).keys()
 
 
-def test_one_opensource_implementation_for_training_and_export():
-    """families.flux's training-time --align_to_opensource_format writer agrees with the export's kohya writer."""
-    flux = pytest.importorskip("diffsynth.families.flux")
-    from diffsynth.export.lora_formats import to_opensource_lora
-    native = {k: v for k, v in trained_lora("flux").items() if "blocks." in k}  # theirs drops non-block modules
-    ours, theirs = to_opensource_lora(native), flux.to_opensource_lora(native)
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        torch.testing.assert_close(ours[k].float(), theirs[k].float(), msg=k)
-
-
 def test_lora_alpha_is_folded_into_b():
     native = trained_lora("qwen_image", rank=4)
     plain = write_format(lora_modules(native), "diffusers", "qwen_image")
@@ -219,6 +208,20 @@ def test_exported_files_round_trip(tmp_path):
     again = load_file(str(result.files["diffsynth"]))
     assert set(again) == set(native) and all(torch.equal(again[k], native[k]) for k in native)
     assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in load_file(str(result.files["kohya"]))
+
+
+@pytest.mark.parametrize("family,fmt", [("flux", "kohya"), ("wan", "comfyui")])
+def test_checkpoints_in_original_names_export_back_to_diffusers(family, fmt, tmp_path):
+    """A checkpoint saved with align_to_opensource_format (kohya) or a ComfyUI LoRA exports to every format."""
+    native = lora_modules(trained_lora(family))
+    model = tiny_dit(family)
+    save_file(write_format(native, fmt, family, weight_shapes(model)), str(tmp_path / "c.safetensors"))
+    result = export_checkpoint(tmp_path / "c.safetensors", tmp_path / "o", ["diffusers", "comfyui"], family, model)
+    assert result.ok and result.compat["unmatched_modules"] == 0
+    back = lora_modules(load_file(str(result.files["diffusers"])))
+    expected, got = deltas(native), deltas(back)
+    for name, delta in expected.items():  # parts the original layer fused without a LoRA get none back
+        assert torch.allclose(got[name], delta, atol=1e-5), name
 
 
 def test_merge_with_the_fetched_tiny_preset(tmp_path, tiny_env):

@@ -181,8 +181,8 @@ def test_opensource_format_fuses_qkv_exactly():
 
     out = flux.to_opensource_lora(state)
     assert sorted(out) == sorted(f"lora_unet_{m}.{s}" for m in ("double_blocks_0_img_attn_qkv", "double_blocks_0_img_mlp_2",
-                                                               "single_blocks_1_linear1")
-                                 for s in ("lora_down.weight", "lora_up.weight", "alpha"))  # final proj_out left out
+                                                               "single_blocks_1_linear1", "final_layer_linear")
+                                 for s in ("lora_down.weight", "lora_up.weight", "alpha"))  # final proj_out kept
 
     def delta(name):
         down, up, alpha = out[f"{name}.lora_down.weight"], out[f"{name}.lora_up.weight"], out[f"{name}.alpha"]
@@ -200,7 +200,7 @@ def test_opensource_format_fuses_qkv_exactly():
     assert torch.allclose(delta("lora_unet_single_blocks_1_linear1"), linear1, atol=1e-5)
     a, b = (state[f"transformer_blocks.0.ff.net.2.lora_{x}.default.weight"] for x in "AB")
     assert torch.equal(delta("lora_unet_double_blocks_0_img_mlp_2"), b @ a)
-    with pytest.raises(ValueError, match="full fine-tuning"):
+    with pytest.raises(ValueError, match="not a LoRA tensor"):
         flux.to_opensource_lora({"transformer_blocks.0.attn.to_q.weight": torch.zeros(2, 2)})
 
 

@@ -16,7 +16,7 @@ from diffsynth.config import ConfigError, config_from_dict
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.families.qwen_image import load_pipeline
 from diffsynth.training import FlowMatchSchedule
-from diffsynth.training.lora import fuse_lora, split_lora_state
+from diffsynth.training.lora import fuse_lora, load_lora_checkpoint
 from diffsynth.training.loop import TrainingInterrupted, TrainingModule, configure_trainable, run_training
 from diffsynth.training.optim import Schedule
 from helpers import REPO, tiny_config
@@ -63,10 +63,42 @@ def test_preset_lora_alpha_and_foreign_names():
     a, b = torch.randn(4, 3), torch.randn(2, 4)
     model = torch.nn.ModuleDict({"proj": linear})
     fuse_lora(model, {"diffusion_model.proj.lora_down.weight": a, "diffusion_model.proj.lora_up.weight": b,
-                      "diffusion_model.proj.alpha": torch.tensor(2.0)})
+                      "diffusion_model.proj.alpha": torch.tensor(2.0)}, "qwen_image")
     assert torch.allclose(linear.weight, w0 + (2.0 / 4) * b @ a, atol=1e-6)
     with pytest.raises(ValueError, match="does not have"):
-        fuse_lora(model, {"other.lora_A.weight": a, "other.lora_B.weight": b})
+        fuse_lora(model, {"other.lora_A.weight": a, "other.lora_B.weight": b}, "qwen_image")
+
+
+def test_comfyui_and_kohya_loras_load_onto_the_diffusers_modules():
+    """A LoRA downloaded in ComfyUI (original Wan names) or kohya (fused FLUX qkv) names continues training."""
+    from diffusers import FluxTransformer2DModel, WanTransformer3DModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from diffsynth.export.lora_formats import lora_modules, write_format
+    torch.manual_seed(0)
+    models = {
+        "wan": WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+                                     out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=1,
+                                     cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32),
+        "flux": FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                       pooled_projection_dim=32, axes_dims_rope=(4, 4, 8)),
+    }
+    for (family, model), fmt in [(("wan", models["wan"]), "comfyui"), (("flux", models["flux"]), "kohya")]:
+        targets = ["attn1.to_q", "attn1.to_k"] if family == "wan" else ["attn.to_q", "attn.to_k", "attn.to_v"]
+        inject_adapter_in_model(LoraConfig(r=6, lora_alpha=6, target_modules=targets), model)
+        trained = {n: torch.randn_like(p) for n, p in model.named_parameters() if ".lora_" in n}
+        file = write_format(lora_modules({k.replace(".default", ""): v for k, v in trained.items()}), fmt, family)
+        assert all(k.startswith("diffusion_model.blocks." if fmt == "comfyui" else "lora_unet_") for k in file)
+        for p in model.parameters():
+            p.data.zero_() if ".lora_" in str(p) else None
+        loaded = load_lora_checkpoint(model, file, family)
+        assert loaded == len(trained) // 2
+        params = dict(model.named_parameters())
+        for name in {k.split(".lora_")[0] for k in trained}:
+            a, b = (params[f"{name}.lora_{x}.default.weight"] for x in "AB")
+            ta, tb = (trained[f"{name}.lora_{x}.default.weight"] for x in "AB")
+            assert torch.allclose(b @ a, tb @ ta, atol=1e-5), (family, name)
 
 
 def test_lora_checkpoint_continues_from_the_file(tmp_path, shapes_dataset, tiny_env):

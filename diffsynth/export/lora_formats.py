@@ -189,3 +189,56 @@ def to_opensource_lora(state: dict[str, torch.Tensor], alpha: float | None = Non
     ``--align_to_opensource_format`` (spec §5.2). Modules outside the blocks keep their BFL names
     (``lora_unet_final_layer_linear``), which ComfyUI also reads, rather than being dropped."""
     return write_format(lora_modules(state, alpha), "kohya", "flux")
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+def _row_sources(model: torch.nn.Module, family: str) -> dict[str, list[tuple[str, int]]]:
+    """For each 2-D weight of the family's original layout: which (diffusers module, row) each of its rows is.
+
+    Each diffusers weight is replaced by a column of unique row ids and sent through the same ``convert_*``
+    function the exporter uses, so fusing, splitting and reordering of rows are read off, never re-implemented.
+    """
+    ids, owners, start = {}, [], 0
+    for name, module in model.named_modules():
+        base = getattr(module, "base_layer", module)
+        if isinstance(base, torch.nn.Linear) and not name.endswith(".base_layer"):
+            n = base.out_features
+            ids[f"{name}.weight"] = torch.arange(start, start + n, dtype=torch.float64).reshape(n, 1)
+            owners += [(name, r) for r in range(n)]
+            start += n
+    converted = {"flux": convert_flux.diffusers_to_bfl_dit, "wan": convert_wan.diffusers_to_wan_dit}[family](ids)
+    return {k[: -len(".weight")]: [owners[int(i)] for i in v.reshape(-1).tolist()]
+            for k, v in converted.items() if v.dim() == 2 and v.shape[1] == 1}
+
+
+def from_original_names(modules: Modules, family: str, model: torch.nn.Module) -> Modules:
+    """The inverse of :func:`to_original_names` for any LoRA in original (ComfyUI) or kohya names, onto the
+    diffusers modules of ``model``. A LoRA on a fused layer becomes one LoRA per part: its rows of B with the A
+    rows they use. Exact whatever the fused LoRA's structure; a generic fused LoRA keeps the fused rank."""
+    family = normalise_family(family)
+    own = {name for name, _ in model.named_modules()}
+    if all(name in own for name in modules) or family == "qwen_image":
+        return dict(modules)
+    rows = _row_sources(model, family)
+    kohya = {kohya_name(name): name for name in rows}
+    out: Modules = {}
+    for name, (a, b) in modules.items():
+        if name in own:
+            out[name] = (a, b)
+            continue
+        original = kohya.get(name, name)
+        if original not in rows:
+            raise ExportError(f"LoRA module {name!r} is neither a module of the {family} DiT nor one of its original "
+                              "(ComfyUI/kohya) layers: is the LoRA for another model?")
+        parts: dict[str, list[tuple[int, int]]] = {}
+        for i, (target, row) in enumerate(rows[original]):
+            parts.setdefault(target, []).append((row, i))
+        for target, pairs in parts.items():
+            b_part = b[torch.tensor([i for _, i in sorted(pairs)])]
+            # a fused LoRA written by an exporter has block-diagonal B: drop the rank columns this part does not
+            # use, which gives back the part's own rank (exactly: zero columns add nothing)
+            keep = b_part.abs().sum(0) != 0
+            if keep.any():  # a part with no update at all (zero rows: not trained) gets no LoRA
+                out[target] = (a[keep], b_part[:, keep])
+    return out

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from ..files import atomic_path
 from .check import check_lora, original_weight_shapes, weight_shapes
 from .full import load_full_weights, merge_lora, save_model_folder
-from .lora_formats import FORMATS, ExportError, is_lora_key, lora_modules, write_format
+from .lora_formats import FORMATS, ExportError, from_original_names, is_lora_key, lora_modules, write_format
 
 # diffusers' own file name, so `pipe.load_lora_weights(out_dir)` finds it without weight_name=
 FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "diffsynth": "lora_diffsynth.safetensors",
@@ -68,7 +68,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
     result = ExportResult(compat={"checkpoint": str(checkpoint), "family": family, "formats": {}})
     shapes = {"native": weight_shapes(base)}
     if lora_state:
-        modules = lora_modules(lora_state, lora_alpha)
+        # a checkpoint saved with align_to_opensource_format (kohya names) comes back to the trained names first
+        modules = from_original_names(lora_modules(lora_state, lora_alpha), family, base)
         native = check_lora(write_format(modules, "diffsynth", family), "diffsynth", shapes["native"])
         result.compat.update(matched_modules=native["matched_modules"], lora_rank=max(a.shape[0] for a, _ in modules.values()))
         for fmt in formats:

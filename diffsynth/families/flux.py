@@ -32,7 +32,6 @@ CLIP_SEQUENCE_LENGTH = 77
 T5_SEQUENCE_LENGTH = 512        # DiffSynth's training value (t5_sequence_length=512)
 TRAIN_GUIDANCE = 1.0            # embedded guidance during training (spec §9.8)
 SAMPLE_GUIDANCE = 3.5           # FLUX.1-dev's inference default
-MLP_RATIO = 4                   # single blocks: proj_mlp has 4 × hidden outputs
 # DiffSynth's FLUX LoRA recipe, in DiffSynth's own module names (translated by map_lora_targets).
 LORA_TARGETS = ("a_to_qkv,b_to_qkv,ff_a.0,ff_a.2,ff_b.0,ff_b.2,a_to_out,b_to_out,proj_out,norm.linear,"
                 "norm1_a.linear,norm1_b.linear,to_qkv_mlp")
@@ -80,83 +79,16 @@ def map_lora_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
     return out
 
 
-# diffusers module inside a block -> (kohya/BFL module, index of this part in the fused BFL layer)
-_KOHYA_DOUBLE = {
-    "attn.to_q": ("img_attn_qkv", 0), "attn.to_k": ("img_attn_qkv", 1), "attn.to_v": ("img_attn_qkv", 2),
-    "attn.add_q_proj": ("txt_attn_qkv", 0), "attn.add_k_proj": ("txt_attn_qkv", 1),
-    "attn.add_v_proj": ("txt_attn_qkv", 2),
-    "attn.to_out.0": ("img_attn_proj", 0), "attn.to_add_out": ("txt_attn_proj", 0),
-    "ff.net.0.proj": ("img_mlp_0", 0), "ff.net.2": ("img_mlp_2", 0),
-    "ff_context.net.0.proj": ("txt_mlp_0", 0), "ff_context.net.2": ("txt_mlp_2", 0),
-    "norm1.linear": ("img_mod_lin", 0), "norm1_context.linear": ("txt_mod_lin", 0),
-}
-_KOHYA_SINGLE = {
-    "attn.to_q": ("linear1", 0), "attn.to_k": ("linear1", 1), "attn.to_v": ("linear1", 2), "proj_mlp": ("linear1", 3),
-    "proj_out": ("linear2", 0), "norm.linear": ("modulation_lin", 0),
-}
-_FUSED_PARTS = {"img_attn_qkv": 3, "txt_attn_qkv": 3, "linear1": 4}
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>A|B)(?:\.default)?\.weight$")
+def to_opensource_lora(state: dict[str, torch.Tensor], alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """``--align_to_opensource_format``: a LoRA on diffusers FLUX names -> kohya names
+    (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``, ``.lora_up.weight``, ``.alpha``).
 
-
-def _part_out_features(layer: str, part: int, hidden: int) -> int:
-    # q/k/v project hidden -> hidden; the single block's MLP input projection hidden -> 4·hidden
-    return MLP_RATIO * hidden if (layer == "linear1" and part == 3) else hidden
-
-
-def to_opensource_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A LoRA on diffusers FLUX names -> kohya names (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``,
-    ``.lora_up.weight``, ``.alpha``), as DiffSynth's ``--align_to_opensource_format`` writes them.
-
-    diffusers splits the layers BFL fuses (q/k/v; q/k/v/mlp in single blocks), so their LoRAs are fused: A
-    stacked along the rank, B block-diagonal (zero where a part has no LoRA), which gives exactly the sum of the
-    separate updates. ``alpha`` = the fused rank keeps the scale at 1. Modules with no kohya name (e.g. the
-    DiT's input/output layers) are left out, as in DiffSynth, with a printed warning.
+    The export's kohya writer does the work (one implementation): LoRAs of the layers BFL fuses (q/k/v; q/k/v/mlp
+    in single blocks) are fused exactly, A stacked along the rank and B block-diagonal. Unlike DiffSynth, modules
+    outside the blocks are kept under their BFL names (``lora_unet_final_layer_linear``), which ComfyUI reads.
     """
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        m = _LORA_KEY.match(key)
-        if not m:
-            raise ValueError(f"output.align_to_opensource_format converts LoRA checkpoints, but {key!r} is not a "
-                             "LoRA tensor; turn the flag off for full fine-tuning")
-        modules.setdefault(m.group("module"), {})[m.group("ab")] = value
-    fused: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    dropped = []
-    for module, ab in modules.items():
-        m = re.match(r"^(?:pipe\.dit\.)?(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$", module)
-        table = _KOHYA_DOUBLE if m and m.group(1) == "transformer_blocks" else _KOHYA_SINGLE
-        if not m or m.group(3) not in table or set(ab) != {"A", "B"}:
-            dropped.append(module)
-            continue
-        layer, part = table[m.group(3)]
-        kind = "double" if m.group(1) == "transformer_blocks" else "single"
-        fused.setdefault(f"lora_unet_{kind}_blocks_{m.group(2)}_{layer}", {})[part] = ab
-    if dropped:
-        print(f"[flux] align_to_opensource_format: no kohya name for {len(dropped)} LoRA module(s), left out: "
-              f"{dropped[:5]}")
-    out = {}
-    for name, parts in fused.items():
-        layer = name.split("_", 5)[-1]
-        count = _FUSED_PARTS.get(layer, 1)
-        a_parts = [parts[i]["A"] for i in sorted(parts)]
-        hidden = a_parts[0].shape[1]
-        rank = sum(a.shape[0] for a in a_parts)
-        if count == 1:
-            down, up = parts[0]["A"], parts[0]["B"]
-        else:
-            sizes = [parts[i]["B"].shape[0] if i in parts else _part_out_features(layer, i, hidden) for i in range(count)]
-            down = torch.cat(a_parts, dim=0)
-            up = torch.zeros(sum(sizes), rank, dtype=parts[min(parts)]["B"].dtype)
-            row, col = 0, 0
-            for i in range(count):
-                if i in parts:
-                    b = parts[i]["B"]
-                    up[row:row + b.shape[0], col:col + b.shape[1]] = b
-                    col += b.shape[1]
-                row += sizes[i]
-        out[f"{name}.lora_down.weight"] = down.contiguous()
-        out[f"{name}.lora_up.weight"] = up.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(rank), dtype=down.dtype)
-    return out
+    from ..export.lora_formats import lora_modules, write_format
+    return write_format(lora_modules(state, alpha), "kohya", FAMILY)
 
 
 # ------------------------------------------------------------------------------------------ pipeline

@@ -86,7 +86,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         _pipe_model(pipe, name, "train.trainable_models").train().requires_grad_(True)
     if config.lora.preset_lora_path:
         target = _pipe_model(pipe, config.lora.preset_lora_model, "lora.preset_lora_model")
-        fuse_lora(target, load_file(config.lora.preset_lora_path), source=config.lora.preset_lora_path)
+        fuse_lora(target, load_file(config.lora.preset_lora_path), pipe.family, source=config.lora.preset_lora_path)
     if config.lora.lora_base_model:
         base = _pipe_model(pipe, config.lora.lora_base_model, "lora.lora_base_model")
         targets = parse_target_modules(config.lora.lora_target_modules, base)
@@ -96,7 +96,8 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
                  exclude=pipe.modules_without_gradient(config.lora.lora_base_model))
         if config.lora.lora_checkpoint:
-            load_lora_checkpoint(base, load_file(config.lora.lora_checkpoint), source=config.lora.lora_checkpoint)
+            load_lora_checkpoint(base, load_file(config.lora.lora_checkpoint), pipe.family,
+                                 source=config.lora.lora_checkpoint)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
         for child in pipe.children():
             if hasattr(child, "enable_gradient_checkpointing") and any(p.requires_grad for p in child.parameters()):
@@ -293,7 +294,7 @@ class Trainer:
             ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
                     for k, v in state.items() if k in self.trainable}
             if self.convert_checkpoint:
-                ckpt = self.convert_checkpoint(ckpt)
+                ckpt = self.convert_checkpoint(ckpt, alpha=self.config.lora.lora_alpha)
             name = checkpoint_name(epoch=epoch, step=None if epoch is not None else at)
             path = save_checkpoint(ckpt, self.output / name)
             self.result.checkpoints.append(str(path))

@@ -2,8 +2,6 @@
 given, suffix-matched target lists, a single target treated as a regex full-match, ``""`` auto-detection."""
 from __future__ import annotations
 
-import re
-
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 
@@ -65,86 +63,61 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
 
 
-_LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[A-Za-z0-9_]+)?\.weight$")
-_FOREIGN_PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.")
+def read_lora(state: dict[str, torch.Tensor], family: str, model: torch.nn.Module) -> dict[str, tuple]:
+    """``{module of model: (A, B)}`` with the file's scale folded into B, so the update is ``B @ A``.
 
-
-def split_lora_state(state: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Group a LoRA file's tensors by target module: ``{module: {"A", "B", "alpha"}}``.
-
-    Reads DiffSynth (``.lora_A.default.weight``), PEFT/diffusers (``transformer.`` prefix, no adapter name),
-    ComfyUI (``diffusion_model.``) and ``lora_down/lora_up`` + ``.alpha`` names, as DiffSynth's loader does.
+    Reads every naming DiffSynth's loader reads (``.lora_A.default.``, PEFT/diffusers ``transformer.``, ComfyUI
+    ``diffusion_model.``, ``lora_down/lora_up`` with ``.alpha``) plus the family's original and kohya names
+    (ComfyUI/civitai FLUX and Wan LoRAs), mapped onto the loaded diffusers modules.
     """
-    modules: dict[str, dict] = {}
-    for key, value in state.items():
-        if key.endswith(".alpha"):
-            modules.setdefault(_strip_prefix(key[: -len(".alpha")]), {})["alpha"] = float(value.float().item())
-            continue
-        m = _LORA_KEY.match(key)
-        if not m:
-            raise ValueError(f"{key!r} is not a LoRA tensor name (expected <module>.lora_A[.default].weight)")
-        slot = "A" if m.group("kind") in ("lora_A", "lora_down") else "B"
-        modules.setdefault(_strip_prefix(m.group("module")), {})[slot] = value
-    broken = [name for name, parts in modules.items() if "A" not in parts or "B" not in parts]
-    if broken:
-        raise ValueError(f"LoRA modules without both A and B matrices: {broken[:5]}")
-    return modules
+    from ..export.lora_formats import from_original_names, lora_modules
+    return from_original_names(lora_modules(state), family, model)
 
 
-def _strip_prefix(name: str) -> str:
-    for prefix in _FOREIGN_PREFIXES:
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
-
-
-def _linear(model: torch.nn.Module, name: str, source: str) -> torch.nn.Linear:
+def _linear(model: torch.nn.Module, name: str, source: str) -> torch.nn.Module:
     try:
         module = model.get_submodule(name)
     except AttributeError:
         raise ValueError(f"{source}: LoRA targets {name!r}, which {type(model).__name__} does not have") from None
-    base = getattr(module, "base_layer", module)  # a layer that already carries a peft adapter
-    if not isinstance(base, torch.nn.Linear):
-        raise ValueError(f"{source}: LoRA target {name!r} is a {type(base).__name__}, not a Linear layer")
-    return base
+    if not isinstance(getattr(module, "base_layer", module), torch.nn.Linear):
+        raise ValueError(f"{source}: LoRA target {name!r} is a {type(module).__name__}, not a Linear layer")
+    return module
 
 
 @torch.no_grad()
-def fuse_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "preset LoRA",
+def fuse_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], family: str, source: str = "preset LoRA",
               scale: float = 1.0) -> int:
-    """Merge a LoRA file into the base weights: ``W += scale · (alpha/rank) · B @ A`` (alpha/rank = 1 when
-    the file has no alpha, as in DiffSynth's differential training). Returns the number of modules fused."""
-    modules = split_lora_state(state)
-    for name, parts in modules.items():
+    """Merge a LoRA file into the base weights, ``W += scale · B @ A`` (DiffSynth's differential training;
+    the file's alpha/rank is in B). Returns the number of modules fused."""
+    modules = read_lora(state, family, model)
+    for name, (a, b) in modules.items():
         linear = _linear(model, name, source)
-        a, b = parts["A"].float(), parts["B"].float()
+        linear = getattr(linear, "base_layer", linear)
         if a.shape[1] != linear.in_features or b.shape[0] != linear.out_features:
             raise ValueError(f"{source}: LoRA for {name!r} has shapes A{tuple(a.shape)} B{tuple(b.shape)}, but the "
                              f"layer is {linear.in_features}->{linear.out_features}")
-        factor = scale * (parts["alpha"] / a.shape[0] if "alpha" in parts else 1.0)
-        delta = (b @ a) * factor
+        delta = (b.float() @ a.float()) * scale
         linear.weight.data = (linear.weight.data.float() + delta.to(linear.weight.device)).to(linear.weight.dtype)
     return len(modules)
 
 
 @torch.no_grad()
-def load_lora_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "lora_checkpoint") -> int:
-    """Initialise the injected adapter ``default`` from a LoRA file (``--lora_checkpoint``); returns modules loaded."""
-    modules = split_lora_state(state)
+def load_lora_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor], family: str,
+                         source: str = "lora_checkpoint") -> int:
+    """Initialise the injected adapter ``default`` from a LoRA file (``--lora_checkpoint``) so that it applies
+    the file's update under this adapter's own scaling; returns the number of modules loaded."""
+    modules = read_lora(state, family, model)
     params = dict(model.named_parameters())
-    for name, parts in modules.items():
-        for slot, tensor in (("A", parts["A"]), ("B", parts["B"])):
-            key = f"{name}.lora_{slot}.default.weight"
-            if key not in params:
-                raise ValueError(f"{source}: {name!r} has no LoRA adapter here; lora.lora_target_modules must cover "
-                                 "the modules the checkpoint was trained on")
-            if params[key].shape != tensor.shape:
-                raise ValueError(f"{source}: {key} has shape {tuple(tensor.shape)} in the file but "
-                                 f"{tuple(params[key].shape)} here; lora.lora_rank must match the checkpoint")
-            if slot == "A":
-                # keep the file's effective update (alpha_file/r)·B·A under this adapter's own scaling
-                file_scale = parts["alpha"] / tensor.shape[0] if "alpha" in parts else 1.0
-                layer_scale = getattr(model.get_submodule(name), "scaling", {}).get("default", 1.0)
-                tensor = tensor * (file_scale / layer_scale)
-            params[key].data.copy_(tensor.to(params[key].dtype))
+    for name, (a, b) in modules.items():
+        keys = {slot: f"{name}.lora_{slot}.default.weight" for slot in "AB"}
+        if keys["A"] not in params:
+            raise ValueError(f"{source}: {name!r} has no LoRA adapter here; lora.lora_target_modules must cover "
+                             "the modules the checkpoint was trained on")
+        layer_scale = getattr(_linear(model, name, source), "scaling", {}).get("default", 1.0)
+        for slot, tensor in (("A", a), ("B", b / layer_scale)):
+            target = params[keys[slot]]
+            if target.shape != tensor.shape:
+                raise ValueError(f"{source}: {keys[slot]} has shape {tuple(tensor.shape)} in the file but "
+                                 f"{tuple(target.shape)} here; lora.lora_rank must match the checkpoint")
+            target.data.copy_(tensor.to(target.dtype))
     return len(modules)
