@@ -7,6 +7,7 @@ import sys
 
 from _layout import MODEL_MANIFEST
 from diffsynth.config import load_params
+from diffsynth.families import get_family
 from diffsynth.files import project_root, write_json
 from diffsynth.models.manifest import build_manifest
 from diffsynth.models.model_config import TINY_MODEL_NAMESPACE, fetch, model_base_path, parse_model_configs, parse_path_or_model_id
@@ -28,9 +29,9 @@ def main() -> int:
         print(f"[models] writing tiny preset {m.tiny_preset!r} ({TINY_PRESETS[m.tiny_preset][1]} layout)")
         write_tiny_model(m.tiny_preset, model_base_path() / model_id, seed=config.train.seed)
     entries = {c.source_string: fetch(c).files() for c in configs}
-    if m.tokenizer_path:
-        tok = fetch(parse_path_or_model_id(m.tokenizer_path, ""))
-        entries[m.tokenizer_path] = [os.path.join(tok.files()[0], f) for f in sorted(os.listdir(tok.files()[0]))]
+    for value in get_family(m.family).auxiliary_entries(config).values():
+        folder = fetch(parse_path_or_model_id(value, "")).files()[0]
+        entries[value] = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
     manifest = build_manifest(entries, project_root())
     manifest["tiny_preset"] = m.tiny_preset or None
     write_json(MODEL_MANIFEST, manifest)

@@ -4,7 +4,9 @@
   ``TIME_DIVISION_FACTOR`` / ``TIME_DIVISION_REMAINDER`` (video frame counts, 4k+1), ``VIDEO_KEYS``
   (dataset columns loaded as videos);
 - ``load_pipeline(config, dtype, device) -> Pipeline``: fetch, detect and load the family's models as
-  ``config.model`` says (model flags, tokenizer/processor paths, extra_inputs).
+  ``config.model`` says (model flags, tokenizer/processor paths, extra_inputs);
+- ``auxiliary_entries(config) -> {name: path or model_id:folder/}``: the tokenizer/processor folders it loads,
+  so the models stage fetches and pins them before training (which never downloads).
 """
 from __future__ import annotations
 

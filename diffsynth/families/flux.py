@@ -212,6 +212,11 @@ class FluxPipeline(Pipeline):
         return self.decode(latents)
 
 
+def auxiliary_entries(config) -> dict[str, str]:
+    return {"tokenizer_1": config.model.tokenizer_1_path or DEFAULT_TOKENIZER_1,
+            "tokenizer_2": config.model.tokenizer_2_path or DEFAULT_TOKENIZER_2}
+
+
 def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> FluxPipeline:
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers."""
     m = config.model

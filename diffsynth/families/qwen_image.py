@@ -186,6 +186,15 @@ def wants_edit(config) -> bool:
     return "edit_image" in [k.strip() for k in (config.model.extra_inputs or "").split(",")]
 
 
+def auxiliary_entries(config) -> dict[str, str]:
+    """Non-model folders the pipeline loads, as written (flag value or DiffSynth's default): the models stage
+    fetches and pins them with the weights."""
+    if wants_edit(config):
+        from . import qwen_image_edit
+        return qwen_image_edit.auxiliary_entries(config)
+    return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
+
+
 def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImagePipeline:
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer.
 

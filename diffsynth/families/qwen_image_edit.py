@@ -207,6 +207,11 @@ def first_row_edit_image(config, height_factor: int, width_factor: int):
         return None
 
 
+def auxiliary_entries(config) -> dict[str, str]:
+    return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER,
+            "processor": config.model.processor_path or DEFAULT_PROCESSOR}
+
+
 def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImageEditPipeline:
     """The Qwen-Image models (edit DiT), tokenizer and the Qwen2-VL image processor of ``model.processor_path``."""
     _check_edit_config(config)

@@ -291,6 +291,10 @@ class WanPipeline(Pipeline):
         return self.decode(latents)
 
 
+def auxiliary_entries(config) -> dict[str, str]:
+    return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
+
+
 def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> WanPipeline:
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, UMT5, (CLIP) and the tokenizer."""
     m = config.model
