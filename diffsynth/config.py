@@ -75,6 +75,8 @@ class ModelConfigSection:
     edit_image_area: int = _f(1024 * 1024, "Qwen-Image-Edit: each edit image is resized to this area (ratio kept, "
                               "sides multiples of 32) before VAE encoding; DiffSynth uses 1024*1024", ours=True)
     fp8_models: Optional[str] = _f(None, "models stored in fp8 (entries of the two model lists)")
+    initialize_model_on_cpu: bool = _f(False, "load the models into CPU memory; accelerate moves them to the GPU "
+                                              "when training starts (DeepSpeed ZeRO-3 partitions them first)")
     torch_dtype: str = _f("bfloat16", "dtype the models are loaded and computed in", ours=True,
                           choices=["bfloat16", "float16", "float32"])
 
@@ -190,7 +192,7 @@ UNSUPPORTED_FLAGS: dict[str, Any] = {
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
     "enable_swanlab_log": False, "swanlab_project": "DiffSynth-Studio",
     "enable_wandb_log": False, "wandb_project": "DiffSynth-Studio",
-    "initialize_model_on_cpu": False,
+    "audio_processor_path": None, "framewise_decoding": False,
 }
 
 

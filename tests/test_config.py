@@ -102,3 +102,14 @@ def test_shipped_accelerate_configs_load():
     offload = load_config_from_file(str(REPO / "configs/accelerate/deepspeed_zero2_offload.yaml")).deepspeed_config
     assert offload["offload_optimizer_device"] == "cpu" and offload["offload_param_device"] == "cpu"
     assert load_config_from_file(str(REPO / "configs/accelerate/deepspeed_zero3.yaml")).deepspeed_config["zero3_init_flag"]
+
+
+def test_readme_flag_table_is_the_generated_one():
+    """The README's flag table is `diffsynth flags` output; regenerate it when a flag changes."""
+    from diffsynth.config import flag_table
+    readme = (REPO / "README.md").read_text()
+    start, end = readme.index("<!-- flag-table -->\n"), readme.index("<!-- /flag-table -->")
+    assert readme[start + len("<!-- flag-table -->\n"):end].strip() == flag_table().strip()
+    for flag in ("--dataset_base_path", "--lora_target_modules", "--use_gradient_checkpointing", "--save_steps",
+                 "--align_to_opensource_format", "--max_timestep_boundary", "--fp8_models", "--enable_wandb_log"):
+        assert f"`{flag}`" in readme

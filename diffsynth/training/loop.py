@@ -201,7 +201,8 @@ class Trainer:
         torch.manual_seed(config.train.seed)
 
         self.family = family = get_family(config.model.family)
-        self.pipe = pipe = family.load_pipeline(config, dtype, accelerator.device)
+        load_device = "cpu" if config.model.initialize_model_on_cpu else accelerator.device
+        self.pipe = pipe = family.load_pipeline(config, dtype, load_device)
         self.schedule = FlowMatchSchedule.for_family(pipe.schedule_name)
         self.generator = torch.Generator().manual_seed(config.train.seed + 1000 * self.rank)
         module = TrainingModule(pipe, self.schedule, self.generator,
