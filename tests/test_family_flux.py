@@ -286,3 +286,23 @@ def test_tiny_twin_trains_and_saves_kohya_lora_for_the_real_dit(tmp_path, shapes
         name = re.sub(r"\.lora_[AB]\.default\.weight$", "", key.removeprefix("pipe.dit."))
         assert isinstance(real_modules.get(name), torch.nn.Linear), key
 
+
+
+@pytest.mark.slow
+def test_tiny_full_twin_trains_and_saves_real_dit_keys(tmp_path, shapes_dataset, flux_base, flux_env, real_dit):
+    from diffsynth.training.loop import run_training
+
+    data = yaml.safe_load(PRESETS["tiny/flux.1-dev-full"].read_text())
+    data["dataset"].update(dataset_base_path=str(shapes_dataset.parent), dataset_metadata_path=str(shapes_dataset))
+    data["output"]["output_path"] = str(tmp_path / "out")
+    data["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", enable_csv_log=False)
+    data["train"].update(max_steps=2, num_epochs=1)
+    data["validation"]["num_samples"] = 1
+    data["sample"]["prompts"] = []
+    result = run_training(config_from_dict(data))
+    assert all(math.isfinite(m["val_loss"]) for _, m in result.val_history)
+    state = load_file(str(tmp_path / "out" / "epoch-0.safetensors"))
+    real = real_dit.state_dict()
+    # a full fine-tune saves the whole DiT under the real model's own parameter names
+    assert state and set(state) <= set(real)
+    assert {k for k in real if not k.startswith(("transformer_blocks.", "single_transformer_blocks."))} <= set(state)
