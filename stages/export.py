@@ -5,16 +5,13 @@ import json
 import os
 import sys
 
-import torch
-
 from _layout import LORA_COMPAT, TRAIN_METRICS, TRAIN_RUN
 from diffsynth.config import load_params
 from diffsynth.export import base_model, export_checkpoint
 from diffsynth.files import write_json
 from diffsynth.models.model_config import fetch, parse_model_configs
 from diffsynth.tracking import Tracker
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from diffsynth.training.loop import DTYPES
 
 
 def main() -> int:
