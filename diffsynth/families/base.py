@@ -60,6 +60,17 @@ class Pipeline(torch.nn.Module):
         open-source (kohya) names, or None where the family has no such format."""
         return None
 
+    @staticmethod
+    def image_and_prompt(item: dict) -> tuple[Image.Image, str]:
+        """The target image of an image-family row (the first one if the cell holds a list) and its prompt."""
+        image = item["image"]
+        if isinstance(image, list):
+            image = image[0]
+        prompt = item.get("prompt")
+        if not isinstance(prompt, str):
+            raise ValueError(f"row has no prompt string: {prompt!r}")
+        return image, prompt
+
     def encode(self, item: dict) -> dict:
         """A dataset item -> model inputs without gradient: ``latents`` (x0) and conditioning tensors.
 

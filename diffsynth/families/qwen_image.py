@@ -119,12 +119,7 @@ class QwenImagePipeline(Pipeline):
         return tensor_to_image(pixels[0])
 
     def encode(self, item: dict) -> dict:
-        image = item["image"]
-        if isinstance(image, list):
-            image = image[0]
-        prompt = item.get("prompt")
-        if not isinstance(prompt, str):
-            raise ValueError(f"row has no prompt string: {prompt!r}")
+        image, prompt = self.image_and_prompt(item)
         return {"latents": self.encode_image(image), "prompt_emb": self.encode_prompt(prompt)}
 
     # ---------------------------------------------------------------- denoiser

@@ -150,12 +150,7 @@ class QwenImageEditPipeline(QwenImagePipeline):
                 "edit_latents": [self.encode_image(image) for image in resized]}
 
     def encode(self, item: dict) -> dict:
-        image = item["image"]
-        if isinstance(image, list):
-            image = image[0]
-        prompt = item.get("prompt")
-        if not isinstance(prompt, str):
-            raise ValueError(f"row has no prompt string: {prompt!r}")
+        image, prompt = self.image_and_prompt(item)
         edit = item.get("edit_image")
         if edit is None:
             raise ValueError("a dataset row has no edit_image: every row of an edit dataset needs one (or remove "
