@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -38,6 +39,25 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``target``; it replaces ``target`` only if the block succeeds.
+
+    A crash or a failed download never leaves half a dataset or half a model where the real one belongs.
+    """
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:

@@ -1,7 +1,6 @@
 """Model flags, fetching (ModelScope faked at its boundary) and clear failures on bad files."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest

@@ -7,7 +7,6 @@ must name the model and key matching against the module built from the detected 
 from __future__ import annotations
 
 import pytest
-import torch
 from accelerate import init_empty_weights
 
 from diffsynth.models.components import detect_shapes, plan_shapes, qwen_vl_model_to_checkpoint

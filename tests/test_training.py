@@ -2,7 +2,6 @@
 import os
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from diffsynth.training.loop import run_training
@@ -30,7 +29,7 @@ def test_fixed_noise_validation_loss_falls(tmp_path, shapes_dataset, tiny_env):
 def test_checkpoints_are_diffsynth_lora_files(tmp_path, shapes_dataset, tiny_env):
     config = tiny_config(tmp_path, shapes_dataset, train__num_epochs=2, train__max_steps=None,
                          dataset__dataset_repeat=1)
-    result = run_training(config)
+    run_training(config)
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["epoch-0.safetensors", "epoch-1.safetensors", "loss.csv", "state",
                                        "training_args.json"]

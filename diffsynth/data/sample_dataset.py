@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from ..files import staged_dir
 
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 30)}
@@ -40,22 +41,18 @@ def build_shapes_dataset(out_dir: str | Path, size: int = 128) -> Path:
     half a dataset behind.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rows = []
-    for bg_name, bg in BACKGROUNDS.items():
-        for colour_name, colour in COLOURS.items():
-            for shape in SHAPES:
-                name = f"{colour_name}_{shape}_on_{bg_name}.png"
-                draw_shape(shape, colour, bg, size).save(tmp / name)
-                rows.append((name, f"a {colour_name} {shape} on a {bg_name} background"))
-    with open(tmp / "metadata.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "prompt"])
-        writer.writerows(rows)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with staged_dir(out_dir) as tmp:
+        rows = []
+        for bg_name, bg in BACKGROUNDS.items():
+            for colour_name, colour in COLOURS.items():
+                for shape in SHAPES:
+                    name = f"{colour_name}_{shape}_on_{bg_name}.png"
+                    draw_shape(shape, colour, bg, size).save(tmp / name)
+                    rows.append((name, f"a {colour_name} {shape} on a {bg_name} background"))
+        with open(tmp / "metadata.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "prompt"])
+            writer.writerows(rows)
     return out_dir / "metadata.csv"
 
 
@@ -66,19 +63,15 @@ def build_shapes_edit_dataset(out_dir: str | Path, size: int = 128) -> Path:
     import json
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     names = list(COLOURS)
-    for colour_name, colour in COLOURS.items():
-        for shape in SHAPES:
-            draw_shape(shape, colour, BACKGROUNDS["white"], size).save(tmp / f"{colour_name}_{shape}.png")
-    rows = [{"image": f"{names[(i + 1) % len(names)]}_{shape}.png", "edit_image": f"{source}_{shape}.png",
-             "prompt": f"make the {shape} {names[(i + 1) % len(names)]}"}
-            for i, source in enumerate(names) for shape in SHAPES]
-    (tmp / "metadata.json").write_text(json.dumps(rows, indent=1))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with staged_dir(out_dir) as tmp:
+        for colour_name, colour in COLOURS.items():
+            for shape in SHAPES:
+                draw_shape(shape, colour, BACKGROUNDS["white"], size).save(tmp / f"{colour_name}_{shape}.png")
+        rows = [{"image": f"{names[(i + 1) % len(names)]}_{shape}.png", "edit_image": f"{source}_{shape}.png",
+                 "prompt": f"make the {shape} {names[(i + 1) % len(names)]}"}
+                for i, source in enumerate(names) for shape in SHAPES]
+        (tmp / "metadata.json").write_text(json.dumps(rows, indent=1))
     return out_dir / "metadata.json"
 
 

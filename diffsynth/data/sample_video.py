@@ -6,12 +6,12 @@ report (12 frames train as 9). Written with PyAV (``av``, bundled ffmpeg), which
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..files import staged_dir
 from .sample_dataset import BACKGROUNDS, COLOURS, draw_shape
 
 MOTIONS = {"left to right": (1, 0), "top to bottom": (0, 1)}
@@ -50,23 +50,19 @@ def moving_shape_frames(shape: str, colour: tuple, background: tuple, motion: tu
 def build_moving_shapes_dataset(out_dir: str | Path, size: int = 64) -> Path:
     """Write 8 clips (4 colours, 2 motions, shapes and lengths cycling) and ``metadata.csv`` (video,prompt)."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     shapes = ("circle", "square", "triangle", "cross")
-    rows, k = [], 0
-    for motion_name, motion in MOTIONS.items():
-        for colour_name, colour in COLOURS.items():
-            shape, n = shapes[k % len(shapes)], CLIP_FRAMES[k % len(CLIP_FRAMES)]
-            bg_name = "white" if k % 2 == 0 else "black"
-            name = f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}.mp4"
-            write_mp4(tmp / name, moving_shape_frames(shape, colour, BACKGROUNDS[bg_name], motion, n, size))
-            rows.append((name, f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background"))
-            k += 1
-    with open(tmp / "metadata.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video", "prompt"])
-        writer.writerows(rows)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with staged_dir(out_dir) as tmp:
+        rows, k = [], 0
+        for motion_name, motion in MOTIONS.items():
+            for colour_name, colour in COLOURS.items():
+                shape, n = shapes[k % len(shapes)], CLIP_FRAMES[k % len(CLIP_FRAMES)]
+                bg_name = "white" if k % 2 == 0 else "black"
+                name = f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}.mp4"
+                write_mp4(tmp / name, moving_shape_frames(shape, colour, BACKGROUNDS[bg_name], motion, n, size))
+                rows.append((name, f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background"))
+                k += 1
+        with open(tmp / "metadata.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["video", "prompt"])
+            writer.writerows(rows)
     return out_dir / "metadata.csv"

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from ..config import DatasetConfig
-from ..files import write_text
+from ..files import staged_dir, write_text
 from .sample_dataset import build_builtin
 
 REACHABILITY_TIMEOUT = 3.0
@@ -77,21 +77,16 @@ def _fetch_modelscope(config: DatasetConfig, out_dir: Path) -> Path:
     if not config.modelscope_dataset_id:
         raise DatasetSourceError("dataset.source is modelscope but dataset.modelscope_dataset_id is empty; "
                                  "set it, e.g. DiffSynth-Studio/diffsynth_example_dataset")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        download_modelscope_dataset(config.modelscope_dataset_id, tmp, split_keys(config.modelscope_include))
-    except OSError as e:  # modelscope's NetworkError is an OSError too
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DatasetSourceError(f"Could not download ModelScope dataset {config.modelscope_dataset_id!r} "
-                                 f"({type(e).__name__}: {e}). {_offline_help(config)}") from None
-    if not tmp.exists() or not any(tmp.iterdir()):
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DatasetSourceError(f"ModelScope dataset {config.modelscope_dataset_id!r} gave no files"
-                                 + (f" matching dataset.modelscope_include {config.modelscope_include!r}"
-                                    if config.modelscope_include else "") + "; check the id and patterns")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with staged_dir(out_dir) as tmp:
+        try:
+            download_modelscope_dataset(config.modelscope_dataset_id, tmp, split_keys(config.modelscope_include))
+        except OSError as e:  # modelscope's NetworkError is an OSError too
+            raise DatasetSourceError(f"Could not download ModelScope dataset {config.modelscope_dataset_id!r} "
+                                     f"({type(e).__name__}: {e}). {_offline_help(config)}") from None
+        if not any(tmp.iterdir()):
+            raise DatasetSourceError(f"ModelScope dataset {config.modelscope_dataset_id!r} gave no files"
+                                     + (f" matching dataset.modelscope_include {config.modelscope_include!r}"
+                                        if config.modelscope_include else "") + "; check the id and patterns")
     return out_dir
 
 

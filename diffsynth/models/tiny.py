@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import write_json, write_text
+from ..files import staged_dir, write_json, write_text
 from .safetensors_io import save_sharded
 
 TINY_NOTE = ("# Tiny preset ({family})\n\nRandom-initialised tiny model in the real `{repo}` layout, written by "
@@ -252,13 +252,9 @@ def write_tiny_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
         raise ValueError(f"Unknown tiny preset {preset!r}; available: {sorted(TINY_PRESETS)}")
     family, repo, writer = TINY_PRESETS[preset]
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    writer(tmp, seed=seed)
-    write_text(tmp / "TINY_PRESET.md", TINY_NOTE.format(family=family, repo=repo))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with staged_dir(out_dir) as tmp:
+        writer(tmp, seed=seed)
+        write_text(tmp / "TINY_PRESET.md", TINY_NOTE.format(family=family, repo=repo))
     return out_dir
 
 
