@@ -68,3 +68,25 @@ def test_same_seed_gives_identical_checkpoint_bytes(tmp_path, shapes_dataset, ti
         run_training(config)
         files.append((tmp_path / run / "out" / "epoch-0.safetensors").read_bytes())
     assert files[0] == files[1]
+
+
+@pytest.mark.slow
+def test_skip_mode_trains_on_the_valid_rows(tmp_path, shapes_dataset, tiny_env):
+    """dataset.on_invalid: skip -> the validated metadata holds only good rows, and a whole epoch trains on them."""
+    import shutil
+
+    from diffsynth.data.validate import check_dataset
+    from diffsynth.families import data_rules
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dataset.parent, data)
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with open(data / "metadata.csv", "a") as f:
+        f.write('broken.png,"a broken file"\nmissing.png,"a missing file"\nred_circle_on_white.png,""\n')
+    config = tiny_config(tmp_path, data / "metadata.csv", dataset__on_invalid="skip", train__num_epochs=1,
+                         validation__num_samples=1, sample__prompts=[])
+    report = check_dataset(config, metadata_out=tmp_path / "valid.jsonl", report_out=tmp_path / "report.json",
+                           plot_out=tmp_path / "plot.csv", **data_rules("qwen_image"))
+    assert report.invalid_rows == 3 and report.valid_rows == 32
+    result = run_training(config, metadata_path=str(tmp_path / "valid.jsonl"))
+    assert result.steps == 32
