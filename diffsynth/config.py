@@ -160,13 +160,9 @@ class TrackingConfig:
 @dataclass
 class ExportConfig:
     formats: list = _fl(["diffusers"], "LoRA export formats: diffsynth | diffusers | comfyui | kohya", ours=True)
-    format: str = _f("", "one more format (older single-format key; added to formats)", ours=True)
     merge_lora: bool = _f(False, "also write base + LoRA merged as a full model folder (<out_dir>/model)", ours=True)
     max_shard_size: str = _f("5GB", "shard size of exported model folders", ours=True)
     out_dir: str = _f("outputs/export", "folder of the exported files", ours=True)
-
-    def all_formats(self) -> list:
-        return list(dict.fromkeys([*self.formats, *([self.format] if self.format else [])]))
 
 
 SECTIONS: dict[str, type] = {

@@ -21,7 +21,7 @@ def main() -> int:
     family, component = config.model.family, config.lora.lora_base_model or "dit"
     configs = [fetch(c) for c in parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths)]
     meta, load_base = base_model(configs, family, component, DTYPES[config.model.torch_dtype])
-    result = export_checkpoint(checkpoint, config.export.out_dir, config.export.all_formats(), family, meta,
+    result = export_checkpoint(checkpoint, config.export.out_dir, config.export.formats, family, meta,
                                lora_alpha=config.lora.lora_alpha, merge=config.export.merge_lora, load_base=load_base,
                                max_shard_size=config.export.max_shard_size)
     write_json(LORA_COMPAT, result.compat)

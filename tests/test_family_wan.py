@@ -105,7 +105,7 @@ def test_tiny_twin_trains_and_saves_keys_of_the_real_model(name, tmp_path, clips
         for module in modules:  # every key targets a Linear of the full-size model
             assert isinstance(dit.get_submodule(module), torch.nn.Linear), module
         # the preset's export formats: ComfyUI gets the original Wan names, every key fits the base model
-        exported = export_checkpoint(result.checkpoints[-1], tmp_path / "export", config.export.all_formats(), "wan",
+        exported = export_checkpoint(result.checkpoints[-1], tmp_path / "export", config.export.formats, "wan",
                                      wan.load_pipeline(config, torch.float32).dit)
         assert exported.ok and set(exported.files) == {"diffusers", "comfyui"}
         comfy = load_file(str(exported.files["comfyui"]))
