@@ -90,6 +90,7 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay")
     task: str = _f("sft", "training task", choices=["sft"])
     customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
+    fused_optimizer: bool = _f(True, "AdamW's fused kernel (same update up to rounding, ~4x faster step)", ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
     seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
     max_steps: Optional[int] = _f(None, "stop after this many micro-steps (None: run all epochs)", ours=True)

@@ -324,3 +324,13 @@ def test_two_process_ddp_on_cpu(tmp_path, shapes_dataset, model_base):
     line = next(l for l in proc.stdout.splitlines() if "checksums per rank" in l)
     sums = json.loads(line.split(":", 1)[1].strip())
     assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_adamw_is_fused_unless_turned_off(tmp_path, shapes_dataset):
+    from diffsynth.training.optim import build_optimizer
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert build_optimizer(tiny_config(tmp_path, shapes_dataset), params).defaults["fused"] is True
+    off = build_optimizer(tiny_config(tmp_path, shapes_dataset, train__fused_optimizer=False), params)
+    assert not off.defaults["fused"]
+    sgd = build_optimizer(tiny_config(tmp_path, shapes_dataset, train__customized_optimizer="torch.optim.SGD"), params)
+    assert isinstance(sgd, torch.optim.SGD)

@@ -9,15 +9,23 @@ from ..config import Config, ConfigError
 
 
 def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
-    """AdamW (torch defaults for betas/eps, as DiffSynth), or ``train.customized_optimizer``."""
-    cls = torch.optim.AdamW
-    if config.train.customized_optimizer:
-        module_name, _, class_name = config.train.customized_optimizer.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"train.customized_optimizer {config.train.customized_optimizer!r} cannot be "
-                              f"imported ({e}); give a dotted class path like bitsandbytes.optim.Adam8bit") from None
+    """AdamW (torch defaults for betas/eps, as DiffSynth), or ``train.customized_optimizer``.
+
+    AdamW runs its fused kernel where torch has one (CPU and CUDA): the same update up to float rounding, ~4x
+    faster per step (benchmarks/optimizer_step.py), which matters for full fine-tuning.
+    """
+    params = list(params)
+    if not config.train.customized_optimizer:
+        fused = config.train.fused_optimizer and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                                     for p in params)
+        return torch.optim.AdamW(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay,
+                                 fused=fused or None)
+    module_name, _, class_name = config.train.customized_optimizer.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"train.customized_optimizer {config.train.customized_optimizer!r} cannot be "
+                          f"imported ({e}); give a dotted class path like bitsandbytes.optim.Adam8bit") from None
     return cls(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
 
 
