@@ -151,18 +151,20 @@ def test_trainable_models_and_dotted_submodules(tmp_path, shapes_dataset, tiny_e
 def test_gradient_checkpointing_gives_the_same_gradients(tmp_path, shapes_dataset, tiny_env):
     item = items(shapes_dataset, 1)[0]
     results = []
-    for checkpointing in (False, True):
+    for checkpointing, offload in ((False, False), (True, False), (False, True)):
         module = fresh_module()
-        configure_trainable(module, tiny_config(tmp_path, shapes_dataset,
-                                                gradient__use_gradient_checkpointing=checkpointing), torch.float32)
-        assert module.pipe.dit.gradient_checkpointing is checkpointing
+        configure_trainable(module, tiny_config(tmp_path, shapes_dataset, gradient__use_gradient_checkpointing=checkpointing,
+                                                gradient__use_gradient_checkpointing_offload=offload), torch.float32)
+        assert module.pipe.dit.gradient_checkpointing is (checkpointing or offload)  # offload implies checkpointing
+        module.offload_activations = offload
         module.train()
         module.generator.manual_seed(7)
         module(item).backward()
         results.append(grads(module))
-    assert results[0].keys() == results[1].keys()
-    for k in results[0]:
-        assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
+    for other in results[1:]:
+        assert results[0].keys() == other.keys()
+        for k in results[0]:
+            assert torch.allclose(results[0][k], other[k], atol=1e-6), k
 
 
 def test_accumulation_of_two_equals_mean_of_the_two_gradients(tmp_path, shapes_dataset, tiny_env):
@@ -334,3 +336,16 @@ def test_adamw_is_fused_unless_turned_off(tmp_path, shapes_dataset):
     assert not off.defaults["fused"]
     sgd = build_optimizer(tiny_config(tmp_path, shapes_dataset, train__customized_optimizer="torch.optim.SGD"), params)
     assert isinstance(sgd, torch.optim.SGD)
+
+
+def test_resume_from_checkpoint_loads_full_weights_with_the_prefix(tmp_path, shapes_dataset, tiny_env):
+    from diffsynth.training.loop import load_full_checkpoint
+    module = fresh_module()
+    saved = {k: torch.full_like(v, 0.5) for k, v in module.pipe.dit.state_dict().items() if "transformer_blocks.1." in k}
+    save_file(saved, str(tmp_path / "epoch-1.safetensors"))
+    load_full_checkpoint(module, str(tmp_path / "epoch-1.safetensors"), "pipe.dit.")
+    assert all(torch.equal(module.pipe.dit.state_dict()[k], v) for k, v in saved.items())
+    lora = {"transformer_blocks.0.attn.to_q.lora_A.default.weight": torch.zeros(8, 64)}
+    save_file(lora, str(tmp_path / "lora.safetensors"))
+    with pytest.raises(ConfigError, match="lora.lora_checkpoint"):
+        load_full_checkpoint(module, str(tmp_path / "lora.safetensors"), "pipe.dit.")
