@@ -19,6 +19,7 @@ from diffsynth.families import flux
 from diffsynth.families.base import Pipeline
 from diffsynth.models.convert_flux import diffusers_to_bfl_dit
 from diffsynth.models.real_configs import REAL_MODELS
+from diffsynth.training.loop import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {name: REPO / "presets" / f"{name}.yaml" for name in
@@ -247,15 +248,19 @@ def test_params_from_diffsynth_flags_equal_the_lora_preset(capsys):
 
 # ------------------------------------------------------------------------------------- (a) training
 
-def test_tiny_twin_trains_and_saves_kohya_lora_for_the_real_dit(tmp_path, shapes_dataset, flux_base, flux_env,
-                                                                real_dit):
-    from diffsynth.training.loop import run_training
-
-    data = yaml.safe_load(PRESETS["tiny/flux.1-dev-lora"].read_text())
-    data["dataset"].update(dataset_base_path=str(shapes_dataset.parent), dataset_metadata_path=str(shapes_dataset))
+def twin_params(name, tmp_path, metadata, max_steps):
+    """A tiny twin's params on the shapes dataset, writing into tmp_path, for ``max_steps`` steps."""
+    data = yaml.safe_load(PRESETS[name].read_text())
+    data["dataset"].update(dataset_base_path=str(metadata.parent), dataset_metadata_path=str(metadata))
     data["output"]["output_path"] = str(tmp_path / "out")
     data["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", enable_csv_log=False)
-    data["train"].update(max_steps=4, num_epochs=1)
+    data["train"].update(max_steps=max_steps, num_epochs=1)
+    return data
+
+
+def test_tiny_twin_trains_and_saves_kohya_lora_for_the_real_dit(tmp_path, shapes_dataset, flux_base, flux_env,
+                                                                real_dit):
+    data = twin_params("tiny/flux.1-dev-lora", tmp_path, shapes_dataset, max_steps=4)
     data["validation"]["num_samples"] = 2
     data["sample"]["num_inference_steps"] = 2
     result = run_training(config_from_dict(data))
@@ -290,13 +295,7 @@ def test_tiny_twin_trains_and_saves_kohya_lora_for_the_real_dit(tmp_path, shapes
 
 @pytest.mark.slow
 def test_tiny_full_twin_trains_and_saves_real_dit_keys(tmp_path, shapes_dataset, flux_base, flux_env, real_dit):
-    from diffsynth.training.loop import run_training
-
-    data = yaml.safe_load(PRESETS["tiny/flux.1-dev-full"].read_text())
-    data["dataset"].update(dataset_base_path=str(shapes_dataset.parent), dataset_metadata_path=str(shapes_dataset))
-    data["output"]["output_path"] = str(tmp_path / "out")
-    data["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", enable_csv_log=False)
-    data["train"].update(max_steps=2, num_epochs=1)
+    data = twin_params("tiny/flux.1-dev-full", tmp_path, shapes_dataset, max_steps=2)
     data["validation"]["num_samples"] = 1
     data["sample"]["prompts"] = []
     result = run_training(config_from_dict(data))
