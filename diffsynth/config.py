@@ -147,6 +147,7 @@ class SampleConfig:
     width: int = _f(1024, "sample width", ours=True)
     num_inference_steps: int = _f(30, "sampler steps", ours=True)
     num_frames: int = _f(1, "frames per sample for video families (4k+1)", ours=True)
+    out_dir: str = _f("", "also save samples as PNG here (videos as a frame strip); empty: MLflow only", ours=True)
 
 
 @dataclass

@@ -75,6 +75,8 @@ def test_every_stage_runs_and_writes_its_outputs(repro):
     paths = [f["path"] for files in manifest["models"].values() for f in files]
     assert "models/diffsynth-tiny/Qwen-Image/transformer/diffusion_pytorch_model-00001-of-00003.safetensors" in paths
     assert all(len(f["sha256"]) == 64 for files in manifest["models"].values() for f in files if f["sha256"])
+    samples = sorted(p.name for p in (root / "outputs/train/samples").iterdir())
+    assert samples == [f"step{s:06d}_p{p}_s0.png" for s in (0, 32, 64) for p in (0, 1)]
     compat = json.loads((root / "reports/lora_compat.json").read_text())  # beside the exported folder
     assert compat["unmatched_modules"] == 0 and compat["matched_modules"] == 17
 

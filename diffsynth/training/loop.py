@@ -281,6 +281,10 @@ class Trainer:
         for i, prompt, seed, image in _samples(self.pipe, self.config):
             key = f"sample/p{i}_s{seed}"  # one image key per prompt × seed; the step slider walks the save points
             shown = self.tracker.log_sample(image, key=key, step=at)
+            if self.config.sample.out_dir:  # also on disk: a DVC image plot, and kept when MLflow is down
+                folder = Path(self.config.sample.out_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                shown.save(folder / f"step{at:06d}_p{i}_s{seed}.png")
             for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image", shown),
                                   ("image_key", key)):
                 table[column].append(value)
@@ -335,6 +339,8 @@ class Trainer:
                             self.output / "loss.csv"]:
                     old.unlink(missing_ok=True)
                 shutil.rmtree(self.output / train_state.STATE_DIR, ignore_errors=True)
+                if self.config.sample.out_dir:
+                    shutil.rmtree(self.config.sample.out_dir, ignore_errors=True)
             self.accelerator.wait_for_everyone()
             return 0, 0, 0, None
         folder = self.output / train_state.STATE_DIR
