@@ -194,6 +194,13 @@ UNSUPPORTED_FLAGS: dict[str, Any] = {
 }
 
 
+# Why a DiffSynth value of a choice flag is refused, appended to the error.
+UNSUPPORTED_CHOICES = {
+    ("train", "task"): ": split training (sft:data_process / sft:train), direct_distill and trajectory_imitation "
+                       "are not supported yet; run plain sft (the text encoder and VAE run in the same process)",
+}
+
+
 @dataclass
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -221,7 +228,8 @@ class Config:
                 choices = f.metadata.get("choices")
                 value = getattr(section, f.name)
                 if choices and value not in choices:
-                    raise ConfigError(f"{name}.{f.name} = {value!r} is not one of {choices}")
+                    hint = UNSUPPORTED_CHOICES.get((name, f.name), "")
+                    raise ConfigError(f"{name}.{f.name} = {value!r} is not one of {choices}{hint}")
         if self.train.num_epochs < 1:
             raise ConfigError(f"train.num_epochs = {self.train.num_epochs}: must be at least 1")
         if self.gradient.gradient_accumulation_steps < 1:

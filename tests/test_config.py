@@ -113,3 +113,8 @@ def test_readme_flag_table_is_the_generated_one():
     for flag in ("--dataset_base_path", "--lora_target_modules", "--use_gradient_checkpointing", "--save_steps",
                  "--align_to_opensource_format", "--max_timestep_boundary", "--fp8_models", "--enable_wandb_log"):
         assert f"`{flag}`" in readme
+
+
+def test_unsupported_task_says_what_is_missing():
+    with pytest.raises(ConfigError, match="split training"):
+        config_from_args(["--lora_base_model", "dit", "--task", "sft:data_process"])
