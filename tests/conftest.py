@@ -25,6 +25,15 @@ def model_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def edit_model_base(model_base) -> Path:
+    """The session's model base with the tiny Qwen-Image-Edit preset added at diffsynth-tiny/Qwen-Image-Edit."""
+    from diffsynth.models.tiny import write_tiny_model
+
+    write_tiny_model("qwen-image-edit", model_base / "diffsynth-tiny" / "Qwen-Image-Edit")
+    return model_base
+
+
+@pytest.fixture(scope="session")
 def shapes_dataset(tmp_path_factory) -> Path:
     """The built-in shapes dataset; returns its metadata.csv."""
     from diffsynth.data.sample_dataset import build_shapes_dataset

@@ -34,14 +34,6 @@ def edit_params(metadata, **model) -> dict:
     return data
 
 
-@pytest.fixture(scope="module")
-def edit_model_base(model_base):
-    from diffsynth.models.tiny import write_tiny_model
-    folder = model_base / "diffsynth-tiny" / "Qwen-Image-Edit"
-    if not folder.exists():
-        write_tiny_model("qwen-image-edit", folder)
-    return model_base
-
 
 @pytest.fixture(scope="module")
 def edit_dataset(tmp_path_factory):

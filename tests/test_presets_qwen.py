@@ -95,14 +95,6 @@ def real_dit():
         return build_class(spec["cls"])(**spec["config"])
 
 
-@pytest.fixture(scope="module")
-def qwen_model_base(model_base):
-    from diffsynth.models.tiny import write_tiny_model
-    folder = model_base / "diffsynth-tiny" / "Qwen-Image-Edit"
-    if not folder.exists():
-        write_tiny_model("qwen-image-edit", folder)
-    return model_base
-
 
 def twin_config(name: str, tmp_path, monkeypatch, model_base):
     data = load(name, tiny=True)
@@ -119,8 +111,8 @@ def twin_config(name: str, tmp_path, monkeypatch, model_base):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", QWEN)
-def test_tiny_twin_trains_and_saves_keys_of_the_real_dit(name, tmp_path, monkeypatch, qwen_model_base, real_dit):
-    config = twin_config(name, tmp_path, monkeypatch, qwen_model_base)
+def test_tiny_twin_trains_and_saves_keys_of_the_real_dit(name, tmp_path, monkeypatch, edit_model_base, real_dit):
+    config = twin_config(name, tmp_path, monkeypatch, edit_model_base)
     result = run_training(config)
     assert result.steps == 3
     assert all(math.isfinite(m["val_loss"]) for _, m in result.val_history) and len(result.val_history) == 2

@@ -50,6 +50,14 @@ QWEN25_VL_7B = {
 }
 
 # name -> (class path, config, family, component, where the weights live in the real repositories)
+def _t5_xxl(model_type: str, vocab_size: int) -> dict:
+    """The XXL encoder of FLUX (T5 v1.1) and Wan (UMT5): same sizes, different vocabulary and type."""
+    return {"model_type": model_type, "vocab_size": vocab_size, "d_model": 4096, "d_kv": 64, "d_ff": 10240,
+            "num_layers": 24, "num_heads": 64, "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+            "is_gated_act": True, "dense_act_fn": "gelu_new", "tie_word_embeddings": False}
+
+
 REAL_MODELS: dict[str, dict] = {
     "qwen-image-dit": {
         "cls": "diffusers.QwenImageTransformer2DModel", "family": "qwen_image", "component": "dit",
@@ -88,10 +96,7 @@ REAL_MODELS: dict[str, dict] = {
     "flux.1-dev-t5": {
         "cls": "transformers.T5EncoderModel", "family": "flux", "component": "text_encoder_2",
         "files": "black-forest-labs/FLUX.1-dev:text_encoder_2/model-0000?-of-00002.safetensors",
-        "config": {"model_type": "t5", "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240,
-                   "num_layers": 24, "num_heads": 64, "relative_attention_num_buckets": 32,
-                   "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
-                   "is_gated_act": True, "dense_act_fn": "gelu_new", "tie_word_embeddings": False}},
+        "config": _t5_xxl("t5", 32128)},
     "wan2.1-t2v-1.3b-dit": {
         "cls": "diffusers.WanTransformer3DModel", "family": "wan", "component": "dit",
         "files": "Wan-AI/Wan2.1-T2V-1.3B:diffusion_pytorch_model*.safetensors", "config": _wan_dit(12, 8960, 30)},
@@ -121,10 +126,7 @@ REAL_MODELS: dict[str, dict] = {
     "umt5-xxl": {
         "cls": "transformers.UMT5EncoderModel", "family": "wan", "component": "text_encoder",
         "files": "Wan-AI/Wan2.1-T2V-1.3B:models_t5_umt5-xxl-enc-bf16.pth -> DiffSynth-Studio/Wan-Series-Converted-Safetensors:models_t5_umt5-xxl-enc-bf16.safetensors",
-        "config": {"model_type": "umt5", "vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240,
-                   "num_layers": 24, "num_heads": 64, "relative_attention_num_buckets": 32,
-                   "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
-                   "is_gated_act": True, "dense_act_fn": "gelu_new", "tie_word_embeddings": False}},
+        "config": _t5_xxl("umt5", 256384)},
     "wan2.1-clip": {
         "cls": "transformers.CLIPVisionModelWithProjection", "family": "wan", "component": "image_encoder",
         "files": "Wan-AI/Wan2.1-I2V-14B-480P:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth -> converted safetensors",
