@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def cmd_train(argv: list[str]) -> int:
-    from .config import ConfigError, config_from_args
+    from .command_line import config_from_args
+    from .config import ConfigError
     from .training.loop import run_training
     try:
         config = config_from_args(argv)
@@ -21,7 +22,8 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_params(args, rest: list[str]) -> int:
-    from .config import ConfigError, config_from_args, dump_params
+    from .command_line import config_from_args, dump_params
+    from .config import ConfigError
     try:
         config = config_from_args(rest)
     except ConfigError as e:
@@ -32,23 +34,38 @@ def cmd_params(args, rest: list[str]) -> int:
 
 
 def cmd_tiny_model(args) -> int:
-    from .models.tiny import write_tiny_model
-    out = write_tiny_model(args.family, args.out, seed=args.seed)
-    print(f"wrote tiny {args.family} preset to {out}")
+    from .models.tiny import resolve_tiny_preset, write_tiny_model
+    preset = resolve_tiny_preset(args.family)
+    out = write_tiny_model(preset, args.out, seed=args.seed)
+    print(f"wrote tiny {preset} preset to {out}")
+    return 0
+
+
+def cmd_families(args) -> int:
+    """Every registered family: name, aliases, extra inputs and tiny presets."""
+    from .families import all_specs
+    for spec in all_specs():
+        print(f"{spec.name}: {spec.summary}")
+        for label, values in (("aliases", spec.aliases), ("extra inputs", spec.extra_inputs),
+                              ("tiny presets", spec.tiny_presets)):
+            print(f"  {label}: {', '.join(values) or '-'}")
+        if spec.variant_of:
+            print(f"  variant of {spec.variant_of}, chosen by --extra_inputs {spec.selected_by}")
     return 0
 
 
 def cmd_data_validate(args) -> int:
-    from .config import ConfigError, config_from_args
+    from .command_line import config_from_args
+    from .config import ConfigError
     from .data.validate import check_dataset
-    from .families import data_rules
+    from .families import spec_for
     try:
         config = config_from_args(args.rest, check=False)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report_path = Path(args.report)
-    rules = data_rules(config.model.family, config)
+    rules = spec_for(config).data_rules(config).as_kwargs()
     report = check_dataset(config, metadata_out=report_path.with_suffix(".metadata.jsonl"), report_out=report_path,
                            plot_out=report_path.with_suffix(".resolutions.csv"), **rules)
     print(report.summary(config.dataset.on_invalid))
@@ -101,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-args", action="store_true", required=True,
                    help="the remaining arguments are DiffSynth train.py flags")
     p = sub.add_parser("tiny-model", help="write a tiny random model in the real repository layout")
-    p.add_argument("--family", required=True, help="tiny preset name, e.g. qwen-image")
+    p.add_argument("--family", required=True, help="a family name or alias (its default twin) or a tiny preset name, "
+                                                   "as params.yaml writes them: qwen_image, wan2.2-ti2v-5b, ...")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("data", help="dataset tools")
@@ -113,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="diffusers", choices=["diffsynth", "diffusers", "comfyui", "kohya"],
                    help="diffusers: transformer.* (load_lora_weights); comfyui: diffusion_model.<original names> "
                         "+ .alpha; kohya: lora_unet_*; diffsynth: <module>.lora_A.default.weight")
-    p.add_argument("--family", default="qwen_image", help="qwen_image | flux | wan: which original names to use")
+    p.add_argument("--family", default=None, help="the family whose original names comfyui/kohya use "
+                                                  "(`diffsynth families` lists them)")
     p.add_argument("--lora-alpha", type=float, default=None,
                    help="the lora_alpha the LoRA was trained with (default: rank, DiffSynth's fixed choice)")
     p.add_argument("--out", required=True)
     sub.add_parser("summary", help="print where the pipeline's results are")
     sub.add_parser("flags", help="print every DiffSynth flag, its params.yaml key and its status (markdown)")
+    sub.add_parser("families", help="list the model families, their aliases, extra inputs and tiny presets")
     args, rest = parser.parse_known_args(argv)
     if args.command == "params":
         return cmd_params(args, rest)
@@ -128,10 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "flags":
-        from .config import flag_table
+        from .command_line import flag_table
         print(flag_table())
         return 0
-    return {"tiny-model": cmd_tiny_model, "export": cmd_export, "summary": cmd_summary}[args.command](args)
+    return {"tiny-model": cmd_tiny_model, "export": cmd_export, "summary": cmd_summary,
+            "families": cmd_families}[args.command](args)
 
 
 if __name__ == "__main__":

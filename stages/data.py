@@ -6,13 +6,13 @@ import sys
 from _layout import DATA_REPORT, DATA_RESOLUTIONS, VALIDATED_METADATA
 from diffsynth.config import load_params
 from diffsynth.data.validate import check_dataset
-from diffsynth.families import data_rules
+from diffsynth.families import spec_for
 
 
 def main() -> int:
     config = load_params()
     report = check_dataset(config, metadata_out=VALIDATED_METADATA, report_out=DATA_REPORT,
-                           plot_out=DATA_RESOLUTIONS, **data_rules(config.model.family, config))
+                           plot_out=DATA_RESOLUTIONS, **spec_for(config).data_rules(config).as_kwargs())
     print(report.summary(config.dataset.on_invalid))
     print(f"report: {DATA_REPORT}")
     if report.fatal:

@@ -8,6 +8,7 @@ import sys
 from _layout import LORA_COMPAT, TRAIN_METRICS, TRAIN_RUN
 from diffsynth.config import load_params
 from diffsynth.export import base_model, export_checkpoint
+from diffsynth.families import spec_for
 from diffsynth.files import write_json
 from diffsynth.models.model_config import fetch, parse_model_configs
 from diffsynth.tracking import Tracker
@@ -18,7 +19,7 @@ def main() -> int:
     os.environ["DIFFSYNTH_SKIP_DOWNLOAD"] = "true"  # the models stage fetched and pinned every file
     config = load_params()
     checkpoint = json.loads(TRAIN_METRICS.read_text())["last_checkpoint"]
-    family, component = config.model.family, config.lora.lora_base_model or "dit"
+    family, component = spec_for(config), config.lora.lora_base_model or "dit"
     configs = [fetch(c) for c in parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths)]
     meta, load_base = base_model(configs, family, component, DTYPES[config.model.torch_dtype])
     result = export_checkpoint(checkpoint, config.export.out_dir, config.export.formats, family, meta,

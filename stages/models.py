@@ -7,11 +7,11 @@ import sys
 
 from _layout import MODEL_MANIFEST
 from diffsynth.config import load_params
-from diffsynth.families import get_family
+from diffsynth.families import spec_for
 from diffsynth.files import project_root, write_json
 from diffsynth.models.manifest import build_manifest
 from diffsynth.models.model_config import TINY_MODEL_NAMESPACE, fetch, model_base_path, parse_model_configs, parse_path_or_model_id
-from diffsynth.models.tiny import TINY_PRESETS, write_tiny_model
+from diffsynth.models.tiny import TINY_PRESETS, resolve_tiny_preset, write_tiny_model
 
 
 def main() -> int:
@@ -26,10 +26,10 @@ def main() -> int:
         if model_id.split("/")[0] != TINY_MODEL_NAMESPACE:
             raise SystemExit(f"Tiny presets are written under the model id prefix {TINY_MODEL_NAMESPACE}/, not {model_id!r}, "
                              "so a tiny model can never be mistaken for downloaded real weights.")
-        print(f"[models] writing tiny preset {m.tiny_preset!r} ({TINY_PRESETS[m.tiny_preset][1]} layout)")
+        print(f"[models] writing tiny preset {m.tiny_preset!r} ({TINY_PRESETS[resolve_tiny_preset(m.tiny_preset)][1]} layout)")
         write_tiny_model(m.tiny_preset, model_base_path() / model_id, seed=config.train.seed)
     entries = {c.source_string: fetch(c).files() for c in configs}
-    for value in get_family(m.family).auxiliary_entries(config).values():
+    for value in spec_for(config).auxiliary_entries(config).values():
         folder = fetch(parse_path_or_model_id(value, "")).files()[0]
         entries[value] = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
     manifest = build_manifest(entries, project_root())

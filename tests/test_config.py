@@ -6,7 +6,8 @@ import sys
 import pytest
 import yaml
 
-from diffsynth.config import ConfigError, config_from_args, config_from_dict, flatten, load_params
+from diffsynth.command_line import config_from_args
+from diffsynth.config import ConfigError, config_from_dict, flatten, load_params
 from helpers import DEFAULT_PARAMS, REPO
 
 # The seed document's Qwen-Image full-training command, verbatim after the script name.
@@ -106,7 +107,7 @@ def test_shipped_accelerate_configs_load():
 
 def test_readme_flag_table_is_the_generated_one():
     """The README's flag table is `diffsynth flags` output; regenerate it when a flag changes."""
-    from diffsynth.config import flag_table
+    from diffsynth.command_line import flag_table
     readme = (REPO / "README.md").read_text()
     start, end = readme.index("<!-- flag-table -->\n"), readme.index("<!-- /flag-table -->")
     assert readme[start + len("<!-- flag-table -->\n"):end].strip() == flag_table().strip()

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from diffsynth.config import SECTIONS, ConfigError, config_from_dict, load_params
 from diffsynth.families import flux
-from diffsynth.families.base import Pipeline
+from diffsynth.families import get_spec
+from diffsynth.models.lora_names import opensource_converter
 from diffsynth.models.convert_flux import diffusers_to_bfl_dit
 from diffsynth.models.real_configs import REAL_MODELS
 from diffsynth.training.loop import run_training
@@ -180,7 +181,8 @@ def test_opensource_format_fuses_qkv_exactly():
     state["transformer_blocks.0.ff.net.2.lora_A.default.weight"], state["transformer_blocks.0.ff.net.2.lora_B.default.weight"] = _lora(r, 4 * hidden, hidden, 20)
     state["proj_out.lora_A.default.weight"], state["proj_out.lora_B.default.weight"] = _lora(r, hidden, 4, 30)
 
-    out = flux.to_opensource_lora(state)
+    to_opensource_lora = opensource_converter(flux.SPEC)
+    out = to_opensource_lora(state)
     assert sorted(out) == sorted(f"lora_unet_{m}.{s}" for m in ("double_blocks_0_img_attn_qkv", "double_blocks_0_img_mlp_2",
                                                                "single_blocks_1_linear1", "final_layer_linear")
                                  for s in ("lora_down.weight", "lora_up.weight", "alpha"))  # final proj_out kept
@@ -202,7 +204,7 @@ def test_opensource_format_fuses_qkv_exactly():
     a, b = (state[f"transformer_blocks.0.ff.net.2.lora_{x}.default.weight"] for x in "AB")
     assert torch.equal(delta("lora_unet_double_blocks_0_img_mlp_2"), b @ a)
     with pytest.raises(ValueError, match="not a LoRA tensor"):
-        flux.to_opensource_lora({"transformer_blocks.0.attn.to_q.weight": torch.zeros(2, 2)})
+        to_opensource_lora({"transformer_blocks.0.attn.to_q.weight": torch.zeros(2, 2)})
 
 
 def test_align_flag_needs_a_family_with_that_format(tmp_path):
@@ -210,8 +212,8 @@ def test_align_flag_needs_a_family_with_that_format(tmp_path):
 
     config = config_from_dict({"lora": {"lora_base_model": "dit"}, "output": {"align_to_opensource_format": True}})
     with pytest.raises(ConfigError, match="align_to_opensource_format"):
-        _checkpoint_converter(Pipeline(), config)
-    assert _checkpoint_converter(Pipeline(), config_from_dict({"lora": {"lora_base_model": "dit"}})) is None
+        _checkpoint_converter(get_spec("qwen_image"), config)
+    assert _checkpoint_converter(get_spec("qwen_image"), config_from_dict({"lora": {"lora_base_model": "dit"}})) is None
     with pytest.raises(ConfigError, match="align_to_opensource_format"):
         config_from_dict({"train": {"trainable_models": "dit"}, "output": {"align_to_opensource_format": True}})
 

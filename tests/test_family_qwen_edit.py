@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsynth.config import ConfigError, config_from_args, config_from_dict
+from diffsynth.command_line import config_from_args
+from diffsynth.config import ConfigError, config_from_dict
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.data.sample_dataset import BUILTIN_DATASETS, build_builtin
-from diffsynth.families import get_family
+from diffsynth.families import get_spec, spec_for
 from diffsynth.families.qwen_image import set_zero_cond_t, unpack_latents
 from diffsynth.families.qwen_image_edit import (EDIT_SYSTEM, QwenImageEditPipeline, edit_size, first_row_edit_image,
                                                 resize_to_area)
@@ -45,7 +46,8 @@ def pipe(edit_model_base, edit_dataset):
     """The tiny edit pipeline, chosen as DiffSynth does: family qwen_image + edit_image among the extra inputs."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(edit_model_base))
-        return get_family("qwen_image").load_pipeline(config_from_dict(edit_params(edit_dataset)), torch.float32)
+        config = config_from_dict(edit_params(edit_dataset))
+        return spec_for(config).load_pipeline(config, torch.float32)
 
 
 class Spy:
@@ -102,8 +104,9 @@ def test_shapes_edit_dataset(edit_dataset):
 # ------------------------------------------------------------------------------------------ model inputs
 
 def test_family_choice(pipe):
-    assert isinstance(pipe, QwenImageEditPipeline) and pipe.family == "qwen_image_edit"
-    assert get_family("qwen_image_edit").HEIGHT_FACTOR == 16 and get_family("qwen_image_edit").VIDEO_KEYS == ()
+    assert isinstance(pipe, QwenImageEditPipeline) and pipe.spec.name == "qwen_image_edit"
+    rules = get_spec("qwen_image_edit").data_rules()
+    assert rules.size_factor == 16 and rules.video_keys == ()
 
 
 def test_single_edit_image_inputs(pipe):
@@ -205,8 +208,8 @@ def test_samples_use_the_first_rows_edit_image(pipe, edit_dataset, shapes_datase
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model": {"family": "qwen_image_edit", "extra_inputs": None}}, "needs edit_image in model.extra_inputs"),
-    ({"model": {"extra_inputs": "edit_image,context_image"}}, "not supported"),
+    ({"model": {"family": "qwen_image_edit", "extra_inputs": None}}, "needs model.extra_inputs to include edit_image"),
+    ({"model": {"extra_inputs": "edit_image,context_image"}}, "context_image: the qwen_image_edit family does not"),
     ({"dataset": {"data_file_keys": "image"}}, "data_file_keys lacks edit_image"),
 ])
 def test_config_errors_name_key_and_fix(edit_dataset, change, message):
@@ -214,7 +217,7 @@ def test_config_errors_name_key_and_fix(edit_dataset, change, message):
     data = edit_params(edit_dataset)
     for section, values in change.items():
         data[section].update(values)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):  # when the config is built, or at the latest when loading
         load_pipeline(config_from_dict(data), torch.float32)
 
 

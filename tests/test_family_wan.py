@@ -13,9 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffsynth.cli import main as cli_main
-from diffsynth.config import SECTIONS, config_from_args, config_from_dict, load_params
+from diffsynth.command_line import config_from_args
+from diffsynth.config import SECTIONS, config_from_dict, load_params
 from diffsynth.export import export_checkpoint
-from diffsynth.families import data_rules, wan
+from diffsynth.families import get_spec, wan
 from diffsynth.models.real_configs import REAL_MODELS, build_class
 from diffsynth.models.tiny import write_tiny_model
 from diffsynth.training import FlowMatchSchedule
@@ -222,9 +223,10 @@ def test_lora_target_mapping_and_size_rules():
     assert m("attn1.to_q") == "attn1.to_q" and m("head.head") == "proj_out"  # diffusers names pass unchanged
     ti2v = load_params(REPO / "presets" / "wan2.2-ti2v-5b-lora.yaml")
     t2v = load_params(REPO / "presets" / "wan2.1-t2v-1.3b-lora.yaml")
-    assert data_rules("wan", ti2v)["size_factor"] == 32 and data_rules("wan", t2v)["size_factor"] == 16
-    assert data_rules("wan")["video_keys"] == ("video",) and data_rules("wan")["time_division_factor"] == 4
-    assert data_rules("wan")["derived_inputs"] == ("input_image",)  # the first frame, not a metadata column
+    spec = get_spec("wan")
+    assert spec.data_rules(ti2v).size_factor == 32 and spec.data_rules(t2v).size_factor == 16
+    assert spec.data_rules().video_keys == ("video",) and spec.data_rules().time_division_factor == 4
+    assert spec.data_rules().derived_inputs == ("input_image",)  # the first frame, not a metadata column
 
 
 @pytest.mark.parametrize("size,code", [("32", 0), ("48", 1)])

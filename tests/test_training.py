@@ -76,7 +76,7 @@ def test_skip_mode_trains_on_the_valid_rows(tmp_path, shapes_dataset, tiny_env):
     import shutil
 
     from diffsynth.data.validate import check_dataset
-    from diffsynth.families import data_rules
+    from diffsynth.families import get_spec
 
     data = tmp_path / "data"
     shutil.copytree(shapes_dataset.parent, data)
@@ -86,7 +86,7 @@ def test_skip_mode_trains_on_the_valid_rows(tmp_path, shapes_dataset, tiny_env):
     config = tiny_config(tmp_path, data / "metadata.csv", dataset__on_invalid="skip", train__num_epochs=1,
                          validation__num_samples=1, sample__prompts=[])
     report = check_dataset(config, metadata_out=tmp_path / "valid.jsonl", report_out=tmp_path / "report.json",
-                           plot_out=tmp_path / "plot.csv", **data_rules("qwen_image"))
+                           plot_out=tmp_path / "plot.csv", **get_spec("qwen_image").data_rules().as_kwargs())
     assert report.invalid_rows == 3 and report.valid_rows == 32
     result = run_training(config, metadata_path=str(tmp_path / "valid.jsonl"))
     assert result.steps == 32

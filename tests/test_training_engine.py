@@ -16,6 +16,7 @@ from diffsynth.config import ConfigError, config_from_dict
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.families.qwen_image import load_pipeline
 from diffsynth.training import FlowMatchSchedule
+from diffsynth.families import get_spec
 from diffsynth.training.lora import fuse_lora, load_lora_checkpoint
 from diffsynth.training.loop import TrainingInterrupted, TrainingModule, configure_trainable, run_training
 from diffsynth.training.optim import Schedule
@@ -63,10 +64,10 @@ def test_preset_lora_alpha_and_foreign_names():
     a, b = torch.randn(4, 3), torch.randn(2, 4)
     model = torch.nn.ModuleDict({"proj": linear})
     fuse_lora(model, {"diffusion_model.proj.lora_down.weight": a, "diffusion_model.proj.lora_up.weight": b,
-                      "diffusion_model.proj.alpha": torch.tensor(2.0)}, "qwen_image")
+                      "diffusion_model.proj.alpha": torch.tensor(2.0)}, get_spec("qwen_image"))
     assert torch.allclose(linear.weight, w0 + (2.0 / 4) * b @ a, atol=1e-6)
     with pytest.raises(ValueError, match="does not have"):
-        fuse_lora(model, {"other.lora_A.weight": a, "other.lora_B.weight": b}, "qwen_image")
+        fuse_lora(model, {"other.lora_A.weight": a, "other.lora_B.weight": b}, get_spec("qwen_image"))
 
 
 def test_comfyui_and_kohya_loras_load_onto_the_diffusers_modules():
@@ -92,7 +93,7 @@ def test_comfyui_and_kohya_loras_load_onto_the_diffusers_modules():
         assert all(k.startswith("diffusion_model.blocks." if fmt == "comfyui" else "lora_unet_") for k in file)
         for p in model.parameters():
             p.data.zero_() if ".lora_" in str(p) else None
-        loaded = load_lora_checkpoint(model, file, family)
+        loaded = load_lora_checkpoint(model, file, get_spec(family))
         assert loaded == len(trained) // 2
         params = dict(model.named_parameters())
         for name in {k.split(".lora_")[0] for k in trained}:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models import convert_flux, convert_wan
-from ..models.components import normalise_family
-from .lora_formats import LORA_KEY, PREFIXES, kohya_name
+from ..models.lora_names import LORA_KEY, PREFIXES, kohya_name
+from .lora_formats import family_spec
 
 
 def weight_shapes(model: torch.nn.Module) -> dict[str, tuple]:
@@ -16,15 +15,13 @@ def weight_shapes(model: torch.nn.Module) -> dict[str, tuple]:
             if isinstance(getattr(m, "base_layer", m), torch.nn.Linear) and not name.endswith(".base_layer")}
 
 
-def original_weight_shapes(model: torch.nn.Module, family: str) -> dict[str, tuple]:
+def original_weight_shapes(model: torch.nn.Module, family) -> dict[str, tuple]:
     """``{module: (out, in)}`` of the 2-D weights in the family's original checkpoint layout, derived from the
-    diffusers model (on meta: no weights read) with the ``convert_*`` functions."""
-    family = normalise_family(family)
+    diffusers model (on meta: no weights read) with the family's state-dict converter."""
+    spec = family_spec(family)
     state = {k: v for k, v in model.state_dict().items() if k.endswith(".weight")}
-    if family == "flux":
-        state = convert_flux.diffusers_to_bfl_dit(state)
-    elif family == "wan":
-        state = convert_wan.diffusers_to_wan_dit(state)
+    if spec is not None and spec.original_state_dict:
+        state = spec.original_state_dict(state)
     return {k[: -len(".weight")]: tuple(v.shape) for k, v in state.items() if v.dim() == 2}
 
 
@@ -70,6 +67,6 @@ def check_lora(state: dict, fmt: str, shapes: dict[str, tuple]) -> dict:
             "unmatched": dict(list(unmatched.items())[:50])}
 
 
-def check_against_model(state: dict, model: torch.nn.Module, fmt: str = "diffusers", family: str = "qwen_image") -> dict:
+def check_against_model(state: dict, model: torch.nn.Module, fmt: str = "diffusers", family=None) -> dict:
     shapes = original_weight_shapes(model, family) if fmt in ("comfyui", "kohya") else weight_shapes(model)
     return check_lora(state, fmt, shapes)

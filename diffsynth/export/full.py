@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .lora_formats import ExportError, Modules
+from ..models.lora_names import Modules
+from .lora_formats import ExportError
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from ..files import atomic_path
 from .check import check_lora, original_weight_shapes, weight_shapes
 from .full import load_full_weights, merge_lora, save_model_folder
-from .lora_formats import FORMATS, ExportError, from_original_names, is_lora_key, lora_modules, write_format
+from ..models.lora_names import FORMATS, from_original_names, is_lora_key, lora_modules
+from .lora_formats import ExportError, family_spec, write_format
 
 # diffusers' own file name, so `pipe.load_lora_weights(out_dir)` finds it without weight_name=
 FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "diffsynth": "lora_diffsynth.safetensors",
@@ -29,9 +30,10 @@ class ExportResult:
         return self.compat.get("unmatched_keys", 0) == 0
 
 
-def base_model(configs: list, family: str, component: str, dtype: torch.dtype = torch.float32):
+def base_model(configs: list, family, component: str, dtype: torch.dtype = torch.float32):
     """(the trained component on meta, a function loading it with its weights) among fetched model entries."""
     from ..models.components import detect, empty_component, load_component
+    family = family_spec(family).model_family
     meta = empty_component(configs, family, component)
 
     def load() -> torch.nn.Module:  # reads only the trained component, and only when an export needs weights
@@ -52,30 +54,31 @@ def _save(state: dict, path: Path) -> None:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list[str], family: str,
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list[str], family,
                       base: torch.nn.Module, lora_alpha: float | None = None, merge: bool = False,
                       load_base: Callable[[], torch.nn.Module] | None = None,
                       max_shard_size: str = "5GB") -> ExportResult:
     """``base`` is the trained model's architecture (meta device is enough for the checks); ``load_base``
     returns it with real weights, needed only for a full fine-tune or ``merge``."""
     formats = check_formats(formats)
+    spec = family_spec(family)
     out_dir = Path(out_dir)
     state = load_file(str(checkpoint))
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
     lora_state = {k: v for k, v in state.items() if is_lora_key(k)}
     full_state = {k: v for k, v in state.items() if not is_lora_key(k)}
-    result = ExportResult(compat={"checkpoint": str(checkpoint), "family": family, "formats": {}})
+    result = ExportResult(compat={"checkpoint": str(checkpoint), "family": spec.name, "formats": {}})
     shapes = {"native": weight_shapes(base)}
     if lora_state:
         # a checkpoint saved with align_to_opensource_format (kohya names) comes back to the trained names first
-        modules = from_original_names(lora_modules(lora_state, lora_alpha), family, base)
-        native = check_lora(write_format(modules, "diffsynth", family), "diffsynth", shapes["native"])
+        modules = from_original_names(lora_modules(lora_state, lora_alpha), base, spec.original_state_dict)
+        native = check_lora(write_format(modules, "diffsynth", spec), "diffsynth", shapes["native"])
         result.compat.update(matched_modules=native["matched_modules"], lora_rank=max(a.shape[0] for a, _ in modules.values()))
         for fmt in formats:
             if fmt in ("comfyui", "kohya") and "original" not in shapes:
-                shapes["original"] = original_weight_shapes(base, family)
-            exported = write_format(modules, fmt, family, shapes["native"])
+                shapes["original"] = original_weight_shapes(base, spec)
+            exported = write_format(modules, fmt, spec, shapes["native"])
             record = check_lora(exported, fmt, shapes["original" if fmt in ("comfyui", "kohya") else "native"])
             path = out_dir / FILE_NAMES[fmt]
             _save(exported, path)
@@ -101,13 +104,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
     return result
 
 
-def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffusers", family: str = "qwen_image",
+def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffusers", family=None,
                 lora_alpha: float | None = None, shapes: dict | None = None) -> dict[str, torch.Tensor]:
     """One LoRA file in ``fmt`` (no base-model check: ``diffsynth export`` without the model at hand)."""
     check_formats([fmt])
     state = load_file(str(checkpoint))
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
-    exported = write_format(lora_modules(state, lora_alpha), fmt, family, shapes)
+    exported = write_format(lora_modules(state, lora_alpha), fmt, family_spec(family), shapes)
     _save(exported, Path(out_file))
     return exported

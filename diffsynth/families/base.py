@@ -10,7 +10,9 @@ from ..models.model_config import ModelConfig, fetch
 
 def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.dtype,
                     required: tuple[str, ...]) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
-    """Fetch, detect and load every model entry: ({component: module}, {component: the entry as written})."""
+    """Fetch, detect and load every model entry: ({component: module}, {component: the entry as written}).
+
+    ``family`` is the model tables' family (``FamilySpec.model_family``)."""
     modules, sources = {}, {}
     for config in model_configs:
         component, module = load_component(fetch(config), family, dtype)
@@ -32,13 +34,7 @@ class Pipeline(torch.nn.Module):
     training module and ``--remove_prefix_in_ckpt pipe.dit.`` works as in DiffSynth.
     """
 
-    family: str = ""
-    schedule_name: str = ""
-    height_factor: int = 16
-    width_factor: int = 16
-    time_division_factor: int = 4      # video frame counts are n % factor == remainder (4k+1)
-    time_division_remainder: int = 1
-    default_lora_targets: str = ""
+    spec = None  # the FamilySpec this pipeline belongs to (set by each family's class)
 
     # {pipeline attribute: the model entry it was loaded from}; fp8_models matches on these strings
     component_sources: dict[str, str] = {}
@@ -49,16 +45,10 @@ class Pipeline(torch.nn.Module):
         return []
 
     def map_lora_targets(self, model_name: str, targets: list[str]) -> list[str]:
-        """``lora_target_modules`` of ``model_name`` as module names of the loaded model. Default: unchanged.
-
-        A family whose checkpoints use other names than the loaded classes (Wan's original ``self_attn.q`` vs
-        diffusers' ``attn1.to_q``) maps DiffSynth's lists here, so a pasted DiffSynth command line still works."""
-        return list(targets)
-
-    def checkpoint_converter(self):
-        """``output.align_to_opensource_format``: a function ``state -> state`` writing saved LoRAs in the
-        open-source (kohya) names, or None where the family has no such format."""
-        return None
+        """``lora_target_modules`` of ``model_name`` as module names of the loaded model: the spec maps
+        DiffSynth's names for the DiT (Wan's original ``self_attn.q`` -> diffusers' ``attn1.to_q``), so a pasted
+        DiffSynth command line still works; other models keep the names as given."""
+        return self.spec.map_lora_targets(self.dit, targets) if model_name == "dit" else list(targets)
 
     @staticmethod
     def image_and_prompt(item: dict) -> tuple[Image.Image, str]:

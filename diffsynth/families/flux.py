@@ -6,9 +6,9 @@ What the DiT sees matches DiffSynth's FLUX pipeline in training: packed latents 
 tokens, embedded guidance 1 (spec §9.8; 3.5 is the inference default) and the timestep as t/1000.
 
 LoRA names: DiffSynth's own FLUX DiT fuses q/k/v (``a_to_qkv``) and names modules differently from diffusers.
-:func:`map_lora_targets` turns DiffSynth's ``--lora_target_modules`` into diffusers module names, and
-:func:`to_opensource_lora` writes a trained LoRA in kohya names (``--align_to_opensource_format``), fusing the
-separate q/k/v LoRAs back into one per fused BFL layer.
+:func:`map_lora_targets` turns DiffSynth's ``--lora_target_modules`` into diffusers module names; the spec's
+``opensource_lora_format`` (kohya) makes ``--align_to_opensource_format`` fuse the separate q/k/v LoRAs back into
+one per fused BFL layer (``models/convert_flux.lora_to_bfl``).
 """
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 
 from ..models.components import load_tokenizer
+from ..models.convert_flux import diffusers_to_bfl_dit, lora_to_bfl
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ..sigmas import sampling_grid, shifted_grid
 from .base import Pipeline, load_components
-from .qwen_image import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
+from .images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
+from .spec import DataRules, FamilySpec, register
 
-FAMILY = "flux"
-HEIGHT_FACTOR = WIDTH_FACTOR = 16  # DiffSynth's FLUX pipeline: VAE 8 x 2x2 patches
-TIME_DIVISION_FACTOR, TIME_DIVISION_REMAINDER = 4, 1
-VIDEO_KEYS: tuple[str, ...] = ()
+SHIFT, SIGMA_END = 3.0, 0.003 / 1.002  # DiffSynth's "FLUX.1" scheduler template
 DEFAULT_TOKENIZER_1 = "black-forest-labs/FLUX.1-dev:tokenizer/"     # CLIP
 DEFAULT_TOKENIZER_2 = "black-forest-labs/FLUX.1-dev:tokenizer_2/"   # T5
 CLIP_SEQUENCE_LENGTH = 77
@@ -79,18 +79,6 @@ def map_lora_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
     return out
 
 
-def to_opensource_lora(state: dict[str, torch.Tensor], alpha: float | None = None) -> dict[str, torch.Tensor]:
-    """``--align_to_opensource_format``: a LoRA on diffusers FLUX names -> kohya names
-    (``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``, ``.lora_up.weight``, ``.alpha``).
-
-    The export's kohya writer does the work (one implementation): LoRAs of the layers BFL fuses (q/k/v; q/k/v/mlp
-    in single blocks) are fused exactly, A stacked along the rank and B block-diagonal. Unlike DiffSynth, modules
-    outside the blocks are kept under their BFL names (``lora_unet_final_layer_linear``), which ComfyUI reads.
-    """
-    from ..export.lora_formats import lora_modules, write_format
-    return write_format(lora_modules(state, alpha), "kohya", FAMILY)
-
-
 # ------------------------------------------------------------------------------------------ pipeline
 
 def latent_image_ids(height: int, width: int, device=None) -> torch.Tensor:
@@ -101,19 +89,16 @@ def latent_image_ids(height: int, width: int, device=None) -> torch.Tensor:
     return ids.reshape(height * width, 3)
 
 
+def train_sigmas(n: int) -> torch.Tensor:
+    return shifted_grid(n, SHIFT, end=SIGMA_END, drop_last=False)
+
+
 def inference_sigmas(num_steps: int) -> torch.Tensor:
     """DiffSynth's FLUX.1 inference grid: linspace(1, 0.003/1.002) with shift 3, then 0."""
-    s = torch.linspace(1.0, 0.003 / 1.002, num_steps, dtype=torch.float64)
-    s = 3.0 * s / (1.0 + 2.0 * s)
-    return torch.cat([s, torch.zeros(1, dtype=s.dtype)]).float()
+    return sampling_grid(shifted_grid(num_steps, SHIFT, end=SIGMA_END, drop_last=False))
 
 
 class FluxPipeline(Pipeline):
-    family = FAMILY
-    schedule_name = "flux"
-    height_factor = HEIGHT_FACTOR
-    width_factor = WIDTH_FACTOR
-    default_lora_targets = LORA_TARGETS
 
     def __init__(self, dit, vae, text_encoder, text_encoder_2, tokenizer_1, tokenizer_2,
                  dtype: torch.dtype = torch.float32):
@@ -130,12 +115,6 @@ class FluxPipeline(Pipeline):
     @property
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
-
-    def map_lora_targets(self, model_name: str, targets: list[str]) -> list[str]:
-        return map_lora_targets(self.dit, targets) if model_name == "dit" else targets
-
-    def checkpoint_converter(self):
-        return to_opensource_lora
 
     # modules_without_gradient: none. Every DiT parameter gets a gradient (the last single block's text tokens
     # are dropped, but its layers are shared with the image tokens); tests/test_family_flux.py checks it.
@@ -215,11 +194,31 @@ def auxiliary_entries(config) -> dict[str, str]:
 def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> FluxPipeline:
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers."""
     m = config.model
-    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), FAMILY,
-                                       dtype, required=("dit", "vae", "text_encoder", "text_encoder_2"))
+    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder", "text_encoder_2"))
     tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
     tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
     pipe = FluxPipeline(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
                         tokenizer_1, tokenizer_2, dtype)
     pipe.component_sources = sources
     return pipe.to(device)
+
+
+SPEC = register(FamilySpec(
+    name="flux",
+    aliases=("flux1", "flux_1", "flux1_dev", "flux1_krea_dev"),
+    summary="FLUX.1-dev / Krea-dev (12B MMDiT, CLIP-L + T5-XXL)",
+    model_family="flux",
+    load_pipeline=load_pipeline,
+    auxiliary_entries=auxiliary_entries,
+    train_sigmas=train_sigmas,
+    data=DataRules(size_factor=16, width_factor=16),  # VAE 8 x 2x2 patches
+    lora_targets=LORA_TARGETS,
+    map_lora_targets=map_lora_targets,
+    lora_to_original=lora_to_bfl,
+    original_state_dict=diffusers_to_bfl_dit,
+    opensource_lora_format="kohya",
+    tiny_presets=("flux.1-dev",),
+    model_id_patterns=("flux.1", "flux1-"),
+))
+FluxPipeline.spec = SPEC

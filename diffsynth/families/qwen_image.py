@@ -2,20 +2,16 @@
 Qwen2.5-VL text encoder, Qwen2 tokenizer."""
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from PIL import Image
 
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ..sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
 from .base import Pipeline, load_components
+from .images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
+from .spec import DataRules, FamilySpec, register
 
-FAMILY = "qwen_image"
-HEIGHT_FACTOR = WIDTH_FACTOR = 16  # image sides are floored to this multiple (VAE 8 x 2x2 patches)
-TIME_DIVISION_FACTOR, TIME_DIVISION_REMAINDER = 4, 1
-VIDEO_KEYS: tuple[str, ...] = ()
 DEFAULT_TOKENIZER = "Qwen/Qwen-Image:tokenizer/"
 # DiffSynth's (and the official) text-to-image prompt template; the prefix tokens are dropped after encoding.
 PROMPT_TEMPLATE = (
@@ -28,46 +24,20 @@ MAX_PROMPT_TOKENS = 4096
 LORA_TARGETS = "to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1"
 
 
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> (1, 3, H, W) in [-1, 1]."""
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
-    return (array / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)
+SHIFT_TERMINAL = 0.02
+TRAIN_MU = 0.8  # training uses a fixed mu; sampling derives it from the image token count
 
 
-def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [-1, 1] -> PIL RGB."""
-    array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H/2·W/2, 4C): 2×2 patches as tokens."""
-    b, c, h, w = latents.shape
-    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack_latents(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`pack_latents` for a latent grid of ``height``×``width``."""
-    b, _, d = tokens.shape
-    c = d // 4
-    return tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, height, width)
+def train_sigmas(n: int) -> torch.Tensor:
+    return exponential_shift_grid(n, TRAIN_MU, SHIFT_TERMINAL)
 
 
 def inference_sigmas(num_steps: int, image_seq_len: int) -> torch.Tensor:
     """DiffSynth's Qwen-Image inference grid: dynamic mu from the token count, shift-terminal 0.02, then 0."""
-    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
-    mu = 0.5 + (0.9 - 0.5) * (image_seq_len - 256) / (8192 - 256)
-    s = math.exp(mu) / (math.exp(mu) + (1.0 / s - 1.0))
-    s = 1.0 - (1.0 - s) / ((1.0 - s[-1]) / (1.0 - 0.02))
-    return torch.cat([s, torch.zeros(1, dtype=s.dtype)]).float()
+    return sampling_grid(exponential_shift_grid(num_steps, dynamic_mu(image_seq_len), SHIFT_TERMINAL))
 
 
 class QwenImagePipeline(Pipeline):
-    family = FAMILY
-    schedule_name = "qwen_image"
-    height_factor = HEIGHT_FACTOR
-    width_factor = WIDTH_FACTOR
-    default_lora_targets = LORA_TARGETS
 
     def __init__(self, dit, vae, text_encoder, tokenizer, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -175,34 +145,36 @@ def set_zero_cond_t(dit, enabled: bool) -> None:
     dit.register_to_config(zero_cond_t=enabled)
 
 
-def wants_edit(config) -> bool:
-    """DiffSynth trains Qwen-Image and Qwen-Image-Edit with one script: ``edit_image`` among the extra inputs
-    makes it an edit run. We follow that, so a pasted DiffSynth command line trains the same thing."""
-    return "edit_image" in [k.strip() for k in (config.model.extra_inputs or "").split(",")]
-
-
 def auxiliary_entries(config) -> dict[str, str]:
     """Non-model folders the pipeline loads, as written (flag value or DiffSynth's default): the models stage
     fetches and pins them with the weights."""
-    if wants_edit(config):
-        from . import qwen_image_edit
-        return qwen_image_edit.auxiliary_entries(config)
     return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
 
 
 def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImagePipeline:
-    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer.
-
-    With ``edit_image`` in ``model.extra_inputs`` this builds the Qwen-Image-Edit pipeline instead."""
-    if wants_edit(config):
-        from . import qwen_image_edit
-        return qwen_image_edit.load_pipeline(config, dtype, device)
+    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer."""
     m = config.model
-    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), FAMILY,
-                                       dtype, required=("dit", "vae", "text_encoder"))
+    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"))
     tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
     pipe = QwenImagePipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
     pipe.component_sources = sources
     if getattr(m, "zero_cond_t", False):
         set_zero_cond_t(pipe.dit, True)
     return pipe.to(device)
+
+
+SPEC = register(FamilySpec(
+    name="qwen_image",
+    aliases=("qwen", "qwen_image_2512"),
+    summary="Qwen-Image text-to-image (20B MMDiT, Qwen2.5-VL text encoder)",
+    model_family="qwen_image",
+    load_pipeline=load_pipeline,
+    auxiliary_entries=auxiliary_entries,
+    train_sigmas=train_sigmas,
+    data=DataRules(size_factor=16, width_factor=16),  # VAE 8 x 2x2 patches
+    lora_targets=LORA_TARGETS,
+    tiny_presets=("qwen-image",),
+    model_id_patterns=("qwen/qwen-image",),
+))
+QwenImagePipeline.spec = SPEC

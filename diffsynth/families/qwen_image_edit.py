@@ -10,9 +10,9 @@ What an edit row adds to text-to-image training, as DiffSynth's pipeline units d
   resized to 384² area for the vision tower. The system prefix (64 tokens with the real tokenizer) is dropped.
 * ``zero_cond_t`` (2511): the edit-image tokens are modulated at t=0.
 
-Family choice: DiffSynth trains both with one script, and so do we: ``model.family: qwen_image`` with
-``edit_image`` in ``model.extra_inputs`` builds this pipeline, and ``model.family: qwen_image_edit`` says so
-explicitly (``diffsynth params --from-args`` writes it when the flags name ``edit_image``).
+Family choice: DiffSynth trains both with one script, and so do we: this spec is a registered variant of
+``qwen_image`` selected by ``edit_image`` in ``model.extra_inputs``; ``model.family: qwen_image_edit`` says so
+explicitly.
 
 Save-point samples are conditioned on the edit image of the dataset's first row (``sample_edit_image``);
 without one (no such row or column) they are plain text-to-image samples, and a note says so.
@@ -28,19 +28,14 @@ from ..config import ConfigError
 from ..data.dataset import DataLoadError, ImageRules, UnifiedDataset, split_keys
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from . import qwen_image
 from .base import load_components
-from .qwen_image import (DEFAULT_TOKENIZER, HEIGHT_FACTOR, TIME_DIVISION_FACTOR, TIME_DIVISION_REMAINDER,
-                         WIDTH_FACTOR, QwenImagePipeline, set_zero_cond_t)
-
-FAMILY = "qwen_image_edit"
-VIDEO_KEYS: tuple[str, ...] = ()
-__all__ = ["FAMILY", "HEIGHT_FACTOR", "WIDTH_FACTOR", "TIME_DIVISION_FACTOR", "TIME_DIVISION_REMAINDER",
-           "VIDEO_KEYS", "QwenImageEditPipeline", "load_pipeline", "edit_size", "resize_to_area"]
+from .qwen_image import DEFAULT_TOKENIZER, QwenImagePipeline, set_zero_cond_t
+from .spec import register
 
 DEFAULT_PROCESSOR = "Qwen/Qwen-Image-Edit:processor/"  # DiffSynth's default, also for Edit-2509/2511
 EDIT_AREA = 1024 * 1024          # EditImageEmbedder's target area
 MULTI_IMAGE_VL_AREA = 384 * 384  # PromptEmbedder's area for each of several edit images
-SUPPORTED_EXTRA_INPUTS = ("edit_image",)
 
 # DiffSynth's (and diffusers') edit prompt templates. The system part is dropped after encoding: 64 tokens
 # with the real Qwen tokenizer; counted with the loaded tokenizer here, since tiny tokenizers differ.
@@ -108,8 +103,6 @@ def _as_images(value, what: str) -> list[Image.Image]:
 
 
 class QwenImageEditPipeline(QwenImagePipeline):
-    family = FAMILY
-
     def __init__(self, dit, vae, text_encoder, tokenizer, image_processor, dtype: torch.dtype = torch.float32,
                  edit_image_area: int = EDIT_AREA):
         super().__init__(dit, vae, text_encoder, tokenizer, dtype)
@@ -173,14 +166,6 @@ class QwenImageEditPipeline(QwenImagePipeline):
 
 
 def _check_edit_config(config) -> None:
-    extra = split_keys(config.model.extra_inputs)
-    if "edit_image" not in extra:
-        raise ConfigError("model.family qwen_image_edit needs edit_image in model.extra_inputs (DiffSynth: "
-                          "--extra_inputs edit_image); set model.extra_inputs: edit_image")
-    unsupported = [k for k in extra if k not in SUPPORTED_EXTRA_INPUTS]
-    if unsupported:
-        raise ConfigError(f"model.extra_inputs {unsupported} are not supported for Qwen-Image(-Edit) yet; "
-                          f"supported: {list(SUPPORTED_EXTRA_INPUTS)}. Remove them from model.extra_inputs.")
     if "edit_image" not in split_keys(config.dataset.data_file_keys):
         raise ConfigError("dataset.data_file_keys lacks edit_image, so edit images would stay file paths; "
                           "set dataset.data_file_keys: image,edit_image")
@@ -212,7 +197,7 @@ def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu"
     _check_edit_config(config)
     m = config.model
     modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       "qwen_image", dtype, required=("dit", "vae", "text_encoder"))
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"))
     tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
     processor = load_image_processor(fetch(parse_path_or_model_id(m.processor_path, DEFAULT_PROCESSOR)).files()[0])
     pipe = QwenImageEditPipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, processor, dtype,
@@ -220,5 +205,22 @@ def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu"
     pipe.component_sources = sources
     if m.zero_cond_t:
         set_zero_cond_t(pipe.dit, True)
-    pipe._sample_edit_source = lambda: first_row_edit_image(config, pipe.height_factor, pipe.width_factor)
+    rules = SPEC.data_rules(config)
+    pipe._sample_edit_source = lambda: first_row_edit_image(config, rules.size_factor, rules.width_factor)
     return pipe.to(device)
+
+
+SPEC = register(qwen_image.SPEC.with_changes(
+    name="qwen_image_edit",
+    aliases=("qwen_edit",),
+    summary="Qwen-Image-Edit, -2509 (several edit images), -2511 (zero_cond_t): Qwen-Image plus edit images",
+    load_pipeline=load_pipeline,
+    auxiliary_entries=auxiliary_entries,
+    extra_inputs=("edit_image",),
+    required_extra_inputs=("edit_image",),
+    variant_of="qwen_image",
+    selected_by="edit_image",
+    tiny_presets=("qwen-image-edit",),
+    model_id_patterns=(),
+))
+QwenImageEditPipeline.spec = SPEC

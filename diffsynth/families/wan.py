@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import re
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,18 +25,18 @@ from PIL import Image
 
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ..models.convert_wan import lora_to_wan_names, diffusers_to_wan_dit
+from ..sigmas import sampling_grid, shifted_grid
 from .base import Pipeline, load_components
+from .spec import DataRules, FamilySpec, register
 
-FAMILY = "wan"
 # Image sides are floored to this multiple: VAE 8 x DiT patch 2. The Wan2.2 VAE (TI2V-5B) downsamples by 16,
-# so its multiple is 32: see data_factors(), which the data stage uses, and WanPipeline.height_factor.
-HEIGHT_FACTOR = WIDTH_FACTOR = 16
-TIME_DIVISION_FACTOR, TIME_DIVISION_REMAINDER = 4, 1  # num_frames = 4k + 1
-VIDEO_KEYS: tuple[str, ...] = ("video",)
+# so its multiple is 32 (data_rules(); the pipeline checks the loaded VAE agrees). num_frames = 4k + 1.
+DATA_RULES = DataRules(size_factor=16, width_factor=16, time_division_factor=4, time_division_remainder=1,
+                       video_keys=("video",), derived_inputs=("input_image",))
+SHIFT = 5.0
 DEFAULT_TOKENIZER = "Wan-AI/Wan2.1-T2V-1.3B:google/umt5-xxl/"
 PROMPT_SEQ_LEN = 512  # DiffSynth pads/truncates every prompt to 512 tokens and zeroes the embeddings past its end
-SUPPORTED_EXTRA_INPUTS = ("input_image",)
-DERIVED_INPUTS = ("input_image",)  # DiffSynth's Wan override: input_image is video[0], not a metadata column
 # DiffSynth's default `--lora_target_modules q,k,v,o,ffn.0,ffn.2` names Linear layers of the ORIGINAL Wan DiT.
 # The loaded DiT is diffusers' WanTransformer3DModel; these are the same layers under its names (checkpoint
 # conversion in models/convert_wan.py). Suffixes and dotted paths both map; diffusers names pass unchanged.
@@ -89,26 +90,25 @@ def tensor_to_frames(video: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(frame) for frame in array]
 
 
-def inference_sigmas(num_steps: int, shift: float = 5.0) -> torch.Tensor:
+def train_sigmas(n: int) -> torch.Tensor:
+    return shifted_grid(n, SHIFT)
+
+
+def inference_sigmas(num_steps: int, shift: float = SHIFT) -> torch.Tensor:
     """DiffSynth's Wan sampling grid: shift-5 of linspace(1, 0, N+1)[:-1], then 0."""
-    s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
-    s = shift * s / (1 + (shift - 1) * s)
-    return torch.cat([s, torch.zeros(1, dtype=s.dtype)]).float()
+    return sampling_grid(shifted_grid(num_steps, shift))
 
 
-def data_factors(config) -> dict:
-    """Size multiples for data validation, from the model entries (the models are not fetched yet when the
-    data stage runs): a Wan2.2 VAE (``Wan2.2_VAE`` in an entry, TI2V-5B) needs multiples of 32, else 16."""
+def data_rules(config) -> DataRules:
+    """Size multiples from the model entries (the models are not fetched yet when the data stage runs): a
+    Wan2.2 VAE (``Wan2.2_VAE`` in an entry, TI2V-5B) needs multiples of 32, else 16."""
     m = config.model
     entries = f"{m.model_paths or ''},{m.model_id_with_origin_paths or ''}".lower()
-    factor = 32 if "wan2.2_vae" in entries else HEIGHT_FACTOR
-    return {"size_factor": factor, "width_factor": factor}
+    factor = 32 if "wan2.2_vae" in entries else DATA_RULES.size_factor
+    return replace(DATA_RULES, size_factor=factor, width_factor=factor)
 
 
 class WanPipeline(Pipeline):
-    family = FAMILY
-    schedule_name = "wan"
-    default_lora_targets = LORA_TARGETS
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32,
                  extra_inputs: tuple[str, ...] = ()):
@@ -152,10 +152,6 @@ class WanPipeline(Pipeline):
     @property
     def device(self) -> torch.device:
         return next(self.dit.parameters()).device
-
-    def map_lora_targets(self, model_name: str, targets: list[str]) -> list[str]:
-        # DiffSynth's Wan names (q,k,v,o,ffn.0,ffn.2) -> diffusers module names; other models unchanged
-        return [map_wan_lora_target(t) for t in targets] if model_name == "dit" else list(targets)
 
     # ---------------------------------------------------------------- encoders (no gradient)
     @torch.no_grad()
@@ -299,14 +295,43 @@ def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu"
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, UMT5, (CLIP) and the tokenizer."""
     m = config.model
     extra = tuple(k.strip() for k in (m.extra_inputs or "").split(",") if k.strip())
-    unsupported = [k for k in extra if k not in SUPPORTED_EXTRA_INPUTS]
-    if unsupported:
-        raise ValueError(f"model.extra_inputs {unsupported} are not supported for Wan yet (supported: "
-                         f"{', '.join(SUPPORTED_EXTRA_INPUTS)}); remove them")
-    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), FAMILY,
-                                       dtype, required=("dit", "vae", "text_encoder"))
+    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"))
     tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
     pipe = WanPipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer,
                        image_encoder=modules.get("image_encoder"), dtype=dtype, extra_inputs=extra)
     pipe.component_sources = sources
+    expected = data_rules(config).size_factor
+    if pipe.height_factor != expected:
+        raise ValueError(f"The loaded Wan VAE needs image sides in multiples of {pipe.height_factor}, but the model "
+                         f"entries say {expected} (a Wan2.2 VAE file is recognised by 'Wan2.2_VAE' in its name): "
+                         "rename the VAE file as released, or use the matching VAE for this DiT")
     return pipe.to(device)
+
+
+def map_lora_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
+    # DiffSynth's Wan names (q,k,v,o,ffn.0,ffn.2) -> diffusers module names
+    return [map_wan_lora_target(t) for t in targets]
+
+
+SPEC = register(FamilySpec(
+    name="wan",
+    aliases=("wanvideo", "wan_video", "wan21", "wan22"),
+    summary="Wan2.1 / Wan2.2 text- and image-to-video (WanTransformer3DModel, UMT5, Wan VAE 2.1/2.2)",
+    model_family="wan",
+    load_pipeline=load_pipeline,
+    auxiliary_entries=auxiliary_entries,
+    train_sigmas=train_sigmas,
+    data=DATA_RULES,
+    data_rules_for=data_rules,
+    extra_inputs=("input_image",),
+    lora_targets=LORA_TARGETS,
+    map_lora_targets=map_lora_targets,
+    lora_to_original=lambda modules, shapes=None: lora_to_wan_names(modules),
+    original_state_dict=diffusers_to_wan_dit,
+    tiny_presets=("wan2.1-t2v-1.3b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b", "wan2.2-a14b"),
+    model_id_patterns=("wan-ai/", "wan2.1", "wan2.2"),
+    # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on
+    command_line_defaults={"gradient": {"use_gradient_checkpointing": True}},
+))
+WanPipeline.spec = SPEC

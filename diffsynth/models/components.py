@@ -24,22 +24,16 @@ from .model_config import ModelConfig
 from .real_configs import QWEN25_VL_7B, REAL_MODELS
 from .safetensors_io import check_shards, config_beside, load_state_dict, read_keys_and_shapes
 
-FAMILY_ALIASES = {"qwen_image": "qwen_image", "qwen": "qwen_image", "qwen_image_edit": "qwen_image",
-                  "flux": "flux", "flux1": "flux", "flux.1": "flux", "flux_1": "flux", "wan": "wan",
-                  "wan_video": "wan", "wan2.1": "wan", "wan2.2": "wan", "wan21": "wan", "wan22": "wan"}
-
-
-def normalise_family(family: str | None) -> str | None:
-    if family is None:
-        return None
-    key = family.lower().replace("-", "_")
-    if key not in FAMILY_ALIASES:
-        raise DetectionError(f"Unknown model family {family!r}; known: qwen_image, flux, wan")
-    return FAMILY_ALIASES[key]
-
-
 class DetectionError(ValueError):
     pass
+
+
+def check_model_family(family: str | None) -> str | None:
+    """``family`` must be a family of these tables (a spec's ``model_family``; aliases are resolved by the spec)."""
+    known = sorted({f for kind in KINDS for f in kind.families})
+    if family is not None and family not in known:
+        raise DetectionError(f"Unknown model-table family {family!r}; known: {', '.join(known)}")
+    return family
 
 
 def _identity(sd: dict, config: dict) -> dict:
@@ -322,7 +316,7 @@ def _describe(files: list[str]) -> str:
 def detect_shapes(shapes: dict, family: str | None = None, beside: dict | None = None,
                   where: str = "the state dict") -> Detected:
     """Detect kind, family and architecture from a key -> shape mapping (no file needed: meta-device tests)."""
-    family = normalise_family(family)
+    family = check_model_family(family)
     found = [k for k in KINDS if k.matches(shapes)]
     if not found:
         sample = ", ".join(sorted(shapes)[:8])

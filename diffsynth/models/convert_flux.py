@@ -262,3 +262,40 @@ def flux_vae_config(shapes: dict, bfl: bool) -> dict:
             "up_block_types": ["UpDecoderBlock2D"] * len(channels), "block_out_channels": channels,
             "layers_per_block": layers, "latent_channels": latent, "norm_num_groups": groups,
             "scaling_factor": 0.3611, "shift_factor": 0.1159, "use_quant_conv": quant, "use_post_quant_conv": quant}
+
+
+# ------------------------------------------------------------------------------------- LoRA on BFL names
+LORA_FUSED_GROUPS = [  # diffusers modules fused into one BFL module, in fusion order
+    (re.compile(r"^transformer_blocks\.(\d+)\.attn\.(to_q|to_k|to_v)$"), "transformer_blocks.{}.attn.",
+     ("to_q", "to_k", "to_v")),
+    (re.compile(r"^transformer_blocks\.(\d+)\.attn\.(add_q_proj|add_k_proj|add_v_proj)$"),
+     "transformer_blocks.{}.attn.", ("add_q_proj", "add_k_proj", "add_v_proj")),
+    (re.compile(r"^single_transformer_blocks\.(\d+)\.(attn\.to_q|attn\.to_k|attn\.to_v|proj_mlp)$"),
+     "single_transformer_blocks.{}.", ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")),
+]
+
+
+def _fused_part_shape(member: str, hidden: int) -> tuple | None:
+    """Without the base model: q/k/v map hidden -> hidden and the single blocks' MLP-in hidden -> 4·hidden in every
+    FLUX.1 release (mlp_ratio 4)."""
+    if member.endswith("proj_mlp"):
+        return (4 * hidden, hidden)
+    if member.endswith(("to_q", "to_k", "to_v", "_proj")):
+        return (hidden, hidden)
+    return None
+
+
+def lora_to_bfl(modules: dict, shapes: dict | None = None) -> dict:
+    """``{module: (A, B)}`` LoRAs on diffusers' FLUX DiT -> BFL names; the LoRAs of fused q/k/v(/mlp) become one
+    LoRA on the fused layer (A stacked along the rank, B block-diagonal: ``B_f @ A_f`` is the stacked updates)."""
+    from .lora_names import fuse_groups, rename_modules
+
+    def rename_a(state: dict) -> dict:
+        # A's rows are the rank, not weight rows: concatenate in the converter's fusion order, never swap halves
+        out = diffusers_to_bfl_dit(state)
+        if "norm_out.linear.weight" in state:
+            out["final_layer.adaLN_modulation.1.weight"] = state["norm_out.linear.weight"]
+        return out
+
+    return rename_modules(fuse_groups(modules, LORA_FUSED_GROUPS, _fused_part_shape, shapes), rename_a,
+                          diffusers_to_bfl_dit)

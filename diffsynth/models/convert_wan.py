@@ -373,3 +373,9 @@ def wan_clip_config(shapes: dict) -> dict:
             "num_attention_heads": max(1, dim // 80) if dim % 80 == 0 else max(1, dim // 16),
             "patch_size": patch, "image_size": image, "projection_dim": shapes["visual.head"][1],
             "hidden_act": "gelu", "layer_norm_eps": 1e-5}
+
+
+def lora_to_wan_names(modules: dict) -> dict:
+    """``{module: (A, B)}`` LoRAs on diffusers' Wan DiT -> the original Wan-AI module names (pure renames)."""
+    from .lora_names import rename_modules
+    return rename_modules(modules, diffusers_to_wan_dit)

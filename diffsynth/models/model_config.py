@@ -75,14 +75,10 @@ def parse_model_paths(text: str | None) -> list[ModelConfig]:
     return configs
 
 
-# DiffSynth's `redirect_common_files`: Wan's pickled .pth files are fetched as safetensors from its converted repo.
-CONVERTED_REPO = "DiffSynth-Studio/Wan-Series-Converted-Safetensors"
-REDIRECTED_FILES = ("models_t5_umt5-xxl-enc-bf16.pth", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
-                    "Wan2.1_VAE.pth", "Wan2.2_VAE.pth")
-
-
 def redirect_common_file(model_id: str, pattern: str) -> tuple[str, str]:
-    """``Wan-AI/<any>:Wan2.1_VAE.pth`` -> ``DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors``."""
+    """DiffSynth's ``redirect_common_files``: pickled .pth files it knows are fetched as safetensors from its
+    converted repository (``real_configs.CONVERTED_REPO``), e.g. ``<id>:X_VAE.pth`` -> ``<converted>:X_VAE.safetensors``."""
+    from .real_configs import CONVERTED_REPO, REDIRECTED_FILES
     if pattern in REDIRECTED_FILES:
         # tiny presets carry the converted files themselves, under their own model id
         target = model_id if model_id.split("/")[0] == TINY_MODEL_NAMESPACE else CONVERTED_REPO

@@ -140,3 +140,9 @@ def build_class(path: str):
     module, name = path.rsplit(".", 1)
     import importlib
     return getattr(importlib.import_module(module), name)
+
+
+# DiffSynth's `redirect_common_files`: Wan's pickled .pth files are fetched as safetensors from its converted repo.
+CONVERTED_REPO = "DiffSynth-Studio/Wan-Series-Converted-Safetensors"
+REDIRECTED_FILES = ("models_t5_umt5-xxl-enc-bf16.pth", "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                    "Wan2.1_VAE.pth", "Wan2.2_VAE.pth")

@@ -246,10 +246,33 @@ TINY_PRESETS = {
 }
 
 
+def _key(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
+def resolve_tiny_preset(name: str) -> str:
+    """A tiny preset name in any spelling (``qwen_image`` = ``qwen-image``), or a family name or alias, which means
+    its default twin (the first one its spec lists)."""
+    presets = {_key(p): p for p in TINY_PRESETS}
+    if _key(name) in presets:
+        return presets[_key(name)]
+    from ..families import UnknownFamilyError, get_spec
+    try:
+        spec = get_spec(name)
+    except UnknownFamilyError:
+        raise UnknownTinyPresetError(f"Unknown tiny preset {name!r}; tiny presets: {', '.join(sorted(TINY_PRESETS))} "
+                                     "(or a family name, for its default twin)") from None
+    return spec.tiny_presets[0]
+
+
+class UnknownTinyPresetError(ValueError):
+    """model.tiny_preset / --family names no tiny preset and no family."""
+
+
 def write_tiny_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the tiny ``preset`` into ``out_dir`` (rebuilt in a temporary sibling, then swapped in)."""
-    if preset not in TINY_PRESETS:
-        raise ValueError(f"Unknown tiny preset {preset!r}; available: {sorted(TINY_PRESETS)}")
+    """Write the tiny ``preset`` (any name :func:`resolve_tiny_preset` takes) into ``out_dir`` (rebuilt in a
+    temporary sibling, then swapped in)."""
+    preset = resolve_tiny_preset(preset)
     family, repo, writer = TINY_PRESETS[preset]
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
@@ -262,4 +285,4 @@ def is_tiny_preset(folder: str | Path) -> bool:
     return (Path(folder) / "TINY_PRESET.md").exists()
 
 
-__all__ = ["write_tiny_model", "TINY_PRESETS", "is_tiny_preset"]
+__all__ = ["write_tiny_model", "resolve_tiny_preset", "TINY_PRESETS", "UnknownTinyPresetError", "is_tiny_preset"]

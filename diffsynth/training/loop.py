@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError, flatten
 from ..data.dataset import ImageRules, UnifiedDataset, split_keys
-from ..families import get_family
-from ..families.base import Pipeline
+from ..families import Pipeline, spec_for
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
+from ..models.lora_names import opensource_converter
 from ..tracking import MetricsLog, Tracker
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
@@ -86,7 +86,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         _pipe_model(pipe, name, "train.trainable_models").train().requires_grad_(True)
     if config.lora.preset_lora_path:
         target = _pipe_model(pipe, config.lora.preset_lora_model, "lora.preset_lora_model")
-        fuse_lora(target, load_file(config.lora.preset_lora_path), pipe.family, source=config.lora.preset_lora_path)
+        fuse_lora(target, load_file(config.lora.preset_lora_path), pipe.spec, source=config.lora.preset_lora_path)
     if config.lora.lora_base_model:
         base = _pipe_model(pipe, config.lora.lora_base_model, "lora.lora_base_model")
         targets = parse_target_modules(config.lora.lora_target_modules, base)
@@ -96,7 +96,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
                  exclude=pipe.modules_without_gradient(config.lora.lora_base_model))
         if config.lora.lora_checkpoint:
-            load_lora_checkpoint(base, load_file(config.lora.lora_checkpoint), pipe.family,
+            load_lora_checkpoint(base, load_file(config.lora.lora_checkpoint), pipe.spec,
                                  source=config.lora.lora_checkpoint)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
         for child in pipe.children():
@@ -200,10 +200,10 @@ class Trainer:
         self.output = Path(config.output.output_path)
         torch.manual_seed(config.train.seed)
 
-        self.family = family = get_family(config.model.family)
+        self.spec = spec = spec_for(config)
         load_device = "cpu" if config.model.initialize_model_on_cpu else accelerator.device
-        self.pipe = pipe = family.load_pipeline(config, dtype, load_device)
-        self.schedule = FlowMatchSchedule.for_family(pipe.schedule_name)
+        self.pipe = pipe = spec.load_pipeline(config, dtype, load_device)
+        self.schedule = FlowMatchSchedule.for_family(spec.name)
         self.generator = torch.Generator().manual_seed(config.train.seed + 1000 * self.rank)
         module = TrainingModule(pipe, self.schedule, self.generator,
                                 (config.train.min_timestep_boundary, config.train.max_timestep_boundary),
@@ -211,19 +211,20 @@ class Trainer:
         if config.train.resume_from_checkpoint:
             load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
         self.trainable = set(configure_trainable(module, config, dtype))
-        self.convert_checkpoint = _checkpoint_converter(pipe, config)
+        self.convert_checkpoint = _checkpoint_converter(spec, config)
         _apply_fp8(pipe, config, dtype)
 
+        data_rules = spec.data_rules(config)
         rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
-                           pipe.height_factor, pipe.width_factor, num_frames=config.resolution.num_frames,
-                           time_division_factor=pipe.time_division_factor,
-                           time_division_remainder=pipe.time_division_remainder)
+                           data_rules.size_factor, data_rules.width_factor, num_frames=config.resolution.num_frames,
+                           time_division_factor=data_rules.time_division_factor,
+                           time_division_remainder=data_rules.time_division_remainder)
         self.metadata = metadata_path or config.dataset.dataset_metadata_path
         if not self.metadata:
             raise ConfigError("dataset.dataset_metadata_path is empty; cached-dataset training is not supported yet")
         self.dataset = UnifiedDataset(config.dataset.dataset_base_path, self.metadata,
                                       split_keys(config.dataset.data_file_keys), rules,
-                                      repeat=config.dataset.dataset_repeat, video_keys=family.VIDEO_KEYS)
+                                      repeat=config.dataset.dataset_repeat, video_keys=data_rules.video_keys)
         optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
         self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world)
         if self.world > 1 and not config.train.find_unused_parameters and _trains_unused(module, self.trainable):
@@ -467,14 +468,14 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
     return Trainer(config, metadata_path, tags, log_files).run()
 
 
-def _checkpoint_converter(pipe: Pipeline, config: Config):
+def _checkpoint_converter(spec, config: Config):
     """``output.align_to_opensource_format``: the family's saved-LoRA converter (checked before training)."""
     if not config.output.align_to_opensource_format:
         return None
-    converter = pipe.checkpoint_converter()
+    converter = opensource_converter(spec)
     if converter is None:
-        raise ConfigError(f"output.align_to_opensource_format: the {config.model.family} family has no open-source "
-                          "LoRA format (DiffSynth has it for FLUX); turn the flag off")
+        raise ConfigError(f"output.align_to_opensource_format: the {spec.name} family has no open-source "
+                          "LoRA format; turn the flag off")
     return converter
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 
+from ..models.lora_names import from_original_names, lora_modules
+
 
 def parse_target_modules(text: str | None, model: torch.nn.Module) -> list[str] | str:
     """DiffSynth semantics: comma list of suffixes; one entry -> a peft regex; empty -> auto-detect."""
@@ -63,15 +65,14 @@ def lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
 
 
-def read_lora(state: dict[str, torch.Tensor], family: str, model: torch.nn.Module) -> dict[str, tuple]:
+def read_lora(state: dict[str, torch.Tensor], spec, model: torch.nn.Module) -> dict[str, tuple]:
     """``{module of model: (A, B)}`` with the file's scale folded into B, so the update is ``B @ A``.
 
     Reads every naming DiffSynth's loader reads (``.lora_A.default.``, PEFT/diffusers ``transformer.``, ComfyUI
     ``diffusion_model.``, ``lora_down/lora_up`` with ``.alpha``) plus the family's original and kohya names
-    (ComfyUI/civitai FLUX and Wan LoRAs), mapped onto the loaded diffusers modules.
+    (ComfyUI/civitai FLUX and Wan LoRAs, through ``spec.original_state_dict``), mapped onto the loaded modules.
     """
-    from ..export.lora_formats import from_original_names, lora_modules
-    return from_original_names(lora_modules(state), family, model)
+    return from_original_names(lora_modules(state), model, spec.original_state_dict)
 
 
 def _linear(model: torch.nn.Module, name: str, source: str) -> torch.nn.Module:
@@ -85,11 +86,11 @@ def _linear(model: torch.nn.Module, name: str, source: str) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def fuse_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], family: str, source: str = "preset LoRA",
+def fuse_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], spec, source: str = "preset LoRA",
               scale: float = 1.0) -> int:
     """Merge a LoRA file into the base weights, ``W += scale · B @ A`` (DiffSynth's differential training;
     the file's alpha/rank is in B). Returns the number of modules fused."""
-    modules = read_lora(state, family, model)
+    modules = read_lora(state, spec, model)
     for name, (a, b) in modules.items():
         linear = _linear(model, name, source)
         linear = getattr(linear, "base_layer", linear)
@@ -102,11 +103,11 @@ def fuse_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], family: st
 
 
 @torch.no_grad()
-def load_lora_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor], family: str,
+def load_lora_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor], spec,
                          source: str = "lora_checkpoint") -> int:
     """Initialise the injected adapter ``default`` from a LoRA file (``--lora_checkpoint``) so that it applies
     the file's update under this adapter's own scaling; returns the number of modules loaded."""
-    modules = read_lora(state, family, model)
+    modules = read_lora(state, spec, model)
     params = dict(model.named_parameters())
     for name, (a, b) in modules.items():
         keys = {slot: f"{name}.lora_{slot}.default.weight" for slot in "AB"}

@@ -1,53 +1,18 @@
 """DiffSynth's flow-matching training schedules (reference spec §4.5).
 
-Each family trains on a fixed grid of 1000 sigmas. A training step draws a grid index uniformly, casts
+Each family trains on a fixed grid of 1000 sigmas (its spec's ``train_sigmas``; formulas in ``diffsynth/sigmas.py``). A training step draws a grid index uniformly, casts
 the timestep to bf16 (as DiffSynth does), looks the sigma and the bell-curve loss weight up at the grid
 point nearest that rounded timestep, and regresses the velocity ``noise - x0``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from ..families.spec import get_spec
+
 NUM_TRAIN_TIMESTEPS = 1000
-
-
-def _qwen_image_sigmas(n: int) -> torch.Tensor:
-    # linspace(1, 0, n+1)[:-1], exponential time shift with fixed mu=0.8, then shift-terminal to 0.02.
-    s = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)[:-1]
-    mu = 0.8
-    s = math.exp(mu) / (math.exp(mu) + (1.0 / s - 1.0))
-    s = 1.0 - (1.0 - s) / ((1.0 - s[-1]) / (1.0 - 0.02))
-    return s
-
-
-def _shifted_sigmas(start: float, end: float, n: int, shift: float, drop_last: bool) -> torch.Tensor:
-    if drop_last:
-        s = torch.linspace(start, end, n + 1, dtype=torch.float64)[:-1]
-    else:
-        s = torch.linspace(start, end, n, dtype=torch.float64)
-    return shift * s / (1.0 + (shift - 1.0) * s)
-
-
-def _flux_sigmas(n: int) -> torch.Tensor:
-    return _shifted_sigmas(1.0, 0.003 / 1.002, n, shift=3.0, drop_last=False)
-
-
-def _wan_sigmas(n: int) -> torch.Tensor:
-    return _shifted_sigmas(1.0, 0.0, n, shift=5.0, drop_last=True)
-
-
-_SIGMA_GRIDS = {
-    "qwen_image": _qwen_image_sigmas,
-    "flux": _flux_sigmas,
-    "wan": _wan_sigmas,
-}
-_ALIASES = {
-    "qwen-image": "qwen_image", "qwen_image_edit": "qwen_image", "qwen-image-edit": "qwen_image",
-    "flux1": "flux", "flux.1": "flux", "flux-dev": "flux", "wanvideo": "wan", "wan2.1": "wan", "wan2.2": "wan",
-}
 
 
 def bell_curve_weights(sigmas: torch.Tensor) -> torch.Tensor:
@@ -73,11 +38,10 @@ class FlowMatchSchedule:
 
     @classmethod
     def for_family(cls, name: str) -> "FlowMatchSchedule":
-        key = _ALIASES.get(name.lower(), name.lower())
-        if key not in _SIGMA_GRIDS:
-            raise ValueError(f"No flow-matching schedule for family {name!r}; known: {sorted(_SIGMA_GRIDS)}")
-        sigmas = _SIGMA_GRIDS[key](NUM_TRAIN_TIMESTEPS).to(torch.float32)
-        return cls(key, sigmas, sigmas * NUM_TRAIN_TIMESTEPS, bell_curve_weights(sigmas).to(torch.float32))
+        """The grid of a family name or alias (or a spec's name)."""
+        spec = get_spec(name)
+        sigmas = spec.train_sigmas(NUM_TRAIN_TIMESTEPS).to(torch.float32)
+        return cls(spec.name, sigmas, sigmas * NUM_TRAIN_TIMESTEPS, bell_curve_weights(sigmas).to(torch.float32))
 
     def index_range(self, min_boundary: float = 0.0, max_boundary: float = 1.0) -> tuple[int, int]:
         """Grid indices ``[lo, hi)`` DiffSynth samples from for ``--min/max_timestep_boundary``."""

@@ -1,0 +1,133 @@
+"""DiffSynth's ``train.py`` command line: its flags (same names, types, defaults) <-> params.yaml, the README
+flag table, and ``diffsynth params --from-args``. Family-specific rules come from the family specs."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+import yaml
+
+from .config import SECTIONS, Config, ConfigError, config_from_dict
+from .families import get_spec, infer_family, select_variant
+
+# DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
+UNSUPPORTED_FLAGS: dict[str, Any] = {
+    "offload_models": None, "quant_options": None, "enable_model_cpu_offload": False,
+    "enable_optimizer_cpu_offload": False, "cpu_offload_split_threshold": None,
+    "template_model_id_or_path": None, "enable_lora_hot_loading": False,
+    "enable_swanlab_log": False, "swanlab_project": "DiffSynth-Studio",
+    "enable_wandb_log": False, "wandb_project": "DiffSynth-Studio",
+    "audio_processor_path": None, "framewise_decoding": False,
+}
+
+
+def _flag_fields():
+    """(section name, dataclass field, flag name) for every flag."""
+    for section, cls in SECTIONS.items():
+        if section in ("validation", "sample", "export"):
+            continue  # structured values; params.yaml only
+        for f in fields(cls):
+            yield section, f, f.metadata.get("flag") or f.name
+
+
+def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
+    """DiffSynth's ``train.py`` flags (same names, types, defaults) plus ours; defaults are DiffSynth's."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train with DiffSynth-Studio's flags.",
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--params", default=argparse.SUPPRESS,
+                        help="start from this params.yaml; flags given on the command line override it")
+    for section, f, flag in _flag_fields():
+        hints = get_type_hints(SECTIONS[section])
+        annotation = hints[f.name]
+        base = next((a for a in get_args(annotation) if a is not type(None)), annotation)
+        help_text = f"{f.metadata.get('help', '')} [{section}.{f.name}]"
+        if base is bool:
+            parser.add_argument(f"--{flag}", dest=f"{section}.{f.name}", action="store_true", help=help_text)
+        else:
+            parser.add_argument(f"--{flag}", dest=f"{section}.{f.name}", type=str, help=help_text,
+                                metavar=base.__name__.upper())
+    for flag in UNSUPPORTED_FLAGS:
+        is_bool = isinstance(UNSUPPORTED_FLAGS[flag], bool)
+        parser.add_argument(f"--{flag}", dest=f"unsupported.{flag}", help="not supported yet",
+                            **({"action": "store_true"} if is_bool else {"type": str}))
+    return parser
+
+
+def config_from_args(argv: list[str], base: dict | None = None, check: bool = True) -> Config:
+    """Parse DiffSynth flags over ``base`` (a params dict) and return the config they mean."""
+    parser = build_arg_parser()
+    ns = vars(parser.parse_args(argv))
+    unsupported = sorted(k.split(".", 1)[1] for k in ns if k.startswith("unsupported."))
+    if unsupported:
+        raise ConfigError("Not supported yet: " + ", ".join(f"--{u}" for u in unsupported)
+                          + ". Remove these flags; see the flag table in README.md.")
+    data: dict = {}
+    flags_only = "params" not in ns and not base  # a pasted DiffSynth command line, nothing else
+    if "params" in ns:
+        data = yaml.safe_load(Path(ns.pop("params")).read_text()) or {}
+    elif base:
+        data = base
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dest, value in ns.items():
+        section, key = dest.split(".", 1)
+        data.setdefault(section, {})[key] = value
+    model = data.setdefault("model", {})
+    if not model.get("family"):
+        # DiffSynth picks the family by which train.py runs; we read it from the model ids (--family wins)
+        inferred = infer_family(f"{model.get('model_id_with_origin_paths') or ''} {model.get('model_paths') or ''}")
+        # the variant its extra inputs select (--extra_inputs edit_image: Qwen-Image-Edit)
+        model["family"] = select_variant(inferred or Config().model.family, model.get("extra_inputs")).name
+    if flags_only:
+        # what the family's DiffSynth train.py forces (Wan: gradient checkpointing, spec §9.22), so its command
+        # line means it; params.yaml leaves it to the user
+        spec = get_spec(model.get("family") or Config().model.family)
+        for section, values in spec.command_line_defaults.items():
+            for key, value in values.items():
+                data.setdefault(section, {}).setdefault(key, value)
+    return config_from_dict(data, check)
+
+
+# How a supported DiffSynth flag behaves differently here (shown in the README's flag table).
+DIFFERENCES = {
+    "dataset_metadata_path": "required: cached-dataset mode (no metadata) is not supported yet",
+    "model_paths": "safetensors only (pickled .bin/.pth are refused); shard lists and globs",
+    "model_id_with_origin_paths": "files recognised by key names and shapes, not a hash: partial key sets load",
+    "fp8_models": "per-tensor scaled fp8 (more precise than a plain cast)",
+    "trainable_models": "",
+    "find_unused_parameters": "rarely needed: LoRA is not put on modules that get no gradient, and a full "
+                              "fine-tune turns it on by itself under DDP",
+    "task": "only sft",
+    "resume_from_checkpoint": "weights only, as DiffSynth; full-state resume is train.resume",
+    "lora_target_modules": "DiffSynth's FLUX and Wan names are mapped to the loaded modules",
+    "save_steps": "also writes a resumable state (optimizer, RNG, data position) beside the checkpoint",
+    "use_gradient_checkpointing_offload": "saved activations of the whole forward go to CPU memory",
+    "enable_csv_log": "every metric (loss, lr, grad_norm, validation), not only loss",
+    "enable_tensorboard_log": "every metric",
+    "num_frames": "",
+}
+
+
+def flag_table() -> str:
+    """Markdown: every DiffSynth flag (and ours) -> params.yaml key -> status."""
+    rows = ["| flag | params.yaml key | status |", "|-|-|-|"]
+    for section, f, flag in _flag_fields():
+        if f.metadata.get("ours"):
+            status = "ours (not in DiffSynth): " + f.metadata.get("help", "").replace("|", "\\|")
+        else:
+            note = DIFFERENCES.get(f.name, "")
+            status = "supported" + (f"; {note}" if note else "")
+        rows.append(f"| `--{flag}` | `{section}.{f.name}` | {status} |")
+    for flag in UNSUPPORTED_FLAGS:
+        rows.append(f"| `--{flag}` | — | not supported yet: refused with an error |")
+    return "\n".join(rows)
+
+
+def diffsynth_defaults() -> dict:
+    """Every section at DiffSynth's defaults (what a bare ``train.py`` command line means)."""
+    return Config().to_dict()
+
+
+def dump_params(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
