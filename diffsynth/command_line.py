@@ -26,7 +26,7 @@ UNSUPPORTED_FLAGS: dict[str, Any] = {
 def _flag_fields():
     """(section name, dataclass field, flag name) for every flag."""
     for section, cls in SECTIONS.items():
-        if section in ("validation", "sample", "export"):
+        if section in ("validation", "sample", "export", "cache"):
             continue  # structured values; params.yaml only
         for f in fields(cls):
             yield section, f, f.metadata.get("flag") or f.name

@@ -88,7 +88,9 @@ class TrainConfig:
     trainable_models: Optional[str] = _f(None, "comma list of models (or dotted sub-modules) to train fully")
     find_unused_parameters: bool = _f(False, "DDP: tolerate parameters that get no gradient")
     weight_decay: float = _f(0.01, "AdamW weight decay")
-    task: str = _f("sft", "training task", choices=["sft"])
+    task: str = _f("sft", "training task: sft; sft:data_process writes the encoder cache to output_path and stops; "
+                   "sft:train trains from the cache in dataset_base_path (DiffSynth's split training)",
+                   choices=["sft", "sft:data_process", "sft:train"])
     customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
     fused_optimizer: bool = _f(True, "AdamW's fused kernel (same update up to rounding, ~4x faster step)", ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
@@ -140,6 +142,14 @@ class ValidationConfig:
 
 
 @dataclass
+class CacheConfig:
+    enabled: bool = _f(False, "train from the encoder cache the cache stage writes (no text/image encoders in the "
+                       "train stage); false: encode every step, as DiffSynth's plain sft does", ours=True)
+    data_dir: str = _f("outputs/cache/data", "encoded dataset rows (safetensors shards + index.json)", ours=True)
+    prompts_dir: str = _f("outputs/cache/prompts", "encoded sample prompts (save-point samples)", ours=True)
+
+
+@dataclass
 class SampleConfig:
     prompts: list = _fl(["a red circle on a white background"], "prompts rendered at each save point", ours=True)
     seeds: list = _fl([0], "one sample per prompt and seed", ours=True)
@@ -179,14 +189,14 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "tracking": TrackingConfig,
     "export": ExportConfig,
+    "cache": CacheConfig,
 }
 # Sections that are not training flags (read by other stages or by the DVC command line).
 PASSTHROUGH_SECTIONS = {"accelerate"}
 
 # Why a DiffSynth value of a choice flag is refused, appended to the error.
 UNSUPPORTED_CHOICES = {
-    ("train", "task"): ": split training (sft:data_process / sft:train), direct_distill and trajectory_imitation "
-                       "are not supported yet; run plain sft (the text encoder and VAE run in the same process)",
+    ("train", "task"): ": direct_distill and trajectory_imitation are not supported yet",
 }
 
 
@@ -203,6 +213,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     extra: dict = field(default_factory=dict)  # passthrough sections, e.g. accelerate
 
     def to_dict(self) -> dict:

@@ -22,6 +22,7 @@ def tiny_config(tmp_path: Path, metadata: Path, **overrides) -> Config:
     data["dataset"]["dataset_metadata_path"] = str(metadata)
     data["output"]["output_path"] = str(tmp_path / "out")
     data["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data["cache"] = {"enabled": False}  # online unless a test builds a cache (tests/test_cache.py)
     for key, value in overrides.items():
         section, name = key.split("__", 1)
         data[section][name] = value

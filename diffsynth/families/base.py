@@ -8,18 +8,40 @@ from ..models.components import load_component
 from ..models.model_config import ModelConfig, fetch
 
 
+# What each kind of process holds. "full": everything (online training); "train_cached": training from the
+# encoder cache (no text/image encoders, only the VAE decoder, for samples); "encode": the cache stage (encoders
+# and the VAE encoder; the DiT only as an architecture on the meta device, for its config).
+ROLES = ("full", "train_cached", "encode")
+
+
+def _how(role: str, encoders: tuple[str, ...]):
+    def how(component: str) -> str:
+        if role == "train_cached":
+            return "skip" if component in encoders else "vae:decoder" if component == "vae" else "load"
+        if role == "encode":
+            return "meta" if component == "dit" else "vae:encoder" if component == "vae" else "load"
+        return "load"
+    return how
+
+
 def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.dtype,
-                    required: tuple[str, ...]) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+                    required: tuple[str, ...], role: str = "full",
+                    encoders: tuple[str, ...] = ()) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Fetch, detect and load every model entry: ({component: module}, {component: the entry as written}).
 
-    ``family`` is the model tables' family (``FamilySpec.model_family``)."""
+    ``family`` is the model tables' family (``FamilySpec.model_family``); ``role`` says which parts this process
+    holds (see ``ROLES``; ``encoders`` are the components only encoding needs). Skipped components are None."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}: one of {ROLES}")
     modules, sources = {}, {}
     for config in model_configs:
-        component, module = load_component(fetch(config), family, dtype)
+        component, module = load_component(fetch(config), family, dtype, _how(role, encoders))
         if component in modules:
             raise ValueError(f"Two model entries are both the {family} {component} ({sources[component]!r} and "
                              f"{config.source_string!r}); give each model once")
         modules[component], sources[component] = module, config.source_string
+    for component in encoders if role == "train_cached" else ():
+        modules.setdefault(component, None)
     missing = [c for c in required if c not in modules]
     if missing:
         raise ValueError(f"{family} training needs {', '.join(required)}; missing: {missing}. Add them to "
@@ -35,9 +57,27 @@ class Pipeline(torch.nn.Module):
     """
 
     spec = None  # the FamilySpec this pipeline belongs to (set by each family's class)
+    role = "full"  # which parts it holds (base.ROLES)
 
     # {pipeline attribute: the model entry it was loaded from}; fp8_models matches on these strings
     component_sources: dict[str, str] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the loaded models are (the first parameter not on the meta device)."""
+        return next((p.device for p in self.parameters() if p.device.type != "meta"), torch.device("cpu"))
+
+    def place(self, device) -> "Pipeline":
+        """``.to(device)`` for every loaded weight; parts held on the meta device (the DiT in the cache stage, the
+        unused half of the VAE) stay there, since they have no data to move."""
+        for module in self.modules():
+            for p in module._parameters.values():
+                if p is not None and not p.is_meta:
+                    p.data = p.data.to(device)
+            for name, buffer in module._buffers.items():
+                if buffer is not None and not buffer.is_meta:
+                    module._buffers[name] = buffer.to(device)
+        return self
 
     def modules_without_gradient(self, model_name: str) -> list[str]:
         """Modules of ``model_name`` whose output the loss never uses (so they get no gradient and make DDP
@@ -73,7 +113,19 @@ class Pipeline(torch.nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
+    def sample_inputs(self, prompt: str, height: int, width: int, num_frames: int = 1) -> dict:
+        """The conditioning of a save-point sample (the encoders' part: the cache stage computes it ahead)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
+               num_frames: int = 1) -> Image.Image | list[Image.Image]:
+        """Denoise from seeded noise under ``inputs`` and decode (the DiT and the VAE decoder's part)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
     def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
                num_frames: int = 1) -> Image.Image | list[Image.Image]:
         """One sample for a save point: an image, or a list of frames for video families."""
-        raise NotImplementedError
+        return self.render(self.sample_inputs(prompt, height, width, num_frames), seed, height, width,
+                           num_inference_steps, num_frames)

@@ -112,10 +112,6 @@ class FluxPipeline(Pipeline):
         self.torch_dtype = dtype
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.dit.parameters()).device
-
     # modules_without_gradient: none. Every DiT parameter gets a gradient (the last single block's text tokens
     # are dropped, but its layers are shared with the image tokens); tests/test_family_flux.py checks it.
 
@@ -169,7 +165,12 @@ class FluxPipeline(Pipeline):
         return unpack_latents(out, h, w)
 
     @torch.no_grad()
-    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
+    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
+        prompt_emb, pooled = self.encode_prompt(prompt)
+        return {"prompt_emb": prompt_emb, "pooled_prompt_emb": pooled}
+
+    @torch.no_grad()
+    def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
                num_frames: int = 1) -> Image.Image:
         """Euler sampling with embedded guidance 3.5 (no CFG), as FLUX.1-dev is run."""
         step = 2 * self.vae_factor  # latent sides must be even for the 2x2 packing
@@ -177,8 +178,7 @@ class FluxPipeline(Pipeline):
         generator = torch.Generator().manual_seed(seed)
         channels = self.vae.config.latent_channels
         latents = torch.randn((1, channels, h, w), generator=generator).to(self.device, self.torch_dtype)
-        prompt_emb, pooled = self.encode_prompt(prompt)
-        inputs = {"prompt_emb": prompt_emb, "pooled_prompt_emb": pooled, "guidance": SAMPLE_GUIDANCE}
+        inputs = {**inputs, "guidance": SAMPLE_GUIDANCE}
         sigmas = inference_sigmas(num_inference_steps)
         for i in range(num_inference_steps):
             velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
@@ -191,17 +191,19 @@ def auxiliary_entries(config) -> dict[str, str]:
             "tokenizer_2": config.model.tokenizer_2_path or DEFAULT_TOKENIZER_2}
 
 
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> FluxPipeline:
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> FluxPipeline:
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers."""
     m = config.model
     modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder", "text_encoder_2"))
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder", "text_encoder_2"),
+                                       role=role, encoders=SPEC.encoders)
     tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
     tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
     pipe = FluxPipeline(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
                         tokenizer_1, tokenizer_2, dtype)
     pipe.component_sources = sources
-    return pipe.to(device)
+    pipe.role = role
+    return pipe.place(device)
 
 
 SPEC = register(FamilySpec(
@@ -213,6 +215,7 @@ SPEC = register(FamilySpec(
     auxiliary_entries=auxiliary_entries,
     train_sigmas=train_sigmas,
     data=DataRules(size_factor=16, width_factor=16),  # VAE 8 x 2x2 patches
+    encoders=("text_encoder", "text_encoder_2"),
     lora_targets=LORA_TARGETS,
     map_lora_targets=map_lora_targets,
     lora_to_original=lora_to_bfl,

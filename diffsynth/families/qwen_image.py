@@ -51,10 +51,6 @@ class QwenImagePipeline(Pipeline):
         self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1), persistent=False)
         self._drop_idx = len(tokenizer(PROMPT_TEMPLATE.split("{}")[0])["input_ids"])
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.dit.parameters()).device
-
     def modules_without_gradient(self, model_name: str) -> list[str]:
         # The last block's text-stream output is discarded: its to_add_out and txt_mlp never get a gradient
         # (DiffSynth needs --find_unused_parameters for exactly this).
@@ -115,19 +111,18 @@ class QwenImagePipeline(Pipeline):
         )[0]
         return unpack_latents(out[:, : (h // 2) * (w // 2)], h, w)  # only the target tokens are predicted
 
-    def sample_inputs(self, prompt: str) -> dict:
+    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
         """Conditioning of a save-point sample (the edit family adds its edit image)."""
         return {"prompt_emb": self.encode_prompt(prompt)}
 
     @torch.no_grad()
-    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
+    def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
                num_frames: int = 1) -> Image.Image:
         """Euler sampling of the flow (cfg 1), as DiffSynth's pipeline does at cfg_scale=1."""
         factor = 2 ** len(self.vae.config.temperal_downsample)
         h, w = height // factor, width // factor
         generator = torch.Generator().manual_seed(seed)
         latents = torch.randn((1, self.vae.config.z_dim, h, w), generator=generator).to(self.device, self.torch_dtype)
-        inputs = self.sample_inputs(prompt)
         sigmas = inference_sigmas(num_inference_steps, (h // 2) * (w // 2))
         for i in range(num_inference_steps):
             velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
@@ -151,17 +146,19 @@ def auxiliary_entries(config) -> dict[str, str]:
     return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
 
 
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImagePipeline:
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> QwenImagePipeline:
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer."""
     m = config.model
     modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"))
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"),
+                                       role=role, encoders=SPEC.encoders)
     tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
     pipe = QwenImagePipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
     pipe.component_sources = sources
     if getattr(m, "zero_cond_t", False):
         set_zero_cond_t(pipe.dit, True)
-    return pipe.to(device)
+    pipe.role = role
+    return pipe.place(device)
 
 
 SPEC = register(FamilySpec(

@@ -154,7 +154,7 @@ class QwenImageEditPipeline(QwenImagePipeline):
     def conditioning_latents(self, inputs: dict) -> list[torch.Tensor]:
         return list(inputs.get("edit_latents") or [])
 
-    def sample_inputs(self, prompt: str) -> dict:
+    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
         if self.sample_edit_image is None and self._sample_edit_source is not None:
             source, self._sample_edit_source = self._sample_edit_source, None
             self.sample_edit_image = source()
@@ -192,12 +192,13 @@ def auxiliary_entries(config) -> dict[str, str]:
             "processor": config.model.processor_path or DEFAULT_PROCESSOR}
 
 
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> QwenImageEditPipeline:
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> QwenImageEditPipeline:
     """The Qwen-Image models (edit DiT), tokenizer and the Qwen2-VL image processor of ``model.processor_path``."""
     _check_edit_config(config)
     m = config.model
     modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"))
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"),
+                                       role=role, encoders=SPEC.encoders)
     tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
     processor = load_image_processor(fetch(parse_path_or_model_id(m.processor_path, DEFAULT_PROCESSOR)).files()[0])
     pipe = QwenImageEditPipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, processor, dtype,
@@ -207,7 +208,8 @@ def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu"
         set_zero_cond_t(pipe.dit, True)
     rules = SPEC.data_rules(config)
     pipe._sample_edit_source = lambda: first_row_edit_image(config, rules.size_factor, rules.width_factor)
-    return pipe.to(device)
+    pipe.role = role
+    return pipe.place(device)
 
 
 SPEC = register(qwen_image.SPEC.with_changes(

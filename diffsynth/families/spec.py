@@ -47,12 +47,13 @@ class FamilySpec:
     name: str                                   # canonical name, as params.yaml's model.family writes it
     summary: str                                # one line for help texts and errors
     model_family: str                           # which family of the model tables (models/components.py) loads it
-    load_pipeline: Callable                     # (config, dtype, device) -> Pipeline
+    load_pipeline: Callable                     # (config, dtype, device, role) -> Pipeline (role: base.ROLES)
     train_sigmas: Callable[[int], torch.Tensor]  # n -> the n-point training grid (float64, 1 -> small)
     aliases: tuple[str, ...] = ()               # other accepted spellings (the only alias table)
     auxiliary_entries: Callable = lambda config: {}  # config -> {name: tokenizer/processor folder entry}
     data: DataRules = field(default_factory=DataRules)
     data_rules_for: Callable | None = None      # config -> DataRules, where the model entries change them
+    encoders: tuple[str, ...] = ("text_encoder",)  # components only encoding needs (not held when training cached)
     extra_inputs: tuple[str, ...] = ()          # model.extra_inputs values the family implements
     required_extra_inputs: tuple[str, ...] = ()
     variant_of: str | None = None               # a variant is chosen over its base when ...
@@ -65,6 +66,8 @@ class FamilySpec:
     tiny_presets: tuple[str, ...] = ()          # `diffsynth tiny-model` twins; the first is the family's default
     model_id_patterns: tuple[str, ...] = ()     # substrings of model ids/files that name the family (flag-only runs)
     command_line_defaults: dict = field(default_factory=dict)  # {section: {key: value}} DiffSynth's script forces
+    # DiffSynth's sft:data_process file keys -> our input names (its `.pth` cache read by --task sft:train)
+    diffsynth_cache_keys: dict = field(default_factory=lambda: {"input_latents": "latents"})
 
     def data_rules(self, config=None) -> DataRules:
         return self.data_rules_for(config) if (config is not None and self.data_rules_for) else self.data

@@ -111,13 +111,12 @@ def data_rules(config) -> DataRules:
 class WanPipeline(Pipeline):
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32,
-                 extra_inputs: tuple[str, ...] = ()):
+                 extra_inputs: tuple[str, ...] = (), text_encoder_cached: bool = False):
         super().__init__()
         self.dit = dit
         self.vae = vae
         self.text_encoder = text_encoder
-        if image_encoder is not None:
-            self.image_encoder = image_encoder
+        self.image_encoder = image_encoder
         self.tokenizer = tokenizer
         self.torch_dtype = dtype
         self.extra_inputs = tuple(extra_inputs)
@@ -140,7 +139,7 @@ class WanPipeline(Pipeline):
                              f"channels (text-to-video, TI2V) nor {2 * z + 4} (image-to-video): the DiT and the VAE "
                              "entries belong to different Wan releases (Wan2.2-TI2V-5B needs Wan2.2_VAE.pth, the "
                              "others Wan2.1_VAE.pth)")
-        if self.require_clip_embedding and image_encoder is None:
+        if self.require_clip_embedding and image_encoder is None and not text_encoder_cached:
             raise ValueError("This Wan DiT takes CLIP image features (Wan2.1 image-to-video): add "
                              "<model_id>:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth to "
                              "model.model_id_with_origin_paths")
@@ -148,10 +147,6 @@ class WanPipeline(Pipeline):
             raise ValueError("This Wan DiT is an image-to-video model: set model.extra_inputs: input_image "
                              "(--extra_inputs input_image); the first frame of each video is the conditioning image")
         self._sample_image: Image.Image | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.dit.parameters()).device
 
     # ---------------------------------------------------------------- encoders (no gradient)
     @torch.no_grad()
@@ -253,21 +248,18 @@ class WanPipeline(Pipeline):
                         encoder_hidden_states_image=inputs.get("clip_feature"), return_dict=False)[0]
 
     @torch.no_grad()
-    def sample(self, prompt: str, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1) -> list[Image.Image]:
-        """Euler sampling of the flow at cfg 1 (no negative prompt), one expert for the whole trajectory.
-
-        Image-to-video variants condition on the first frame of the first video this pipeline encoded (the
-        validation rows at step 0); TI2V without one samples text-to-video."""
+    def _check_sample_size(self, height: int, width: int, num_frames: int) -> None:
         if height % self.height_factor or width % self.width_factor:
             raise ValueError(f"sample.height/width = {height}x{width}: this Wan model needs multiples of "
                              f"{self.height_factor}")
         if num_frames % self.temporal_factor != 1:
             raise ValueError(f"sample.num_frames = {num_frames}: Wan needs 4k+1 frames (1, 5, 9, ...)")
-        shape = (1, self.z_dim, (num_frames - 1) // self.temporal_factor + 1, height // self.spatial_factor,
-                 width // self.spatial_factor)
-        generator = torch.Generator().manual_seed(seed)
-        latents = torch.randn(shape, generator=generator).to(self.device, self.torch_dtype)
+
+    @torch.no_grad()
+    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
+        """Image-to-video variants condition on the first frame of the first video this pipeline encoded (the
+        validation rows at step 0); TI2V without one samples text-to-video."""
+        self._check_sample_size(height, width, num_frames)
         inputs = {"prompt_emb": self.encode_prompt(prompt)}
         if self.require_vae_embedding or self.require_clip_embedding or self.fuse_first_frame:
             image = self._sample_image
@@ -275,6 +267,17 @@ class WanPipeline(Pipeline):
                 image = Image.new("RGB", (width, height), (127, 127, 127))  # nothing encoded yet: a neutral frame
             if image is not None:
                 inputs.update(self.image_inputs(image, num_frames, height, width))
+        return inputs
+
+    @torch.no_grad()
+    def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
+               num_frames: int = 1) -> list[Image.Image]:
+        """Euler sampling of the flow at cfg 1 (no negative prompt), one expert for the whole trajectory."""
+        self._check_sample_size(height, width, num_frames)
+        shape = (1, self.z_dim, (num_frames - 1) // self.temporal_factor + 1, height // self.spatial_factor,
+                 width // self.spatial_factor)
+        generator = torch.Generator().manual_seed(seed)
+        latents = torch.randn(shape, generator=generator).to(self.device, self.torch_dtype)
         first = inputs.get("first_frame_latents")
         sigmas = inference_sigmas(num_inference_steps)
         for i in range(num_inference_steps):
@@ -291,22 +294,25 @@ def auxiliary_entries(config) -> dict[str, str]:
     return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
 
 
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu") -> WanPipeline:
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> WanPipeline:
     """Fetch and detect every model entry of ``config.model``; load DiT, VAE, UMT5, (CLIP) and the tokenizer."""
     m = config.model
     extra = tuple(k.strip() for k in (m.extra_inputs or "").split(",") if k.strip())
     modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"))
+                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"),
+                                       role=role, encoders=SPEC.encoders)
     tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
     pipe = WanPipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer,
-                       image_encoder=modules.get("image_encoder"), dtype=dtype, extra_inputs=extra)
+                       image_encoder=modules.get("image_encoder"), dtype=dtype, extra_inputs=extra,
+                       text_encoder_cached=role == "train_cached")
     pipe.component_sources = sources
     expected = data_rules(config).size_factor
     if pipe.height_factor != expected:
         raise ValueError(f"The loaded Wan VAE needs image sides in multiples of {pipe.height_factor}, but the model "
                          f"entries say {expected} (a Wan2.2 VAE file is recognised by 'Wan2.2_VAE' in its name): "
                          "rename the VAE file as released, or use the matching VAE for this DiT")
-    return pipe.to(device)
+    pipe.role = role
+    return pipe.place(device)
 
 
 def map_lora_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
@@ -325,6 +331,7 @@ SPEC = register(FamilySpec(
     data=DATA_RULES,
     data_rules_for=data_rules,
     extra_inputs=("input_image",),
+    encoders=("text_encoder", "image_encoder"),
     lora_targets=LORA_TARGETS,
     map_lora_targets=map_lora_targets,
     lora_to_original=lambda modules, shapes=None: lora_to_wan_names(modules),
@@ -333,5 +340,6 @@ SPEC = register(FamilySpec(
     model_id_patterns=("wan-ai/", "wan2.1", "wan2.2"),
     # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on
     command_line_defaults={"gradient": {"use_gradient_checkpointing": True}},
+    diffsynth_cache_keys={"input_latents": "latents", "context": "prompt_emb"},
 ))
 WanPipeline.spec = SPEC

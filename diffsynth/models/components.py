@@ -389,13 +389,40 @@ def plan_shapes(shapes: dict, family: str | None = None, beside: dict | None = N
     return d, module, match_state_dict(module, state)
 
 
-def load_component(config: ModelConfig, family: str, dtype: torch.dtype) -> tuple[str, torch.nn.Module]:
-    """Detect and load one fetched model entry; returns (pipeline attribute, module in eval mode)."""
+# What a stage that holds only part of a model keeps (VAE: encoder for the cache stage, decoder for training).
+VAE_PARTS = {"encoder": ("encoder", "quant_conv"), "decoder": ("decoder", "post_quant_conv")}
+
+
+def load_component(config: ModelConfig, family: str, dtype: torch.dtype,
+                   how: Callable[[str], str] = lambda component: "load") -> tuple[str, torch.nn.Module | None]:
+    """Detect and load one fetched model entry; returns (pipeline attribute, module in eval mode).
+
+    ``how(component)`` decides from the detected component (key names only, no weights read): ``"load"``;
+    ``"skip"`` (nothing built: module None); ``"meta"`` (architecture on the meta device, no weights: its config
+    and shapes without the memory); ``"vae:encoder"`` / ``"vae:decoder"`` (only that half of a VAE is loaded;
+    the other half stays an empty shell on the meta device, outside the module tree: no weights, no memory,
+    invisible to ``.to()``/``parameters()``/DDP, while diffusers' VAE code that walks both halves still works)."""
     files = config.files()
     d = detect(files, family)
+    mode = how(d.component)
+    if mode == "skip":
+        return d.component, None
     module = d.build()
+    if mode == "meta":
+        return d.component, module.eval().requires_grad_(False)
     state = d.kind.to_model_keys(load_state_dict(files, dtype), d.config)
-    _check(config.source_string or _describe(files), d, *match_state_dict(module, state))
+    missing_ok: tuple[str, ...] = ()
+    if mode.startswith("vae:"):
+        keep = VAE_PARTS[mode.split(":", 1)[1]]
+        unused = [name for parts in VAE_PARTS.values() for name in parts if name not in keep]
+        missing_ok = tuple(f"{name}." for name in unused)
+        state = {k: v for k, v in state.items() if not k.startswith(missing_ok)}
+        for name in unused:
+            if name in module._modules:
+                module.__dict__[name] = module._modules.pop(name)  # attribute access still finds it
+    missing, unexpected, mismatched = match_state_dict(module, state)
+    _check(config.source_string or _describe(files), d, [k for k in missing if not k.startswith(missing_ok)],
+           unexpected, mismatched)
     module.load_state_dict(state, strict=False, assign=True)
     if isinstance(getattr(module, "_tied_weights_keys", None), dict) and hasattr(module, "tie_weights"):
         module.tie_weights()  # e.g. T5's encoder.embed_tokens is shared.weight

@@ -19,8 +19,10 @@ from accelerate.utils import DistributedDataParallelKwargs
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from .. import cache
 from ..config import Config, ConfigError, flatten
 from ..data.dataset import ImageRules, UnifiedDataset, split_keys
+from ..data.metadata import read_metadata
 from ..families import Pipeline, spec_for
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
@@ -62,11 +64,34 @@ class TrainingModule(torch.nn.Module):
         self.boundaries = boundaries
         self.offload_activations = offload_activations
 
+    def encode(self, item: dict) -> dict:
+        """The model inputs of one dataset item: encoded now, or read from the encoder cache."""
+        if "cached_inputs" in item:
+            return to_device(item["cached_inputs"], self.pipe.device)
+        return self.pipe.encode(item)
+
     def forward(self, item: dict) -> torch.Tensor:
-        inputs = self.pipe.encode(item)
+        inputs = self.encode(item)
         ctx = torch.autograd.graph.save_on_cpu() if self.offload_activations else contextlib.nullcontext()
         with ctx:
             return flow_match_loss(self.pipe, self.schedule, inputs, self.generator, *self.boundaries)
+
+
+def to_device(inputs: dict, device) -> dict:
+    return {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in inputs.items()}
+
+
+def cache_source(config: Config, metadata_path: str | None) -> tuple[str | None, dict | None]:
+    """(folder, expected fingerprint) of the encoder cache training reads, or (None, None) to encode online.
+
+    ``--task sft:train`` (DiffSynth's split training) reads ``dataset_base_path``; the pipeline's cache stage
+    writes ``cache.data_dir`` and training checks it was built from the same data, resolution and models."""
+    if config.train.task == "sft:train":
+        return config.dataset.dataset_base_path, {"family": config.model.family,
+                                                  "torch_dtype": config.model.torch_dtype}
+    if config.cache.enabled:
+        return config.cache.data_dir, cache.fingerprint(config, metadata_path)
+    return None, None
 
 
 def _pipe_model(pipe: Pipeline, name: str, what: str) -> torch.nn.Module:
@@ -134,14 +159,19 @@ class TrainResult:
     resumed_from_step: int | None = None
 
 
-def _samples(pipe: Pipeline, config: Config) -> list[tuple[int, str, int, object]]:
-    """(prompt index, prompt, seed, image or list of frames) for every prompt × seed."""
-    out = []
-    for i, prompt in enumerate(config.sample.prompts):
-        for seed in config.sample.seeds:
-            out.append((i, prompt, int(seed), pipe.sample(prompt, int(seed), config.sample.height, config.sample.width,
-                                                          config.sample.num_inference_steps,
-                                                          num_frames=config.sample.num_frames)))
+def _samples(pipe: Pipeline, config: Config, prompt_inputs: dict | None) -> list[tuple[int, str, int, object]]:
+    """(prompt index, prompt, seed, image or list of frames) for every prompt × seed; conditioned on the prompt
+    cache when training from the encoder cache."""
+    s, out = config.sample, []
+    for i, prompt in enumerate(s.prompts):
+        for seed in s.seeds:
+            if prompt_inputs is not None:
+                image = pipe.render(to_device(prompt_inputs[prompt], pipe.device), int(seed), s.height, s.width,
+                                    s.num_inference_steps, num_frames=s.num_frames)
+            else:
+                image = pipe.sample(prompt, int(seed), s.height, s.width, s.num_inference_steps,
+                                    num_frames=s.num_frames)
+            out.append((i, prompt, int(seed), image))
     return out
 
 
@@ -201,8 +231,11 @@ class Trainer:
         torch.manual_seed(config.train.seed)
 
         self.spec = spec = spec_for(config)
+        self.metadata = metadata_path or config.dataset.dataset_metadata_path
+        cache_dir, expected = cache_source(config, self.metadata)
         load_device = "cpu" if config.model.initialize_model_on_cpu else accelerator.device
-        self.pipe = pipe = spec.load_pipeline(config, dtype, load_device)
+        # from the cache, the encoders are never built: only the trained model(s) and the VAE decoder
+        self.pipe = pipe = spec.load_pipeline(config, dtype, load_device, "train_cached" if cache_dir else "full")
         self.schedule = FlowMatchSchedule.for_family(spec.name)
         self.generator = torch.Generator().manual_seed(config.train.seed + 1000 * self.rank)
         module = TrainingModule(pipe, self.schedule, self.generator,
@@ -219,12 +252,20 @@ class Trainer:
                            data_rules.size_factor, data_rules.width_factor, num_frames=config.resolution.num_frames,
                            time_division_factor=data_rules.time_division_factor,
                            time_division_remainder=data_rules.time_division_remainder)
-        self.metadata = metadata_path or config.dataset.dataset_metadata_path
-        if not self.metadata:
-            raise ConfigError("dataset.dataset_metadata_path is empty; cached-dataset training is not supported yet")
-        self.dataset = UnifiedDataset(config.dataset.dataset_base_path, self.metadata,
-                                      split_keys(config.dataset.data_file_keys), rules,
-                                      repeat=config.dataset.dataset_repeat, video_keys=data_rules.video_keys)
+        self.prompt_inputs = None
+        if cache_dir:
+            self.dataset = cache.open_cached_dataset(cache_dir, config.dataset.dataset_repeat, expected,
+                                                     spec.diffsynth_cache_keys)
+            if config.cache.enabled and config.train.task != "sft:train":
+                self.prompt_inputs = cache.read_prompt_cache(
+                    config.cache.prompts_dir, cache.fingerprint(config, None, what="prompts"))
+        else:
+            if not self.metadata:
+                raise ConfigError("dataset.dataset_metadata_path is empty: set it, or train from an encoder cache "
+                                  "(--task sft:train with --dataset_base_path <its folder>)")
+            self.dataset = UnifiedDataset(config.dataset.dataset_base_path, self.metadata,
+                                          split_keys(config.dataset.data_file_keys), rules,
+                                          repeat=config.dataset.dataset_repeat, video_keys=data_rules.video_keys)
         optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
         self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world)
         if self.world > 1 and not config.train.find_unused_parameters and _trains_unused(module, self.trainable):
@@ -234,11 +275,14 @@ class Trainer:
                 print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.fingerprint = _fingerprint(config, self.dataset.rows, self.world)
+        # the metadata rows where there are some (also when training from the pipeline's cache), for the resume
+        # fingerprint and the MLflow dataset; DiffSynth's cache alone has only its file names
+        self.rows = read_metadata(self.metadata) if self.metadata else self.dataset.rows
+        self.fingerprint = _fingerprint(config, self.rows, self.world)
 
         self.validator = FixedNoiseValidator(
-            [self.dataset.load_row(r) for r in self.dataset.rows[: config.validation.num_samples]],
-            config.validation.sigmas, config.validation.seed)
+            [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],
+            config.validation.sigmas, config.validation.seed, encode=module.encode)
         self.result = TrainResult(world_size=self.world)
         self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=self.main)
         self.metrics_log = None  # opened with the output folder (main process)
@@ -265,7 +309,7 @@ class Trainer:
         else:
             self.result.run_id = tracker.start(flatten(config.to_dict()), tags=self.tags,
                                                run_name=os.environ.get("DVC_EXP_NAME") or None)
-            tracker.log_dataset(self.dataset.rows, source=str(Path(self.metadata).resolve()),
+            tracker.log_dataset(self.rows, source=str(Path(self.metadata or config.dataset.dataset_base_path).resolve()),
                                 name=Path(config.dataset.dataset_base_path).name or "dataset")
             for f in [self.output / "training_args.json", *self.log_files]:
                 tracker.log_artifact(f, "config")
@@ -279,7 +323,9 @@ class Trainer:
         self.log(metrics, at)
         print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
         table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": []}
-        for i, prompt, seed, image in _samples(self.pipe, self.config):
+        if self.pipe.role == "train_cached" and self.prompt_inputs is None:
+            return  # --task sft:train: no text encoder and no prompt cache, so no samples (as in DiffSynth)
+        for i, prompt, seed, image in _samples(self.pipe, self.config, self.prompt_inputs):
             key = f"sample/p{i}_s{seed}"  # one image key per prompt × seed; the step slider walks the save points
             shown = self.tracker.log_sample(image, key=key, step=at)
             if self.config.sample.out_dir:  # also on disk: a DVC image plot, and kept when MLflow is down
@@ -464,7 +510,17 @@ class Trainer:
 
 def run_training(config: Config, metadata_path: str | None = None, tags: dict | None = None,
                  log_files: list[str] | None = None) -> TrainResult:
-    """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs)."""
+    """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs).
+
+    ``--task sft:data_process`` only encodes: the encoder cache is written to ``output.output_path`` (main
+    process), for a later ``--task sft:train --dataset_base_path <that folder>``."""
+    if config.train.task == "sft:data_process":
+        from ..encoding import build_data_cache
+        if int(os.environ.get("RANK", "0")) == 0:
+            index = build_data_cache(config, metadata_path or config.dataset.dataset_metadata_path,
+                                     config.output.output_path)
+            print(f"[cache] encoded {index['rows']} rows into {config.output.output_path}")
+        return TrainResult()
     return Trainer(config, metadata_path, tags, log_files).run()
 
 

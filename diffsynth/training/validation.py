@@ -10,10 +10,11 @@ from .schedule import FlowMatchSchedule
 
 
 class FixedNoiseValidator:
-    def __init__(self, items: list[dict], sigmas: list[float], seed: int):
+    def __init__(self, items: list[dict], sigmas: list[float], seed: int, encode=None):
         if not items:
             raise ValueError("validation needs at least one dataset row")
         self.items = items
+        self.encode = encode  # item -> model inputs (default: the pipeline's encode)
         self.sigmas = [float(s) for s in sigmas]
         self.seed = seed
 
@@ -23,7 +24,7 @@ class FixedNoiseValidator:
         generator = torch.Generator().manual_seed(self.seed)
         per_sigma = {s: 0.0 for s in self.sigmas}
         for item in self.items:
-            inputs = pipe.encode(item)
+            inputs = (self.encode or pipe.encode)(item)
             latents = inputs["latents"]
             noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
             for s in self.sigmas:

@@ -1,0 +1,55 @@
+"""Build the encoder cache: load only the family's encoders (role "encode": text/image encoders and the VAE
+encoder; the DiT as a meta-device architecture for its config) and encode every validated row once, and the
+sample prompts. Used by the cache stage and by ``--task sft:data_process``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import cache
+from .config import Config, ConfigError
+from .data.dataset import ImageRules, UnifiedDataset
+from .families import spec_for
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def encoding_dataset(config: Config, metadata_path: str) -> UnifiedDataset:
+    """The validated rows, each once (no ``dataset_repeat``: repeats re-read the cache, never re-encode)."""
+    spec = spec_for(config)
+    rules = spec.data_rules(config)
+    r = config.resolution
+    image_rules = ImageRules(r.max_pixels, r.height, r.width, rules.size_factor, rules.width_factor,
+                             num_frames=r.num_frames, time_division_factor=rules.time_division_factor,
+                             time_division_remainder=rules.time_division_remainder)
+    return UnifiedDataset(config.dataset.dataset_base_path, metadata_path, config.dataset.data_file_keys,
+                          image_rules, repeat=1, video_keys=rules.video_keys)
+
+
+def load_encoders(config: Config, device: str | torch.device = "cpu"):
+    return spec_for(config).load_pipeline(config, DTYPES[config.model.torch_dtype], device, "encode")
+
+
+def build_data_cache(config: Config, metadata_path: str, out_dir: str | Path, pipe=None, progress=None) -> dict:
+    """Encode every validated row into ``out_dir``; returns the index."""
+    if not metadata_path:
+        raise ConfigError("building the encoder cache needs dataset.dataset_metadata_path (the rows to encode)")
+    pipe = pipe or load_encoders(config)
+    dataset = encoding_dataset(config, metadata_path)
+    items = ((i, dataset[i]) for i in range(len(dataset.rows)))
+    return cache.write_cache(out_dir, pipe.encode, items, cache.fingerprint(config, metadata_path),
+                             total=len(dataset.rows), progress=progress)
+
+
+def build_prompt_cache(config: Config, metadata_path: str | None, out_dir: str | Path, pipe=None) -> dict:
+    """The save-point samples' conditioning for every ``sample.prompts`` entry. Families whose samples are
+    conditioned on the dataset (Wan image-to-video: the first frame; Qwen-Image-Edit: the edit image) see the
+    first row first, as online training does (the validation rows are encoded before the first sample)."""
+    pipe = pipe or load_encoders(config)
+    if metadata_path:
+        pipe.encode(encoding_dataset(config, metadata_path)[0])
+    s = config.sample
+    return cache.write_prompt_cache(
+        out_dir, lambda prompt: pipe.sample_inputs(prompt, s.height, s.width, s.num_frames), list(s.prompts),
+        cache.fingerprint(config, None, what="prompts"))
