@@ -22,7 +22,13 @@ def _write_config(folder: Path, config: dict) -> None:
     write_json(folder / "config.json", config)
 
 
-def write_tiny_qwen_image(out_dir: Path, seed: int = 0) -> None:
+# Sizes of the tiny Qwen-Image twin; benchmarks pass real widths (e.g. one DiT block at 3072 = 24 x 128).
+QWEN_TINY_SIZES = {"dit_layers": 2, "dit_head_dim": 16, "dit_heads": 4, "rope_axes": (4, 6, 6), "text_hidden": 32,
+                   "text_ffn": 64, "text_layers": 2, "text_heads": 2, "text_kv_heads": 2, "mrope": [2, 3, 3],
+                   "vae_base_dim": 8, "vae_dim_mult": [1, 1, 1, 1], "vae_res_blocks": 1}
+
+
+def write_tiny_qwen_image(out_dir: Path, seed: int = 0, sizes: dict | None = None) -> None:
     """``Qwen/Qwen-Image`` layout: transformer/ (sharded), text_encoder/ (sharded), vae/, tokenizer/, scheduler/."""
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -30,32 +36,34 @@ def write_tiny_qwen_image(out_dir: Path, seed: int = 0) -> None:
     from .components import qwen_vl_model_to_checkpoint
     from .tokenizers import train_qwen_tokenizer
 
+    z = {**QWEN_TINY_SIZES, **(sizes or {})}
     torch.manual_seed(seed)
     tokenizer = train_qwen_tokenizer(out_dir / "tokenizer")
     special = {t: tokenizer.convert_tokens_to_ids(t) for t in
                ("<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")}
-    text_hidden = 32
+    text_hidden = z["text_hidden"]
     vocab = 512
     assert len(tokenizer) <= vocab
 
-    dit = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
-                                      attention_head_dim=16, num_attention_heads=4, joint_attention_dim=text_hidden,
-                                      axes_dims_rope=(4, 6, 6))
+    dit = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=z["dit_layers"],
+                                      attention_head_dim=z["dit_head_dim"], num_attention_heads=z["dit_heads"],
+                                      joint_attention_dim=text_hidden, axes_dims_rope=tuple(z["rope_axes"]))
     folder = out_dir / "transformer"
     save_sharded(dit.state_dict(), folder, "diffusion_pytorch_model", num_shards=3)
     _write_config(folder, {"_class_name": "QwenImageTransformer2DModel", **dict(dit.config)})
 
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                 temperal_downsample=[False, True, True],
+    vae = AutoencoderKLQwenImage(base_dim=z["vae_base_dim"], z_dim=16, dim_mult=z["vae_dim_mult"],
+                                 num_res_blocks=z["vae_res_blocks"], temperal_downsample=[False, True, True],
                                  latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
     folder = out_dir / "vae"
     save_sharded(vae.state_dict(), folder, "diffusion_pytorch_model", num_shards=1)
     _write_config(folder, {"_class_name": "AutoencoderKLQwenImage", **dict(vae.config)})
 
     te_config = Qwen2_5_VLConfig(
-        text_config={"hidden_size": text_hidden, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": vocab,
-                     "rope_scaling": {"mrope_section": [2, 3, 3], "rope_type": "default", "type": "default"},
+        text_config={"hidden_size": text_hidden, "intermediate_size": z["text_ffn"], "num_hidden_layers": z["text_layers"],
+                     "num_attention_heads": z["text_heads"], "num_key_value_heads": z["text_kv_heads"],
+                     "vocab_size": vocab,
+                     "rope_scaling": {"mrope_section": z["mrope"], "rope_type": "default", "type": "default"},
                      "rope_theta": 1e6, "bos_token_id": special["<|endoftext|>"],
                      "eos_token_id": special["<|endoftext|>"], "pad_token_id": special["<|endoftext|>"],
                      "tie_word_embeddings": False},
