@@ -26,6 +26,7 @@ from ..families.base import Pipeline
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
 from ..tracking import MetricsLog, Tracker
+from . import resume
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
@@ -132,6 +133,8 @@ class TrainResult:
     tracking_uri: str | None = None
     world_size: int = 1
     resumed_from_step: int | None = None
+    state_dir: str | None = None       # the store slot to release once the stage's outputs are written
+    republished: bool = False          # finished before, killed before its outputs were written: not retrained
 
 
 def _samples(pipe: Pipeline, config: Config) -> list[tuple[int, str, int, object]]:
@@ -188,7 +191,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, metadata_path: str | None = None, tags: dict | None = None,
-                 log_files: list[str] | None = None):
+                 log_files: list[str] | None = None, state_store: str | Path | None = None):
         self.config, self.tags, self.log_files = config, tags, log_files or []
         self.accelerator = accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient.gradient_accumulation_steps,
@@ -234,11 +237,15 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.fingerprint = _fingerprint(config, self.dataset.rows, self.world)
+        # the state: in <output_path>/state, or (DVC stage) in a store slot outside every DVC output
+        self.slot = resume.Slot(state_store, resume.run_key(config, self.dataset.rows, self.world)) \
+            if state_store else None
+        self.state_parent = self.slot.path if self.slot else self.output
 
         self.validator = FixedNoiseValidator(
             [self.dataset.load_row(r) for r in self.dataset.rows[: config.validation.num_samples]],
             config.validation.sigmas, config.validation.seed)
-        self.result = TrainResult(world_size=self.world)
+        self.result = TrainResult(world_size=self.world, state_dir=str(self.slot.path) if self.slot else None)
         self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=self.main)
         self.metrics_log = None  # opened with the output folder (main process)
         self.stop_requested = False
@@ -309,9 +316,9 @@ class Trainer:
 
     def save_state(self, at: int, epoch: int, position: int, finished: bool = False) -> None:
         """All ranks stage their RNG; the main process stages the rest and swaps the folder in."""
-        accelerator, folder = self.accelerator, train_state.staging_dir(self.output)
+        accelerator, folder = self.accelerator, train_state.staging_dir(self.state_parent)
         if self.main:
-            train_state.begin(self.output)
+            train_state.begin(self.state_parent)
         accelerator.wait_for_everyone()
         save_file({"generator": self.generator.get_state()}, str(folder / f"rng-rank{self.rank}.safetensors"))
         accelerator.wait_for_everyone()
@@ -323,7 +330,10 @@ class Trainer:
             train_state.save_structure(self.lr_schedule.state_dict(), folder, "scheduler")
             write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
                                               "mlflow_run_id": self.result.run_id, "fingerprint": self.fingerprint})
-            train_state.commit(self.output)
+            self._save_history(folder)
+            if self.slot:
+                resume.snapshot(self._output_folders(), folder)
+            train_state.commit(self.state_parent)
         accelerator.wait_for_everyone()
 
     def restore_or_reset(self) -> tuple[int, int, int, str | None]:
@@ -331,7 +341,13 @@ class Trainer:
 
         Returns (step, epoch, position in the epoch, MLflow run id to reopen).
         """
-        meta = train_state.read_meta(self.output) if self.config.train.resume == "auto" else None
+        if self.slot and self.main:
+            self.slot.acquire()
+        meta = train_state.read_meta(self.state_parent) if self.config.train.resume == "auto" else None
+        folder = self.state_parent / train_state.STATE_DIR
+        if meta is not None and meta.get("finished") and self.slot:
+            self._republish(folder, meta)
+            return meta["step"], 0, 0, meta.get("mlflow_run_id")
         if meta is None or meta.get("finished"):
             if self.main and self.output.exists():
                 # a fresh run: old files in the (DVC-persisted) folder would mix with the new ones
@@ -341,9 +357,11 @@ class Trainer:
                 shutil.rmtree(self.output / train_state.STATE_DIR, ignore_errors=True)
                 if self.config.sample.out_dir:
                     shutil.rmtree(self.config.sample.out_dir, ignore_errors=True)
+            if self.main and self.slot:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._tell_other_states()
             self.accelerator.wait_for_everyone()
             return 0, 0, 0, None
-        folder = self.output / train_state.STATE_DIR
         changed = sorted(k for k in set(meta["fingerprint"]) | set(self.fingerprint)
                          if meta["fingerprint"].get(k) != self.fingerprint.get(k))
         if changed:
@@ -360,9 +378,50 @@ class Trainer:
         self.generator.set_state(load_file(str(folder / f"rng-rank{self.rank}.safetensors"))["generator"])
         self.result.resumed_from_step = meta["step"]
         if self.main:
+            if self.slot:  # DVC checked out another run's outputs: put back this run's
+                resume.restore(folder, self._output_folders())
+            self._load_history(folder)
             print(f"[train] resuming at step {meta['step']} (epoch {meta['epoch']}, item {meta['offset']}) "
                   f"from {folder}", flush=True)
         return meta["step"], meta["epoch"], meta["offset"], meta.get("mlflow_run_id")
+
+    def _output_folders(self) -> dict[str, Path]:
+        folders = {"output": self.output}
+        if self.config.sample.out_dir:
+            folders["samples"] = Path(self.config.sample.out_dir)
+        return folders
+
+    def _save_history(self, folder: Path) -> None:
+        r = self.result
+        train_state.save_history(folder, {"loss": r.loss_history, "val": r.val_history, "checkpoints": r.checkpoints,
+                                          "tracking_uri": r.tracking_uri})
+
+    def _load_history(self, folder: Path) -> None:
+        history = train_state.load_history(folder) or {}
+        self.result.loss_history = [tuple(x) for x in history.get("loss", [])]
+        self.result.val_history = [tuple(x) for x in history.get("val", [])]
+        self.result.checkpoints = list(history.get("checkpoints", []))
+        self.result.tracking_uri = history.get("tracking_uri")
+
+    def _republish(self, folder: Path, meta: dict) -> None:
+        """The run finished, but its stage was stopped before writing its outputs: give them back untrained."""
+        self.result.republished = True
+        if self.main:
+            resume.restore(folder, self._output_folders())
+            self._load_history(folder)
+            self.result.steps, self.result.run_id = meta["step"], meta.get("mlflow_run_id")
+            print(f"[train] this run already finished (step {meta['step']}, MLflow run {self.result.run_id}) but "
+                  f"its outputs were not written: publishing them from {folder} instead of training again",
+                  flush=True)
+
+    def _tell_other_states(self) -> None:
+        others = self.slot.others()
+        if others:
+            size = sum(resume.size_mb(f) for f, _ in others)
+            steps = ", ".join(f"{f.name} (step {m['step']})" for f, m in others[:5])
+            print(f"[train] {len(others)} interrupted run(s) with other params keep their state in {self.slot.store} "
+                  f"({size:.0f} MB): {steps}. Each resumes when run again with its params; delete its folder to "
+                  "discard it.", flush=True)
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self, signum, _frame) -> None:
@@ -401,6 +460,11 @@ class Trainer:
     def run(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         step, epoch0, offset, run_id = self.restore_or_reset()
+        if self.result.republished:
+            if self.slot:
+                self.slot.release_lock()
+            accelerator.end_training()
+            return self.result
         previous_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         status = "FAILED"
         try:
@@ -430,7 +494,8 @@ class Trainer:
                         if self._stop_agreed():
                             self.save_state(step, *where)
                             raise TrainingInterrupted(f"stopped at step {step}; state saved in "
-                                                      f"{self.output / train_state.STATE_DIR}. Run again to resume.")
+                                                      f"{self.state_parent / train_state.STATE_DIR}. Run again to "
+                                                      "resume.")
                         if state_pending and not done:
                             self.save_state(step, *where)
                             state_pending = False
@@ -454,6 +519,8 @@ class Trainer:
         finally:
             for s, handler in previous_handlers.items():
                 signal.signal(s, handler)
+            if self.slot:
+                self.slot.release_lock()
             self.tracker.finish(status)
             if self.metrics_log:
                 self.metrics_log.close()
@@ -462,9 +529,11 @@ class Trainer:
 
 
 def run_training(config: Config, metadata_path: str | None = None, tags: dict | None = None,
-                 log_files: list[str] | None = None) -> TrainResult:
-    """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs)."""
-    return Trainer(config, metadata_path, tags, log_files).run()
+                 log_files: list[str] | None = None, state_store: str | Path | None = None) -> TrainResult:
+    """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs).
+    ``state_store``: keep the resumable state there (see :mod:`.resume`) instead of in ``<output_path>/state``;
+    the caller releases ``result.state_dir`` once it has written its outputs."""
+    return Trainer(config, metadata_path, tags, log_files, state_store).run()
 
 
 def _checkpoint_converter(pipe: Pipeline, config: Config):
