@@ -167,3 +167,16 @@ def test_run_killed_after_its_last_step_is_published_not_retrained(repo):
     assert json.loads((repo / "outputs/train/metrics.json").read_text())["steps"] == 8
     assert json.loads((repo / "outputs/train/mlflow_run.json").read_text())["run_id"] == meta["mlflow_run_id"]
     assert not slot.exists()
+
+
+def test_store_of_a_queued_experiment_is_the_real_projects(tmp_path, monkeypatch):
+    """Queued and --temp experiments run in <project>/.dvc/tmp/exps/<tmp>/: their state must outlive that copy."""
+    from diffsynth.training.resume import ENV_DIR, default_store
+
+    workspace = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    workspace.mkdir(parents=True)
+    monkeypatch.delenv(ENV_DIR, raising=False)
+    monkeypatch.chdir(workspace)
+    assert default_store() == (tmp_path / "project" / ".resume").resolve()
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "elsewhere"))
+    assert default_store() == tmp_path / "elsewhere"
