@@ -9,6 +9,7 @@ from diffsynth.config import load_params
 from diffsynth.files import atomic_path, sha256_file, write_json
 from diffsynth.tracking import run_tags
 from diffsynth.training.loop import run_training
+from diffsynth.training.resume import default_store, release
 
 
 def write_plot(path, header, rows):
@@ -25,7 +26,8 @@ def main() -> int:
     tags = run_tags(config.model.family, config.model.tiny_preset,
                     {"data_report": sha256_file(DATA_REPORT), "model_manifest": sha256_file(MODEL_MANIFEST)})
     result = run_training(config, metadata_path=str(VALIDATED_METADATA), tags=tags,
-                          log_files=["params.yaml", accelerate_config, str(DATA_REPORT), str(MODEL_MANIFEST)])
+                          log_files=["params.yaml", accelerate_config, str(DATA_REPORT), str(MODEL_MANIFEST)],
+                          state_store=default_store())  # outside the outputs: `dvc exp run` checks them out first
     if result.run_id is None and not result.loss_history:
         return 0  # not the main process
     val = [(step, m["val_loss"]) for step, m in result.val_history]
@@ -41,6 +43,7 @@ def main() -> int:
     write_plot(LOSS_PLOT, ["step", "loss"], result.loss_history)
     write_plot(VAL_PLOT, ["step", "val_loss"], val)
     write_json(TRAIN_RUN, {"run_id": result.run_id, "tracking_uri": result.tracking_uri})
+    release(result.state_dir)  # outputs written; until here a re-run publishes them from the store
     print(f"[train] {result.steps} steps; val_loss {metrics['val_loss_initial']:.5f} -> {metrics['val_loss']:.5f}")
     return 0
 

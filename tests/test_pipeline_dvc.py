@@ -64,11 +64,14 @@ def repro(tmp_path_factory):
 @pytest.mark.slow
 def test_every_stage_runs_and_writes_its_outputs(repro):
     root, log = repro
-    for stage in ("fetch_data", "data", "models", "train", "export"):
+    stages = ("fetch_data", "data", "models", "cache", "cache_prompts", "train", "export")
+    for stage in stages:
         assert f"Running stage '{stage}'" in log
     assert (root / "dvc.lock").exists()
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"fetch_data", "data", "models", "train", "export"}
+    assert set(lock["stages"]) == set(stages)
+    index = json.loads((root / "outputs/cache/data/index.json").read_text())
+    assert index["rows"] == 32 and index["fingerprint"]["max_pixels"] == 4096
     report = json.loads((root / "reports/data.json").read_text())
     assert report["total_rows"] == report["valid_rows"] == 32
     manifest = json.loads((root / "outputs/models/manifest.json").read_text())
@@ -132,3 +135,14 @@ def test_second_repro_runs_no_stage(repro):
     log = dvc(root, "repro")
     assert "Running stage" not in log
     assert "Data and pipelines are up to date" in log
+
+
+@pytest.mark.slow
+def test_experiments_reuse_the_encoder_cache_until_the_encoding_changes(repro):
+    root, _ = repro
+    log = dvc(root, "exp", "run", "-S", "train.learning_rate=0.001", "-S", "train.num_epochs=1")
+    assert "Running stage 'train'" in log and "Running stage 'export'" in log
+    assert "Running stage 'cache'" not in log and "Running stage 'cache_prompts'" not in log
+    log = dvc(root, "exp", "run", "-S", "resolution.max_pixels=2304", "-S", "train.num_epochs=1")
+    assert "Running stage 'cache'" in log and "Running stage 'train'" in log
+    assert json.loads((root / "outputs/cache/data/index.json").read_text())["fingerprint"]["max_pixels"] == 2304

@@ -28,6 +28,7 @@ from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
 from ..models.lora_names import opensource_converter
 from ..tracking import MetricsLog, Tracker
+from . import resume
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
@@ -157,6 +158,8 @@ class TrainResult:
     tracking_uri: str | None = None
     world_size: int = 1
     resumed_from_step: int | None = None
+    state_dir: str | None = None       # the store slot to release once the stage's outputs are written
+    republished: bool = False          # finished before, killed before its outputs were written: not retrained
 
 
 def _samples(pipe: Pipeline, config: Config, prompt_inputs: dict | None) -> list[tuple[int, str, int, object]]:
@@ -218,7 +221,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config, metadata_path: str | None = None, tags: dict | None = None,
-                 log_files: list[str] | None = None):
+                 log_files: list[str] | None = None, state_store: str | Path | None = None):
         self.config, self.tags, self.log_files = config, tags, log_files or []
         self.accelerator = accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient.gradient_accumulation_steps,
@@ -279,11 +282,15 @@ class Trainer:
         # fingerprint and the MLflow dataset; DiffSynth's cache alone has only its file names
         self.rows = read_metadata(self.metadata) if self.metadata else self.dataset.rows
         self.fingerprint = _fingerprint(config, self.rows, self.world)
+        # the state: in <output_path>/state, or (DVC stage) in a store slot outside every DVC output
+        self.slot = resume.Slot(state_store, resume.run_key(config, self.rows, self.world)) \
+            if state_store else None
+        self.state_parent = self.slot.path if self.slot else self.output
 
         self.validator = FixedNoiseValidator(
             [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],
             config.validation.sigmas, config.validation.seed, encode=module.encode)
-        self.result = TrainResult(world_size=self.world)
+        self.result = TrainResult(world_size=self.world, state_dir=str(self.slot.path) if self.slot else None)
         self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=self.main)
         self.metrics_log = None  # opened with the output folder (main process)
         self.stop_requested = False
@@ -323,6 +330,8 @@ class Trainer:
         self.log(metrics, at)
         print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
         table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": []}
+        if self.config.sample.out_dir:  # a DVC output even when no sample is rendered
+            Path(self.config.sample.out_dir).mkdir(parents=True, exist_ok=True)
         if self.pipe.role == "train_cached" and self.prompt_inputs is None:
             return  # --task sft:train: no text encoder and no prompt cache, so no samples (as in DiffSynth)
         for i, prompt, seed, image in _samples(self.pipe, self.config, self.prompt_inputs):
@@ -356,9 +365,9 @@ class Trainer:
 
     def save_state(self, at: int, epoch: int, position: int, finished: bool = False) -> None:
         """All ranks stage their RNG; the main process stages the rest and swaps the folder in."""
-        accelerator, folder = self.accelerator, train_state.staging_dir(self.output)
+        accelerator, folder = self.accelerator, train_state.staging_dir(self.state_parent)
         if self.main:
-            train_state.begin(self.output)
+            train_state.begin(self.state_parent)
         accelerator.wait_for_everyone()
         save_file({"generator": self.generator.get_state()}, str(folder / f"rng-rank{self.rank}.safetensors"))
         accelerator.wait_for_everyone()
@@ -370,7 +379,10 @@ class Trainer:
             train_state.save_structure(self.lr_schedule.state_dict(), folder, "scheduler")
             write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
                                               "mlflow_run_id": self.result.run_id, "fingerprint": self.fingerprint})
-            train_state.commit(self.output)
+            self._save_history(folder)
+            if self.slot:
+                resume.snapshot(self._output_folders(), folder)
+            train_state.commit(self.state_parent)
         accelerator.wait_for_everyone()
 
     def restore_or_reset(self) -> tuple[int, int, int, str | None]:
@@ -378,7 +390,13 @@ class Trainer:
 
         Returns (step, epoch, position in the epoch, MLflow run id to reopen).
         """
-        meta = train_state.read_meta(self.output) if self.config.train.resume == "auto" else None
+        if self.slot and self.main:
+            self.slot.acquire()
+        meta = train_state.read_meta(self.state_parent) if self.config.train.resume == "auto" else None
+        folder = self.state_parent / train_state.STATE_DIR
+        if meta is not None and meta.get("finished") and self.slot:
+            self._republish(folder, meta)
+            return meta["step"], 0, 0, meta.get("mlflow_run_id")
         if meta is None or meta.get("finished"):
             if self.main and self.output.exists():
                 # a fresh run: old files in the (DVC-persisted) folder would mix with the new ones
@@ -388,9 +406,11 @@ class Trainer:
                 shutil.rmtree(self.output / train_state.STATE_DIR, ignore_errors=True)
                 if self.config.sample.out_dir:
                     shutil.rmtree(self.config.sample.out_dir, ignore_errors=True)
+            if self.main and self.slot:
+                shutil.rmtree(folder, ignore_errors=True)
+                self._tell_other_states()
             self.accelerator.wait_for_everyone()
             return 0, 0, 0, None
-        folder = self.output / train_state.STATE_DIR
         changed = sorted(k for k in set(meta["fingerprint"]) | set(self.fingerprint)
                          if meta["fingerprint"].get(k) != self.fingerprint.get(k))
         if changed:
@@ -407,9 +427,50 @@ class Trainer:
         self.generator.set_state(load_file(str(folder / f"rng-rank{self.rank}.safetensors"))["generator"])
         self.result.resumed_from_step = meta["step"]
         if self.main:
+            if self.slot:  # DVC checked out another run's outputs: put back this run's
+                resume.restore(folder, self._output_folders())
+            self._load_history(folder)
             print(f"[train] resuming at step {meta['step']} (epoch {meta['epoch']}, item {meta['offset']}) "
                   f"from {folder}", flush=True)
         return meta["step"], meta["epoch"], meta["offset"], meta.get("mlflow_run_id")
+
+    def _output_folders(self) -> dict[str, Path]:
+        folders = {"output": self.output}
+        if self.config.sample.out_dir:
+            folders["samples"] = Path(self.config.sample.out_dir)
+        return folders
+
+    def _save_history(self, folder: Path) -> None:
+        r = self.result
+        train_state.save_history(folder, {"loss": r.loss_history, "val": r.val_history, "checkpoints": r.checkpoints,
+                                          "tracking_uri": r.tracking_uri})
+
+    def _load_history(self, folder: Path) -> None:
+        history = train_state.load_history(folder) or {}
+        self.result.loss_history = [tuple(x) for x in history.get("loss", [])]
+        self.result.val_history = [tuple(x) for x in history.get("val", [])]
+        self.result.checkpoints = list(history.get("checkpoints", []))
+        self.result.tracking_uri = history.get("tracking_uri")
+
+    def _republish(self, folder: Path, meta: dict) -> None:
+        """The run finished, but its stage was stopped before writing its outputs: give them back untrained."""
+        self.result.republished = True
+        if self.main:
+            resume.restore(folder, self._output_folders())
+            self._load_history(folder)
+            self.result.steps, self.result.run_id = meta["step"], meta.get("mlflow_run_id")
+            print(f"[train] this run already finished (step {meta['step']}, MLflow run {self.result.run_id}) but "
+                  f"its outputs were not written: publishing them from {folder} instead of training again",
+                  flush=True)
+
+    def _tell_other_states(self) -> None:
+        others = self.slot.others()
+        if others:
+            size = sum(resume.size_mb(f) for f, _ in others)
+            steps = ", ".join(f"{f.name} (step {m['step']})" for f, m in others[:5])
+            print(f"[train] {len(others)} interrupted run(s) with other params keep their state in {self.slot.store} "
+                  f"({size:.0f} MB): {steps}. Each resumes when run again with its params; delete its folder to "
+                  "discard it.", flush=True)
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self, signum, _frame) -> None:
@@ -448,6 +509,11 @@ class Trainer:
     def run(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
         step, epoch0, offset, run_id = self.restore_or_reset()
+        if self.result.republished:
+            if self.slot:
+                self.slot.release_lock()
+            accelerator.end_training()
+            return self.result
         previous_handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
         status = "FAILED"
         try:
@@ -477,7 +543,8 @@ class Trainer:
                         if self._stop_agreed():
                             self.save_state(step, *where)
                             raise TrainingInterrupted(f"stopped at step {step}; state saved in "
-                                                      f"{self.output / train_state.STATE_DIR}. Run again to resume.")
+                                                      f"{self.state_parent / train_state.STATE_DIR}. Run again to "
+                                                      "resume.")
                         if state_pending and not done:
                             self.save_state(step, *where)
                             state_pending = False
@@ -501,6 +568,8 @@ class Trainer:
         finally:
             for s, handler in previous_handlers.items():
                 signal.signal(s, handler)
+            if self.slot:
+                self.slot.release_lock()
             self.tracker.finish(status)
             if self.metrics_log:
                 self.metrics_log.close()
@@ -509,8 +578,10 @@ class Trainer:
 
 
 def run_training(config: Config, metadata_path: str | None = None, tags: dict | None = None,
-                 log_files: list[str] | None = None) -> TrainResult:
+                 log_files: list[str] | None = None, state_store: str | Path | None = None) -> TrainResult:
     """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs).
+    ``state_store``: keep the resumable state there (see :mod:`.resume`) instead of in ``<output_path>/state``;
+    the caller releases ``result.state_dir`` once it has written its outputs.
 
     ``--task sft:data_process`` only encodes: the encoder cache is written to ``output.output_path`` (main
     process), for a later ``--task sft:train --dataset_base_path <that folder>``."""
@@ -521,7 +592,7 @@ def run_training(config: Config, metadata_path: str | None = None, tags: dict | 
                                      config.output.output_path)
             print(f"[cache] encoded {index['rows']} rows into {config.output.output_path}")
         return TrainResult()
-    return Trainer(config, metadata_path, tags, log_files).run()
+    return Trainer(config, metadata_path, tags, log_files, state_store).run()
 
 
 def _checkpoint_converter(spec, config: Config):

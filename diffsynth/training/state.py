@@ -80,3 +80,14 @@ def commit(output: Path) -> Path:
 def read_meta(output: Path) -> dict | None:
     path = output / STATE_DIR / "meta.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def save_history(folder: Path, history: dict) -> None:
+    """What the run has logged so far (loss and validation points, checkpoints): a resume continues the lists, so
+    the stage's plots and metrics cover every step, and a finished run can be published without training."""
+    (folder / "history.json").write_text(json.dumps(history))
+
+
+def load_history(folder: Path) -> dict | None:
+    path = folder / "history.json"
+    return json.loads(path.read_text()) if path.exists() else None
