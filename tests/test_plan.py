@@ -50,6 +50,7 @@ def test_qwen_image_weights_are_the_meta_models_parameters(qwen_plan):
     assert 16e9 < qwen_plan["models"]["text_encoder"]["bytes"] < 17e9
 
 
+@pytest.mark.slow  # peft injects 718 adapters into the meta DiT
 def test_qwen_image_lora_count_is_what_peft_injects(qwen_plan):
     from diffsynth.training.lora import add_lora
     dit = fresh_qwen_dit()
