@@ -107,6 +107,28 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """The memory plan of params files (meta-device models: no weights are read or downloaded)."""
+    from .config import ConfigError
+    from .files import write_json
+    from .plan import format_plan, format_summary, plan_for_file, resolve_params_path
+    try:
+        paths = [resolve_params_path(p) for p in (args.params or [None])]
+        if args.summary:
+            rows = [(p.stem, plan_for_file(p), plan_for_file(p, fp8_dit=True)) for p in paths]
+            sys.stdout.write(format_summary(rows))
+            return 0
+        plans = [plan_for_file(p, fp8_dit=args.fp8) for p in paths]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for plan in plans:
+        sys.stdout.write(format_plan(plan) + "\n")
+    if args.json:
+        write_json(args.json, plans[0] if len(plans) == 1 else plans)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
@@ -139,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("summary", help="print where the pipeline's results are")
     sub.add_parser("flags", help="print every DiffSynth flag, its params.yaml key and its status (markdown)")
     sub.add_parser("families", help="list the model families, their aliases, extra inputs and tiny presets")
+    p = sub.add_parser("plan", help="bytes each stage holds (models, LoRA, gradients, AdamW) for the params, "
+                                    "cached and online; built on the meta device, no weights needed")
+    p.add_argument("--params", nargs="+", default=None,
+                   help="params files or preset names (default params.yaml); overlays of the defaults work too")
+    p.add_argument("--fp8", action="store_true", help="also store the DiT in fp8 (adds it to model.fp8_models)")
+    p.add_argument("--summary", action="store_true",
+                   help="one line per params file: train-stage GB cached/online, with and without an fp8 DiT")
+    p.add_argument("--json", default=None, help="also write the plan as JSON here")
     args, rest = parser.parse_known_args(argv)
     if args.command == "params":
         return cmd_params(args, rest)
@@ -152,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         print(flag_table())
         return 0
     return {"tiny-model": cmd_tiny_model, "export": cmd_export, "summary": cmd_summary,
-            "families": cmd_families}[args.command](args)
+            "families": cmd_families,
+            "plan": cmd_plan}[args.command](args)
 
 
 if __name__ == "__main__":

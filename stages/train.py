@@ -4,9 +4,11 @@ import csv
 import os
 import sys
 
-from _layout import DATA_REPORT, MODEL_MANIFEST, LOSS_PLOT, TRAIN_METRICS, TRAIN_RUN, VAL_PLOT, VALIDATED_METADATA
+from _layout import (DATA_REPORT, MEMORY_PLAN, MODEL_MANIFEST, LOSS_PLOT, TRAIN_METRICS, TRAIN_RUN, VAL_PLOT,
+                     VALIDATED_METADATA)
 from diffsynth.config import load_params
 from diffsynth.files import atomic_path, sha256_file, write_json
+from diffsynth.plan import memory_plan
 from diffsynth.tracking import run_tags
 from diffsynth.training.loop import run_training
 from diffsynth.training.resume import default_store, release
@@ -22,6 +24,7 @@ def write_plot(path, header, rows):
 def main() -> int:
     os.environ["DIFFSYNTH_SKIP_DOWNLOAD"] = "true"  # the models stage fetched and pinned every file
     config = load_params()
+    plan = memory_plan(config)  # before training: a plan that cannot be made fails the stage in seconds
     accelerate_config = f"configs/accelerate/{config.extra.get('accelerate', {}).get('config', 'single')}.yaml"
     tags = run_tags(config.model.family, config.model.tiny_preset,
                     {"data_report": sha256_file(DATA_REPORT), "model_manifest": sha256_file(MODEL_MANIFEST)})
@@ -40,6 +43,7 @@ def main() -> int:
         "last_checkpoint": result.checkpoints[-1] if result.checkpoints else None,
     }
     write_json(TRAIN_METRICS, metrics)
+    write_json(MEMORY_PLAN, plan)
     write_plot(LOSS_PLOT, ["step", "loss"], result.loss_history)
     write_plot(VAL_PLOT, ["step", "val_loss"], val)
     write_json(TRAIN_RUN, {"run_id": result.run_id, "tracking_uri": result.tracking_uri})

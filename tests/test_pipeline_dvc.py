@@ -82,6 +82,8 @@ def test_every_stage_runs_and_writes_its_outputs(repro):
     assert samples == [f"step{s:06d}_p{p}_s0.png" for s in (0, 32, 64) for p in (0, 1)]
     compat = json.loads((root / "reports/lora_compat.json").read_text())  # beside the exported folder
     assert compat["unmatched_modules"] == 0 and compat["matched_modules"] == 17
+    plan = json.loads((root / "reports/memory_plan.json").read_text())  # the train stage's memory plan metric
+    assert plan["lora"]["modules"] == 17 and "text_encoder" not in plan["modes"]["cached"]["train"]["models"]
 
 
 @pytest.mark.slow

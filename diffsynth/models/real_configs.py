@@ -136,6 +136,40 @@ REAL_MODELS: dict[str, dict] = {
 }
 
 
+# Where each architecture's weights live, as data the memory plan matches model entries against: "repository:file"
+# with a real file name (the first shard of a sharded set); the repository may be a glob, for files that every
+# repository of a series ships (Wan's UMT5, CLIP and VAE). A model entry `model_id:pattern` is this architecture
+# when its model id matches the repository and its pattern matches the file.
+WEIGHT_FILES: dict[str, tuple[str, ...]] = {
+    "qwen-image-dit": ("Qwen/Qwen-Image:transformer/diffusion_pytorch_model-00001-of-00009.safetensors",
+                       "Qwen/Qwen-Image-Edit:transformer/diffusion_pytorch_model-00001-of-00009.safetensors"),
+    "qwen-image-vae": ("Qwen/Qwen-Image:vae/diffusion_pytorch_model.safetensors",
+                       "Qwen/Qwen-Image-Edit:vae/diffusion_pytorch_model.safetensors"),
+    "qwen-image-text-encoder": ("Qwen/Qwen-Image:text_encoder/model-00001-of-00004.safetensors",
+                                "Qwen/Qwen-Image-Edit:text_encoder/model-00001-of-00004.safetensors"),
+    "flux.1-dev-dit": ("black-forest-labs/FLUX.1-dev:flux1-dev.safetensors",
+                       "black-forest-labs/FLUX.1-dev:transformer/diffusion_pytorch_model-00001-of-00003.safetensors"),
+    "flux.1-dev-vae": ("black-forest-labs/FLUX.1-dev:ae.safetensors",
+                       "black-forest-labs/FLUX.1-dev:vae/diffusion_pytorch_model.safetensors"),
+    "flux.1-dev-clip": ("black-forest-labs/FLUX.1-dev:text_encoder/model.safetensors",),
+    "flux.1-dev-t5": ("black-forest-labs/FLUX.1-dev:text_encoder_2/model-00001-of-00002.safetensors",),
+    "wan2.1-t2v-1.3b-dit": ("Wan-AI/Wan2.1-T2V-1.3B:diffusion_pytorch_model.safetensors",),
+    "wan2.1-t2v-14b-dit": ("Wan-AI/Wan2.1-T2V-14B:diffusion_pytorch_model-00001-of-00006.safetensors",),
+    "wan2.1-i2v-14b-dit": ("Wan-AI/Wan2.1-I2V-14B-480P:diffusion_pytorch_model-00001-of-00007.safetensors",
+                           "Wan-AI/Wan2.1-I2V-14B-720P:diffusion_pytorch_model-00001-of-00007.safetensors"),
+    "wan2.2-ti2v-5b-dit": ("Wan-AI/Wan2.2-TI2V-5B:diffusion_pytorch_model-00001-of-00003.safetensors",),
+    # the two experts of Wan2.2-T2V-A14B share one architecture
+    "wan2.2-t2v-a14b-dit": ("Wan-AI/Wan2.2-T2V-A14B:high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors",
+                            "Wan-AI/Wan2.2-T2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors"),
+    "wan2.1-vae": ("Wan-AI/*:Wan2.1_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors"),
+    "wan2.2-vae": ("Wan-AI/*:Wan2.2_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.2_VAE.safetensors"),
+    "umt5-xxl": ("Wan-AI/*:models_t5_umt5-xxl-enc-bf16.pth",
+                 "DiffSynth-Studio/Wan-Series-Converted-Safetensors:models_t5_umt5-xxl-enc-bf16.safetensors"),
+    "wan2.1-clip": ("Wan-AI/*:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                    "DiffSynth-Studio/Wan-Series-Converted-Safetensors:"
+                    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors"),
+}
+
 def build_class(path: str):
     module, name = path.rsplit(".", 1)
     import importlib

@@ -1,0 +1,405 @@
+"""The memory plan (``diffsynth plan``): what each stage holds for the current params, without any weights.
+
+Every model entry of ``model`` is mapped to its real architecture (``real_configs.REAL_MODELS``, matched on
+``WEIGHT_FILES``; an entry of no known repository is detected from the header of its local files) and built on
+the meta device, so the counts are the real modules' parameter counts. Two modes:
+
+- ``cached``: the ``cache`` stage holds the encoders (text encoder(s), image encoder, the VAE encoder); the
+  ``train`` stage holds the trained model(s) and the VAE decoder (save-point samples).
+- ``online``: the ``train`` stage holds every model.
+
+Bytes are parameters x dtype size; what training adds on top (LoRA weights, gradients, AdamW states) follows
+from the trainable parameters. Activations are not estimated: they depend on resolution, frames and
+gradient checkpointing.
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import yaml
+
+from .config import PASSTHROUGH_SECTIONS, SECTIONS, Config, ConfigError, config_from_dict
+
+ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # cache-stage models (plus the VAE encoder)
+VAE_ENCODER = ("encoder", "quant_conv")      # top-level children of a diffusers VAE used to encode ...
+VAE_DECODER = ("decoder", "post_quant_conv")  # ... and to decode
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+FP8_LAYERS = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)  # what models/fp8.py converts
+ASSUMPTIONS = [
+    "weights: parameters x model.torch_dtype size; buffers (rope tables, fp8 scales aside) are not counted",
+    "fp8_models: weights of frozen Linear/Conv layers at 1 byte plus one float32 scale each; biases and other "
+    "parameters stay in model.torch_dtype (diffsynth/models/fp8.py); trained parameters are never fp8",
+    "LoRA: rank x (in + out) parameters per targeted Linear, in model.torch_dtype",
+    "gradients: one per trainable parameter, in its dtype",
+    "optimizer: AdamW, exp_avg and exp_avg_sq created like the parameter (2 x trainable bytes); step counters "
+    "ignored; a customized_optimizer may need more or less",
+    "per process: under DDP every GPU holds all of this",
+    "activations are not estimated (they depend on resolution, frames and gradient checkpointing)",
+]
+
+
+# ------------------------------------------------------------------------------------------------ params
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_params_path(value: str | None) -> Path:
+    """``params.yaml`` by default; a path, or the name of a file in ``presets/`` (``qwen-image-lora``)."""
+    path = Path(value or "params.yaml")
+    if not path.exists() and value and not path.suffix:
+        path = Path("presets") / f"{value}.yaml"
+    if not path.exists():
+        raise ConfigError(f"{value or 'params.yaml'} not found: give a params file or a preset "
+                          "(presets/<name>.yaml, or just <name>)")
+    return path
+
+
+def load_plan_params(path: str | Path) -> tuple[Config, dict]:
+    """A params file (full, or an overlay of the defaults) as a Config plus the merged dict (which also keeps
+    sections this version does not type, such as ``cache``)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of params sections")
+    merged = _merge(Config().to_dict(), data)
+    typed = {k: v for k, v in merged.items() if k in SECTIONS or k in PASSTHROUGH_SECTIONS}
+    return config_from_dict(typed), merged
+
+
+def cache_enabled(params: dict) -> bool:
+    """The encoder-cache switch (``cache.enabled``); without a ``cache`` section the train stage runs online."""
+    return bool((params.get("cache") or {}).get("enabled", False))
+
+
+# ------------------------------------------------------------------------------------------ architectures
+
+@dataclass
+class Entry:
+    """One model entry, its architecture and its meta-device module."""
+    source: str          # the entry as written in the model flags (fp8_models matches on it)
+    architecture: str    # REAL_MODELS name, or "detected <variant>" from local file headers
+    component: str       # pipeline attribute: dit, vae, text_encoder, ...
+    module: torch.nn.Module = field(repr=False)
+
+
+@functools.lru_cache(maxsize=None)
+def build_meta(name: str) -> torch.nn.Module:
+    """REAL_MODELS[name] on the meta device (cached: a 20B DiT builds in seconds, but only once per process)."""
+    from accelerate import init_empty_weights
+
+    from .models.real_configs import REAL_MODELS, build_class
+    entry = REAL_MODELS[name]
+    cls = build_class(entry["cls"])
+    with init_empty_weights(include_buffers=False):
+        if entry["cls"].startswith("diffusers."):
+            module = cls.from_config(entry["config"])
+        else:
+            module = cls(cls.config_class(**entry["config"]))
+    return tie_as_loaded(module)
+
+
+def tie_as_loaded(module: torch.nn.Module) -> torch.nn.Module:
+    """Tie weights as ``components.load_component`` does after loading (T5's encoder.embed_tokens is
+    shared.weight), so shared parameters count once."""
+    if isinstance(getattr(module, "_tied_weights_keys", None), dict) and hasattr(module, "tie_weights"):
+        module.tie_weights()
+    return module
+
+
+def real_model_for(model_id: str, pattern: str, family: str) -> str | None:
+    """The REAL_MODELS name whose weights ``model_id:pattern`` selects, or None."""
+    from .models.model_config import _normalise_pattern
+    from .models.real_configs import REAL_MODELS, WEIGHT_FILES
+    pattern = _normalise_pattern(pattern)
+    found = []
+    for name, files in WEIGHT_FILES.items():
+        if REAL_MODELS[name]["family"] != family:
+            continue
+        for spot in files:
+            repo, file = spot.rsplit(":", 1)
+            if fnmatch.fnmatchcase(model_id, repo) and fnmatch.fnmatchcase(file, pattern):
+                found.append(name)
+                break
+    if len(found) > 1:
+        raise ConfigError(f"model entry {model_id}:{pattern} selects the files of several models ({', '.join(found)}); "
+                          "give one model per entry")
+    return found[0] if found else None
+
+
+def _detect_local(config, family: str) -> Entry:
+    from .models.components import detect
+    from .models.model_config import ModelConfigError, fetch
+    try:
+        files = fetch(config, skip=True).files()  # local files only: the plan never downloads
+    except ModelConfigError as e:
+        raise ConfigError(f"model entry {config.source_string!r} is no real checkpoint the plan knows "
+                          f"(diffsynth/models/real_configs.py WEIGHT_FILES) and its files are not here to read "
+                          f"the architecture from ({e}). Fetch it first (dvc repro models), or add its "
+                          "repository to WEIGHT_FILES.") from None
+    d = detect(files, family)
+    return Entry(config.source_string, f"detected {d.variant}", d.component, tie_as_loaded(d.build()))
+
+
+def model_entries(config: Config) -> list[Entry]:
+    """Every model entry of ``config.model`` with its meta-device module, in the order given."""
+    from .families import spec_for
+    from .models.model_config import parse_model_paths, parse_model_id_with_origin_paths
+    from .models.real_configs import REAL_MODELS
+    family = spec_for(config).model_family
+    m = config.model
+    entries = [_detect_local(c, family) for c in parse_model_paths(m.model_paths)]
+    for c in parse_model_id_with_origin_paths(m.model_id_with_origin_paths, redirect_common_files=False):
+        name = real_model_for(c.model_id, c.origin_file_pattern, family)
+        if name is None:
+            entries.append(_detect_local(parse_model_id_with_origin_paths(c.source_string)[0], family))
+        else:
+            entries.append(Entry(c.source_string, name, REAL_MODELS[name]["component"], build_meta(name)))
+    if not entries:
+        raise ConfigError("No models given: set model.model_paths and/or model.model_id_with_origin_paths")
+    seen: dict[str, str] = {}
+    for e in entries:
+        if e.component in seen:
+            raise ConfigError(f"Two model entries are both the {family} {e.component} ({seen[e.component]!r} and "
+                              f"{e.source!r}); give each model once")
+        seen[e.component] = e.source
+    return entries
+
+
+# ------------------------------------------------------------------------------------------------- bytes
+
+def weight_bytes(module: torch.nn.Module, dtype_bytes: int, fp8: bool = False) -> tuple[int, int]:
+    """(parameters, bytes) of ``module``: every parameter at ``dtype_bytes``, or with ``fp8`` the weights of
+    Linear/Conv layers at 1 byte plus a float32 scale per layer (as ``enable_fp8`` stores them)."""
+    fp8_weights = {}
+    if fp8:
+        fp8_weights = {id(layer.weight): layer.weight.numel() for layer in module.modules()
+                       if isinstance(layer, FP8_LAYERS) and getattr(layer, "weight", None) is not None}
+    params = total = 0
+    for p in module.parameters():  # tied parameters are yielded once
+        params += p.numel()
+        total += (fp8_weights[id(p)] + 4) if id(p) in fp8_weights else p.numel() * dtype_bytes
+    return params, total
+
+
+def _vae_part(vae: torch.nn.Module, children: tuple[str, ...], other: tuple[str, ...]) -> torch.nn.Module:
+    names = [n for n, _ in vae.named_children()]
+    unknown = [n for n in names if n not in children + other and any(True for _ in getattr(vae, n).parameters())]
+    # a child of neither side would be held by both stages; none of the supported VAEs has one
+    part = torch.nn.Module()
+    for n in names:
+        if n in children or n in unknown:
+            part.add_module(n, getattr(vae, n))
+    return part
+
+
+def lora_modules(config: Config, entries: dict[str, Entry]) -> dict[str, tuple[int, int]]:
+    """{module name: (in, out)} of every Linear of ``lora.lora_base_model`` that training puts LoRA on: the
+    targets parsed and mapped as ``configure_trainable`` does, matched with peft's own rule."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from .families import spec_for
+    from .training.lora import parse_target_modules
+    base_name = config.lora.lora_base_model
+    if base_name not in entries:
+        raise ConfigError(f"lora.lora_base_model: {base_name!r} is not a model of these entries; models: "
+                          f"{sorted(entries)}")
+    base = entries[base_name].module
+    spec = spec_for(config)
+    targets = parse_target_modules(config.lora.lora_target_modules, base)
+    if base_name == "dit":  # Pipeline.map_lora_targets: DiffSynth's DiT names -> loaded module names
+        mapped = spec.map_lora_targets(base, [targets] if isinstance(targets, str) else targets)
+        targets = mapped[0] if isinstance(targets, str) else mapped
+    exclude = _modules_without_gradient(spec, base_name, base)
+    peft_config = LoraConfig(r=config.lora.lora_rank, target_modules=targets, exclude_modules=exclude or None)
+    out = {}
+    for name, module in base.named_modules():
+        if name and bool(check_target_module_exists(peft_config, name)):
+            if not isinstance(module, torch.nn.Linear):
+                raise ConfigError(f"lora.lora_target_modules matches {name!r}, a {type(module).__name__}; "
+                                  "LoRA targets must be Linear layers")
+            out[name] = (module.in_features, module.out_features)
+    if not out:
+        raise ConfigError(f"LoRA targets {targets!r} match no Linear of {type(base).__name__}")
+    return out
+
+
+def _modules_without_gradient(spec, base_name: str, base: torch.nn.Module) -> list[str]:
+    """The family pipeline's exclusions (modules the loss never reaches), asked of its class with the meta model."""
+    from .families.base import Pipeline
+    classes, todo = [], [Pipeline]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo += cls.__subclasses__()
+    for cls in classes:
+        if cls.spec is spec:
+            return cls.modules_without_gradient(SimpleNamespace(**{base_name: base}), base_name)
+    return []
+
+
+# -------------------------------------------------------------------------------------------------- plan
+
+def memory_plan(config: Config, params: dict | None = None, source: str = "params.yaml") -> dict:
+    """The memory plan of ``config`` as a JSON-ready dict (bytes are exact integers)."""
+    from .data.dataset import split_keys
+    from .families import spec_for
+    from .models.fp8 import fp8_entries
+    dtype_name = config.model.torch_dtype
+    size = DTYPE_BYTES[dtype_name]
+    entries = {e.component: e for e in model_entries(config)}
+    fp8 = fp8_entries(config.model.fp8_models)
+    unknown = fp8 - {e.source for e in entries.values()}
+    if unknown:
+        raise ConfigError(f"model.fp8_models entries {sorted(unknown)} are not model entries; write them exactly as "
+                          f"in the model flags: {sorted(e.source for e in entries.values())}")
+    full = split_keys(config.train.trainable_models)
+    for name in full:
+        if name not in entries:
+            raise ConfigError(f"train.trainable_models: {name!r} is not a model of these entries; models: "
+                              f"{sorted(entries)}")
+
+    models, parts = {}, {}
+    for component, e in entries.items():
+        in_fp8 = e.source in fp8 and component not in full  # trained parameters are never fp8
+        n, b = weight_bytes(e.module, size, in_fp8)
+        models[component] = {"entry": e.source, "architecture": e.architecture, "parameters": n, "bytes": b,
+                             "fp8": in_fp8}
+        if component == "vae":
+            for part, mine, other in (("encoder", VAE_ENCODER, VAE_DECODER), ("decoder", VAE_DECODER, VAE_ENCODER)):
+                pn, pb = weight_bytes(_vae_part(e.module, mine, other), size, in_fp8)
+                parts[f"vae.{part}"] = {"parameters": pn, "bytes": pb}
+                models[component][part] = {"parameters": pn, "bytes": pb}
+
+    lora = {}
+    if config.lora.lora_base_model:
+        targets = lora_modules(config, entries)
+        lora_params = sum(config.lora.lora_rank * (i + o) for i, o in targets.values())
+        lora = {"model": config.lora.lora_base_model, "rank": config.lora.lora_rank, "modules": len(targets),
+                "parameters": lora_params, "bytes": lora_params * size}
+    full_params = sum(models[n]["parameters"] for n in full)
+    trainable_params = full_params + lora.get("parameters", 0)
+    trainable_bytes = sum(models[n]["bytes"] for n in full) + lora.get("bytes", 0)
+    trained = set(full) | ({config.lora.lora_base_model} if config.lora.lora_base_model else set())
+
+    def held(what: dict[str, int]) -> dict:
+        return {"models": what, "weights_bytes": sum(what.values())}
+
+    def train_stage(what: dict[str, int]) -> dict:
+        stage = held(what)
+        stage.update({"lora_bytes": lora.get("bytes", 0), "trainable_parameters": trainable_params,
+                      "trainable_bytes": trainable_bytes, "gradient_bytes": trainable_bytes,
+                      "optimizer_bytes": 2 * trainable_bytes})
+        stage["total_bytes"] = (stage["weights_bytes"] + stage["lora_bytes"] + stage["gradient_bytes"]
+                                + stage["optimizer_bytes"])
+        return stage
+
+    encoders = {c: models[c]["bytes"] for c in entries if c in ENCODERS and c not in trained}
+    if "vae" in entries:
+        encoders["vae.encoder"] = parts["vae.encoder"]["bytes"]
+    train_cached = {c: models[c]["bytes"] for c in entries if (c not in ENCODERS and c != "vae") or c in trained}
+    if "vae" in entries and "vae" not in trained:
+        train_cached["vae.decoder"] = parts["vae.decoder"]["bytes"]
+    cache = held(encoders)
+    cache["total_bytes"] = cache["weights_bytes"]
+    modes = {"cached": {"cache": cache, "train": train_stage(train_cached)},
+             "online": {"train": train_stage({c: models[c]["bytes"] for c in entries})}}
+    return {
+        "params": str(source),
+        "family": spec_for(config).name,
+        "torch_dtype": dtype_name,
+        "fp8_models": sorted(fp8),
+        "current_mode": "cached" if cache_enabled(params or config.to_dict()) else "online",
+        "models": models,
+        "lora": lora,
+        "full_trainable": {"models": full, "parameters": full_params},
+        "train_total_bytes": {mode: stages["train"]["total_bytes"] for mode, stages in modes.items()},
+        "modes": modes,
+        "assumptions": ASSUMPTIONS,
+    }
+
+
+def plan_for_file(path: str | Path, fp8_dit: bool = False) -> dict:
+    """The plan of a params file; ``fp8_dit`` adds the DiT entry to ``model.fp8_models`` (what ``--fp8`` does)."""
+    config, params = load_plan_params(path)
+    if fp8_dit:
+        config = with_fp8_dit(config)
+    return memory_plan(config, params, source=str(path))
+
+
+def with_fp8_dit(config: Config) -> Config:
+    from .models.fp8 import fp8_entries
+    dit = [e.source for e in model_entries(config) if e.component == "dit"]
+    if not dit:
+        raise ConfigError("--fp8: these model entries have no DiT")
+    config.model.fp8_models = ",".join(sorted(fp8_entries(config.model.fp8_models) | set(dit)))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- printing
+
+def gb(n: int) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def format_plan(plan: dict) -> str:
+    """The plan as markdown: the models, then each stage of each mode."""
+    lines = [f"## Memory plan: {plan['params']}",
+             "",
+             f"family {plan['family']}, {plan['torch_dtype']}, fp8: {', '.join(plan['fp8_models']) or 'none'}; "
+             f"current mode: {plan['current_mode']}. GB = 10^9 bytes.",
+             "",
+             "| model | entry | architecture | parameters | GB |",
+             "|---|---|---|---:|---:|"]
+    for component, m in plan["models"].items():
+        fp8 = " (fp8)" if m["fp8"] else ""
+        lines.append(f"| {component}{fp8} | `{m['entry']}` | {m['architecture']} | {m['parameters']:,} | {gb(m['bytes'])} |")
+        for part in ("encoder", "decoder"):
+            if part in m:
+                lines.append(f"| {component}.{part} | | | {m[part]['parameters']:,} | {gb(m[part]['bytes'])} |")
+    lora = plan["lora"]
+    if lora:
+        lines += ["", f"LoRA on {lora['model']}: rank {lora['rank']}, {lora['modules']} Linear modules, "
+                      f"{lora['parameters']:,} parameters ({gb(lora['bytes'])} GB)."]
+    if plan["full_trainable"]["models"]:
+        lines += ["", f"Fully trained: {', '.join(plan['full_trainable']['models'])} "
+                      f"({plan['full_trainable']['parameters']:,} parameters)."]
+    lines += ["", "| mode | stage | models held | weights | LoRA | gradients | optimizer | total GB |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
+    for mode, stages in plan["modes"].items():
+        for stage, s in stages.items():
+            held = ", ".join(s["models"]) or "-"
+            lines.append(f"| {mode} | {stage} | {held} | {gb(s['weights_bytes'])} | {gb(s.get('lora_bytes', 0))} | "
+                         f"{gb(s.get('gradient_bytes', 0))} | {gb(s.get('optimizer_bytes', 0))} | "
+                         f"{gb(s['total_bytes'])} |")
+    lines += ["", "Assumptions: " + "; ".join(plan["assumptions"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def format_summary(rows: list[tuple[str, dict, dict]]) -> str:
+    """One line per params file: train-stage GB cached vs online, in model.torch_dtype and with the DiT in fp8."""
+    lines = ["| preset | trained | cache stage | train, cached | train, online | train, cached, fp8 DiT | "
+             "train, online, fp8 DiT |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, plan, fp8 in rows:
+        lora = plan["lora"]
+        trained = (f"LoRA r{lora['rank']} ({lora['parameters'] / 1e6:.0f}M)" if lora else
+                   f"full {', '.join(plan['full_trainable']['models'])}")
+        c, o = plan["modes"]["cached"], plan["modes"]["online"]
+        fc, fo = fp8["modes"]["cached"], fp8["modes"]["online"]
+        lines.append(f"| {name} | {trained} | {gb(c['cache']['total_bytes'])} | {gb(c['train']['total_bytes'])} | "
+                     f"{gb(o['train']['total_bytes'])} | {gb(fc['train']['total_bytes'])} | "
+                     f"{gb(fo['train']['total_bytes'])} |")
+    return "\n".join(lines) + "\n"
