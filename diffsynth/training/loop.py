@@ -65,6 +65,15 @@ class TrainingModule(torch.nn.Module):
         self.boundaries = boundaries
         self.offload_activations = offload_activations
 
+    def train(self, mode: bool = True) -> "TrainingModule":
+        """Train mode for the trained models only: frozen encoders stay in eval mode, as in DiffSynth (T5/UMT5
+        have dropout 0.1; in train mode every online encoding would be noised)."""
+        super().train(mode)
+        for child in self.pipe.children():
+            if not any(p.requires_grad for p in child.parameters()):
+                child.eval()
+        return self
+
     def encode(self, item: dict) -> dict:
         """The model inputs of one dataset item: encoded now, or read from the encoder cache."""
         if "cached_inputs" in item:
