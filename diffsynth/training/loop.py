@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -29,6 +29,7 @@ from ..models.fp8 import enable_fp8, fp8_entries
 from ..models.lora_names import opensource_converter
 from ..tracking import MetricsLog, Tracker
 from . import resume
+from . import distributed
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
@@ -79,6 +80,17 @@ class TrainingModule(torch.nn.Module):
         if "cached_inputs" in item:
             return to_device(item["cached_inputs"], self.pipe.device)
         return self.pipe.encode(item)
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Read by accelerate's FSDP transformer-based wrapping: the block classes (diffusers lists them in
+        ``_no_split_modules``) of the models being trained, so that each block is its own shard group."""
+        names: set[str] = set()
+        for child in self.pipe.children():
+            if any(p.requires_grad for p in child.parameters()):
+                present = {type(m).__name__ for m in child.modules()}
+                names |= set(getattr(child, "_no_split_modules", None) or []) & present
+        return sorted(names)
 
     def forward(self, item: dict) -> torch.Tensor:
         inputs = self.encode(item)
@@ -232,11 +244,14 @@ class Trainer:
     def __init__(self, config: Config, metadata_path: str | None = None, tags: dict | None = None,
                  log_files: list[str] | None = None, state_store: str | Path | None = None):
         self.config, self.tags, self.log_files = config, tags, log_files or []
+        distributed.prepare_cpu_state()
         self.accelerator = accelerator = Accelerator(
             gradient_accumulation_steps=config.gradient.gradient_accumulation_steps,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.train.find_unused_parameters)],
         )
         _check_world_size(accelerator)
+        distributed.check_backend(accelerator)
+        self.sharded = distributed.is_sharded(accelerator)  # FSDP: each rank holds a shard of the weights
         self.main, self.rank, self.world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
         dtype = DTYPES[config.model.torch_dtype]
         self.output = Path(config.output.output_path)
@@ -280,7 +295,8 @@ class Trainer:
                                           repeat=config.dataset.dataset_repeat, video_keys=data_rules.video_keys)
         optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
         self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world)
-        if self.world > 1 and not config.train.find_unused_parameters and _trains_unused(module, self.trainable):
+        if (self.world > 1 and not self.sharded and not config.train.find_unused_parameters
+                and _trains_unused(module, self.trainable)):
             # a full fine-tune includes modules the loss never reaches; DDP must be told (DiffSynth: a crash)
             accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
             if self.main:
@@ -295,6 +311,10 @@ class Trainer:
         self.slot = resume.Slot(state_store, resume.run_key(config, self.rows, self.world)) \
             if state_store else None
         self.state_parent = self.slot.path if self.slot else self.output
+        # Machines with their own disks each keep a full copy of the resumable state (DDP: every rank holds it
+        # all), so each can resume; on a shared folder only the main process writes it.
+        shared = distributed.output_is_shared(accelerator, self.output)  # a collective: every rank asks
+        self.writes_state = self.main or (accelerator.is_local_main_process and not self.sharded and not shared)
 
         self.validator = FixedNoiseValidator(
             [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],
@@ -318,7 +338,9 @@ class Trainer:
     def _start_tracking(self, resumed_run_id: str | None) -> None:
         config, tracker = self.config, self.tracker
         self.output.mkdir(parents=True, exist_ok=True)
-        write_json(self.output / "training_args.json", {**config.to_dict(), "world_size": self.world}, indent=4)
+        write_json(self.output / "training_args.json", {**config.to_dict(), "world_size": self.world,
+                                                         "distributed_type": self.accelerator.distributed_type.value},
+                   indent=4)
         if resumed_run_id:
             self.result.run_id = tracker.start(run_id=resumed_run_id)
             tracker.set_tags({f"resumed_at_step_{self.result.resumed_from_step}": "true"})
@@ -333,8 +355,12 @@ class Trainer:
         self.result.tracking_uri = tracker.uri
 
     def evaluate(self, at: int) -> None:
-        """Fixed-noise validation loss and sample images (main process)."""
+        """Fixed-noise validation loss and sample images, logged by the main process. Under FSDP every rank
+        runs it (the wrapped blocks gather their weights in collectives) and only the main process logs."""
         metrics = self.validator.evaluate(self.pipe, self.schedule)
+        if not self.main:
+            _samples(self.pipe, self.config)
+            return
         self.result.val_history.append((at, metrics))
         self.log(metrics, at)
         print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
@@ -358,7 +384,18 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints and state
     def save_point(self, at: int, epoch: int | None) -> None:
         """DiffSynth's checkpoint (trainable tensors, prefix removed), then validation and samples."""
-        state = self.accelerator.get_state_dict(self.model)  # collective under ZeRO-3: every rank calls it
+        state = self.accelerator.get_state_dict(self.model)  # collective under ZeRO-3/FSDP: every rank calls it
+        with self._whole_model():
+            self._save_checkpoint(state, at, epoch)
+        self.accelerator.wait_for_everyone()
+
+    def _whole_model(self):
+        """Around evaluation: under FSDP the weights are gathered whole for it on every rank."""
+        if not self.sharded:
+            return contextlib.nullcontext()
+        return distributed.whole_model(self.model, self.accelerator.state.fsdp_plugin.reshard_after_forward)
+
+    def _save_checkpoint(self, state: dict, at: int, epoch: int | None) -> None:
         if self.main:
             prefix = self.config.output.remove_prefix_in_ckpt
             ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
@@ -369,22 +406,23 @@ class Trainer:
             path = save_checkpoint(ckpt, self.output / name)
             self.result.checkpoints.append(str(path))
             self.tracker.log_artifact(path, "checkpoints")
+        if self.main or self.sharded:
             self.evaluate(at)
-        self.accelerator.wait_for_everyone()
 
     def save_state(self, at: int, epoch: int, position: int, finished: bool = False) -> None:
-        """All ranks stage their RNG; the main process stages the rest and swaps the folder in."""
+        """The main process (and, on machines that do not share its folder, each machine's first process)
+        writes the whole state, every rank's RNG included, to a staging folder and swaps it in."""
         accelerator, folder = self.accelerator, train_state.staging_dir(self.state_parent)
-        if self.main:
+        # collectives first, on every rank: RNG states of all ranks, whole weights and optimizer state (FSDP)
+        rng = gather_object([self.generator.get_state()])
+        weights = distributed.full_trainable_weights(accelerator.unwrap_model(self.model), keep=self.writes_state)
+        optimizer = distributed.optimizer_state(self.model, self.optimizer, self.sharded)
+        if self.writes_state:
             train_state.begin(self.state_parent)
-        accelerator.wait_for_everyone()
-        save_file({"generator": self.generator.get_state()}, str(folder / f"rng-rank{self.rank}.safetensors"))
-        accelerator.wait_for_everyone()
-        if self.main:
-            own = accelerator.unwrap_model(self.model)
-            save_file({n: p.detach().to("cpu").contiguous() for n, p in own.named_parameters() if p.requires_grad},
-                      str(folder / "trainable.safetensors"))
-            train_state.save_structure(self.optimizer.state_dict(), folder, "optimizer")
+            for rank, generator in enumerate(rng):
+                save_file({"generator": generator}, str(folder / f"rng-rank{rank}.safetensors"))
+            save_file(weights, str(folder / "trainable.safetensors"))
+            train_state.save_structure(optimizer, folder, "optimizer")
             train_state.save_structure(self.lr_schedule.state_dict(), folder, "scheduler")
             write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
                                               "mlflow_run_id": self.result.run_id, "fingerprint": self.fingerprint})
@@ -403,11 +441,17 @@ class Trainer:
             self.slot.acquire()
         meta = train_state.read_meta(self.state_parent) if self.config.train.resume == "auto" else None
         folder = self.state_parent / train_state.STATE_DIR
+        # every rank must take the same decision (machines with their own disks read their own copies)
+        seen = gather_object([None if meta is None else (meta["step"], meta.get("finished"))])
+        if any(s != seen[0] for s in seen):
+            raise ConfigError(f"The processes found different resumable states in {folder} (step, finished per "
+                              f"rank: {seen}): copy the main machine's folder to the others, or set train.resume: "
+                              "never to start over.")
         if meta is not None and meta.get("finished") and self.slot:
             self._republish(folder, meta)
             return meta["step"], 0, 0, meta.get("mlflow_run_id")
         if meta is None or meta.get("finished"):
-            if self.main and self.output.exists():
+            if self.writes_state and self.output.exists():
                 # a fresh run: old files in the (DVC-persisted) folder would mix with the new ones
                 for old in [*self.output.glob("epoch-*.safetensors"), *self.output.glob("step-*.safetensors"),
                             self.output / "loss.csv"]:
@@ -427,11 +471,10 @@ class Trainer:
                 f"Cannot resume the interrupted run in {folder}: these params changed since it started: "
                 f"{changed[:10]}. Restore them, or set train.resume: never to start over (this discards the "
                 "interrupted run's progress).")
-        own = dict(self.accelerator.unwrap_model(self.model).named_parameters())
-        with torch.no_grad():
-            for k, v in load_file(str(folder / "trainable.safetensors")).items():
-                own[k].data.copy_(v)
-        self.optimizer.load_state_dict(train_state.load_structure(folder, "optimizer"))
+        distributed.load_trainable_weights(self.accelerator.unwrap_model(self.model),
+                                           load_file(str(folder / "trainable.safetensors")))
+        distributed.load_optimizer_state(self.model, self.optimizer, train_state.load_structure(folder, "optimizer"),
+                                         self.sharded)
         self.lr_schedule.load_state_dict(train_state.load_structure(folder, "scheduler"))
         self.generator.set_state(load_file(str(folder / f"rng-rank{self.rank}.safetensors"))["generator"])
         self.result.resumed_from_step = meta["step"]
@@ -529,7 +572,8 @@ class Trainer:
             if self.main:
                 self._open_local_logs()  # first: a tracking failure at start switches the CSV on
                 self._start_tracking(run_id)
-                if self.result.resumed_from_step is None:
+            if (self.main or self.sharded) and self.result.resumed_from_step is None:
+                with self._whole_model():
                     self.evaluate(0)
             accelerator.wait_for_everyone()
             self.model.train()
@@ -625,8 +669,11 @@ def _check_ranks_agree(accelerator: Accelerator, model: torch.nn.Module) -> None
     """After DDP every rank must hold the same trainable weights; a mismatch means unsynchronised copies."""
     if accelerator.num_processes == 1:
         return
+    # Under FSDP each rank holds a shard: the sums are over the gathered whole weights, so the ranks agree by
+    # construction and the value is comparable with a DDP run of the same training.
     own = accelerator.unwrap_model(model)
-    checksum = torch.stack([p.detach().double().sum() for p in own.parameters() if p.requires_grad]).sum()
+    checksum = torch.stack([distributed.full_tensor(p.detach()).double().sum()
+                            for p in own.parameters() if p.requires_grad]).sum()
     sums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).cpu()
     if accelerator.is_main_process:
         print(f"[train] trainable-weight checksums per rank: {sums.tolist()}", flush=True)
