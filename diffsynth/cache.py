@@ -94,6 +94,13 @@ def flatten(inputs: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, layout
 
 
+def shape_key(shapes: dict[str, list[int]]) -> str:
+    """A bucket key from tensor shapes (sorted names), e.g. ``latents=1x16x8x8;prompt_emb=1x12x32``; prompt
+    embeddings of different lengths still stack (the family pads them), so their length is left out."""
+    return ";".join(f"{name}={'x'.join(map(str, shape[:1] + shape[2:] if name.startswith('prompt_emb') else shape))}"
+                    for name, shape in sorted(shapes.items()))
+
+
 def unflatten(tensors: dict[str, torch.Tensor], layout: dict) -> dict:
     return {name: tensors[name] if kind == "tensor" else [tensors[f"{name}.{i}"] for i in range(kind)]
             for name, kind in layout.items()}
@@ -111,7 +118,8 @@ class _ShardWriter:
         tensors, layout = flatten(inputs)
         self.pending.update({f"{key}/{name}": t for name, t in tensors.items()})
         self.size += sum(t.numel() * t.element_size() for t in tensors.values())
-        self.entries.append({"key": key, "shard": len(self.shards), "layout": layout, **extra})
+        self.entries.append({"key": key, "shard": len(self.shards), "layout": layout,
+                             "shapes": {name: list(t.shape) for name, t in tensors.items()}, **extra})
         if self.size >= self.shard_bytes:
             self.flush()
 
@@ -211,6 +219,10 @@ class CachedDataset(torch.utils.data.Dataset):
     def rows(self) -> list[dict]:
         return [{"cached_row": s["row"]} for s in self.samples]
 
+    def bucket_keys(self) -> list[str]:
+        """Each cached row's shape bucket: the shapes of its cached tensors (batches must stack)."""
+        return [shape_key(s["shapes"]) for s in self.samples]
+
     def __len__(self) -> int:
         return len(self.samples) * self.repeat
 
@@ -287,6 +299,13 @@ class DiffSynthCacheDataset(torch.utils.data.Dataset):
 
     def load(self, i: int) -> dict:
         return {"cached_inputs": load_diffsynth_sample(self.files[i], self.rename)}
+
+    def bucket_keys(self) -> list[str]:
+        keys = []
+        for i in range(len(self.files)):
+            tensors, _ = flatten(self.load(i)["cached_inputs"])
+            keys.append(shape_key({name: list(t.shape) for name, t in tensors.items()}))
+        return keys
 
     def __getitem__(self, index: int) -> dict:
         return self.load(index % len(self.files))

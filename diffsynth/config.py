@@ -95,7 +95,10 @@ class TrainConfig:
     fused_optimizer: bool = _f(True, "AdamW's fused kernel (same update up to rounding, ~4x faster step)", ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
     seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
-    max_steps: Optional[int] = _f(None, "stop after this many micro-steps (None: run all epochs)", ours=True)
+    max_steps: Optional[int] = _f(None, "stop after this many micro-steps, i.e. batches (None: run all epochs)",
+                                  ours=True)
+    batch_size: int = _f(1, "samples per micro-step, all of one shape bucket (1: DiffSynth's behaviour, bit for bit)",
+                         ours=True)
     lr_scheduler: str = _f("constant", "constant | constant_with_warmup | diffsynth (DiffSynth's hidden "
                            "ConstantLR: first 5 scheduler steps at lr/3)", ours=True,
                            choices=["constant", "constant_with_warmup", "diffsynth"])
@@ -129,7 +132,7 @@ class GradientConfig:
 class OutputConfig:
     output_path: str = _f("./models", "folder for checkpoints and training_args.json")
     remove_prefix_in_ckpt: Optional[str] = _f("pipe.dit.", "prefix stripped from saved keys")
-    save_steps: Optional[int] = _f(None, "save every N micro-steps; empty: once per epoch")
+    save_steps: Optional[int] = _f(None, "save every N micro-steps (batches); empty: once per epoch")
     align_to_opensource_format: bool = _f(False, "FLUX: save LoRA checkpoints in kohya names "
                                                  "(lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight, .alpha)")
 
@@ -232,6 +235,8 @@ class Config:
                     raise ConfigError(f"{name}.{f.name} = {value!r} is not one of {choices}{hint}")
         if self.train.num_epochs < 1:
             raise ConfigError(f"train.num_epochs = {self.train.num_epochs}: must be at least 1")
+        if self.train.batch_size < 1:
+            raise ConfigError(f"train.batch_size = {self.train.batch_size}: must be at least 1")
         if self.gradient.gradient_accumulation_steps < 1:
             raise ConfigError("gradient.gradient_accumulation_steps must be at least 1")
         if self.output.save_steps is not None and self.output.save_steps < 1:

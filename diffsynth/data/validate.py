@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..files import atomic_path, write_json
+from .buckets import bucket_stats, format_key
 from .dataset import DEFAULT_VIDEO_KEYS, ImageRules, split_keys
 from .file_checks import check_image_cell, check_video_cell
 from .metadata import MetadataError, MetadataRecord, is_missing, read_metadata_records
@@ -35,6 +36,8 @@ class ValidationReport:
     frame_counts: collections.Counter = field(default_factory=collections.Counter)  # frames kept -> videos
     cleaned_metadata_path: str | None = None
     valid_records: list = field(default_factory=list, repr=False)
+    row_keys: list = field(default_factory=list, repr=False)  # shape-bucket key of each valid row
+    buckets: dict | None = None   # training's shape buckets (data/buckets.py bucket_stats), set by check_dataset
 
     @property
     def invalid_rows(self) -> int:
@@ -65,6 +68,7 @@ class ValidationReport:
             "resolutions": dict(sorted(self.resolutions.items())),
             "frame_counts": {str(k): v for k, v in sorted(self.frame_counts.items())},
             "cleaned_metadata_path": self.cleaned_metadata_path,
+            "buckets": self.buckets,
         }
 
     def summary(self, on_invalid: str | None = None, limit: int = 50) -> str:
@@ -77,6 +81,10 @@ class ValidationReport:
         for w in self.warnings[:10]:
             where = "dataset" if w["row"] is None else f"row {w['row']}"
             lines.append(f"  warning: {where} [{w['column']}]: {w['reason']}")
+        if self.buckets and self.buckets["batch_size"] > 1:
+            b = self.buckets
+            lines.append(f"  batch_size {b['batch_size']}: {b['num_buckets']} shape bucket(s), {b['batches']} batches "
+                         f"per epoch ({sum(x['remainder'] > 0 for x in b['buckets'])} smaller last batch(es))")
         if on_invalid == "skip" and self.invalid_rows and not self.fatal:
             lines.append(f"  dataset.on_invalid is skip: dropped {self.invalid_rows} row(s); training uses "
                          f"{self.valid_rows} (cleaned metadata: {self.cleaned_metadata_path})")
@@ -118,7 +126,7 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
     for key in extra_inputs:
         if key not in derived and (key not in row or is_missing(row[key])):
             report.add(record, key, f"extra_inputs column {key!r} is " + ("missing" if key not in row else "empty"))
-    shapes, frames = [], []
+    shapes, frames, parts = [], [], []
     for key in data_file_keys:
         if key not in row:
             continue  # DiffSynth skips keys a row lacks
@@ -127,6 +135,7 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         for problem in problems:
             report.add(record, key, problem)
         shapes += cell_shapes
+        parts.append((key, cell_shapes))
         frames += [int(s.split("x")[2]) for s in cell_shapes if key in video_keys]
     used = {PROMPT_KEY, *data_file_keys, *extra_inputs}
     for key, value in row.items():
@@ -136,6 +145,7 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         return False
     report.resolutions.update(shapes)
     report.frame_counts.update(frames)
+    report.row_keys.append(format_key(parts))
     return True
 
 
@@ -200,6 +210,8 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
     report = validate_dataset(config.dataset.dataset_base_path, config.dataset.dataset_metadata_path,
                               config.dataset.data_file_keys, rules, config.model.extra_inputs,
                               video_keys=video_keys, derived_inputs=derived_inputs)
+    processes = int((config.extra.get("accelerate") or {}).get("num_processes", 1) or 1)
+    report.buckets = bucket_stats(report.row_keys * config.dataset.dataset_repeat, config.train.batch_size, processes)
     if not report.fatal:
         write_cleaned_metadata(config.dataset.dataset_metadata_path, report, metadata_out)
     else:

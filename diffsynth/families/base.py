@@ -108,8 +108,34 @@ class Pipeline(torch.nn.Module):
         latent frame 0 clean and leaves it out of the MSE, as DiffSynth does."""
         raise NotImplementedError
 
+    # {input: its mask key}: inputs of shape (1, L, ...) whose length L may differ between samples; a batch pads
+    # them with zeros along L to the longest and adds the mask (B, L), 1 on real tokens (Qwen-Image's prompt)
+    padded_inputs: dict[str, str] = {}
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Encoded samples (each :meth:`encode`'s output, batch 1) -> one batch :meth:`predict` takes.
+
+        Tensors are concatenated along the batch axis and must have equal shapes (the bucket sampler sees
+        to it), except the ``padded_inputs``; a list (several edit images) is collated element by element;
+        other values must be equal in every sample."""
+        if not samples:
+            raise ValueError("collate needs at least one sample")
+        keys = set(samples[0])
+        for sample in samples[1:]:
+            if set(sample) != keys:
+                raise ValueError(f"samples of one batch have different inputs: {sorted(keys)} vs {sorted(sample)}")
+        batch = {}
+        for key in samples[0]:
+            values = [sample[key] for sample in samples]
+            if key in self.padded_inputs:
+                batch[key], batch[self.padded_inputs[key]] = pad_with_mask(values, key)
+            else:
+                batch[key] = collate_values(values, key)
+        return batch
+
     def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
-        """The denoiser's velocity prediction at ``timestep`` (0..1000 scale), same shape as the latents."""
+        """The denoiser's velocity prediction at ``timestep`` (0..1000 scale, one per sample), same shape as the
+        latents; ``inputs`` is one sample's :meth:`encode` output or a :meth:`collate` batch."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -129,3 +155,36 @@ class Pipeline(torch.nn.Module):
         """One sample for a save point: an image, or a list of frames for video families."""
         return self.render(self.sample_inputs(prompt, height, width, num_frames), seed, height, width,
                            num_inference_steps, num_frames)
+
+
+def collate_values(values: list, key: str):
+    """Tensors of one shape -> concatenated on dim 0; lists -> collated element-wise; others must agree."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"input {key!r} has different shapes in one batch ({sorted(shapes)}): batches must "
+                             "come from one shape bucket (training/sampler.py BucketBatchSampler)")
+        return torch.cat(values, dim=0)
+    if isinstance(first, (list, tuple)):
+        if len({len(v) for v in values}) > 1:
+            raise ValueError(f"input {key!r} holds lists of different lengths in one batch")
+        return [collate_values(list(parts), f"{key}[{i}]") for i, parts in enumerate(zip(*values))]
+    if any(v != first for v in values[1:]):
+        raise ValueError(f"input {key!r} differs between the samples of a batch: {values}")
+    return first
+
+
+def pad_with_mask(values: list[torch.Tensor], key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, L_i, ...) tensors -> (B, max L, ...) zero-padded after each sample's tokens, and the mask (B, max L)."""
+    length = max(v.shape[1] for v in values)
+    padded, masks = [], []
+    for v in values:
+        if v.shape[0] != 1 or v.shape[2:] != values[0].shape[2:]:
+            raise ValueError(f"input {key!r}: cannot pad {tuple(v.shape)} to {tuple(values[0].shape)}")
+        extra = length - v.shape[1]
+        padded.append(torch.cat([v, v.new_zeros(1, extra, *v.shape[2:])], dim=1) if extra else v)
+        mask = torch.ones(1, length, dtype=torch.long, device=v.device)
+        mask[:, v.shape[1]:] = 0
+        masks.append(mask)
+    return torch.cat(padded), torch.cat(masks)

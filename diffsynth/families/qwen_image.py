@@ -38,6 +38,9 @@ def inference_sigmas(num_steps: int, image_seq_len: int) -> torch.Tensor:
 
 
 class QwenImagePipeline(Pipeline):
+    # prompts (and edit prompts, whose length depends on the edit image) differ in length: a batch pads them,
+    # and the DiT's joint attention ignores the padded text tokens (encoder_hidden_states_mask)
+    padded_inputs = {"prompt_emb": "prompt_emb_mask"}
 
     def __init__(self, dit, vae, text_encoder, tokenizer, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -96,15 +99,18 @@ class QwenImagePipeline(Pipeline):
     def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
         b, _, h, w = noisy_latents.shape
         prompt_emb = inputs["prompt_emb"]
-        mask = torch.ones(prompt_emb.shape[:2], dtype=torch.long, device=prompt_emb.device)
+        mask = inputs.get("prompt_emb_mask")
+        if mask is None:  # one unpadded sample
+            mask = torch.ones(prompt_emb.shape[:2], dtype=torch.long, device=prompt_emb.device)
         cond = self.conditioning_latents(inputs)
         tokens = torch.cat([pack_latents(x.to(self.torch_dtype)) for x in [noisy_latents, *cond]], dim=1)
-        # RoPE shapes: the target grid first, then one "frame" per conditioning image (as DiffSynth's model_fn)
+        # RoPE shapes: the target grid first, then one "frame" per conditioning image (as DiffSynth's model_fn);
+        # equal for every sample of a batch (one bucket)
         shapes = [(1, h // 2, w // 2)] + [(1, c.shape[2] // 2, c.shape[3] // 2) for c in cond]
         out = self.dit(
             hidden_states=tokens,
             encoder_hidden_states=prompt_emb,
-            encoder_hidden_states_mask=mask,
+            encoder_hidden_states_mask=mask.to(prompt_emb.device),
             timestep=(timestep / 1000).to(self.torch_dtype).reshape(-1).to(self.device),  # DiT takes t in [0, 1]
             img_shapes=[shapes] * b,
             return_dict=False,

@@ -236,12 +236,12 @@ class WanPipeline(Pipeline):
         x = noisy_latents.to(self.device, self.torch_dtype)
         t = timestep.reshape(-1).to(self.device, torch.float32)  # raw 0..1000, as DiffSynth feeds the Wan DiT
         if "first_frame_latents" in inputs:
-            # TI2V: tokens of latent frame 0 (the clean first frame) get timestep 0, the others t
-            _, _, frames, h, w = x.shape
-            per_frame = torch.full((frames,), float(t[0]), device=self.device)
-            per_frame[0] = 0
+            # TI2V: tokens of latent frame 0 (the clean first frame) get timestep 0, the others their sample's t
+            b, _, frames, h, w = x.shape
+            per_frame = t.expand(b).reshape(b, 1).repeat(1, frames)
+            per_frame[:, 0] = 0
             tokens = (h // self.patch_size[1]) * (w // self.patch_size[2])
-            t = per_frame.repeat_interleave(tokens).unsqueeze(0)
+            t = per_frame.repeat_interleave(tokens, dim=1)
         if "y" in inputs:
             x = torch.cat([x, inputs["y"].to(x.dtype)], dim=1)
         return self.dit(hidden_states=x, timestep=t, encoder_hidden_states=inputs["prompt_emb"],

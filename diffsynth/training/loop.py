@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from .. import cache
 from ..config import Config, ConfigError, flatten
+from ..data.buckets import bucket_stats, row_key
 from ..data.dataset import ImageRules, UnifiedDataset, split_keys
 from ..data.metadata import read_metadata
 from ..families import Pipeline, spec_for
@@ -35,7 +36,7 @@ from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
 from .loss import flow_match_loss
 from .optim import Schedule, build_optimizer
-from .sampler import EpochShuffleSampler
+from .sampler import BucketBatchSampler
 from .schedule import FlowMatchSchedule
 from .validation import FixedNoiseValidator
 
@@ -49,9 +50,9 @@ class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT arrived; a resumable state was written. Run again with train.resume: auto."""
 
 
-def first_item(batch: list):
-    """DiffSynth's collate: batch size is 1, the item is passed through unchanged."""
-    return batch[0]
+def item_list(batch: list) -> list:
+    """The DataLoader's collate: the batch's dataset items as they are (the family collates encoded inputs)."""
+    return list(batch)
 
 
 class TrainingModule(torch.nn.Module):
@@ -92,11 +93,14 @@ class TrainingModule(torch.nn.Module):
                 names |= set(getattr(child, "_no_split_modules", None) or []) & present
         return sorted(names)
 
-    def forward(self, item: dict) -> torch.Tensor:
-        inputs = self.encode(item)
+    def forward(self, items: list[dict]) -> torch.Tensor:
+        """The loss of one batch: the items' dataset rows (one shape bucket); a single item is a batch of one."""
+        if isinstance(items, dict):
+            items = [items]
+        batch = self.pipe.collate([self.encode(item) for item in items])
         ctx = torch.autograd.graph.save_on_cpu() if self.offload_activations else contextlib.nullcontext()
         with ctx:
-            return flow_match_loss(self.pipe, self.schedule, inputs, self.generator, *self.boundaries)
+            return flow_match_loss(self.pipe, self.schedule, batch, self.generator, *self.boundaries)
 
 
 def to_device(inputs: dict, device) -> dict:
@@ -293,6 +297,9 @@ class Trainer:
             self.dataset = UnifiedDataset(config.dataset.dataset_base_path, self.metadata,
                                           split_keys(config.dataset.data_file_keys), rules,
                                           repeat=config.dataset.dataset_repeat, video_keys=data_rules.video_keys)
+        self.bucket_keys = self._bucket_keys()
+        self.buckets = bucket_stats(self.bucket_keys, config.train.batch_size, self.world)
+        self.samples_seen = 0
         optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
         self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world)
         if (self.world > 1 and not self.sharded and not config.train.find_unused_parameters
@@ -324,6 +331,22 @@ class Trainer:
         self.metrics_log = None  # opened with the output folder (main process)
         self.stop_requested = False
 
+    def _bucket_keys(self) -> list[str]:
+        """Every dataset index's shape bucket. A batch of one needs no bucket: all items share one key, so no
+        file is opened and the order is today's."""
+        if self.config.train.batch_size == 1:
+            return ["any"] * len(self.dataset)
+        d = self.dataset
+        if hasattr(d, "bucket_keys"):  # the encoder cache: the shapes of the cached tensors
+            keys = d.bucket_keys()
+        else:
+            keys = [row_key(row, d.base_path, d.data_file_keys, d.video_keys, d.rules) for row in d.rows]
+        return [keys[i % len(keys)] for i in range(len(d))]
+
+    def sampler(self, epoch: int, start: int) -> BucketBatchSampler:
+        return BucketBatchSampler(self.bucket_keys, self.config.train.batch_size, self.config.train.seed, epoch,
+                                  self.rank, self.world, start)
+
     # ------------------------------------------------------------------ logging
     def log(self, metrics: dict, at: int) -> None:
         if self.metrics_log:
@@ -352,6 +375,10 @@ class Trainer:
             for f in [self.output / "training_args.json", *self.log_files]:
                 tracker.log_artifact(f, "config")
             tracker.set_tags({"world_size": str(self.world)})
+            write_json(self.output / "buckets.json", self.buckets)
+            tracker.log_artifact(self.output / "buckets.json", "data")
+            tracker.set_tags({"buckets": str(self.buckets["num_buckets"]),
+                              "batches_per_epoch": str(self.buckets["batches"])})
         self.result.tracking_uri = tracker.uri
 
     def evaluate(self, at: int) -> None:
@@ -425,6 +452,7 @@ class Trainer:
             train_state.save_structure(optimizer, folder, "optimizer")
             train_state.save_structure(self.lr_schedule.state_dict(), folder, "scheduler")
             write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
+                                              "samples_seen": self.samples_seen,
                                               "mlflow_run_id": self.result.run_id, "fingerprint": self.fingerprint})
             self._save_history(folder)
             if self.slot:
@@ -478,11 +506,12 @@ class Trainer:
         self.lr_schedule.load_state_dict(train_state.load_structure(folder, "scheduler"))
         self.generator.set_state(load_file(str(folder / f"rng-rank{self.rank}.safetensors"))["generator"])
         self.result.resumed_from_step = meta["step"]
+        self.samples_seen = meta.get("samples_seen", meta["step"] * self.world)
         if self.main:
             if self.slot:  # DVC checked out another run's outputs: put back this run's
                 resume.restore(folder, self._output_folders())
             self._load_history(folder)
-            print(f"[train] resuming at step {meta['step']} (epoch {meta['epoch']}, item {meta['offset']}) "
+            print(f"[train] resuming at step {meta['step']} (epoch {meta['epoch']}, batch {meta['offset']}) "
                   f"from {folder}", flush=True)
         return meta["step"], meta["epoch"], meta["offset"], meta.get("mlflow_run_id")
 
@@ -536,10 +565,11 @@ class Trainer:
             self.stop_requested = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
         return self.stop_requested
 
-    def train_step(self, item: dict, step: int) -> None:
+    def train_step(self, items: list[dict], step: int, samples: int) -> None:
+        """One micro-step on this process's batch ``items``; ``samples``: all processes' samples in this step."""
         accelerator, started = self.accelerator, time.perf_counter()
         with accelerator.accumulate(self.model):
-            loss = self.model(item)
+            loss = self.model(items)
             accelerator.backward(loss)
             grad_norm = None
             if accelerator.sync_gradients:
@@ -549,11 +579,15 @@ class Trainer:
             self.optimizer.zero_grad()
         if accelerator.sync_gradients:
             self.lr_schedule.step()
+        self.samples_seen += samples
         if self.main:
             value, elapsed = loss.detach().float().item(), time.perf_counter() - started
             self.result.loss_history.append((step, value))
+            # step = micro-step (one batch per process); an optimizer step every gradient_accumulation_steps
             metrics = {"loss": value, "lr": self.lr_schedule.lr(), "step_time": elapsed,
-                       "samples_per_s": self.world / elapsed, "peak_memory_mb": _peak_memory_mb(accelerator.device)}
+                       "samples_per_s": samples / elapsed, "samples_seen": self.samples_seen,
+                       "optimizer_step": step // self.config.gradient.gradient_accumulation_steps,
+                       "peak_memory_mb": _peak_memory_mb(accelerator.device)}
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
             self.log(metrics, step)
@@ -580,13 +614,13 @@ class Trainer:
             save_steps, done, state_pending, epoch = config.output.save_steps, False, False, epoch0
             for epoch in range(epoch0, config.train.num_epochs):
                 start = offset if epoch == epoch0 else 0
-                sampler = EpochShuffleSampler(len(self.dataset), config.train.seed, epoch, self.rank, self.world, start)
-                loader = DataLoader(self.dataset, sampler=sampler, batch_size=1, collate_fn=first_item,
+                sampler = self.sampler(epoch, start)  # position and per_rank count this process's batches
+                loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=item_list,
                                     num_workers=config.dataset.dataset_num_workers)
                 position = start
-                for item in loader:
+                for items in loader:
+                    self.train_step(items, step + 1, sampler.samples_in_step(position))
                     step, position = step + 1, position + 1
-                    self.train_step(item, step)
                     if save_steps and step % save_steps == 0:
                         self.save_point(step, None)
                         state_pending = True

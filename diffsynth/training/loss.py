@@ -1,4 +1,4 @@
-"""DiffSynth's flow-matching SFT loss (spec §4.5)."""
+"""DiffSynth's flow-matching SFT loss (spec §4.5), for a batch of one or more samples of one shape."""
 from __future__ import annotations
 
 import torch
@@ -9,11 +9,14 @@ from .schedule import FlowMatchSchedule
 
 
 def noised(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``sigma`` holds one noise level per sample (shape (B,)) or a single one."""
+    sigma = sigma.reshape(-1, *([1] * (latents.dim() - 1)))
     return (1 - sigma) * latents + sigma * noise
 
 
-def velocity_mse(pipe: Pipeline, inputs: dict, noise: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Unweighted MSE between the predicted and the true velocity ``noise - x0`` at noise level ``sigma``.
+def per_sample_mse(pipe: Pipeline, inputs: dict, noise: torch.Tensor, t: torch.Tensor,
+                   sigma: torch.Tensor) -> torch.Tensor:
+    """Unweighted MSE per sample, shape (B,), between the predicted and the true velocity ``noise - x0``.
 
     With ``first_frame_latents`` (Wan2.2 TI2V) latent frame 0 is the clean conditioning frame: it is put
     into the noisy input and left out of the loss.
@@ -27,13 +30,31 @@ def velocity_mse(pipe: Pipeline, inputs: dict, noise: torch.Tensor, t: torch.Ten
     pred = pipe.predict(noisy, t.to(latents.device), inputs)
     if first is not None:
         pred, target = pred[:, :, 1:], target[:, :, 1:]
-    return F.mse_loss(pred.float(), target.float())
+    # one mse_loss per sample: with one sample this is DiffSynth's F.mse_loss, bit for bit
+    return torch.stack([F.mse_loss(p.float(), q.float()) for p, q in zip(pred, target)])
+
+
+def velocity_mse(pipe: Pipeline, inputs: dict, noise: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Unweighted velocity MSE, averaged over the batch."""
+    return per_sample_mse(pipe, inputs, noise, t, sigma).mean()
+
+
+def draw(schedule: FlowMatchSchedule, generator: torch.Generator, shape: torch.Size, min_boundary: float,
+         max_boundary: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(t, sigma, weight, noise), each with one entry per sample. Drawn sample by sample, timestep then noise,
+    so sample ``i`` of a batch gets what the ``i``-th of as many single-sample steps would get."""
+    draws = []
+    for _ in range(shape[0]):
+        t, sigma, weight = schedule.sample(generator, min_boundary, max_boundary)
+        draws.append((t, sigma, weight, torch.randn((1, *shape[1:]), generator=generator)))
+    return tuple(torch.cat(parts) for parts in zip(*draws))
 
 
 def flow_match_loss(pipe: Pipeline, schedule: FlowMatchSchedule, inputs: dict, generator: torch.Generator,
                     min_boundary: float = 0.0, max_boundary: float = 1.0) -> torch.Tensor:
-    """Weighted velocity MSE at a grid point drawn uniformly within the timestep boundaries."""
-    t, sigma, weight = schedule.sample(generator, min_boundary, max_boundary)
+    """Mean over the batch of each sample's weighted velocity MSE, each at its own grid point drawn uniformly
+    within the timestep boundaries and with its own noise."""
     latents = inputs["latents"]
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    return velocity_mse(pipe, inputs, noise, t, sigma) * weight.to(latents.device)
+    t, sigma, weight, noise = draw(schedule, generator, latents.shape, min_boundary, max_boundary)
+    noise = noise.to(latents.device, latents.dtype)
+    return (per_sample_mse(pipe, inputs, noise, t, sigma) * weight.to(latents.device)).mean()
