@@ -30,7 +30,7 @@ from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
 from .loss import flow_match_loss
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_optimizer, total_optimizer_steps
 from .sampler import EpochShuffleSampler
 from .schedule import FlowMatchSchedule
 from .validation import FixedNoiseValidator
@@ -225,7 +225,15 @@ class Trainer:
                                       split_keys(config.dataset.data_file_keys), rules,
                                       repeat=config.dataset.dataset_repeat, video_keys=family.VIDEO_KEYS)
         optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
-        self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world)
+        # micro-steps per epoch on this rank (the sampler's length) and in the whole run: decay length, progress total
+        self.batches_per_epoch = len(EpochShuffleSampler(len(self.dataset), config.train.seed, 0, self.rank, self.world))
+        self.total_micro_steps = min(self.batches_per_epoch * config.train.num_epochs,
+                                     config.train.max_steps or float("inf"))
+        self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world,
+                                    total_optimizer_steps(self.batches_per_epoch, config.train.num_epochs,
+                                                          config.gradient.gradient_accumulation_steps,
+                                                          config.train.max_steps),
+                                    config.train.lr_min_ratio)
         if self.world > 1 and not config.train.find_unused_parameters and _trains_unused(module, self.trainable):
             # a full fine-tune includes modules the loss never reaches; DDP must be told (DiffSynth: a crash)
             accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -378,6 +386,7 @@ class Trainer:
 
     def train_step(self, item: dict, step: int) -> None:
         accelerator, started = self.accelerator, time.perf_counter()
+        lr = self.lr_schedule.lr()  # the lr this step's update uses (the schedule moves on after it)
         with accelerator.accumulate(self.model):
             loss = self.model(item)
             accelerator.backward(loss)
@@ -392,7 +401,7 @@ class Trainer:
         if self.main:
             value, elapsed = loss.detach().float().item(), time.perf_counter() - started
             self.result.loss_history.append((step, value))
-            metrics = {"loss": value, "lr": self.lr_schedule.lr(), "step_time": elapsed,
+            metrics = {"loss": value, "lr": lr, "step_time": elapsed,
                        "samples_per_s": self.world / elapsed, "peak_memory_mb": _peak_memory_mb(accelerator.device)}
             if grad_norm is not None:
                 metrics["grad_norm"] = grad_norm
