@@ -93,3 +93,37 @@ def test_off_under_pytest_and_when_asked(monkeypatch, capsys):
     monkeypatch.setenv("DIFFSYNTH_PROGRESS", "sometimes")
     with pytest.raises(ValueError, match="DIFFSYNTH_PROGRESS"):
         progress(range(3))
+
+
+def test_download_callback_prints_one_line_per_file_in_logs(monkeypatch, capsys):
+    from diffsynth.models.model_config import file_progress_callback
+    monkeypatch.setenv("DIFFSYNTH_PROGRESS", "lines")
+    callback = file_progress_callback()("transformer/model-00001-of-00002.safetensors", 3 * 2 ** 20)
+    for _ in range(3):
+        callback.update(2 ** 20)
+    callback.end()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.splitlines()[-1].startswith("[download transformer/model-00001-of-00002.safetensors] "
+                                           "3.0 MiB/3.0 MiB 100% | ")
+
+
+@pytest.mark.slow
+def test_training_progress_lines(tmp_path, shapes_dataset, tiny_env, monkeypatch, capsys):
+    """What a log (DVC, CI, `> file`) shows of a run: step counts, epoch, loss, rate and ETA, no carriage returns."""
+    from helpers import tiny_config
+
+    from diffsynth.training.loop import run_training
+    monkeypatch.setenv("DIFFSYNTH_PROGRESS", "lines")
+    monkeypatch.setenv("DIFFSYNTH_PROGRESS_INTERVAL", "0")  # a line per update
+    run_training(tiny_config(tmp_path, shapes_dataset, train__max_steps=5, validation__num_samples=1,
+                             sample__prompts=["a red circle"], sample__out_dir=str(tmp_path / "samples")))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    train = [line for line in err.splitlines() if line.startswith("[train]")]
+    rate = r"(\d+\.\d\d s/step|\d+\.\d\d step/s)"
+    pattern = rf"\[train\] (\d)/5 +\d+% \| epoch=1/4 loss=[\d.e-]+ \| {rate} \| elapsed \d+:\d\d \| ETA \d+:\d\d$"
+    assert [int(re.match(pattern, line).group(1)) for line in train] == [1, 2, 3, 4, 5], train
+    # save points (start and end) show validation and sampling
+    assert sum(line.startswith("[validation] 1/1 100%") for line in err.splitlines()) == 2
+    assert sum(line.startswith("[samples] 1/1 100%") for line in err.splitlines()) == 2

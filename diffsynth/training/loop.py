@@ -25,6 +25,7 @@ from ..families import get_family
 from ..families.base import Pipeline
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
+from ..progress import progress
 from ..tracking import MetricsLog, Tracker
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
@@ -137,11 +138,11 @@ class TrainResult:
 def _samples(pipe: Pipeline, config: Config) -> list[tuple[int, str, int, object]]:
     """(prompt index, prompt, seed, image or list of frames) for every prompt × seed."""
     out = []
-    for i, prompt in enumerate(config.sample.prompts):
-        for seed in config.sample.seeds:
-            out.append((i, prompt, int(seed), pipe.sample(prompt, int(seed), config.sample.height, config.sample.width,
-                                                          config.sample.num_inference_steps,
-                                                          num_frames=config.sample.num_frames)))
+    pairs = [(i, prompt, seed) for i, prompt in enumerate(config.sample.prompts) for seed in config.sample.seeds]
+    for i, prompt, seed in progress(pairs, desc="samples", unit="image"):
+        out.append((i, prompt, int(seed), pipe.sample(prompt, int(seed), config.sample.height, config.sample.width,
+                                                      config.sample.num_inference_steps,
+                                                      num_frames=config.sample.num_frames)))
     return out
 
 
@@ -421,6 +422,7 @@ class Trainer:
             accelerator.wait_for_everyone()
             self.model.train()
             save_steps, done, state_pending, epoch = config.output.save_steps, False, False, epoch0
+            bar = progress(total=self.total_micro_steps, desc="train", unit="step", initial=step) if self.main else None
             for epoch in range(epoch0, config.train.num_epochs):
                 start = offset if epoch == epoch0 else 0
                 sampler = EpochShuffleSampler(len(self.dataset), config.train.seed, epoch, self.rank, self.world, start)
@@ -430,6 +432,10 @@ class Trainer:
                 for item in loader:
                     step, position = step + 1, position + 1
                     self.train_step(item, step)
+                    if bar:
+                        bar.set_postfix(epoch=f"{epoch + 1}/{config.train.num_epochs}",
+                                        loss=self.result.loss_history[-1][1])
+                        bar.update()
                     if save_steps and step % save_steps == 0:
                         self.save_point(step, None)
                         state_pending = True
@@ -453,6 +459,8 @@ class Trainer:
                     break
             if save_steps and step % save_steps != 0:
                 self.save_point(step, None)
+            if bar:
+                bar.close()
             _check_ranks_agree(accelerator, self.model)
             self.save_state(step, epoch + 1, 0, finished=True)
             self.result.steps = step
