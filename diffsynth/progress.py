@@ -15,8 +15,8 @@ Output goes to stderr, in one of two forms:
 
 - on a terminal, one bar redrawn in place (``\\r``) at most 5 times a second;
 - anywhere else (a log file, DVC or CI capturing the output) plain lines, never carriage returns: one line
-  every ``DIFFSYNTH_PROGRESS_INTERVAL`` seconds (default 30), at every tenth of the total (at most one a
-  second) and at the end, each readable on its own::
+  every ``DIFFSYNTH_PROGRESS_INTERVAL`` seconds (default 30), at every tenth of the total (no closer than
+  a tenth of that interval, at least 1 s) and at the end, each readable on its own::
 
       [train] 12/80 15% | epoch=1/4 loss=0.1234 | 0.42 s/step | elapsed 0:05 | ETA 0:28
 
@@ -33,7 +33,7 @@ import time
 from typing import Iterable, Iterator, TextIO
 
 REDRAW_S = 0.2        # terminal: least time between redraws
-MIN_LINE_GAP_S = 1.0  # lines: least time between two "tenth of the total" lines
+MIN_LINE_GAP_S = 1.0  # lines: least time between two "tenth of the total" lines (and a tenth of the interval)
 
 _live: list["Progress"] = []  # terminal bars drawn now, innermost last
 _clock = time.monotonic       # tests replace it
@@ -82,6 +82,10 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def _number(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
 
 
 def _value(v) -> str:
@@ -173,7 +177,7 @@ class Progress:
             return
         tenth = self._tenth(self.n)
         if (self.n == self.total or since >= self.interval
-                or (tenth > self._last_tenth and since >= MIN_LINE_GAP_S)):
+                or (tenth > self._last_tenth and since >= max(MIN_LINE_GAP_S, self.interval / 10))):
             self._emit(now)
 
     def _draw(self) -> None:
@@ -199,8 +203,8 @@ class Progress:
         if self.unit == "B":
             return f"{format_bytes(done / elapsed)}/s", per_item
         if per_item >= 1.0:  # slow work reads better as seconds per item (tqdm's switch)
-            return f"{per_item:.2f} s/{self.unit}", per_item
-        return f"{1 / per_item:.2f} {self.unit}/s", per_item
+            return f"{_number(per_item)} s/{self.unit}", per_item
+        return f"{_number(1 / per_item)} {self.unit}/s", per_item
 
     def text(self) -> str:
         elapsed = _clock() - self.started
@@ -211,7 +215,7 @@ class Progress:
             parts.append(" ".join(f"{k}={_value(v)}" for k, v in self.postfix.items()))
         timing = [rate] if rate else []
         timing.append(f"elapsed {format_duration(elapsed)}")
-        if self.total and per_item is not None:
+        if self.total and per_item is not None and self.n < self.total:
             timing.append(f"ETA {format_duration(max(0, self.total - self.n) * per_item)}")
         parts.append(" | ".join(timing))
         text = f"[{self.desc}] " + " | ".join(parts) if self.desc else " | ".join(parts)
