@@ -110,11 +110,14 @@ class Progress:
         self.interval = line_interval() if self.mode == "lines" else 0.0
         self.started = self._last_shown = _clock()
         self._last_tenth = self._tenth(initial)
-        self._closed = False
+        self._closed = self._printed = False
+        self._last_shown_n: int | None = None
+        self._drawn_width = 0  # terminal: length of the text on the line now
         self._lock = threading.Lock()
         if self.mode == "bar":
-            if _live:  # keep the outer bar's last state on its own line
+            if _live and _live[-1]._drawn_width:  # keep the outer bar's last state on its own line
                 self.stream.write("\n")
+                _live[-1]._drawn_width = 0
             _live.append(self)
 
     # ---------------------------------------------------------------- counting
@@ -160,10 +163,6 @@ class Progress:
         self.close()
 
     # ---------------------------------------------------------------- showing
-    _printed = False
-    _last_shown_n = None
-    _drawn_width = 0
-
     def _tenth(self, n: int) -> int:
         return int(10 * n / self.total) if self.total else 0
 

@@ -128,3 +128,20 @@ def test_training_progress_lines(tmp_path, shapes_dataset, tiny_env, monkeypatch
     # save points (start and end) show validation and sampling
     assert sum(line.startswith("[validation] 1/1 100%") for line in err.splitlines()) == 2
     assert sum(line.startswith("[samples] 1/1 100%") for line in err.splitlines()) == 2
+
+
+def test_terminal_bar_inside_a_bar_keeps_both_readable(monkeypatch, clock):
+    monkeypatch.setenv("DIFFSYNTH_PROGRESS", "1")
+    out = FakeTTY()
+    outer = progress(total=10, desc="train", stream=out)
+    clock.now += 1.0
+    outer.update()
+    for _ in progress(range(2), desc="validation", stream=out):
+        clock.now += 1.0
+    clock.now += 1.0
+    outer.update()
+    outer.close()
+    lines = out.getvalue().split("\n")
+    assert lines[0].startswith("\r[train]") and "1/10" in lines[0]          # the outer bar's last state stays
+    assert lines[1].rsplit("\r", 1)[-1].startswith("[validation] |") and "2/2 100%" in lines[1]
+    assert lines[2].rsplit("\r", 1)[-1].startswith("[train]") and "2/10" in lines[2] and lines[3] == ""
