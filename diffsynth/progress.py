@@ -63,7 +63,8 @@ def line_interval() -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise ValueError(f"DIFFSYNTH_PROGRESS_INTERVAL={value!r}: give seconds between progress lines, e.g. 30") from None
+        raise ValueError(f"DIFFSYNTH_PROGRESS_INTERVAL={value!r}: give seconds between progress lines, "
+                         "e.g. 30") from None
     if seconds < 0:
         raise ValueError(f"DIFFSYNTH_PROGRESS_INTERVAL={value!r} must be >= 0")
     return seconds

@@ -227,7 +227,8 @@ class Trainer:
                                       repeat=config.dataset.dataset_repeat, video_keys=family.VIDEO_KEYS)
         optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
         # micro-steps per epoch on this rank (the sampler's length) and in the whole run: decay length, progress total
-        self.batches_per_epoch = len(EpochShuffleSampler(len(self.dataset), config.train.seed, 0, self.rank, self.world))
+        self.batches_per_epoch = len(EpochShuffleSampler(len(self.dataset), config.train.seed, 0, self.rank,
+                                                         self.world))
         self.total_micro_steps = min(self.batches_per_epoch * config.train.num_epochs,
                                      config.train.max_steps or float("inf"))
         self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world,

@@ -74,8 +74,8 @@ class Schedule:
                                   "lower lr_warmup_steps or train longer (train.num_epochs / train.max_steps)")
         if name == "diffsynth":
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.factor(s))  # a lambda: not pickled into state
+        else:  # a plain lambda, which torch leaves out of the state dict (the plan is saved instead)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.factor(s))
 
     def factor(self, step: int) -> float:
         """lr multiplier of optimizer step ``step`` (0-based), for every schedule but ``diffsynth``."""
