@@ -122,3 +122,20 @@ def test_resume_with_another_decay_length_is_refused():
 def test_bad_schedule_params_are_refused(train, match):
     with pytest.raises(ConfigError, match=match):
         config_from_dict({"train": train})
+
+
+@pytest.mark.slow
+def test_a_run_decays_over_its_optimizer_steps(tmp_path, shapes_dataset, tiny_env):
+    """8 micro-steps with accumulation 2 are 4 optimizer steps: the logged lr (the one each step used) follows
+    linear decay over exactly those 4, so the decay length the trainer computes is the one it runs."""
+    from helpers import tiny_config
+
+    from diffsynth.training.loop import run_training
+    run_training(tiny_config(tmp_path, shapes_dataset, train__max_steps=8, train__lr_scheduler="linear",
+                             train__lr_warmup_steps=1, train__learning_rate=0.003,
+                             gradient__gradient_accumulation_steps=2, tracking__enable_csv_log=True,
+                             validation__num_samples=1, sample__prompts=[], sample__out_dir=str(tmp_path / "s")))
+    rows = [line.split(",") for line in (tmp_path / "out/loss.csv").read_text().splitlines()[1:]]
+    lrs = [float(v) for _, k, v in rows if k == "lr"]
+    per_optimizer_step = [0.0, 1.0, 2 / 3, 1 / 3]  # warm-up step at 0, then (4 - s) / (4 - 1)
+    assert lrs == pytest.approx([0.003 * f for f in per_optimizer_step for _ in range(2)])
