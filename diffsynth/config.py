@@ -99,10 +99,13 @@ class TrainConfig:
                                   ours=True)
     batch_size: int = _f(1, "samples per micro-step, all of one shape bucket (1: DiffSynth's behaviour, bit for bit)",
                          ours=True)
-    lr_scheduler: str = _f("constant", "constant | constant_with_warmup | diffsynth (DiffSynth's hidden "
-                           "ConstantLR: first 5 scheduler steps at lr/3)", ours=True,
-                           choices=["constant", "constant_with_warmup", "diffsynth"])
-    lr_warmup_steps: int = _f(0, "optimizer steps of linear warm-up for constant_with_warmup", ours=True)
+    lr_scheduler: str = _f("constant", "constant | constant_with_warmup | cosine | linear (decay to "
+                           "lr_min_ratio over the run's optimizer steps, after the warm-up) | diffsynth (DiffSynth's "
+                           "hidden ConstantLR: first 5 scheduler steps at lr/3)", ours=True,
+                           choices=["constant", "constant_with_warmup", "cosine", "linear", "diffsynth"])
+    lr_warmup_steps: int = _f(0, "optimizer steps of linear warm-up from 0 (diffusers' convention) for "
+                              "constant_with_warmup, cosine and linear", ours=True)
+    lr_min_ratio: float = _f(0.0, "cosine / linear: final lr as a fraction of learning_rate", ours=True)
     max_grad_norm: Optional[float] = _f(None, "clip the gradient norm to this value (None: no clipping)", ours=True)
     resume: str = _f("auto", "auto: continue an interrupted run from <output_path>/state; never: start fresh",
                      ours=True, choices=["auto", "never"])
@@ -243,6 +246,15 @@ class Config:
             raise ConfigError(f"output.save_steps = {self.output.save_steps}: must be >= 1, or empty for per-epoch saving")
         if self.train.lr_warmup_steps < 0:
             raise ConfigError("train.lr_warmup_steps must be >= 0")
+        if self.train.lr_warmup_steps and self.train.lr_scheduler in ("constant", "diffsynth"):
+            raise ConfigError(f"train.lr_warmup_steps = {self.train.lr_warmup_steps} has no effect with "
+                              f"lr_scheduler {self.train.lr_scheduler}: use constant_with_warmup, cosine or linear, "
+                              "or set lr_warmup_steps to 0")
+        if not 0 <= self.train.lr_min_ratio <= 1:
+            raise ConfigError(f"train.lr_min_ratio = {self.train.lr_min_ratio}: must be between 0 and 1")
+        if self.train.lr_min_ratio and self.train.lr_scheduler not in ("cosine", "linear"):
+            raise ConfigError(f"train.lr_min_ratio = {self.train.lr_min_ratio} only applies to lr_scheduler cosine "
+                              f"or linear (not {self.train.lr_scheduler}); set it to 0")
         if self.train.max_grad_norm is not None and self.train.max_grad_norm <= 0:
             raise ConfigError("train.max_grad_norm must be > 0, or empty for no clipping")
         if not 0 <= self.train.min_timestep_boundary < self.train.max_timestep_boundary <= 1:

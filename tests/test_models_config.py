@@ -130,6 +130,9 @@ def test_real_download_passes_modelscope_arguments(tmp_path, monkeypatch):
     monkeypatch.setattr(mc, "hub_reachable", lambda *a, **k: True)
     monkeypatch.setattr(modelscope, "snapshot_download", lambda model_id, **kw: seen.update(model_id=model_id, **kw))
     mc.download("Qwen/Qwen-Image", tmp_path / "Qwen/Qwen-Image", ["vae/*"], ["vae/config.json"])
+    from modelscope.hub.callback import ProgressCallback
+    [callback] = seen.pop("progress_callbacks")  # per-file progress lines in logs
+    assert issubclass(callback, ProgressCallback)
     assert seen == {"model_id": "Qwen/Qwen-Image", "local_dir": str(tmp_path / "Qwen/Qwen-Image"),
                     "allow_file_pattern": ["vae/*"], "ignore_file_pattern": ["vae/config.json"]}
 

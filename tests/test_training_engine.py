@@ -202,7 +202,7 @@ def test_lr_schedulers():
             sched.step()
         return out
     assert lrs("constant") == [1.0] * 8
-    assert lrs("constant_with_warmup", warmup=4) == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1, 1, 1])
+    assert lrs("constant_with_warmup", warmup=4) == pytest.approx([0, 0.25, 0.5, 0.75, 1, 1, 1, 1])  # diffusers' convention
     # DiffSynth's hidden ConstantLR: 5 scheduler steps at lr/3, stepped once per process by accelerate
     assert lrs("diffsynth") == pytest.approx([1 / 3] * 5 + [1.0] * 3)
     assert lrs("diffsynth", processes=4) == pytest.approx([1 / 3, 1 / 3, 1, 1, 1, 1, 1, 1])
@@ -231,8 +231,9 @@ def test_run_level_flags(tmp_path, shapes_dataset, tiny_env):
 
 @pytest.mark.slow
 def test_resume_is_exact(tmp_path, shapes_dataset, tiny_env, monkeypatch):
-    """16 steps in one go == 7 steps, SIGTERM, resume: identical weights, optimizer and data order."""
-    overrides = dict(train__max_steps=16, validation__num_samples=1, sample__prompts=[])
+    """16 steps in one go == 7 steps, SIGTERM, resume: identical weights, optimizer, lr sequence and data order."""
+    overrides = dict(train__max_steps=16, validation__num_samples=1, sample__prompts=[], tracking__enable_csv_log=True,
+                     train__lr_scheduler="cosine", train__lr_warmup_steps=3, train__lr_min_ratio=0.1)
     run_training(tiny_config(tmp_path / "straight", shapes_dataset, **overrides))
 
     calls = {"n": 0}
@@ -255,6 +256,13 @@ def test_resume_is_exact(tmp_path, shapes_dataset, tiny_env, monkeypatch):
     a = load_file(str(tmp_path / "straight/out/epoch-0.safetensors"))
     b = load_file(str(tmp_path / "resumed/out/epoch-0.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def lrs(run):
+        rows = [line.split(",") for line in (tmp_path / run / "out/loss.csv").read_text().splitlines()[1:]]
+        return [(int(s), float(v)) for s, k, v in rows if k == "lr"]
+    assert lrs("resumed") == lrs("straight")
+    assert [s for s, _ in lrs("straight")] == list(range(1, 17))
+    assert lrs("straight")[-1][1] < lrs("straight")[3][1] == pytest.approx(0.002)  # warmed up, then decayed
 
 
 @pytest.mark.slow

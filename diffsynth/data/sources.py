@@ -61,7 +61,13 @@ def download_modelscope_dataset(dataset_id: str, local_dir: Path, allow_patterns
         raise ConnectionError(f"cannot reach {host} ({why})")
     from modelscope import dataset_snapshot_download
 
+    # this call takes no progress callback: a line before and after at least tells a log what is going on
+    print(f"[download] dataset {dataset_id}{' (' + ', '.join(allow_patterns) + ')' if allow_patterns else ''} "
+          f"-> {local_dir}", flush=True)
     dataset_snapshot_download(dataset_id, local_dir=str(local_dir), allow_file_pattern=allow_patterns or None)
+    files = [f for f in Path(local_dir).rglob("*") if f.is_file()]
+    print(f"[download] dataset {dataset_id}: {len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB",
+          flush=True)
 
 
 def _offline_help(config: DatasetConfig) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..files import atomic_path, write_json
+from ..progress import progress
 from .buckets import bucket_stats, format_key
 from .dataset import DEFAULT_VIDEO_KEYS, ImageRules, split_keys
 from .file_checks import check_image_cell, check_video_cell
@@ -167,7 +168,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
     if not records:
         report.add(None, None, f"{metadata_path} holds no rows")
     _check_columns(report, records, data_file_keys, rules)
-    for record in records:
+    for record in progress(records, desc="data check", unit="row"):  # decoding every file takes a while
         if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
                       set(derived_inputs)):
             report.valid_records.append(record)

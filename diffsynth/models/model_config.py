@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import project_root
+from ..progress import mode as progress_mode, progress
 
 
 # Tiny presets are written under this model-id namespace, so they can never be mistaken for real weights.
@@ -157,8 +158,32 @@ def download(model_id: str, local_dir: Path, allow_patterns: list[str], ignore_p
         raise HubUnreachable(f"{hub_endpoint()} is not reachable")
     from modelscope import snapshot_download
 
+    print(f"[download] {model_id}: {', '.join(allow_patterns)} -> {local_dir}", flush=True)
     snapshot_download(model_id, local_dir=str(local_dir), allow_file_pattern=allow_patterns,
-                      ignore_file_pattern=ignore_patterns or None)
+                      ignore_file_pattern=ignore_patterns or None, progress_callbacks=[file_progress_callback()])
+
+
+def file_progress_callback():
+    """A modelscope ProgressCallback class showing each file's download as our progress lines.
+
+    Only where the output is a log: on a terminal modelscope draws its own bars (tqdm), and two bars of one
+    file would fight over the line.
+    """
+    from modelscope.hub.callback import ProgressCallback
+
+    class FileProgress(ProgressCallback):
+        def __init__(self, filename: str, file_size: int):
+            super().__init__(filename, file_size)
+            self.bar = progress(total=file_size or None, desc=f"download {filename}", unit="B",
+                                enabled=progress_mode() == "lines")
+
+        def update(self, size: int) -> None:
+            self.bar.update(size)
+
+        def end(self) -> None:
+            self.bar.close()
+
+    return FileProgress
 
 
 def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None = None) -> ModelConfig:

@@ -28,6 +28,7 @@ from ..families import Pipeline, spec_for
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
 from ..models.lora_names import opensource_converter
+from ..progress import progress
 from ..tracking import MetricsLog, Tracker
 from . import resume
 from . import distributed
@@ -35,7 +36,7 @@ from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
 from .loss import flow_match_loss
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_optimizer, total_optimizer_steps
 from .sampler import BucketBatchSampler
 from .schedule import FlowMatchSchedule
 from .validation import FixedNoiseValidator
@@ -191,15 +192,14 @@ def _samples(pipe: Pipeline, config: Config, prompt_inputs: dict | None) -> list
     """(prompt index, prompt, seed, image or list of frames) for every prompt × seed; conditioned on the prompt
     cache when training from the encoder cache."""
     s, out = config.sample, []
-    for i, prompt in enumerate(s.prompts):
-        for seed in s.seeds:
-            if prompt_inputs is not None:
-                image = pipe.render(to_device(prompt_inputs[prompt], pipe.device), int(seed), s.height, s.width,
-                                    s.num_inference_steps, num_frames=s.num_frames)
-            else:
-                image = pipe.sample(prompt, int(seed), s.height, s.width, s.num_inference_steps,
-                                    num_frames=s.num_frames)
-            out.append((i, prompt, int(seed), image))
+    pairs = [(i, prompt, int(seed)) for i, prompt in enumerate(s.prompts) for seed in s.seeds]
+    for i, prompt, seed in progress(pairs, desc="samples", unit="image"):
+        if prompt_inputs is not None:
+            image = pipe.render(to_device(prompt_inputs[prompt], pipe.device), seed, s.height, s.width,
+                                s.num_inference_steps, num_frames=s.num_frames)
+        else:
+            image = pipe.sample(prompt, seed, s.height, s.width, s.num_inference_steps, num_frames=s.num_frames)
+        out.append((i, prompt, seed, image))
     return out
 
 
@@ -301,7 +301,15 @@ class Trainer:
         self.buckets = bucket_stats(self.bucket_keys, config.train.batch_size, self.world)
         self.samples_seen = 0
         optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
-        self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world)
+        # micro-steps per epoch on this rank (the sampler's length) and in the whole run: decay length, progress total
+        self.batches_per_epoch = self.sampler(0, 0).per_rank
+        self.total_micro_steps = min(self.batches_per_epoch * config.train.num_epochs,
+                                     config.train.max_steps or float("inf"))
+        self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world,
+                                    total_optimizer_steps(self.batches_per_epoch, config.train.num_epochs,
+                                                          config.gradient.gradient_accumulation_steps,
+                                                          config.train.max_steps),
+                                    config.train.lr_min_ratio)
         if (self.world > 1 and not self.sharded and not config.train.find_unused_parameters
                 and _trains_unused(module, self.trainable)):
             # a full fine-tune includes modules the loss never reaches; DDP must be told (DiffSynth: a crash)
@@ -568,6 +576,7 @@ class Trainer:
     def train_step(self, items: list[dict], step: int, samples: int) -> None:
         """One micro-step on this process's batch ``items``; ``samples``: all processes' samples in this step."""
         accelerator, started = self.accelerator, time.perf_counter()
+        lr = self.lr_schedule.lr()  # the lr this step's update uses (the schedule moves on after it)
         with accelerator.accumulate(self.model):
             loss = self.model(items)
             accelerator.backward(loss)
@@ -584,7 +593,7 @@ class Trainer:
             value, elapsed = loss.detach().float().item(), time.perf_counter() - started
             self.result.loss_history.append((step, value))
             # step = micro-step (one batch per process); an optimizer step every gradient_accumulation_steps
-            metrics = {"loss": value, "lr": self.lr_schedule.lr(), "step_time": elapsed,
+            metrics = {"loss": value, "lr": lr, "step_time": elapsed,
                        "samples_per_s": samples / elapsed, "samples_seen": self.samples_seen,
                        "optimizer_step": step // self.config.gradient.gradient_accumulation_steps,
                        "peak_memory_mb": _peak_memory_mb(accelerator.device)}
@@ -612,6 +621,7 @@ class Trainer:
             accelerator.wait_for_everyone()
             self.model.train()
             save_steps, done, state_pending, epoch = config.output.save_steps, False, False, epoch0
+            bar = progress(total=self.total_micro_steps, desc="train", unit="step", initial=step) if self.main else None
             for epoch in range(epoch0, config.train.num_epochs):
                 start = offset if epoch == epoch0 else 0
                 sampler = self.sampler(epoch, start)  # position and per_rank count this process's batches
@@ -621,6 +631,10 @@ class Trainer:
                 for items in loader:
                     self.train_step(items, step + 1, sampler.samples_in_step(position))
                     step, position = step + 1, position + 1
+                    if bar:
+                        bar.set_postfix(epoch=f"{epoch + 1}/{config.train.num_epochs}",
+                                        loss=self.result.loss_history[-1][1])
+                        bar.update()
                     if save_steps and step % save_steps == 0:
                         self.save_point(step, None)
                         state_pending = True
@@ -645,6 +659,8 @@ class Trainer:
                     break
             if save_steps and step % save_steps != 0:
                 self.save_point(step, None)
+            if bar:
+                bar.close()
             _check_ranks_agree(accelerator, self.model)
             self.save_state(step, epoch + 1, 0, finished=True)
             self.result.steps = step

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 
@@ -29,22 +30,64 @@ def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
     return cls(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
 
 
+DECAYING = ("cosine", "linear")
+WARMING = ("constant_with_warmup", "cosine", "linear")
+
+
+def total_optimizer_steps(batches_per_epoch: int, num_epochs: int, accumulation: int,
+                          max_steps: int | None = None) -> int:
+    """Optimizer steps a run makes: micro-steps (batches per rank x epochs, cut at ``train.max_steps``) over
+    the accumulation. Micro-steps left over at the end make no optimizer step, as in the loop."""
+    micro = batches_per_epoch * num_epochs
+    if max_steps:
+        micro = min(micro, max_steps)
+    return micro // accumulation
+
+
 class Schedule:
     """The learning-rate schedule, advanced once per optimizer step (not per micro-step or per process).
 
     ``diffsynth`` reproduces DiffSynth's ``ConstantLR(optimizer)``: torch defaults factor 1/3 for the first
     5 scheduler steps, and accelerate steps it once per process per optimizer step.
+
+    The warm-ups and decays follow diffusers' ``get_constant_schedule_with_warmup`` /
+    ``get_cosine_schedule_with_warmup`` / ``get_linear_schedule_with_warmup`` (the convention most trainers
+    share): optimizer step ``s`` (0-based) runs at ``lr * s / warmup`` while ``s < warmup`` -- the first
+    update at lr 0 -- then ``progress = (s - warmup) / (total - warmup)`` falls to ``min_ratio`` at ``total``:
+    cosine ``min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2`` (transformers'
+    ``get_cosine_with_min_lr_schedule_with_warmup``), linear ``min_ratio + (1 - min_ratio) * (1 - progress)``
+    (diffusers' ``f_min``). Past ``total`` (left-over micro-steps) the lr stays at the floor.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, num_processes: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, num_processes: int,
+                 total_steps: int | None = None, min_ratio: float = 0.0):
         self.name = name
         self.steps_per_update = num_processes if name == "diffsynth" else 1
+        # the plan is saved with the state: a resumed run must continue on the same curve
+        self.plan = {"name": name, "warmup_steps": warmup_steps if name in WARMING else 0,
+                     "total_steps": total_steps if name in DECAYING else None,
+                     "min_ratio": min_ratio if name in DECAYING else 0.0}
+        if name in DECAYING:
+            if not total_steps or total_steps <= warmup_steps:
+                raise ConfigError(f"train.lr_scheduler {name}: the run makes {total_steps} optimizer steps, not more "
+                                  f"than train.lr_warmup_steps ({warmup_steps}), so there is nothing to decay; "
+                                  "lower lr_warmup_steps or train longer (train.num_epochs / train.max_steps)")
         if name == "diffsynth":
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
-        elif name == "constant_with_warmup" and warmup_steps > 0:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        else:  # a plain lambda, which torch leaves out of the state dict (the plan is saved instead)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: self.factor(s))
+
+    def factor(self, step: int) -> float:
+        """lr multiplier of optimizer step ``step`` (0-based), for every schedule but ``diffsynth``."""
+        name, warmup = self.plan["name"], self.plan["warmup_steps"]
+        if step < warmup:
+            return step / warmup
+        if name not in DECAYING:
+            return 1.0
+        total, floor = self.plan["total_steps"], self.plan["min_ratio"]
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if name == "cosine" else 1.0 - progress
+        return floor + (1.0 - floor) * shape
 
     def step(self) -> None:
         for _ in range(self.steps_per_update):
@@ -54,7 +97,17 @@ class Schedule:
         return self.scheduler.get_last_lr()[0]
 
     def state_dict(self) -> dict:
-        return self.scheduler.state_dict()
+        return {"scheduler": self.scheduler.state_dict(), "plan": dict(self.plan)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scheduler.load_state_dict(state)
+        saved = state.get("plan")
+        if saved is not None and saved != self.plan:
+            changed = {k: (saved.get(k), v) for k, v in self.plan.items() if saved.get(k) != v}
+            raise ConfigError(
+                f"Cannot resume: the learning-rate schedule differs from the interrupted run's ({changed}, as "
+                "(saved, now)); total_steps follows train.num_epochs, train.max_steps, the dataset and "
+                "gradient_accumulation_steps. Restore them, or set train.resume: never to start over.")
+        self.scheduler.load_state_dict(state["scheduler"] if saved is not None else state)
+        # torch's schedulers restore their counters but not the optimizer's lr, which ConstantLR reads back
+        for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..families.base import Pipeline
+from ..progress import progress
 from .loss import velocity_mse
 from .schedule import FlowMatchSchedule
 
@@ -23,7 +24,7 @@ class FixedNoiseValidator:
         """Unweighted MSE per fixed sigma (averaged over the rows) and their mean, as ``val_loss``."""
         generator = torch.Generator().manual_seed(self.seed)
         per_sigma = {s: 0.0 for s in self.sigmas}
-        for item in self.items:
+        for item in progress(self.items, desc="validation", unit="row"):
             inputs = (self.encode or pipe.encode)(item)
             latents = inputs["latents"]
             noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
