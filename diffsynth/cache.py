@@ -140,7 +140,7 @@ def write_cache(out_dir: str | Path, encode: Callable[[dict], dict], items: Iter
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp)
-        for row, item in (progress(items, total=total, desc="encode") if progress else items):
+        for row, item in (progress(items, total=total, desc="cache", unit="row") if progress else items):
             with torch.no_grad():
                 writer.add(f"row{row}", encode(item), row=row)
         writer.flush()

@@ -11,6 +11,7 @@ from . import cache
 from .config import Config, ConfigError
 from .data.dataset import ImageRules, UnifiedDataset
 from .families import spec_for
+from .progress import progress as progress_bar
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -31,7 +32,8 @@ def load_encoders(config: Config, device: str | torch.device = "cpu"):
     return spec_for(config).load_pipeline(config, DTYPES[config.model.torch_dtype], device, "encode")
 
 
-def build_data_cache(config: Config, metadata_path: str, out_dir: str | Path, pipe=None, progress=None) -> dict:
+def build_data_cache(config: Config, metadata_path: str, out_dir: str | Path, pipe=None,
+                     progress=progress_bar) -> dict:
     """Encode every validated row into ``out_dir``; returns the index."""
     if not metadata_path:
         raise ConfigError("building the encoder cache needs dataset.dataset_metadata_path (the rows to encode)")
