@@ -117,5 +117,6 @@ def test_readme_flag_table_is_the_generated_one():
 
 
 def test_unsupported_task_says_what_is_missing():
-    with pytest.raises(ConfigError, match="split training"):
-        config_from_args(["--lora_base_model", "dit", "--task", "sft:data_process"])
+    with pytest.raises(ConfigError, match="direct_distill and trajectory_imitation are not supported"):
+        config_from_args(["--lora_base_model", "dit", "--task", "direct_distill"])
+    assert config_from_args(["--lora_base_model", "dit", "--task", "sft:data_process"]).train.task == "sft:data_process"
