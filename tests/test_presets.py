@@ -9,21 +9,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffsynth.config import load_params
+from diffsynth.presets import load_preset, write_preset
 from diffsynth.models.tiny import TINY_PRESETS
 from helpers import REPO
 
-PRESETS = sorted((REPO / "presets").glob("*.yaml"))
+PRESETS = sorted(p for p in (REPO / "presets").glob("*.yaml") if p.name != "base.yaml")
 
 
 def test_presets_exist_for_every_family():
-    families = {load_params(p).model.family for p in PRESETS}
+    families = {load_preset(p).model.family for p in PRESETS}
     assert {"qwen_image", "flux", "wan"} <= families and len(PRESETS) >= 11
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_preset_and_tiny_twin(preset):
-    real, twin = load_params(preset), load_params(REPO / "presets" / "tiny" / preset.name)
+    real, twin = load_preset(preset), load_preset(REPO / "presets" / "tiny" / preset.name)
     assert real.model.tiny_preset == "" and twin.model.tiny_preset in TINY_PRESETS
     assert real.model.family == twin.model.family
     assert (real.lora.lora_base_model, real.train.trainable_models) == (twin.lora.lora_base_model, twin.train.trainable_models)
@@ -33,9 +33,10 @@ def test_preset_and_tiny_twin(preset):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["qwen-image-edit-lora", "flux.1-dev-lora", "wan2.1-i2v-14b-lora"])
+@pytest.mark.parametrize("name", ["qwen-image-edit-lora", "flux.1-dev-lora", "flux.1-kontext-dev-lora",
+                                  "wan2.1-i2v-14b-lora"])
 def test_models_stage_pins_weights_and_tokenizers(name, tmp_path):
-    (tmp_path / "params.yaml").write_text((REPO / "presets" / "tiny" / f"{name}.yaml").read_text())
+    write_preset(REPO / "presets" / "tiny" / f"{name}.yaml", tmp_path / "params.yaml")
     env = dict(os.environ, DIFFSYNTH_MODEL_BASE_PATH=str(tmp_path / "models"), PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "models.py")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)

@@ -94,7 +94,7 @@ def register(spec: FamilySpec) -> FamilySpec:
 
 def _load_all() -> None:
     # importing a family module registers its spec; a module imported directly registers only itself
-    from . import flux, qwen_image, qwen_image_edit, wan  # noqa: F401
+    from . import flux, flux_kontext, qwen_image, qwen_image_edit, wan  # noqa: F401
 
 
 def all_specs() -> list[FamilySpec]:

@@ -391,7 +391,7 @@ def plan_shapes(shapes: dict, family: str | None = None, beside: dict | None = N
 
 def load_component(config: ModelConfig, family: str, dtype: torch.dtype) -> tuple[str, torch.nn.Module]:
     """Detect and load one fetched model entry; returns (pipeline attribute, module in eval mode)."""
-    files = config.files()
+    files = config.weight_files()
     d = detect(files, family)
     module = d.build()
     state = d.kind.to_model_keys(load_state_dict(files, dtype), d.config)
@@ -414,7 +414,7 @@ def empty_component(configs: list[ModelConfig], family: str, component: str) -> 
     Enough to check which module names and shapes exist, without reading any weights.
     """
     for config in configs:
-        d = detect(config.files(), family)
+        d = detect(config.weight_files(), family)
         if d.component == component:
             with init_empty_weights():
                 return d.kind.build(d.config, d.family)
