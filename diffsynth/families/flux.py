@@ -23,7 +23,7 @@ from ..models.model_config import fetch, parse_model_configs, parse_path_or_mode
 from ..sigmas import sampling_grid, shifted_grid
 from .base import Pipeline, load_components
 from .images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
-from .spec import DataRules, FamilySpec, register
+from .spec import FamilySpec, register
 
 SHIFT, SIGMA_END = 3.0, 0.003 / 1.002  # DiffSynth's "FLUX.1" scheduler template
 DEFAULT_TOKENIZER_1 = "black-forest-labs/FLUX.1-dev:tokenizer/"     # CLIP
@@ -225,11 +225,10 @@ SPEC = register(FamilySpec(
     name="flux",
     aliases=("flux1", "flux_1", "flux1_dev", "flux1_krea_dev"),
     summary="FLUX.1-dev / Krea-dev (12B MMDiT, CLIP-L + T5-XXL); kontext_images selects FLUX.1-Kontext",
-    model_family="flux",
     load_pipeline=load_pipeline,
     auxiliary_entries=auxiliary_entries,
     train_sigmas=train_sigmas,
-    data=DataRules(size_factor=16, width_factor=16),  # VAE 8 x 2x2 patches
+    # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
     lora_targets=LORA_TARGETS,
     map_lora_targets=map_lora_targets,
     lora_to_original=lora_to_bfl,

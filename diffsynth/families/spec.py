@@ -46,9 +46,10 @@ def _identity_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
 class FamilySpec:
     name: str                                   # canonical name, as params.yaml's model.family writes it
     summary: str                                # one line for help texts and errors
-    model_family: str                           # which family of the model tables (models/components.py) loads it
     load_pipeline: Callable                     # (config, dtype, device) -> Pipeline
     train_sigmas: Callable[[int], torch.Tensor]  # n -> the n-point training grid (float64, 1 -> small)
+    model_family: str = ""                      # the model tables' family that loads it (models/components.py);
+                                                # "" = the spec's name (a variant inherits its base's)
     aliases: tuple[str, ...] = ()               # other accepted spellings (the only alias table)
     auxiliary_entries: Callable = lambda config: {}  # config -> {name: tokenizer/processor folder entry}
     data: DataRules = field(default_factory=DataRules)
@@ -65,6 +66,10 @@ class FamilySpec:
     tiny_presets: tuple[str, ...] = ()          # `diffsynth tiny-model` twins; the first is the family's default
     model_id_patterns: tuple[str, ...] = ()     # substrings of model ids/files that name the family (flag-only runs)
     command_line_defaults: dict = field(default_factory=dict)  # {section: {key: value}} DiffSynth's script forces
+
+    def __post_init__(self):
+        if not self.model_family:
+            object.__setattr__(self, "model_family", self.name)
 
     def data_rules(self, config=None) -> DataRules:
         return self.data_rules_for(config) if (config is not None and self.data_rules_for) else self.data

@@ -318,7 +318,6 @@ SPEC = register(FamilySpec(
     name="wan",
     aliases=("wanvideo", "wan_video", "wan21", "wan22"),
     summary="Wan2.1 / Wan2.2 text- and image-to-video (WanTransformer3DModel, UMT5, Wan VAE 2.1/2.2)",
-    model_family="wan",
     load_pipeline=load_pipeline,
     auxiliary_entries=auxiliary_entries,
     train_sigmas=train_sigmas,
