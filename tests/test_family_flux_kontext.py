@@ -176,6 +176,7 @@ def twin_config(kind: str, tmp_path: Path, max_steps: int):
     return config_from_dict(data)
 
 
+@pytest.mark.slow
 def test_tiny_lora_twin_trains_and_saves_flux_kohya_lora(tmp_path, kontext_env):
     config = twin_config("lora", tmp_path, max_steps=4)
     assert spec_for(config).name == "flux_kontext"
