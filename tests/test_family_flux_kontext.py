@@ -172,7 +172,7 @@ def twin_config(kind: str, tmp_path: Path, max_steps: int):
     data["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", enable_csv_log=False)
     data["train"]["max_steps"] = max_steps
     data["validation"]["num_samples"] = 2
-    data["sample"]["num_inference_steps"] = 2
+    data["sample"].update(num_inference_steps=2, out_dir=str(tmp_path / "samples"))
     return config_from_dict(data)
 
 
