@@ -126,6 +126,17 @@ def cmd_plan(args) -> int:
         sys.stdout.write(format_plan(plan) + "\n")
     if args.json:
         write_json(args.json, plans[0] if len(plans) == 1 else plans)
+
+
+def cmd_preset(args) -> int:
+    from .config import ConfigError
+    from .presets import write_preset
+    try:
+        out = write_preset(args.name, args.out)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} from preset {args.name}; run `dvc repro` to train it")
     return 0
 
 
@@ -139,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("params", help="print the params.yaml that a DiffSynth command line means")
     p.add_argument("--from-args", action="store_true", required=True,
                    help="the remaining arguments are DiffSynth train.py flags")
+    p = sub.add_parser("preset", help="write the full params.yaml of a preset (presets/<name>.yaml or a file)")
+    p.add_argument("name", help="a preset file or a name under presets/: flux.1-dev-lora, tiny/flux.1-dev-lora, ...")
+    p.add_argument("--out", default="params.yaml", help="where to write it (default params.yaml)")
     p = sub.add_parser("tiny-model", help="write a tiny random model in the real repository layout")
     p.add_argument("--family", required=True, help="a family name or alias (its default twin) or a tiny preset name, "
                                                    "as params.yaml writes them: qwen_image, wan2.2-ti2v-5b, ...")
@@ -181,9 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         from .command_line import flag_table
         print(flag_table())
         return 0
-    return {"tiny-model": cmd_tiny_model, "export": cmd_export, "summary": cmd_summary,
-            "families": cmd_families,
-            "plan": cmd_plan}[args.command](args)
+    return {"preset": cmd_preset, "tiny-model": cmd_tiny_model, "export": cmd_export, "summary": cmd_summary,
+            "families": cmd_families, "plan": cmd_plan}[args.command](args)
 
 
 if __name__ == "__main__":

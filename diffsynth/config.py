@@ -39,8 +39,8 @@ class DatasetConfig:
     data_file_keys: str = _f("image,video", "comma list of metadata columns holding file paths")
     source: str = _f("local", "where the data comes from: builtin (generated sample), local, modelscope",
                      ours=True, choices=["builtin", "local", "modelscope"])
-    builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes or "
-                           "shapes_edit", ours=True)
+    builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes, "
+                           "or shapes_edit (reference images under the data_file_keys column beside image)", ours=True)
     modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
     modelscope_include: str = _f("", "comma list of file globs to download from the ModelScope dataset "
                                      "(modelscope download --include); empty: all files", ours=True)

@@ -28,7 +28,7 @@ def main() -> int:
                              "so a tiny model can never be mistaken for downloaded real weights.")
         print(f"[models] writing tiny preset {m.tiny_preset!r} ({TINY_PRESETS[resolve_tiny_preset(m.tiny_preset)][1]} layout)")
         write_tiny_model(m.tiny_preset, model_base_path() / model_id, seed=config.train.seed)
-    entries = {c.source_string: fetch(c).files() for c in configs}
+    entries = {c.source_string: fetch(c).weight_files() for c in configs}
     for value in spec_for(config).auxiliary_entries(config).values():
         folder = fetch(parse_path_or_model_id(value, "")).files()[0]
         entries[value] = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]

@@ -14,7 +14,8 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffsynth.config import SECTIONS, ConfigError, config_from_dict, load_params
+from diffsynth.config import SECTIONS, ConfigError, config_from_dict
+from diffsynth.presets import load_preset as load_params, preset_params
 from diffsynth.families import flux
 from diffsynth.families import get_spec
 from diffsynth.models.lora_names import opensource_converter
@@ -240,7 +241,7 @@ def test_params_from_diffsynth_flags_equal_the_lora_preset(capsys):
 
     assert main(["params", "--from-args", *shlex.split(FLUX_LORA_SH)]) == 0  # no --family: read from the ids
     printed = yaml.safe_load(capsys.readouterr().out)
-    preset = yaml.safe_load(PRESETS["flux.1-dev-lora"].read_text())
+    preset = preset_params(PRESETS["flux.1-dev-lora"])
     assert printed["model"]["family"] == preset["model"]["family"] == "flux"
     for section in ("dataset", "resolution", "model", "train", "lora", "gradient", "output"):
         for f in fields(SECTIONS[section]):
@@ -252,7 +253,7 @@ def test_params_from_diffsynth_flags_equal_the_lora_preset(capsys):
 
 def twin_params(name, tmp_path, metadata, max_steps):
     """A tiny twin's params on the shapes dataset, writing into tmp_path, for ``max_steps`` steps."""
-    data = yaml.safe_load(PRESETS[name].read_text())
+    data = preset_params(PRESETS[name])
     data["dataset"].update(dataset_base_path=str(metadata.parent), dataset_metadata_path=str(metadata))
     data["output"]["output_path"] = str(tmp_path / "out")
     data["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", enable_csv_log=False)

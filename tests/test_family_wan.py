@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 from diffsynth.cli import main as cli_main
 from diffsynth.command_line import config_from_args
-from diffsynth.config import SECTIONS, config_from_dict, load_params
+from diffsynth.config import SECTIONS, config_from_dict
 from diffsynth.export import export_checkpoint
 from diffsynth.families import get_spec, wan
+from diffsynth.presets import load_preset, preset_params, write_preset
 from diffsynth.models.real_configs import REAL_MODELS, build_class
 from diffsynth.models.tiny import write_tiny_model
 from diffsynth.training import FlowMatchSchedule
@@ -63,7 +64,7 @@ def clips(tmp_path_factory):
 
 
 def preset_data(name: str, tiny: bool = True) -> dict:
-    return yaml.safe_load((REPO / "presets" / ("tiny" if tiny else "") / f"{name}.yaml").read_text())
+    return preset_params(REPO / "presets" / ("tiny" if tiny else "") / f"{name}.yaml")
 
 
 def twin_config(name, tmp_path, metadata, tracking_uri, **overrides):
@@ -221,8 +222,8 @@ def test_lora_target_mapping_and_size_rules():
         ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
     assert m("blocks.3.self_attn.q") == "blocks.3.attn1.to_q" and m("cross_attn.k_img") == "attn2.add_k_proj"
     assert m("attn1.to_q") == "attn1.to_q" and m("head.head") == "proj_out"  # diffusers names pass unchanged
-    ti2v = load_params(REPO / "presets" / "wan2.2-ti2v-5b-lora.yaml")
-    t2v = load_params(REPO / "presets" / "wan2.1-t2v-1.3b-lora.yaml")
+    ti2v = load_preset(REPO / "presets" / "wan2.2-ti2v-5b-lora.yaml")
+    t2v = load_preset(REPO / "presets" / "wan2.1-t2v-1.3b-lora.yaml")
     spec = get_spec("wan")
     assert spec.data_rules(ti2v).size_factor == 32 and spec.data_rules(t2v).size_factor == 16
     assert spec.data_rules().video_keys == ("video",) and spec.data_rules().time_division_factor == 4
@@ -232,8 +233,8 @@ def test_lora_target_mapping_and_size_rules():
 @pytest.mark.parametrize("size,code", [("32", 0), ("48", 1)])
 def test_data_validation_of_a_ti2v_dataset(size, code, clips, tmp_path):
     """`input_image` needs no column (it is the first frame); the Wan2.2 VAE needs sides of multiples of 32."""
-    args = ["data", "validate", "--report", str(tmp_path / "report.json"),
-            "--params", str(REPO / "presets" / "tiny" / "wan2.2-ti2v-5b-lora.yaml"),
+    params = write_preset(REPO / "presets" / "tiny" / "wan2.2-ti2v-5b-lora.yaml", tmp_path / "params.yaml")
+    args = ["data", "validate", "--report", str(tmp_path / "report.json"), "--params", str(params),
             "--dataset_base_path", str(clips.parent), "--dataset_metadata_path", str(clips),
             "--height", size, "--width", size]
     assert cli_main(args) == code
@@ -245,7 +246,7 @@ def test_data_validation_of_a_ti2v_dataset(size, code, clips, tmp_path):
 
 @pytest.mark.parametrize("name", ["wan2.2-a14b-high-noise-lora", "wan2.2-a14b-low-noise-lora"])
 def test_a14b_experts_draw_only_their_timesteps(name):
-    config = load_params(REPO / "presets" / f"{name}.yaml")
+    config = load_preset(REPO / "presets" / f"{name}.yaml")
     schedule = FlowMatchSchedule.for_family("wan")
     seen = []
 
@@ -288,6 +289,16 @@ def a14b_flags(expert: str, lo: str, hi: str) -> list[str]:
     return flags + ["--num_frames", "49", "--max_timestep_boundary", hi, "--min_timestep_boundary", lo]
 
 
+def i2v_a14b_flags(expert: str, lo: str, hi: str) -> list[str]:
+    """DiffSynth's lora/Wan2.2-I2V-A14B.sh, one of its two commands."""
+    flags = a14b_flags(expert, lo, hi)
+    flags = [f.replace("Wan2.2-T2V-A14B", "Wan2.2-I2V-A14B") for f in flags]
+    data = "data/diffsynth_example_dataset/wanvideo/Wan2.2-I2V-A14B"
+    flags[flags.index("--dataset_base_path") + 1] = data
+    flags[flags.index("--dataset_metadata_path") + 1] = f"{data}/metadata.csv"
+    return flags + ["--extra_inputs", "input_image"]
+
+
 def diffsynth_values(config) -> dict:
     """Every DiffSynth flag's value (our own keys left out), plus the family."""
     out = {"model.family": config.model.family}
@@ -302,11 +313,14 @@ def diffsynth_values(config) -> dict:
     ("wan2.1-t2v-1.3b-lora", T2V_LORA_FLAGS),
     ("wan2.2-a14b-high-noise-lora", a14b_flags("high", "0", "0.417")),
     ("wan2.2-a14b-low-noise-lora", a14b_flags("low", "0.417", "1")),
+    ("wan2.2-i2v-a14b-high-noise-lora", i2v_a14b_flags("high", "0", "0.358")),
+    ("wan2.2-i2v-a14b-low-noise-lora", i2v_a14b_flags("low", "0.358", "1")),
+    ("wan2.1-t2v-14b-lora", [f.replace("1.3B", "14B") for f in T2V_LORA_FLAGS]),
 ])
 def test_diffsynth_flags_give_the_preset(name, flags, capsys):
     assert cli_main(["params", "--from-args", *flags]) == 0
     printed = config_from_dict(yaml.safe_load(capsys.readouterr().out))
-    preset = load_params(REPO / "presets" / f"{name}.yaml")
+    preset = load_preset(REPO / "presets" / f"{name}.yaml")
     assert diffsynth_values(printed) == diffsynth_values(preset)
     # the family came from the Wan-AI ids; checkpointing is on because DiffSynth's Wan script forces it
     assert printed.model.family == "wan" and printed.gradient.use_gradient_checkpointing

@@ -16,10 +16,12 @@ from diffsynth.config import config_from_dict
 from diffsynth.data.sample_dataset import build_builtin
 from diffsynth.models.real_configs import REAL_MODELS, build_class
 from diffsynth.training.loop import run_training
+from diffsynth.presets import preset_params
 from helpers import DEFAULT_PARAMS, REPO
 
 PRESETS = REPO / "presets"
-QWEN = ("qwen-image-lora", "qwen-image-full", "qwen-image-edit-lora")
+QWEN = ("qwen-image-lora", "qwen-image-full", "qwen-image-edit-lora", "qwen-image-edit-2509-lora",
+        "qwen-image-edit-2511-lora")
 TARGETS = "to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,img_mlp.net.2,img_mod.1,txt_mlp.net.2,txt_mod.1"
 MODELS = ("{dit}:transformer/diffusion_pytorch_model*.safetensors,Qwen/Qwen-Image:text_encoder/model*.safetensors,"
           "Qwen/Qwen-Image:vae/diffusion_pytorch_model.safetensors")
@@ -41,17 +43,29 @@ SCRIPTS = {
         '--data_file_keys "image,edit_image" --extra_inputs "edit_image" --dataset_repeat 50 '
         f'--model_id_with_origin_paths "{MODELS.format(dit="Qwen/Qwen-Image-Edit")}" '
         f"--output_path ./models/train/Qwen-Image-Edit_lora --dataset_num_workers 8 {LORA} {COMMON}"),
+    "qwen-image-edit-2509-lora": (
+        "--dataset_base_path data/example_image_dataset --dataset_metadata_path data/example_image_dataset/metadata_edit.csv "
+        '--data_file_keys "image,edit_image" --extra_inputs "edit_image" --dataset_repeat 50 '
+        f'--model_id_with_origin_paths "{MODELS.format(dit="Qwen/Qwen-Image-Edit-2509")}" '
+        f"--output_path ./models/train/Qwen-Image-Edit-2509_lora --dataset_num_workers 8 {LORA} {COMMON}"),
+    "qwen-image-edit-2511-lora": (
+        "--dataset_base_path data/example_image_dataset "
+        "--dataset_metadata_path data/example_image_dataset/metadata_qwen_imgae_edit_multi.json "
+        '--data_file_keys "image,edit_image" --extra_inputs "edit_image" --dataset_repeat 50 '
+        f'--model_id_with_origin_paths "{MODELS.format(dit="Qwen/Qwen-Image-Edit-2511")}" '
+        f"--output_path ./models/train/Qwen-Image-Edit-2511_lora --dataset_num_workers 8 {LORA} {COMMON} --zero_cond_t"),
 }
 TRAINING_SECTIONS = ("dataset", "resolution", "model", "train", "lora", "gradient", "output")
 
 
 def load(name: str, tiny: bool = False) -> dict:
-    return yaml.safe_load((PRESETS / ("tiny" if tiny else "") / f"{name}.yaml").read_text())
+    """The full params of a preset, merged from its overlays as `diffsynth preset` writes them."""
+    return preset_params(PRESETS / ("tiny" if tiny else "") / f"{name}.yaml")
 
 
 @pytest.mark.parametrize("name", QWEN)
 @pytest.mark.parametrize("tiny", [False, True])
-def test_presets_are_full_params_files(name, tiny):
+def test_presets_merge_to_full_params_files(name, tiny):
     data = load(name, tiny)
     config = config_from_dict(data)  # unknown keys and bad values fail here
     for section, values in DEFAULT_PARAMS.items():
@@ -79,7 +93,7 @@ def test_tiny_twin_keeps_the_recipe(name):
     assert tiny.model.tiny_preset and all(e.startswith("diffsynth-tiny/") for e in
                                           tiny.model.model_id_with_origin_paths.split(","))
     assert tiny.dataset.source == "builtin" and tiny.model.torch_dtype == "float32"
-    for key in ("model.family", "model.extra_inputs", "dataset.data_file_keys", "train.trainable_models",
+    for key in ("model.family", "model.extra_inputs", "model.zero_cond_t", "dataset.data_file_keys", "train.trainable_models",
                 "train.find_unused_parameters", "lora.lora_base_model", "lora.lora_target_modules",
                 "gradient.use_gradient_checkpointing", "output.remove_prefix_in_ckpt"):
         section, field = key.split(".")

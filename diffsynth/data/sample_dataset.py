@@ -56,10 +56,11 @@ def build_shapes_dataset(out_dir: str | Path, size: int = 128) -> Path:
     return out_dir / "metadata.csv"
 
 
-def build_shapes_edit_dataset(out_dir: str | Path, size: int = 128) -> Path:
+def build_shapes_edit_dataset(out_dir: str | Path, size: int = 128, key: str = "edit_image") -> Path:
     """An edit dataset in DiffSynth's Qwen-Image-Edit layout: ``metadata.json`` rows with ``edit_image`` (a
     shape), ``image`` (the same shape recoloured) and ``prompt`` ("make the circle blue"). 16 rows: every shape
-    in every colour, each recoloured to the next colour, on white. Written in a temporary sibling, then swapped in."""
+    in every colour, each recoloured to the next colour, on white. Written in a temporary sibling, then swapped in.
+    ``key`` names the reference column (:func:`build_builtin` takes it from ``dataset.data_file_keys``)."""
     import json
 
     out_dir = Path(out_dir)
@@ -68,7 +69,7 @@ def build_shapes_edit_dataset(out_dir: str | Path, size: int = 128) -> Path:
         for colour_name, colour in COLOURS.items():
             for shape in SHAPES:
                 draw_shape(shape, colour, BACKGROUNDS["white"], size).save(tmp / f"{colour_name}_{shape}.png")
-        rows = [{"image": f"{names[(i + 1) % len(names)]}_{shape}.png", "edit_image": f"{source}_{shape}.png",
+        rows = [{"image": f"{names[(i + 1) % len(names)]}_{shape}.png", key: f"{source}_{shape}.png",
                  "prompt": f"make the {shape} {names[(i + 1) % len(names)]}"}
                 for i, source in enumerate(names) for shape in SHAPES]
         (tmp / "metadata.json").write_text(json.dumps(rows, indent=1))
@@ -86,7 +87,13 @@ BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_sha
                     "shapes_edit": build_shapes_edit_dataset}
 
 
-def build_builtin(name: str, out_dir: str | Path) -> Path:
+def build_builtin(name: str, out_dir: str | Path, data_file_keys: str = "") -> Path:
+    """Write the built-in dataset ``name``. The edit dataset's reference column is the file column of
+    ``data_file_keys`` beside image/video (``image,edit_image`` -> edit_image), so every family's recipe
+    finds its own column name."""
     if name not in BUILTIN_DATASETS:
         raise ValueError(f"Unknown built-in dataset {name!r}; available: {sorted(BUILTIN_DATASETS)}")
+    if name == "shapes_edit":
+        keys = [k.strip() for k in str(data_file_keys or "").split(",") if k.strip() not in ("", "image", "video")]
+        return build_shapes_edit_dataset(out_dir, key=keys[0] if keys else "edit_image")
     return BUILTIN_DATASETS[name](out_dir)

@@ -114,7 +114,7 @@ def fetch_dataset(config: DatasetConfig, out_dir: str | Path) -> Path:
     """Make the dataset available; returns the folder the fetch stage produced."""
     out_dir = Path(out_dir)
     if config.source == "builtin":
-        return build_builtin(config.builtin_name, out_dir).parent
+        return build_builtin(config.builtin_name, out_dir, config.data_file_keys).parent
     if config.source == "modelscope":
         return _fetch_modelscope(config, out_dir)
     return _note_local(config, out_dir)

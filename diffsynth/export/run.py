@@ -37,7 +37,7 @@ def base_model(configs: list, family, component: str, dtype: torch.dtype = torch
     meta = empty_component(configs, family, component)
 
     def load() -> torch.nn.Module:  # reads only the trained component, and only when an export needs weights
-        entry = next(c for c in configs if detect(c.files(), family).component == component)
+        entry = next(c for c in configs if detect(c.weight_files(), family).component == component)
         return load_component(entry, family, dtype)[1]
     return meta, load
 

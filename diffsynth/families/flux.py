@@ -23,7 +23,7 @@ from ..models.model_config import fetch, parse_model_configs, parse_path_or_mode
 from ..sigmas import sampling_grid, shifted_grid
 from .base import Pipeline, load_components
 from .images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
-from .spec import DataRules, FamilySpec, register
+from .spec import FamilySpec, register
 
 SHIFT, SIGMA_END = 3.0, 0.003 / 1.002  # DiffSynth's "FLUX.1" scheduler template
 DEFAULT_TOKENIZER_1 = "black-forest-labs/FLUX.1-dev:tokenizer/"     # CLIP
@@ -81,9 +81,12 @@ def map_lora_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ pipeline
 
-def latent_image_ids(height: int, width: int, device=None) -> torch.Tensor:
-    """(height·width, 3) position ids of the packed tokens: (0, row, col), as diffusers/DiffSynth build them."""
+def latent_image_ids(height: int, width: int, device=None, index: int = 0) -> torch.Tensor:
+    """(height·width, 3) position ids of the packed tokens: (index, row, col), as diffusers/DiffSynth build them.
+
+    ``index`` is 0 for the image being denoised and 1 for every reference image (FLUX.1-Kontext)."""
     ids = torch.zeros(height, width, 3, device=device)
+    ids[..., 0] = index
     ids[..., 1] = torch.arange(height, device=device)[:, None]
     ids[..., 2] = torch.arange(width, device=device)[None, :]
     return ids.reshape(height * width, 3)
@@ -147,25 +150,35 @@ class FluxPipeline(Pipeline):
         return {"latents": self.encode_image(image), "prompt_emb": prompt_emb, "pooled_prompt_emb": pooled}
 
     # ---------------------------------------------------------------- denoiser
+    def conditioning_latents(self, inputs: dict) -> list[torch.Tensor]:
+        """Clean reference latents appended to the image tokens (FLUX.1-Kontext); none for text-to-image."""
+        return []
+
     def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
         b, _, h, w = noisy_latents.shape
         prompt_emb = inputs["prompt_emb"]
         guidance = torch.full((b,), float(inputs.get("guidance", TRAIN_GUIDANCE)), device=self.device,
                               dtype=self.torch_dtype)
+        cond = self.conditioning_latents(inputs)
+        # reference tokens follow the image tokens; their ids carry 1 as first coordinate (DiffSynth's Kontext unit)
+        tokens = torch.cat([pack_latents(x.to(self.torch_dtype)) for x in [noisy_latents, *cond]], dim=1)
+        ids = torch.cat([latent_image_ids(h // 2, w // 2, self.device)]
+                        + [latent_image_ids(c.shape[2] // 2, c.shape[3] // 2, self.device, index=1) for c in cond])
         out = self.dit(
-            hidden_states=pack_latents(noisy_latents.to(self.torch_dtype)),
+            hidden_states=tokens,
             encoder_hidden_states=prompt_emb,
             pooled_projections=inputs["pooled_prompt_emb"],
             timestep=(timestep / 1000).to(self.torch_dtype).reshape(-1).expand(b).to(self.device),  # DiT takes t/1000
-            img_ids=latent_image_ids(h // 2, w // 2, self.device).to(self.torch_dtype),
+            img_ids=ids.to(self.torch_dtype),
             txt_ids=torch.zeros(prompt_emb.shape[1], 3, device=self.device, dtype=self.torch_dtype),
             guidance=guidance,
             return_dict=False,
         )[0]
-        return unpack_latents(out, h, w)
+        return unpack_latents(out[:, : (h // 2) * (w // 2)], h, w)  # only the image tokens are predicted
 
     @torch.no_grad()
     def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
+        """Conditioning of a save-point sample (the Kontext variant adds its reference images)."""
         prompt_emb, pooled = self.encode_prompt(prompt)
         return {"prompt_emb": prompt_emb, "pooled_prompt_emb": pooled}
 
@@ -191,16 +204,18 @@ def auxiliary_entries(config) -> dict[str, str]:
             "tokenizer_2": config.model.tokenizer_2_path or DEFAULT_TOKENIZER_2}
 
 
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> FluxPipeline:
-    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers."""
+def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full",
+                  cls: type = FluxPipeline) -> FluxPipeline:
+    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers into
+    ``cls`` (a variant passes its own pipeline class)."""
     m = config.model
     modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
                                        SPEC.model_family, dtype, required=("dit", "vae", "text_encoder", "text_encoder_2"),
                                        role=role, encoders=SPEC.encoders)
     tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
     tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
-    pipe = FluxPipeline(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
-                        tokenizer_1, tokenizer_2, dtype)
+    pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
+               tokenizer_1, tokenizer_2, dtype)
     pipe.component_sources = sources
     pipe.role = role
     return pipe.place(device)
@@ -209,19 +224,18 @@ def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu"
 SPEC = register(FamilySpec(
     name="flux",
     aliases=("flux1", "flux_1", "flux1_dev", "flux1_krea_dev"),
-    summary="FLUX.1-dev / Krea-dev (12B MMDiT, CLIP-L + T5-XXL)",
-    model_family="flux",
+    summary="FLUX.1-dev / Krea-dev (12B MMDiT, CLIP-L + T5-XXL); kontext_images selects FLUX.1-Kontext",
     load_pipeline=load_pipeline,
     auxiliary_entries=auxiliary_entries,
     train_sigmas=train_sigmas,
-    data=DataRules(size_factor=16, width_factor=16),  # VAE 8 x 2x2 patches
+    # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
     encoders=("text_encoder", "text_encoder_2"),
     lora_targets=LORA_TARGETS,
     map_lora_targets=map_lora_targets,
     lora_to_original=lora_to_bfl,
     original_state_dict=diffusers_to_bfl_dit,
     opensource_lora_format="kohya",
-    tiny_presets=("flux.1-dev",),
+    tiny_presets=("flux.1-dev", "flux.1-krea-dev"),
     model_id_patterns=("flux.1", "flux1-"),
 ))
 FluxPipeline.spec = SPEC

@@ -10,7 +10,7 @@ from ..models.model_config import fetch, parse_model_configs, parse_path_or_mode
 from ..sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
 from .base import Pipeline, load_components
 from .images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
-from .spec import DataRules, FamilySpec, register
+from .spec import FamilySpec, register
 
 DEFAULT_TOKENIZER = "Qwen/Qwen-Image:tokenizer/"
 # DiffSynth's (and the official) text-to-image prompt template; the prefix tokens are dropped after encoding.
@@ -171,11 +171,10 @@ SPEC = register(FamilySpec(
     name="qwen_image",
     aliases=("qwen", "qwen_image_2512"),
     summary="Qwen-Image text-to-image (20B MMDiT, Qwen2.5-VL text encoder)",
-    model_family="qwen_image",
     load_pipeline=load_pipeline,
     auxiliary_entries=auxiliary_entries,
     train_sigmas=train_sigmas,
-    data=DataRules(size_factor=16, width_factor=16),  # VAE 8 x 2x2 patches
+    # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
     lora_targets=LORA_TARGETS,
     tiny_presets=("qwen-image",),
     model_id_patterns=("qwen/qwen-image",),

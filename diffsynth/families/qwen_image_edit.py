@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError
-from ..data.dataset import DataLoadError, ImageRules, UnifiedDataset, split_keys
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
 from . import qwen_image
 from .base import load_components
+from .images import SampleReference, as_image_list, check_image_column, first_row_images
 from .qwen_image import DEFAULT_TOKENIZER, QwenImagePipeline, set_zero_cond_t
 from .spec import register
 
@@ -89,19 +89,6 @@ def load_image_processor(folder: str):
                           "processor/ folder of Qwen/Qwen-Image-Edit (preprocessor_config.json)") from None
 
 
-def _as_images(value, what: str) -> list[Image.Image]:
-    images = value if isinstance(value, list) else [value]
-    for image in images:
-        if isinstance(image, str):
-            raise ValueError(f"{what} is the path {image!r}, not an image: add edit_image to dataset.data_file_keys "
-                             "so the file is loaded")
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"{what} must be an image or a list of images, got {type(image).__name__}")
-    if not images:
-        raise ValueError(f"{what} is an empty list")
-    return images
-
-
 class QwenImageEditPipeline(QwenImagePipeline):
     def __init__(self, dit, vae, text_encoder, tokenizer, image_processor, dtype: torch.dtype = torch.float32,
                  edit_image_area: int = EDIT_AREA):
@@ -109,8 +96,16 @@ class QwenImageEditPipeline(QwenImagePipeline):
         self.image_processor = image_processor
         self.edit_image_area = edit_image_area
         self._edit_drop_idx = len(tokenizer(EDIT_SYSTEM)["input_ids"])
-        self.sample_edit_image: Image.Image | list[Image.Image] | None = None
-        self._sample_edit_source = None  # callable giving the first row's edit image, run at the first sample
+        self.sample_reference = SampleReference("edit_image")  # load_pipeline points it at the first row
+
+    @property
+    def sample_edit_image(self) -> Image.Image | list[Image.Image] | None:
+        return self.sample_reference.get()
+
+    @sample_edit_image.setter
+    def sample_edit_image(self, value) -> None:
+        self.sample_reference = SampleReference("edit_image")
+        self.sample_reference.value = value
 
     # ---------------------------------------------------------------- encoders (no gradient)
     @torch.no_grad()
@@ -137,7 +132,7 @@ class QwenImageEditPipeline(QwenImagePipeline):
     def edit_inputs(self, prompt: str, edit_image) -> dict:
         """Prompt embedding and edit latents for an edit image or list of them (EditImageEmbedder →
         PromptEmbedder: the VL encoder sees the resized images)."""
-        images = _as_images(edit_image, "edit_image")
+        images = as_image_list(edit_image, "edit_image")
         resized = [resize_to_area(image, self.edit_image_area) for image in images]
         return {"prompt_emb": self.encode_prompt_edit(prompt, resized if isinstance(edit_image, list) else resized[0]),
                 "edit_latents": [self.encode_image(image) for image in resized]}
@@ -155,36 +150,19 @@ class QwenImageEditPipeline(QwenImagePipeline):
         return list(inputs.get("edit_latents") or [])
 
     def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
-        if self.sample_edit_image is None and self._sample_edit_source is not None:
-            source, self._sample_edit_source = self._sample_edit_source, None
-            self.sample_edit_image = source()
-            if self.sample_edit_image is None:
-                print("[qwen_image_edit] no edit image in the dataset's first row: samples are text-to-image")
-        if self.sample_edit_image is None:
-            return super().sample_inputs(prompt)
-        return self.edit_inputs(prompt, self.sample_edit_image)
+        edit = self.sample_edit_image
+        return super().sample_inputs(prompt) if edit is None else self.edit_inputs(prompt, edit)
 
 
 def _check_edit_config(config) -> None:
-    if "edit_image" not in split_keys(config.dataset.data_file_keys):
-        raise ConfigError("dataset.data_file_keys lacks edit_image, so edit images would stay file paths; "
-                          "set dataset.data_file_keys: image,edit_image")
+    check_image_column(config, "edit_image")
     if config.model.edit_image_area < 32 * 32:
         raise ConfigError(f"model.edit_image_area = {config.model.edit_image_area}: must be at least 1024 (32x32)")
 
 
 def first_row_edit_image(config, height_factor: int, width_factor: int):
     """The edit image(s) of the dataset's first row, sized by the training rules; None if it has none."""
-    d, r = config.dataset, config.resolution
-    if not d.dataset_metadata_path:
-        return None
-    rules = ImageRules(r.max_pixels, r.height, r.width, height_factor, width_factor)
-    try:
-        dataset = UnifiedDataset(d.dataset_base_path, d.dataset_metadata_path, ["edit_image"], rules)
-        return dataset[0].get("edit_image")
-    except (DataLoadError, OSError, ValueError) as e:
-        print(f"[qwen_image_edit] cannot load the first row's edit image for samples ({e})")
-        return None
+    return first_row_images(config, "edit_image", height_factor, width_factor)
 
 
 def auxiliary_entries(config) -> dict[str, str]:
@@ -207,7 +185,8 @@ def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu"
     if m.zero_cond_t:
         set_zero_cond_t(pipe.dit, True)
     rules = SPEC.data_rules(config)
-    pipe._sample_edit_source = lambda: first_row_edit_image(config, rules.size_factor, rules.width_factor)
+    pipe.sample_reference = SampleReference(
+        "edit_image", lambda: first_row_edit_image(config, rules.size_factor, rules.width_factor))
     pipe.role = role
     return pipe.place(device)
 

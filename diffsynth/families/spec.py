@@ -46,9 +46,10 @@ def _identity_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
 class FamilySpec:
     name: str                                   # canonical name, as params.yaml's model.family writes it
     summary: str                                # one line for help texts and errors
-    model_family: str                           # which family of the model tables (models/components.py) loads it
     load_pipeline: Callable                     # (config, dtype, device, role) -> Pipeline (role: base.ROLES)
     train_sigmas: Callable[[int], torch.Tensor]  # n -> the n-point training grid (float64, 1 -> small)
+    model_family: str = ""                      # the model tables' family that loads it (models/components.py);
+                                                # "" = the spec's name (a variant inherits its base's)
     aliases: tuple[str, ...] = ()               # other accepted spellings (the only alias table)
     auxiliary_entries: Callable = lambda config: {}  # config -> {name: tokenizer/processor folder entry}
     data: DataRules = field(default_factory=DataRules)
@@ -68,6 +69,10 @@ class FamilySpec:
     command_line_defaults: dict = field(default_factory=dict)  # {section: {key: value}} DiffSynth's script forces
     # DiffSynth's sft:data_process file keys -> our input names (its `.pth` cache read by --task sft:train)
     diffsynth_cache_keys: dict = field(default_factory=lambda: {"input_latents": "latents"})
+
+    def __post_init__(self):
+        if not self.model_family:
+            object.__setattr__(self, "model_family", self.name)
 
     def data_rules(self, config=None) -> DataRules:
         return self.data_rules_for(config) if (config is not None and self.data_rules_for) else self.data
@@ -97,7 +102,7 @@ def register(spec: FamilySpec) -> FamilySpec:
 
 def _load_all() -> None:
     # importing a family module registers its spec; a module imported directly registers only itself
-    from . import flux, qwen_image, qwen_image_edit, wan  # noqa: F401
+    from . import flux, flux_kontext, qwen_image, qwen_image_edit, wan  # noqa: F401
 
 
 def all_specs() -> list[FamilySpec]:

@@ -324,7 +324,6 @@ SPEC = register(FamilySpec(
     name="wan",
     aliases=("wanvideo", "wan_video", "wan21", "wan22"),
     summary="Wan2.1 / Wan2.2 text- and image-to-video (WanTransformer3DModel, UMT5, Wan VAE 2.1/2.2)",
-    model_family="wan",
     load_pipeline=load_pipeline,
     auxiliary_entries=auxiliary_entries,
     train_sigmas=train_sigmas,
@@ -336,7 +335,8 @@ SPEC = register(FamilySpec(
     map_lora_targets=map_lora_targets,
     lora_to_original=lambda modules, shapes=None: lora_to_wan_names(modules),
     original_state_dict=diffusers_to_wan_dit,
-    tiny_presets=("wan2.1-t2v-1.3b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b", "wan2.2-a14b"),
+    tiny_presets=("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b", "wan2.2-a14b",
+                  "wan2.2-i2v-a14b"),
     model_id_patterns=("wan-ai/", "wan2.1", "wan2.2"),
     # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on
     command_line_defaults={"gradient": {"use_gradient_checkpointing": True}},

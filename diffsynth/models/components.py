@@ -402,7 +402,7 @@ def load_component(config: ModelConfig, family: str, dtype: torch.dtype,
     and shapes without the memory); ``"vae:encoder"`` / ``"vae:decoder"`` (only that half of a VAE is loaded;
     the other half stays an empty shell on the meta device, outside the module tree: no weights, no memory,
     invisible to ``.to()``/``parameters()``/DDP, while diffusers' VAE code that walks both halves still works)."""
-    files = config.files()
+    files = config.weight_files()
     d = detect(files, family)
     mode = how(d.component)
     if mode == "skip":
@@ -441,7 +441,7 @@ def empty_component(configs: list[ModelConfig], family: str, component: str) -> 
     Enough to check which module names and shapes exist, without reading any weights.
     """
     for config in configs:
-        d = detect(config.files(), family)
+        d = detect(config.weight_files(), family)
         if d.component == component:
             with init_empty_weights():
                 return d.kind.build(d.config, d.family)

@@ -37,6 +37,19 @@ class ModelConfig:
             raise ModelConfigError(f"{self.source_string}: not fetched yet")
         return [self.path] if isinstance(self.path, str) else list(self.path)
 
+    def weight_files(self) -> list[str]:
+        """:meth:`files` with a folder entry (DiffSynth's ``model_id:text_encoder_2/``) as its safetensors files."""
+        out = []
+        for path in self.files():
+            if os.path.isdir(path):
+                found = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+                if not found:
+                    raise ModelConfigError(f"{self.source_string}: the folder {path} holds no .safetensors files")
+                out += found
+            else:
+                out.append(path)
+        return out
+
 
 def model_base_path() -> Path:
     """``$DIFFSYNTH_MODEL_BASE_PATH``, else ``<project root>/models`` (DiffSynth: ``./models``).

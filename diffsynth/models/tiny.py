@@ -112,10 +112,11 @@ def write_tiny_qwen_image_edit(out_dir: Path, seed: int = 0) -> None:
     write_json(out_dir / "model_index.json", index)
 
 
-def write_tiny_flux(out_dir: Path, seed: int = 0) -> None:
+def write_tiny_flux(out_dir: Path, seed: int = 0, dit_file: str = "flux1-dev", pipeline: str = "FluxPipeline") -> None:
     """``black-forest-labs/FLUX.1-dev`` layout: flux1-dev.safetensors and ae.safetensors (BFL names), the same in
     diffusers layout under transformer/ and vae/, text_encoder/ (CLIP-L), text_encoder_2/ (T5, sharded),
-    tokenizer/ (byte-level BPE) and tokenizer_2/ (SentencePiece)."""
+    tokenizer/ (byte-level BPE) and tokenizer_2/ (SentencePiece). Krea-dev and Kontext-dev ship the same layout
+    and DiT architecture under their own DiT file name (``dit_file``) and pipeline class."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -129,7 +130,7 @@ def write_tiny_flux(out_dir: Path, seed: int = 0) -> None:
     dit = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=hidden,
                                  pooled_projection_dim=hidden, guidance_embeds=True, axes_dims_rope=rope_axes(16))
-    _save(diffusers_to_bfl_dit(dit.state_dict()), out_dir, "flux1-dev")
+    _save(diffusers_to_bfl_dit(dit.state_dict()), out_dir, dit_file)
     _save(dit.state_dict(), out_dir / "transformer", "diffusion_pytorch_model", 2,
           {"_class_name": "FluxTransformer2DModel", **dict(dit.config)})
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
@@ -154,10 +155,20 @@ def write_tiny_flux(out_dir: Path, seed: int = 0) -> None:
         "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0,
         "use_dynamic_shifting": True})
     write_json(out_dir / "model_index.json", {
-        "_class_name": "FluxPipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "_class_name": pipeline, "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
         "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]})
+
+
+def write_tiny_flux_krea(out_dir: Path, seed: int = 0) -> None:
+    """``black-forest-labs/FLUX.1-Krea-dev`` layout: FLUX.1-dev's, DiT file flux1-krea-dev.safetensors."""
+    write_tiny_flux(out_dir, seed, "flux1-krea-dev")
+
+
+def write_tiny_flux_kontext(out_dir: Path, seed: int = 0) -> None:
+    """``black-forest-labs/FLUX.1-Kontext-dev`` layout: FLUX.1-dev's, DiT file flux1-kontext-dev.safetensors."""
+    write_tiny_flux(out_dir, seed, "flux1-kontext-dev", "FluxKontextPipeline")
 
 
 def _tiny_wan_dit(in_ch: int = 16, out_ch: int = 16, image_dim: int | None = None):
@@ -242,15 +253,28 @@ def write_tiny_wan22_a14b(out_dir: Path, seed: int = 0) -> None:
     _write_wan_common(out_dir, "2.1")
 
 
+def write_tiny_wan22_i2v_a14b(out_dir: Path, seed: int = 0) -> None:
+    """``Wan-AI/Wan2.2-I2V-A14B`` layout: two image-to-video DiTs (VAE-embedded first frame, no CLIP image
+    encoder) in high_noise_model/ and low_noise_model/, Wan2.1 VAE."""
+    torch.manual_seed(seed)
+    _save_wan_dit(_tiny_wan_dit(in_ch=36), out_dir / "high_noise_model", "i2v")
+    _save_wan_dit(_tiny_wan_dit(in_ch=36), out_dir / "low_noise_model", "i2v")
+    _write_wan_common(out_dir, "2.1")
+
+
 TINY_PRESETS = {
     # preset name -> (family, real repository it mirrors, writer)
     "qwen-image": ("qwen_image", "Qwen/Qwen-Image", write_tiny_qwen_image),
     "qwen-image-edit": ("qwen_image", "Qwen/Qwen-Image-Edit", write_tiny_qwen_image_edit),
     "flux.1-dev": ("flux", "black-forest-labs/FLUX.1-dev", write_tiny_flux),
+    "flux.1-krea-dev": ("flux", "black-forest-labs/FLUX.1-Krea-dev", write_tiny_flux_krea),
+    "flux.1-kontext-dev": ("flux", "black-forest-labs/FLUX.1-Kontext-dev", write_tiny_flux_kontext),
     "wan2.1-t2v-1.3b": ("wan", "Wan-AI/Wan2.1-T2V-1.3B", write_tiny_wan_t2v),
+    "wan2.1-t2v-14b": ("wan", "Wan-AI/Wan2.1-T2V-14B", write_tiny_wan_t2v),  # the 1.3B architecture, other sizes
     "wan2.1-i2v-14b": ("wan", "Wan-AI/Wan2.1-I2V-14B-480P", write_tiny_wan_i2v),
     "wan2.2-ti2v-5b": ("wan", "Wan-AI/Wan2.2-TI2V-5B", write_tiny_wan22_ti2v),
     "wan2.2-a14b": ("wan", "Wan-AI/Wan2.2-T2V-A14B", write_tiny_wan22_a14b),
+    "wan2.2-i2v-a14b": ("wan", "Wan-AI/Wan2.2-I2V-A14B", write_tiny_wan22_i2v_a14b),
 }
 
 
