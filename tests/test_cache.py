@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from diffsynth import cache
@@ -17,6 +16,7 @@ from diffsynth.command_line import config_from_args
 from diffsynth.config import ConfigError, config_from_dict
 from diffsynth.encoding import build_data_cache, build_prompt_cache
 from diffsynth.models.tiny import write_tiny_model
+from diffsynth.presets import preset_params
 from diffsynth.training.loop import Trainer, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("models")
     data = {name: build_builtin(name, tmp_path_factory.mktemp("data") / name) for name in set(TWINS.values())}
     for twin in TWINS:
-        model = yaml.safe_load((REPO / "presets" / "tiny" / f"{twin}.yaml").read_text())["model"]
+        model = preset_params(REPO / "presets" / "tiny" / f"{twin}.yaml")["model"]
         model_id = model["model_id_with_origin_paths"].split(":")[0]
         if not (base / model_id).exists():
             write_tiny_model(model["tiny_preset"], base / model_id)
@@ -45,7 +45,7 @@ def world(tmp_path_factory):
 
 
 def twin_config(twin: str, world: dict, tmp_path: Path, cached: bool, **train):
-    data = copy.deepcopy(yaml.safe_load((REPO / "presets" / "tiny" / f"{twin}.yaml").read_text()))
+    data = copy.deepcopy(preset_params(REPO / "presets" / "tiny" / f"{twin}.yaml"))
     metadata = world[TWINS[twin]]
     data["dataset"].update(dataset_base_path=str(metadata.parent), dataset_metadata_path=str(metadata))
     data["output"]["output_path"] = str(tmp_path / ("cached" if cached else "online"))
