@@ -258,6 +258,8 @@ def twin_params(name, tmp_path, metadata, max_steps):
     data["output"]["output_path"] = str(tmp_path / "out")
     data["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", enable_csv_log=False)
     data["train"].update(max_steps=max_steps, num_epochs=1)
+    data["cache"]["enabled"] = False  # encode online (tests/test_cache.py covers the cached mode)
+    data["sample"]["out_dir"] = str(tmp_path / "samples")
     return data
 
 

@@ -173,6 +173,7 @@ def twin_config(kind: str, tmp_path: Path, max_steps: int):
     data["train"]["max_steps"] = max_steps
     data["validation"]["num_samples"] = 2
     data["sample"].update(num_inference_steps=2, out_dir=str(tmp_path / "samples"))
+    data["cache"]["enabled"] = False  # encode online (tests/test_cache.py covers the cached mode)
     return config_from_dict(data)
 
 

@@ -75,7 +75,9 @@ def twin_config(name, tmp_path, metadata, tracking_uri, **overrides):
     data["tracking"]["uri"] = tracking_uri
     data["train"]["max_steps"] = 3
     data["validation"]["num_samples"] = 1
-    data["sample"].update(num_inference_steps=2, num_frames=5, prompts=["a red circle"])
+    data["sample"].update(num_inference_steps=2, num_frames=5, prompts=["a red circle"],
+                          out_dir=str(tmp_path / "samples"))
+    data["cache"]["enabled"] = False  # encode online (tests/test_cache.py covers the cached mode)
     for key, value in overrides.items():
         section, field = key.split("__")
         data[section][field] = value

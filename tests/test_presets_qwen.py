@@ -118,7 +118,8 @@ def twin_config(name: str, tmp_path, monkeypatch, model_base):
     data["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data["train"]["max_steps"] = 3
     data["validation"]["num_samples"] = 2
-    data["sample"]["num_inference_steps"] = 2
+    data["sample"].update(num_inference_steps=2, out_dir=str(tmp_path / "samples"))
+    data["cache"]["enabled"] = False  # encode online (tests/test_cache.py covers the cached mode)
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(model_base))
     return config_from_dict(data)
 
