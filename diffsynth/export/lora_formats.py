@@ -18,6 +18,7 @@ import re
 import torch
 
 from ..models import convert_flux, convert_wan
+from ..errors import DiffSynthError
 from ..models.components import normalise_family
 
 FORMATS = ("diffsynth", "diffusers", "comfyui", "kohya")
@@ -27,7 +28,7 @@ PREFIXES = ("transformer.", "diffusion_model.", "base_model.model.", "pipe.dit."
 Modules = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-class ExportError(ValueError):
+class ExportError(DiffSynthError, ValueError):
     """An export that cannot be written correctly; the message names the key or param and the fix."""
 
 

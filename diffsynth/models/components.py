@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from accelerate import init_empty_weights
 
+from ..errors import DiffSynthError
 from . import convert_flux as cf
 from . import convert_wan as cw
 from .model_config import ModelConfig
@@ -38,7 +39,7 @@ def normalise_family(family: str | None) -> str | None:
     return FAMILY_ALIASES[key]
 
 
-class DetectionError(ValueError):
+class DetectionError(DiffSynthError, ValueError):
     pass
 
 

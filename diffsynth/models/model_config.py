@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DiffSynthError
 from ..files import project_root
 
 
@@ -18,7 +19,7 @@ from ..files import project_root
 TINY_MODEL_NAMESPACE = "diffsynth-tiny"
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(DiffSynthError, ValueError):
     """A model flag or file that cannot be used; the message names it and says what to do."""
 
 
@@ -151,7 +152,7 @@ def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
         return False
 
 
-class HubUnreachable(ConnectionError):
+class HubUnreachable(DiffSynthError, ConnectionError):
     pass
 
 

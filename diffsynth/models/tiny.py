@@ -6,12 +6,14 @@ offline demo. A tiny preset learns nothing useful; every folder carries ``TINY_P
 """
 from __future__ import annotations
 
+import difflib
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..files import staged_dir, write_json, write_text
+from .model_config import ModelConfigError
 from .safetensors_io import save_sharded
 
 TINY_NOTE = ("# Tiny preset ({family})\n\nRandom-initialised tiny model in the real `{repo}` layout, written by "
@@ -246,11 +248,19 @@ TINY_PRESETS = {
 }
 
 
+def tiny_preset(preset: str) -> tuple:
+    """(family, real repository, writer) of ``preset``; an unknown name is a ModelConfigError naming the choices."""
+    if preset not in TINY_PRESETS:
+        close = difflib.get_close_matches(str(preset), TINY_PRESETS, n=1)
+        raise ModelConfigError(f"Unknown tiny preset {preset!r} (model.tiny_preset / --family)"
+                               + (f"; did you mean {close[0]!r}?" if close else "")
+                               + f" Available: {', '.join(sorted(TINY_PRESETS))}; \"\" uses real weights.")
+    return TINY_PRESETS[preset]
+
+
 def write_tiny_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny ``preset`` into ``out_dir`` (rebuilt in a temporary sibling, then swapped in)."""
-    if preset not in TINY_PRESETS:
-        raise ValueError(f"Unknown tiny preset {preset!r}; available: {sorted(TINY_PRESETS)}")
-    family, repo, writer = TINY_PRESETS[preset]
+    family, repo, writer = tiny_preset(preset)
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         writer(tmp, seed=seed)
@@ -262,4 +272,4 @@ def is_tiny_preset(folder: str | Path) -> bool:
     return (Path(folder) / "TINY_PRESET.md").exists()
 
 
-__all__ = ["write_tiny_model", "TINY_PRESETS", "is_tiny_preset"]
+__all__ = ["write_tiny_model", "TINY_PRESETS", "is_tiny_preset", "tiny_preset"]

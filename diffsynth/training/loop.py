@@ -21,10 +21,12 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError, flatten
 from ..data.dataset import ImageRules, UnifiedDataset, split_keys
+from ..errors import DiffSynthError
 from ..families import get_family
 from ..families.base import Pipeline
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
+from ..models.safetensors_io import read_tensors
 from ..tracking import MetricsLog, Tracker
 from . import state as train_state
 from .checkpoint import checkpoint_name, save_checkpoint
@@ -41,7 +43,7 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.resume", "out
                      "dataset.dataset_num_workers", "tracking.", "sample.", "validation.", "export.")
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(DiffSynthError, RuntimeError):
     """SIGTERM/SIGINT arrived; a resumable state was written. Run again with train.resume: auto."""
 
 
@@ -86,7 +88,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         _pipe_model(pipe, name, "train.trainable_models").train().requires_grad_(True)
     if config.lora.preset_lora_path:
         target = _pipe_model(pipe, config.lora.preset_lora_model, "lora.preset_lora_model")
-        fuse_lora(target, load_file(config.lora.preset_lora_path), pipe.family, source=config.lora.preset_lora_path)
+        fuse_lora(target, read_tensors(config.lora.preset_lora_path, "lora.preset_lora_path"), pipe.family, source=config.lora.preset_lora_path)
     if config.lora.lora_base_model:
         base = _pipe_model(pipe, config.lora.lora_base_model, "lora.lora_base_model")
         targets = parse_target_modules(config.lora.lora_target_modules, base)
@@ -96,7 +98,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
                  exclude=pipe.modules_without_gradient(config.lora.lora_base_model))
         if config.lora.lora_checkpoint:
-            load_lora_checkpoint(base, load_file(config.lora.lora_checkpoint), pipe.family,
+            load_lora_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"), pipe.family,
                                  source=config.lora.lora_checkpoint)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
         for child in pipe.children():
@@ -110,7 +112,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
 
 def load_full_checkpoint(module: TrainingModule, path: str, prefix: str | None) -> None:
     """``--resume_from_checkpoint``: a saved full state dict, keys re-prefixed (spec §4.6)."""
-    state = {f"{prefix or ''}{k}": v for k, v in load_file(path).items()}
+    state = {f"{prefix or ''}{k}": v for k, v in read_tensors(path, "train.resume_from_checkpoint").items()}
     own = dict(module.named_parameters())
     unexpected = [k for k in state if k not in own]
     if unexpected:
