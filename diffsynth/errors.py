@@ -38,7 +38,10 @@ def strip_debug_flag(argv: list[str]) -> list[str]:
 
 def one_line(error: BaseException) -> str:
     """The error as a single line (messages of wrapped errors may carry newlines)."""
-    text = re.sub(r"\s*\n\s*", " ", str(error)).strip() or type(error).__name__
+    text = str(error)
+    if "\nOriginal Traceback" in text:  # re-raised from a DataLoader worker: its own message is the last line
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    text = re.sub(r"\s*\n\s*", " ", text).strip() or type(error).__name__
     rank = os.environ.get("RANK", "0")
     # under `accelerate launch` every rank reports: a data error may hit only the rank that loaded the row
     return f"error: {text}" if rank in ("", "0") else f"error [rank {rank}]: {text}"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from torch.utils.data import DataLoader, Dataset
 
 from helpers import DEFAULT_PARAMS, REPO, tiny_config
 
@@ -191,3 +192,21 @@ def test_train_stage_under_accelerate_launch_one_line(tmp_path, shapes_dataset, 
     one_error_line(run(args, cwd=project, env=env), SHARD, "truncated")
     debug = run(args, cwd=project, env={**env, "DIFFSYNTH_DEBUG": "1"})
     assert debug.returncode != 0 and "ModelFileError" in debug.stderr and "Traceback" in debug.stderr
+
+
+class _BadRows(Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        from diffsynth.data.dataset import DataLoadError
+        raise DataLoadError("row 0 [image]: cannot decode a.png")
+
+
+def test_error_from_a_dataloader_worker_is_still_one_line():
+    """torch re-raises a worker's error with the worker's traceback inside the message; the line keeps only ours."""
+    from diffsynth.errors import DiffSynthError, one_line
+    with pytest.raises(DiffSynthError) as caught:
+        next(iter(DataLoader(_BadRows(), num_workers=1)))
+    assert "Traceback" in str(caught.value)
+    assert one_line(caught.value) == "error: row 0 [image]: cannot decode a.png"
