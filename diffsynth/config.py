@@ -327,7 +327,10 @@ def load_params(path: str | Path = "params.yaml") -> Config:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    return config_from_dict(data)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:  # name the file: it may be params.yaml, a preset or a --params file
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

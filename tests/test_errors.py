@@ -132,7 +132,7 @@ def test_tracking_error_is_one_line_and_a_bug_keeps_its_traceback():
 
 def test_stage_config_error_names_the_key(tmp_path):
     project = write_params(tmp_path / "p", train={"learnign_rate": 0.1})
-    one_error_line(stage("fetch_data", project), "train.learnign_rate", "learning_rate")
+    one_error_line(stage("fetch_data", project), "params.yaml", "train.learnign_rate", "learning_rate")
 
 
 def test_stage_data_errors_name_the_param(tmp_path):
