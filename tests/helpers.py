@@ -23,6 +23,7 @@ def tiny_config(tmp_path: Path, metadata: Path, **overrides) -> Config:
     data["dataset"]["dataset_base_path"] = str(metadata.parent)
     data["dataset"]["dataset_metadata_path"] = str(metadata)
     data["output"]["output_path"] = str(tmp_path / "out")
+    data["sample"]["out_dir"] = str(tmp_path / "samples")  # the default is the workspace's, which a run clears
     data["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for key, value in overrides.items():
         section, name = key.split("__", 1)

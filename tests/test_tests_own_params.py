@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -25,6 +26,13 @@ def test_tiny_config_takes_the_tests_params(tmp_path):
     for section, values in USER_EDITS.items():
         for key in values:
             assert config[section][key] == expected[section][key], f"{section}.{key} came from the workspace"
+
+
+def test_tiny_config_writes_only_under_tmp_path(tmp_path):
+    """Training clears its output folders on a fresh run: none of them may be the workspace's."""
+    config = tiny_config(tmp_path, tmp_path / "metadata.csv")
+    for path in (config.output.output_path, config.sample.out_dir):
+        assert tmp_path in Path(path).parents, path
 
 
 def test_copied_project_runs_on_the_tests_params(tmp_path):
