@@ -6,16 +6,13 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import run_main, strip_debug_flag
+
 
 def cmd_train(argv: list[str]) -> int:
     from .command_line import config_from_args
-    from .config import ConfigError
     from .training.loop import run_training
-    try:
-        config = config_from_args(argv)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(argv)
     result = run_training(config)
     print(f"trained {result.steps} steps; checkpoints: {result.checkpoints}")
     return 0
@@ -23,12 +20,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def cmd_params(args, rest: list[str]) -> int:
     from .command_line import config_from_args, dump_params
-    from .config import ConfigError
-    try:
-        config = config_from_args(rest)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(rest)
     sys.stdout.write(dump_params(config))
     return 0
 
@@ -56,14 +48,9 @@ def cmd_families(args) -> int:
 
 def cmd_data_validate(args) -> int:
     from .command_line import config_from_args
-    from .config import ConfigError
     from .data.validate import check_dataset
     from .families import spec_for
-    try:
-        config = config_from_args(args.rest, check=False)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = config_from_args(args.rest, check=False)
     report_path = Path(args.report)
     rules = spec_for(config).data_rules(config).as_kwargs()
     report = check_dataset(config, metadata_out=report_path.with_suffix(".metadata.jsonl"), report_out=report_path,
@@ -73,12 +60,8 @@ def cmd_data_validate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportError, export_lora
-    try:
-        exported = export_lora(args.checkpoint, args.out, args.format, args.family, args.lora_alpha)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from .export import export_lora
+    exported = export_lora(args.checkpoint, args.out, args.format, args.family, args.lora_alpha)
     print(f"wrote {len(exported)} tensors ({args.format} names, {args.family}) to {args.out}")
     return 0
 
@@ -141,10 +124,17 @@ def cmd_preset(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Known errors (config, data, model files, tracking, export) end as one line and exit code 2; ``--debug``
+    anywhere on the command line, or DIFFSYNTH_DEBUG=1, shows their traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_main(lambda: _main(strip_debug_flag(argv)), argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["train"]:
         return cmd_train(argv[1:])
-    parser = argparse.ArgumentParser(prog="diffsynth", description=__doc__)
+    parser = argparse.ArgumentParser(prog="diffsynth", description=__doc__,
+                                     epilog="--debug (or DIFFSYNTH_DEBUG=1): show the traceback of known errors")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DiffSynth's train.py flags (see `diffsynth train --help`)")
     p = sub.add_parser("params", help="print the params.yaml that a DiffSynth command line means")

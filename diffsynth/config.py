@@ -17,6 +17,8 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .errors import DiffSynthError
+
 
 def _f(default, help: str, *, flag: str | None = None, ours: bool = False, choices=None):
     return field(default=default, metadata={"help": help, "flag": flag, "ours": ours, "choices": choices})
@@ -26,7 +28,7 @@ def _fl(default, help: str, *, ours: bool = False):
     return field(default_factory=lambda: list(default), metadata={"help": help, "ours": ours})
 
 
-class ConfigError(ValueError):
+class ConfigError(DiffSynthError, ValueError):
     """A params.yaml / flag value that cannot work; the message names the key and the fix."""
 
 
@@ -344,7 +346,10 @@ def load_params(path: str | Path = "params.yaml") -> Config:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    return config_from_dict(data)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:  # name the file: it may be params.yaml, a preset or a --params file
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:

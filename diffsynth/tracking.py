@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .errors import TrackingError
 from .files import project_root
 
 # log_table re-downloads the table to append to it; its progress bar is noise in stage logs
@@ -35,7 +36,7 @@ def resolve_tracking_uri(configured: str = "") -> str:
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise ConnectionError when an http(s) tracking server does not answer at all (checked once, at start)."""
+    """Raise TrackingError (a ConnectionError) when an http(s) tracking server does not answer at all (checked once, at start)."""
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -45,7 +46,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except urllib.error.HTTPError:
         return  # it answered; a server without /health is still a server
     except (urllib.error.URLError, OSError) as e:
-        raise ConnectionError(f"no MLflow server answers at {uri} ({getattr(e, 'reason', e)})") from None
+        raise TrackingError(f"no MLflow server answers at {uri} ({getattr(e, 'reason', e)}): start it, or set "
+                            "tracking.uri / $MLFLOW_TRACKING_URI to a reachable server (\"\" = the local "
+                            "SQLite store)") from None
 
 
 def git_commit(root: Path) -> str | None:

@@ -5,6 +5,7 @@ import sys
 
 from _layout import DATA_REPORT, DATA_RESOLUTIONS, VALIDATED_METADATA
 from diffsynth.config import load_params
+from diffsynth.errors import run_main
 from diffsynth.data.validate import check_dataset
 from diffsynth.families import spec_for
 
@@ -27,4 +28,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, sys.argv[1:]))  # known errors: one line, no traceback

@@ -7,6 +7,7 @@ import sys
 
 from _layout import LORA_COMPAT, TRAIN_METRICS, TRAIN_RUN
 from diffsynth.config import load_params
+from diffsynth.errors import run_main
 from diffsynth.export import base_model, export_checkpoint
 from diffsynth.families import spec_for
 from diffsynth.files import write_json
@@ -50,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, sys.argv[1:]))  # known errors: one line, no traceback

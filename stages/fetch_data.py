@@ -4,6 +4,7 @@ import sys
 
 from _layout import FETCHED_DATA
 from diffsynth.config import load_params
+from diffsynth.errors import run_main
 from diffsynth.data.sources import fetch_dataset
 
 
@@ -14,4 +15,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, sys.argv[1:]))  # known errors: one line, no traceback

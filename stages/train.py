@@ -7,6 +7,7 @@ import sys
 from _layout import (DATA_REPORT, MEMORY_PLAN, MODEL_MANIFEST, LOSS_PLOT, TRAIN_METRICS, TRAIN_RUN, VAL_PLOT,
                      VALIDATED_METADATA)
 from diffsynth.config import load_params
+from diffsynth.errors import run_main
 from diffsynth.files import atomic_path, sha256_file, write_json
 from diffsynth.plan import memory_plan
 from diffsynth.tracking import run_tags
@@ -53,4 +54,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, sys.argv[1:]))  # known errors: one line, no traceback

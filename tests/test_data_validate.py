@@ -176,3 +176,46 @@ def test_fatal_dataset_leaves_no_stale_metadata(tmp_path):
     report = check_dataset(config, 16, tmp_path / "out/m.jsonl", tmp_path / "out/r.json", tmp_path / "out/p.csv")
     assert report.fatal and not (tmp_path / "out/m.jsonl").exists()
     assert json.loads((tmp_path / "out/r.json").read_text())["fatal"] is True
+
+
+@pytest.fixture
+def clip_in_image_column(tmp_path):
+    """A real clip (and an upper-case .MOV) listed in the `image` column, as an image family's dataset."""
+    pytest.importorskip("av")
+    from diffsynth.data.sample_video import write_mp4
+
+    write_mp4(tmp_path / "clip.mp4", [Image.new("RGB", (64, 64), (i * 20,) * 3) for i in range(5)])
+    (tmp_path / "CLIP.MOV").write_bytes((tmp_path / "clip.mp4").read_bytes())
+    _png(tmp_path / "good.png")
+    (tmp_path / "metadata.csv").write_text("image,prompt\ngood.png,fine\nclip.mp4,a clip\nCLIP.MOV,a clip\n")
+    return tmp_path
+
+
+def test_clip_in_an_image_family_says_it_is_a_video_and_how_to_train_on_it(clip_in_image_column, tmp_path):
+    """`diffsynth data validate` of a Qwen-Image run: the rows are named, not 'cannot identify image file'."""
+    data = clip_in_image_column
+    report_file = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "diffsynth.cli", "data", "validate", "--report", str(report_file),
+                           "--dataset_base_path", str(data), "--dataset_metadata_path", str(data / "metadata.csv"),
+                           "--data_file_keys", "image", "--max_pixels", "4096"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    problems = json.loads(report_file.read_text())["problems"]
+    assert [(p["row"], p["column"]) for p in problems] == [(1, "image"), (2, "image")]
+    for p, name in zip(problems, ("clip.mp4", "CLIP.MOV")):
+        assert name in p["reason"] and "is a video" in p["reason"] and "cannot identify" not in p["reason"]
+        assert "model.family: wan" in p["reason"] and "data_file_keys" in p["reason"]
+    assert "row 1 [image]:" in proc.stdout and "is a video (.mp4" in proc.stdout
+
+
+def test_clip_in_the_image_column_of_a_video_family_points_at_the_video_column(clip_in_image_column):
+    data = clip_in_image_column
+    report = validate_dataset(data, data / "metadata.csv", "image", RULES, video_keys=("video",))
+    reasons = _reasons(report)
+    assert sorted(reasons) == [1, 2]
+    assert "is a video (.mov" in reasons[2][1] and "video column (video)" in reasons[2][1]
+    assert "model.family: wan" not in reasons[1][1]
+    # the same clip in the video column is a valid 5-frame video
+    (data / "m2.csv").write_text("video,prompt\nclip.mp4,a clip\n")
+    assert validate_dataset(data, data / "m2.csv", "video", RULES, video_keys=("video",)).valid_rows == 1

@@ -256,6 +256,7 @@ def twin_params(name, tmp_path, metadata, max_steps):
     data = preset_params(PRESETS[name])
     data["dataset"].update(dataset_base_path=str(metadata.parent), dataset_metadata_path=str(metadata))
     data["output"]["output_path"] = str(tmp_path / "out")
+    data["sample"]["out_dir"] = str(tmp_path / "samples")  # not the workspace's outputs/train/samples
     data["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", enable_csv_log=False)
     data["train"].update(max_steps=max_steps, num_epochs=1)
     data["cache"]["enabled"] = False  # encode online (tests/test_cache.py covers the cached mode)

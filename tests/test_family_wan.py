@@ -72,6 +72,7 @@ def twin_config(name, tmp_path, metadata, tracking_uri, **overrides):
     data = preset_data(name)
     data["dataset"].update(dataset_base_path=str(metadata.parent), dataset_metadata_path=str(metadata))
     data["output"]["output_path"] = str(tmp_path / "out")
+    data["sample"]["out_dir"] = str(tmp_path / "samples")  # not the workspace's outputs/train/samples
     data["tracking"]["uri"] = tracking_uri
     data["train"]["max_steps"] = 3
     data["validation"]["num_samples"] = 1

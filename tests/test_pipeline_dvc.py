@@ -11,23 +11,28 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from helpers import DEFAULT_PARAMS_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 # generated things at the top level (and DVC's cache) are not part of a fresh clone
 TOP_LEVEL_SKIP = {".git", ".venv", "outputs", "reports", "models", "mlflow.db", "mlruns", "mlartifacts", "dvc.lock",
                   ".pytest_cache", "data"}
 
 
-def copy_repo(dst: Path) -> Path:
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+def copy_repo(dst: Path, src: Path = REPO) -> Path:
+    """A fresh clone of ``src``'s files, with the tests' own params.yaml (the workspace's is the user's: a
+    `dvc exp run -S` rewrites it)."""
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src,
                              capture_output=True, text=True, check=True).stdout.split()
     for rel in tracked:
         parts = Path(rel).parts
         if parts[0] in TOP_LEVEL_SKIP or "__pycache__" in parts or parts[:2] in ((".dvc", "cache"), (".dvc", "tmp")):
             continue
-        if not (REPO / rel).exists():
+        if not (src / rel).exists():
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dst / rel)
+        shutil.copy2(src / rel, dst / rel)
+    shutil.copyfile(DEFAULT_PARAMS_FILE, dst / "params.yaml")
     env = pipeline_env(dst)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dst, check=True, env=env)

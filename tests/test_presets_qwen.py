@@ -115,6 +115,7 @@ def twin_config(name: str, tmp_path, monkeypatch, model_base):
     metadata = build_builtin(data["dataset"]["builtin_name"], tmp_path / "data")
     data["dataset"].update(dataset_base_path=str(metadata.parent), dataset_metadata_path=str(metadata))
     data["output"]["output_path"] = str(tmp_path / "out")
+    data["sample"]["out_dir"] = str(tmp_path / "samples")  # not the workspace's outputs/train/samples
     data["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data["train"]["max_steps"] = 3
     data["validation"]["num_samples"] = 2

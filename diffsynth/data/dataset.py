@@ -7,7 +7,8 @@ from typing import Iterable
 
 from torch.utils.data import Dataset
 
-from .metadata import read_metadata
+from ..errors import DiffSynthError
+from .metadata import MetadataError, read_metadata
 from .operators import load_image_cell, load_video_cell
 from .resolution import resize_for_training
 
@@ -36,7 +37,7 @@ class ImageRules:
 VideoRules = ImageRules  # one set of rules covers both; the alias reads better at video call sites
 
 
-class DataLoadError(RuntimeError):
+class DataLoadError(DiffSynthError, RuntimeError):
     """A row's file could not be loaded; names the row, the column and the cause."""
 
 
@@ -62,7 +63,8 @@ class UnifiedDataset(Dataset):
         self.metadata_path = str(metadata_path)
         self.rows = read_metadata(metadata_path)
         if not self.rows:
-            raise ValueError(f"{metadata_path} holds no rows: nothing to train on")
+            raise MetadataError(f"{metadata_path} holds no rows: nothing to train on; add rows or point "
+                                "dataset.dataset_metadata_path at the right file")
         self.data_file_keys = split_keys(data_file_keys)  # a str would iterate characters (a DiffSynth bug)
         self.video_keys = set(video_keys)
         self.rules = rules

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loading import absolute, is_url, load_image
+from .loading import absolute, extension, is_url, load_image
 from .metadata import is_missing
 from .resolution import target_size
-from .video import is_valid_frame_count, load_video_frames, video_kind
+from .video import VIDEO_EXTENSIONS, is_valid_frame_count, load_video_frames, video_kind
 
 
 def _trained_size(image, rules) -> tuple[str | None, str | None]:
@@ -37,12 +37,29 @@ def _path_problem(base_path: str, value) -> tuple[str | None, str | None]:
     return path, None
 
 
-def check_image_cell(base_path: str, value, rules) -> tuple[list[str], list[str]]:
+def video_in_image_column(path: str, column: str | None, video_keys) -> str:
+    """Why a clip in a column the family loads as images cannot work, and which flags make it a video run."""
+    what = (f"{path} is a video (.{extension(path)}: DiffSynth's loader reads "
+            f"{', '.join(sorted(VIDEO_EXTENSIONS))} as video) in column {column!r}, which this model family loads "
+            "as an image")
+    if video_keys:
+        return (f"{what}; put clips in a video column ({', '.join(sorted(video_keys))}) and list it in "
+                "dataset.data_file_keys")
+    return (f"{what} (model.family trains on images only); to train on clips use a Wan family (model.family: wan "
+            "with a Wan model, e.g. presets/wan2.1-t2v-1.3b-lora.yaml) with the clips in a 'video' column and "
+            "dataset.data_file_keys including video, or list an image here")
+
+
+def check_image_cell(base_path: str, value, rules, column: str | None = None,
+                     video_keys=()) -> tuple[list[str], list[str]]:
     problems, shapes = [], []
     for v in value if isinstance(value, list) else [value]:
         path, problem = _path_problem(base_path, v)
         if problem:
             problems.append(problem)
+            continue
+        if extension(path) in VIDEO_EXTENSIONS:  # routed by extension, as DiffSynth's operators do
+            problems.append(video_in_image_column(path, column, video_keys))
             continue
         try:
             image = load_image(path)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import DiffSynthError
 
-class MetadataError(ValueError):
+
+class MetadataError(DiffSynthError, ValueError):
     """The metadata file itself cannot be read; the message names the file (and line) and the fix."""
 
 

@@ -13,13 +13,14 @@ import threading
 from pathlib import Path
 
 from ..config import DatasetConfig
+from ..errors import DiffSynthError
 from ..files import staged_dir, write_text
 from .sample_dataset import build_builtin
 
 REACHABILITY_TIMEOUT = 3.0
 
 
-class DatasetSourceError(RuntimeError):
+class DatasetSourceError(DiffSynthError, RuntimeError):
     pass
 
 

@@ -131,8 +131,10 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
     for key in data_file_keys:
         if key not in row:
             continue  # DiffSynth skips keys a row lacks
-        checker = check_video_cell if key in video_keys else check_image_cell
-        problems, cell_shapes = checker(base_path, row[key], rules)
+        if key in video_keys:
+            problems, cell_shapes = check_video_cell(base_path, row[key], rules)
+        else:
+            problems, cell_shapes = check_image_cell(base_path, row[key], rules, key, video_keys)
         for problem in problems:
             report.add(record, key, problem)
         shapes += cell_shapes
@@ -207,7 +209,7 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
     rules = ImageRules(r.max_pixels, r.height, r.width, size_factor, width_factor or size_factor,
                        r.num_frames, time_division_factor, time_division_remainder)
     if not config.dataset.dataset_metadata_path:
-        raise ValueError("dataset.dataset_metadata_path is empty: point it at metadata.csv/.json/.jsonl")
+        raise MetadataError("dataset.dataset_metadata_path is empty: point it at metadata.csv/.json/.jsonl")
     report = validate_dataset(config.dataset.dataset_base_path, config.dataset.dataset_metadata_path,
                               config.dataset.data_file_keys, rules, config.model.extra_inputs,
                               video_keys=video_keys, derived_inputs=derived_inputs)

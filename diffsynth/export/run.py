@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..files import atomic_path
+from ..models.safetensors_io import read_tensors
 from .check import check_lora, original_weight_shapes, weight_shapes
 from .full import load_full_weights, merge_lora, save_model_folder
 from ..models.lora_names import FORMATS, from_original_names, is_lora_key, lora_modules
@@ -63,7 +64,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
     formats = check_formats(formats)
     spec = family_spec(family)
     out_dir = Path(out_dir)
-    state = load_file(str(checkpoint))
+    state = read_tensors(checkpoint, "the training checkpoint")
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
     lora_state = {k: v for k, v in state.items() if is_lora_key(k)}
@@ -108,7 +109,7 @@ def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffus
                 lora_alpha: float | None = None, shapes: dict | None = None) -> dict[str, torch.Tensor]:
     """One LoRA file in ``fmt`` (no base-model check: ``diffsynth export`` without the model at hand)."""
     check_formats([fmt])
-    state = load_file(str(checkpoint))
+    state = read_tensors(checkpoint, "--checkpoint")
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
     exported = write_format(lora_modules(state, lora_alpha), fmt, family_spec(family), shapes)

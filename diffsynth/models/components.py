@@ -18,13 +18,14 @@ from typing import Callable
 import torch
 from accelerate import init_empty_weights
 
+from ..errors import DiffSynthError
 from . import convert_flux as cf
 from . import convert_wan as cw
 from .model_config import ModelConfig
 from .real_configs import QWEN25_VL_7B, REAL_MODELS
 from .safetensors_io import check_shards, config_beside, load_state_dict, read_keys_and_shapes
 
-class DetectionError(ValueError):
+class DetectionError(DiffSynthError, ValueError):
     pass
 
 

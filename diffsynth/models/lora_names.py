@@ -20,6 +20,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import DiffSynthError
+
 LORA_KEY = re.compile(r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_down|lora_up)(?:\.[A-Za-z0-9_]+)?\.weight$")
 PREFIXES = ("transformer.", "diffusion_model.", "base_model.model.", "pipe.dit.")
 
@@ -27,7 +29,7 @@ Modules = dict[str, tuple[torch.Tensor, torch.Tensor]]
 FORMATS = ("diffsynth", "diffusers", "comfyui", "kohya")
 
 
-class LoraFormatError(ValueError):
+class LoraFormatError(DiffSynthError, ValueError):
     """A LoRA file or conversion that cannot be read or written correctly; the message names the key and the fix."""
 
 

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DiffSynthError
 from ..files import project_root
 from ..progress import mode as progress_mode, progress
 
@@ -19,7 +20,7 @@ from ..progress import mode as progress_mode, progress
 TINY_MODEL_NAMESPACE = "diffsynth-tiny"
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(DiffSynthError, ValueError):
     """A model flag or file that cannot be used; the message names it and says what to do."""
 
 
@@ -161,7 +162,7 @@ def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
         return False
 
 
-class HubUnreachable(ConnectionError):
+class HubUnreachable(DiffSynthError, ConnectionError):
     pass
 
 

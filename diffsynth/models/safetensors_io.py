@@ -7,13 +7,31 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from ..errors import DiffSynthError
 from ..files import atomic_path, write_json
 
 
-class ModelFileError(ValueError):
+class ModelFileError(DiffSynthError, ValueError):
     pass
+
+
+def unreadable(path, error: Exception) -> ModelFileError:
+    return ModelFileError(f"{path} is not a readable safetensors file ({error}); it is probably truncated by an "
+                          "interrupted download or copy: delete it and run `dvc repro -f -s models` (the models "
+                          "stage fetches it again; outside DVC, download it again)")
+
+
+def read_tensors(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """A file the user named (``what``: its flag, e.g. lora.lora_checkpoint) as a state dict."""
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{what} {path} does not exist; check the path")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ModelFileError(f"{what} {path} is not a readable safetensors file ({e}); check that it is "
+                             "the .safetensors file meant, or copy it again if it was cut short") from None
 
 
 def read_keys_and_shapes(files: list[str]) -> dict[str, tuple[int, ...]]:
@@ -28,8 +46,7 @@ def read_keys_and_shapes(files: list[str]) -> dict[str, tuple[int, ...]]:
                 for key in f.keys():
                     shapes[key] = tuple(f.get_slice(key).get_shape())
         except (SafetensorError, OSError) as e:
-            raise ModelFileError(f"{path} is not a readable safetensors file ({e}); it may be truncated by an "
-                                 "interrupted download: delete it and fetch again") from None
+            raise unreadable(path, e) from None
     return shapes
 
 
@@ -42,8 +59,7 @@ def load_state_dict(files: list[str], dtype: torch.dtype | None = None) -> dict[
                     t = f.get_tensor(key)
                     state[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
         except (SafetensorError, OSError) as e:
-            raise ModelFileError(f"{path} is not a readable safetensors file ({e}); it may be truncated: "
-                                 "delete it and fetch again") from None
+            raise unreadable(path, e) from None
     return state
 
 

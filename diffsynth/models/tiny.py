@@ -6,12 +6,14 @@ offline demo. A tiny preset learns nothing useful; every folder carries ``TINY_P
 """
 from __future__ import annotations
 
+import difflib
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..files import staged_dir, write_json, write_text
+from .model_config import ModelConfigError
 from .safetensors_io import save_sharded
 
 TINY_NOTE = ("# Tiny preset ({family})\n\nRandom-initialised tiny model in the real `{repo}` layout, written by "
@@ -284,28 +286,30 @@ def _key(name: str) -> str:
 
 def resolve_tiny_preset(name: str) -> str:
     """A tiny preset name in any spelling (``qwen_image`` = ``qwen-image``), or a family name or alias, which means
-    its default twin (the first one its spec lists)."""
+    its default twin (the first one its spec lists). An unknown name is a ModelConfigError naming the choices."""
     presets = {_key(p): p for p in TINY_PRESETS}
     if _key(name) in presets:
         return presets[_key(name)]
     from ..families import UnknownFamilyError, get_spec
     try:
-        spec = get_spec(name)
+        return get_spec(name).tiny_presets[0]
     except UnknownFamilyError:
-        raise UnknownTinyPresetError(f"Unknown tiny preset {name!r}; tiny presets: {', '.join(sorted(TINY_PRESETS))} "
-                                     "(or a family name, for its default twin)") from None
-    return spec.tiny_presets[0]
+        close = difflib.get_close_matches(_key(name), presets, n=1)
+        raise ModelConfigError(f"Unknown tiny preset {name!r} (model.tiny_preset / --family)"
+                               + (f"; did you mean {presets[close[0]]!r}?" if close else "")
+                               + f" Available: {', '.join(sorted(TINY_PRESETS))} (or a family name, for its default "
+                               "twin); \"\" uses real weights.") from None
 
 
-class UnknownTinyPresetError(ValueError):
-    """model.tiny_preset / --family names no tiny preset and no family."""
+def tiny_preset(name: str) -> tuple:
+    """(family, real repository, writer) of a tiny preset (any name :func:`resolve_tiny_preset` takes)."""
+    return TINY_PRESETS[resolve_tiny_preset(name)]
 
 
 def write_tiny_model(preset: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny ``preset`` (any name :func:`resolve_tiny_preset` takes) into ``out_dir`` (rebuilt in a
     temporary sibling, then swapped in)."""
-    preset = resolve_tiny_preset(preset)
-    family, repo, writer = TINY_PRESETS[preset]
+    family, repo, writer = tiny_preset(preset)
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         writer(tmp, seed=seed)
@@ -317,4 +321,4 @@ def is_tiny_preset(folder: str | Path) -> bool:
     return (Path(folder) / "TINY_PRESET.md").exists()
 
 
-__all__ = ["write_tiny_model", "resolve_tiny_preset", "TINY_PRESETS", "UnknownTinyPresetError", "is_tiny_preset"]
+__all__ = ["write_tiny_model", "resolve_tiny_preset", "tiny_preset", "TINY_PRESETS", "is_tiny_preset"]

@@ -25,9 +25,11 @@ from ..data.buckets import bucket_stats, row_key
 from ..data.dataset import ImageRules, UnifiedDataset, split_keys
 from ..data.metadata import read_metadata
 from ..families import Pipeline, spec_for
+from ..errors import DiffSynthError
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
 from ..models.lora_names import opensource_converter
+from ..models.safetensors_io import read_tensors
 from ..progress import progress
 from ..tracking import MetricsLog, Tracker
 from . import resume
@@ -47,7 +49,7 @@ RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.resume", "out
                      "dataset.dataset_num_workers", "tracking.", "sample.", "validation.", "export.")
 
 
-class TrainingInterrupted(RuntimeError):
+class TrainingInterrupted(DiffSynthError, RuntimeError):
     """SIGTERM/SIGINT arrived; a resumable state was written. Run again with train.resume: auto."""
 
 
@@ -138,7 +140,8 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         _pipe_model(pipe, name, "train.trainable_models").train().requires_grad_(True)
     if config.lora.preset_lora_path:
         target = _pipe_model(pipe, config.lora.preset_lora_model, "lora.preset_lora_model")
-        fuse_lora(target, load_file(config.lora.preset_lora_path), pipe.spec, source=config.lora.preset_lora_path)
+        fuse_lora(target, read_tensors(config.lora.preset_lora_path, "lora.preset_lora_path"), pipe.spec,
+                  source=config.lora.preset_lora_path)
     if config.lora.lora_base_model:
         base = _pipe_model(pipe, config.lora.lora_base_model, "lora.lora_base_model")
         targets = parse_target_modules(config.lora.lora_target_modules, base)
@@ -148,7 +151,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
                  exclude=pipe.modules_without_gradient(config.lora.lora_base_model))
         if config.lora.lora_checkpoint:
-            load_lora_checkpoint(base, load_file(config.lora.lora_checkpoint), pipe.spec,
+            load_lora_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"), pipe.spec,
                                  source=config.lora.lora_checkpoint)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
         for child in pipe.children():
@@ -162,7 +165,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
 
 def load_full_checkpoint(module: TrainingModule, path: str, prefix: str | None) -> None:
     """``--resume_from_checkpoint``: a saved full state dict, keys re-prefixed (spec §4.6)."""
-    state = {f"{prefix or ''}{k}": v for k, v in load_file(path).items()}
+    state = {f"{prefix or ''}{k}": v for k, v in read_tensors(path, "train.resume_from_checkpoint").items()}
     own = dict(module.named_parameters())
     unexpected = [k for k in state if k not in own]
     if unexpected:
