@@ -10,9 +10,14 @@ from _layout import VALIDATED_METADATA
 from diffsynth import cache
 from diffsynth.config import load_params
 from diffsynth.encoding import build_data_cache, build_prompt_cache
+from diffsynth.errors import run_main
 
 
-def main(which: str) -> int:
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in ("data", "prompts"):
+        print("usage: python stages/cache.py data|prompts", file=sys.stderr)
+        return 2
+    which = argv[0]
     os.environ["DIFFSYNTH_SKIP_DOWNLOAD"] = "true"  # the models stage fetched and pinned every file
     config = load_params()
     out = config.cache.data_dir if which == "data" else config.cache.prompts_dir
@@ -31,6 +36,4 @@ def main(which: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in ("data", "prompts"):
-        sys.exit("usage: python stages/cache.py data|prompts")
-    sys.exit(main(sys.argv[1]))
+    sys.exit(run_main(main, sys.argv[1:]))  # known errors: one line, no traceback
