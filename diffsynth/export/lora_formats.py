@@ -4,7 +4,10 @@ Every format is produced from one intermediate form, ``{module: (A, B)}`` in the
 (diffusers names, since our DiTs are diffusers classes), with the LoRA scale ``alpha/rank`` already folded into
 B so that the weight update is exactly ``B @ A``. Writers then only rename (and, for FLUX's original names, fuse):
 
-* ``diffsynth``  ``<module>.lora_A.default.weight`` — what DiffSynth's trainer writes and ``pipe.load_lora`` reads.
+* ``diffsynth``  ``<module>.lora_A.default.weight`` in the module names of DiffSynth-Studio's own DiT — what its
+                 trainer writes and ``pipe.load_lora`` / ``--lora_checkpoint`` read: diffusers names for Qwen-Image,
+                 the original Wan-AI names for Wan, ``FluxDiT`` names with fused q/k/v (``blocks.N.attn.a_to_qkv``)
+                 for FLUX.
 * ``diffusers``  ``transformer.<module>.lora_A.weight`` — ``load_lora_weights`` / ``load_lora_adapter``.
 * ``comfyui``    ``diffusion_model.<original module>.lora_A.weight`` + ``.alpha`` (= rank): the family's original
                  checkpoint names (Wan-AI ``blocks.N.self_attn.q``, BFL ``double_blocks.N.img_attn.qkv``).
@@ -93,10 +96,11 @@ def _flux_part_shape(member: str, hidden: int) -> tuple | None:
     return None
 
 
-def _flux_to_bfl(modules: Modules, shapes: dict[str, tuple] | None) -> Modules:
-    """Rename to BFL names with ``convert_flux``; LoRAs of fused q/k/v(/mlp) become one LoRA on the fused layer:
-    A stacked along the rank, B block-diagonal, so ``B_f @ A_f`` is the stacked per-part updates. A part the
-    LoRA does not cover contributes rank 0 (its rows of the update are zero)."""
+def _flux_fused(modules: Modules, shapes: dict[str, tuple] | None, convert) -> Modules:
+    """Rename with ``convert`` (a ``convert_flux`` state-dict function into a layout that fuses q/k/v(/mlp): BFL's
+    or DiffSynth's); LoRAs of fused layers become one LoRA on the fused layer: A stacked along the rank,
+    B block-diagonal, so ``B_f @ A_f`` is the stacked per-part updates. A part the LoRA does not cover
+    contributes rank 0 (its rows of the update are zero)."""
     a_dict, b_dict, grouped = {}, {}, set()
     for pattern, prefix_fmt, names in _FLUX_GROUPS:
         blocks = sorted({m.group(1) for name in modules if (m := pattern.match(name))}, key=int)
@@ -127,10 +131,11 @@ def _flux_to_bfl(modules: Modules, shapes: dict[str, tuple] | None) -> Modules:
     for name, (a, b) in modules.items():
         if name not in grouped:
             a_dict[name + ".weight"], b_dict[name + ".weight"] = a, b
-    a_out, b_out = convert_flux.diffusers_to_bfl_dit(a_dict), convert_flux.diffusers_to_bfl_dit(b_dict)
+    a_out, b_out = convert(a_dict), convert(b_dict)
     if "norm_out.linear.weight" in a_dict:
         # the converter swaps (scale, shift) halves of the output rows: right for B, but A's rows are rank
-        a_out["final_layer.adaLN_modulation.1.weight"] = a_dict["norm_out.linear.weight"]
+        (fused_name,) = convert({"norm_out.linear.weight": torch.zeros(2, 1)})
+        a_out[fused_name] = a_dict["norm_out.linear.weight"]
     return {k[: -len(".weight")]: (a_out[k], b_out[k]) for k in a_out}
 
 
@@ -144,8 +149,57 @@ def to_original_names(modules: Modules, family: str, shapes: dict[str, tuple] | 
         b = convert_wan.diffusers_to_wan_dit({f"{n}.weight": ab[1] for n, ab in modules.items()})
         return {k[: -len(".weight")]: (a[k], b[k]) for k in a}
     if family == "flux":
-        return _flux_to_bfl(modules, shapes)
+        return _flux_fused(modules, shapes, convert_flux.diffusers_to_bfl_dit)
     raise ExportError(f"No original-name mapping for family {family!r}")
+
+
+def to_diffsynth_names(modules: Modules, family: str, shapes: dict[str, tuple] | None = None) -> Modules:
+    """LoRA modules in the module names of DiffSynth-Studio's own DiT for ``family`` (what its trainer saves and
+    its loaders address): unchanged for Qwen-Image (its DiT has diffusers' names), the original names for Wan,
+    ``FluxDiT`` names with fused q/k/v for FLUX (``convert_*.diffusers_to_diffsynth_dit``)."""
+    return _diffsynth_namer(family)(modules, shapes)
+
+
+def _diffsynth_namer(family: str):
+    family = normalise_family(family)
+    if family in DIFFSYNTH_NAMERS:
+        return DIFFSYNTH_NAMERS[family]
+    return lambda modules, shapes=None: dict(modules)
+
+
+def _diffsynth_wan(modules: Modules, shapes: dict[str, tuple] | None = None) -> Modules:
+    a = convert_wan.diffusers_to_diffsynth_dit({f"{n}.weight": ab[0] for n, ab in modules.items()})
+    b = convert_wan.diffusers_to_diffsynth_dit({f"{n}.weight": ab[1] for n, ab in modules.items()})
+    return {k[: -len(".weight")]: (a[k], b[k]) for k in a}
+
+
+def _diffsynth_flux(modules: Modules, shapes: dict[str, tuple] | None = None) -> Modules:
+    return _flux_fused(modules, shapes, convert_flux.diffusers_to_diffsynth_dit)
+
+
+# family -> (modules, shapes) -> modules in DiffSynth's DiT names; families absent keep the diffusers names
+DIFFSYNTH_NAMERS = {"wan": _diffsynth_wan, "flux": _diffsynth_flux}
+# family -> diffusers-to-X state-dict converter of the layouts a LoRA file may be named in besides diffusers'
+# (read back by from_original_names): the original release's, and DiffSynth-Studio's own DiT's
+ORIGINAL_LAYOUTS = {"flux": convert_flux.diffusers_to_bfl_dit, "wan": convert_wan.diffusers_to_wan_dit}
+DIFFSYNTH_LAYOUTS = {"flux": convert_flux.diffusers_to_diffsynth_dit, "wan": convert_wan.diffusers_to_diffsynth_dit}
+
+
+def to_diffsynth_checkpoint(state: dict[str, torch.Tensor], family: str, prefix: str = "",
+                            alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """A training checkpoint's LoRA tensors (peft names of the loaded DiT under ``prefix``) renamed as DiffSynth's
+    trainer names them for ``family``; ``alpha/rank`` folded into B where it is not 1 (DiffSynth's alpha is rank).
+    Keys outside ``prefix`` or not LoRA tensors are kept as they are; a family whose DiffSynth DiT has the
+    diffusers names (Qwen-Image) keeps its checkpoint exactly as peft holds it."""
+    if normalise_family(family) not in DIFFSYNTH_NAMERS:
+        return dict(state)
+    lora = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and is_lora_key(k)}
+    if not lora:
+        return dict(state)
+    out = {k: v for k, v in state.items() if not (k.startswith(prefix) and is_lora_key(k))}
+    renamed = write_format(lora_modules(lora, alpha), "diffsynth", family)
+    out.update({prefix + k: v.contiguous() for k, v in renamed.items()})
+    return out
 
 
 # ------------------------------------------------------------------------------------------- writers
@@ -157,7 +211,7 @@ def kohya_name(module: str) -> str:
 def write_format(modules: Modules, fmt: str, family: str, shapes: dict[str, tuple] | None = None) -> dict:
     """The state dict of ``fmt`` for ``modules`` (see the module docstring)."""
     if fmt == "diffsynth":
-        return {k: v for n, (a, b) in modules.items()
+        return {k: v for n, (a, b) in to_diffsynth_names(modules, family, shapes).items()
                 for k, v in ((f"{n}.lora_A.default.weight", a), (f"{n}.lora_B.default.weight", b))}
     if fmt == "diffusers":
         return {k: v for n, (a, b) in modules.items()
@@ -207,13 +261,16 @@ def _row_sources(model: torch.nn.Module, family: str) -> dict[str, list[tuple[st
             ids[f"{name}.weight"] = torch.arange(start, start + n, dtype=torch.float64).reshape(n, 1)
             owners += [(name, r) for r in range(n)]
             start += n
-    converted = {"flux": convert_flux.diffusers_to_bfl_dit, "wan": convert_wan.diffusers_to_wan_dit}[family](ids)
-    return {k[: -len(".weight")]: [owners[int(i)] for i in v.reshape(-1).tolist()]
-            for k, v in converted.items() if v.dim() == 2 and v.shape[1] == 1}
+    rows = {}
+    for convert in dict.fromkeys((ORIGINAL_LAYOUTS[family], DIFFSYNTH_LAYOUTS[family])):
+        rows.update({k[: -len(".weight")]: [owners[int(i)] for i in v.reshape(-1).tolist()]
+                     for k, v in convert(ids).items() if v.dim() == 2 and v.shape[1] == 1})
+    return rows
 
 
 def from_original_names(modules: Modules, family: str, model: torch.nn.Module) -> Modules:
-    """The inverse of :func:`to_original_names` for any LoRA in original (ComfyUI) or kohya names, onto the
+    """The inverse of :func:`to_original_names` and :func:`to_diffsynth_names` for any LoRA in original (ComfyUI),
+    kohya or DiffSynth-DiT names, onto the
     diffusers modules of ``model``. A LoRA on a fused layer becomes one LoRA per part: its rows of B with the A
     rows they use. Exact whatever the fused LoRA's structure; a generic fused LoRA keeps the fused rank."""
     family = normalise_family(family)
@@ -230,7 +287,7 @@ def from_original_names(modules: Modules, family: str, model: torch.nn.Module) -
         original = kohya.get(name, name)
         if original not in rows:
             raise ExportError(f"LoRA module {name!r} is neither a module of the {family} DiT nor one of its original "
-                              "(ComfyUI/kohya) layers: is the LoRA for another model?")
+                              "(ComfyUI/kohya) or DiffSynth-Studio layers: is the LoRA for another model?")
         parts: dict[str, list[tuple[int, int]]] = {}
         for i, (target, row) in enumerate(rows[original]):
             parts.setdefault(target, []).append((row, i))

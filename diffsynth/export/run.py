@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..files import atomic_path
-from .check import check_lora, original_weight_shapes, weight_shapes
+from .check import check_lora, diffsynth_weight_shapes, original_weight_shapes, weight_shapes
 from .full import load_full_weights, merge_lora, save_model_folder
 from .lora_formats import FORMATS, ExportError, from_original_names, is_lora_key, lora_modules, write_format
 
@@ -70,13 +70,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
     if lora_state:
         # a checkpoint saved with align_to_opensource_format (kohya names) comes back to the trained names first
         modules = from_original_names(lora_modules(lora_state, lora_alpha), family, base)
-        native = check_lora(write_format(modules, "diffsynth", family), "diffsynth", shapes["native"])
+        native = check_lora(write_format(modules, "diffusers", family), "diffusers", shapes["native"])
         result.compat.update(matched_modules=native["matched_modules"], lora_rank=max(a.shape[0] for a, _ in modules.values()))
         for fmt in formats:
-            if fmt in ("comfyui", "kohya") and "original" not in shapes:
-                shapes["original"] = original_weight_shapes(base, family)
+            naming = {"comfyui": "original", "kohya": "original", "diffsynth": "diffsynth"}.get(fmt, "native")
+            if naming not in shapes:
+                shapes[naming] = (original_weight_shapes if naming == "original" else diffsynth_weight_shapes)(base, family)
             exported = write_format(modules, fmt, family, shapes["native"])
-            record = check_lora(exported, fmt, shapes["original" if fmt in ("comfyui", "kohya") else "native"])
+            record = check_lora(exported, fmt, shapes[naming])
             path = out_dir / FILE_NAMES[fmt]
             _save(exported, path)
             result.files[fmt] = path

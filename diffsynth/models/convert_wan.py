@@ -81,6 +81,13 @@ def diffusers_to_wan_dit(sd: dict) -> dict:
     return out
 
 
+# DiffSynth-Studio's own Wan DiT (``diffsynth/models/wan_video_dit.py``, ``WanModel``) keeps the original Wan-AI
+# module names (its ``WanVideoDiTFromDiffusers`` converter is the table above), so its trainer's checkpoints and
+# LoRAs use them: DiffSynth names are the original names.
+diffusers_to_diffsynth_dit = diffusers_to_wan_dit
+diffsynth_dit_to_diffusers = wan_dit_to_diffusers
+
+
 def wan_dit_config(shapes: dict, original_config: dict | None = None) -> dict:
     """``WanTransformer3DModel`` config from shapes (either naming) or from Wan-AI's own ``config.json``."""
     s = shapes if any(k.startswith("blocks.") and ".attn1." in k for k in shapes) else wan_dit_to_diffusers(

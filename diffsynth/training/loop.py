@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, ConfigError, flatten
 from ..data.dataset import ImageRules, UnifiedDataset, split_keys
+from ..export.lora_formats import to_diffsynth_checkpoint
 from ..families import get_family
 from ..families.base import Pipeline
 from ..files import write_json
@@ -300,6 +301,10 @@ class Trainer:
                     for k, v in state.items() if k in self.trainable}
             if self.convert_checkpoint:
                 ckpt = self.convert_checkpoint(ckpt, alpha=self.config.lora.lora_alpha)
+            elif self.config.lora.lora_base_model == "dit":  # the DiT's LoRA in DiffSynth's own DiT names
+                dit = "pipe.dit."
+                dit = dit[len(prefix):] if prefix and dit.startswith(prefix) else dit
+                ckpt = to_diffsynth_checkpoint(ckpt, self.pipe.family, dit, alpha=self.config.lora.lora_alpha)
             name = checkpoint_name(epoch=epoch, step=None if epoch is not None else at)
             path = save_checkpoint(ckpt, self.output / name)
             self.result.checkpoints.append(str(path))
