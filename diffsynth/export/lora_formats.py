@@ -4,10 +4,12 @@ Every format is produced from one intermediate form, ``{module: (A, B)}`` in the
 (diffusers names, since our DiTs are diffusers classes), with the LoRA scale ``alpha/rank`` already folded into
 B so that the weight update is exactly ``B @ A``. Writers then only rename (and, for FLUX's original names, fuse):
 
-* ``diffsynth``  ``<module>.lora_A.default.weight`` in the module names of DiffSynth-Studio's own DiT — what its
-                 trainer writes and ``pipe.load_lora`` / ``--lora_checkpoint`` read: diffusers names for Qwen-Image,
-                 the original Wan-AI names for Wan, ``FluxDiT`` names with fused q/k/v (``blocks.N.attn.a_to_qkv``)
-                 for FLUX.
+* ``diffsynth``  ``<module>.lora_A.weight`` in the module names of DiffSynth-Studio's own DiT, which its trainer
+                 saves (as ``.lora_A.default.weight``; training checkpoints keep that) and its ``pipe.load_lora`` and
+                 ``--lora_checkpoint`` read: diffusers names for Qwen-Image, the original Wan-AI names for Wan,
+                 ``FluxDiT`` names with fused q/k/v (``blocks.N.attn.a_to_qkv``) for FLUX. The export leaves out
+                 ``.default`` because DiffSynth's FLUX pipeline loader fuses 0 layers of a ``.default.`` file (its
+                 ``FluxLoRALoader`` matches only ``.lora_B.weight``); every DiffSynth loader reads it without.
 * ``diffusers``  ``transformer.<module>.lora_A.weight`` — ``load_lora_weights`` / ``load_lora_adapter``.
 * ``comfyui``    ``diffusion_model.<original module>.lora_A.weight`` + ``.alpha`` (= rank): the family's original
                  checkpoint names (Wan-AI ``blocks.N.self_attn.q``, BFL ``double_blocks.N.img_attn.qkv``).
@@ -197,8 +199,9 @@ def to_diffsynth_checkpoint(state: dict[str, torch.Tensor], family: str, prefix:
     if not lora:
         return dict(state)
     out = {k: v for k, v in state.items() if not (k.startswith(prefix) and is_lora_key(k))}
-    renamed = write_format(lora_modules(lora, alpha), "diffsynth", family)
-    out.update({prefix + k: v.contiguous() for k, v in renamed.items()})
+    renamed = to_diffsynth_names(lora_modules(lora, alpha), family)
+    out.update({f"{prefix}{n}.lora_{slot}.default.weight": t.contiguous()
+                for n, ab in renamed.items() for slot, t in zip("AB", ab)})
     return out
 
 
@@ -212,7 +215,7 @@ def write_format(modules: Modules, fmt: str, family: str, shapes: dict[str, tupl
     """The state dict of ``fmt`` for ``modules`` (see the module docstring)."""
     if fmt == "diffsynth":
         return {k: v for n, (a, b) in to_diffsynth_names(modules, family, shapes).items()
-                for k, v in ((f"{n}.lora_A.default.weight", a), (f"{n}.lora_B.default.weight", b))}
+                for k, v in ((f"{n}.lora_A.weight", a), (f"{n}.lora_B.weight", b))}
     if fmt == "diffusers":
         return {k: v for n, (a, b) in modules.items()
                 for k, v in ((f"transformer.{n}.lora_A.weight", a), (f"transformer.{n}.lora_B.weight", b))}
