@@ -195,6 +195,15 @@ def encode_image_tensor(case: dict, pipe, pixels: torch.Tensor) -> torch.Tensor:
         return pipe.encode_image(None)
 
 
+def cmd_prompt(name: str, out: Path) -> None:
+    """What our Qwen-Image prompt path hands the tokenizer, with the real tokenizer's prefix length (34 tokens:
+    DiffSynth's drop_idx; ours is counted from the template by the loaded tokenizer)."""
+    import json
+    from diffsynth.families.qwen_image import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
+    (out / "ours_prompt.json").write_text(json.dumps({"text": PROMPT_TEMPLATE.format("a red cube"),
+                                                      "max_length": MAX_PROMPT_TOKENS + 34}))
+
+
 if __name__ == "__main__":
     command, name, folder = sys.argv[1:4]
-    {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae}[command](name, Path(folder))
+    {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt}[command](name, Path(folder))

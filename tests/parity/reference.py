@@ -77,8 +77,8 @@ def inputs_for(case: dict, tensors: dict) -> dict:
         return {"input_latents": latents, "prompt_emb": tensors["prompt_emb"], "pooled_prompt_emb": tensors["pooled"],
                 "text_ids": torch.zeros(1, tensors["prompt_emb"].shape[1], 3), "guidance": torch.Tensor([1.0])}
     out = {"input_latents": latents, "context": tensors["prompt_emb"]}
-    if "first_frame_latents" in tensors:
-        out["first_frame_latents"] = tensors["first_frame_latents"]
+    if "first_frame_latents" in tensors:  # what its ImageEmbedderFused unit outputs (TI2V with an input image)
+        out.update(first_frame_latents=tensors["first_frame_latents"], fuse_vae_embedding_in_latents=True)
     return out
 
 
@@ -116,15 +116,14 @@ def cmd_dit(name: str, folder: Path) -> None:
     pipe.scheduler.set_timesteps(1000, training=True)
     tensors = load_file(str(folder / "inputs.safetensors"))
     results = {}
+    suffix = ""
     if os.environ.get("PARITY_TANH_GELU"):
         # the one known difference: DiffSynth's Qwen-Image MLP uses x*sigmoid(1.702x) where diffusers (and the
         # official model) use tanh-GELU. With tanh-GELU put in, what remains is the rest of the two implementations.
         from diffsynth.models import qwen_image_dit
         qwen_image_dit.ApproximateGELU.forward = lambda self, x: torch.nn.functional.gelu(self.proj(x),
                                                                                          approximate="tanh")
-        results["pred"], results["loss"] = loss_and_pred(pipe, case, tensors)
-        save_file({k: v.contiguous() for k, v in results.items()}, str(folder / "reference_tanh_gelu.safetensors"))
-        return
+        suffix = "_tanh_gelu"
     results["pred"], results["loss"] = loss_and_pred(pipe, case, tensors)
     for label in ("our_ckpt", "our_export"):
         state = load_file(str(folder / f"{label}.safetensors"))
@@ -147,9 +146,9 @@ def cmd_dit(name: str, folder: Path) -> None:
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
     results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, case, tensors)
     ckpt = {k: p.detach().contiguous() for k, p in dit.named_parameters() if p.requires_grad}
-    save_file(ckpt, str(folder / "ds_ckpt.safetensors"))
+    save_file(ckpt, str(folder / f"ds_ckpt{suffix}.safetensors"))
     results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
-    save_file({k: v.contiguous() for k, v in results.items()}, str(folder / "reference.safetensors"))
+    save_file({k: v.contiguous() for k, v in results.items()}, str(folder / f"reference{suffix}.safetensors"))
     del base
 
 
@@ -193,6 +192,26 @@ def _strict_load(model, state: dict, partial: bool = False) -> None:
         raise SystemExit(f"VAE weights did not fit DiffSynth's class: missing={missing[:5]} unexpected={unexpected[:5]}")
 
 
+def cmd_prompt(name: str, folder: Path) -> None:
+    """What its Qwen-Image prompt unit hands the tokenizer (templated text, max_length): captured with a stand-in
+    tokenizer, since no real tokenizer can be downloaded here."""
+    from diffsynth.pipelines.qwen_image import QwenImagePipeline, QwenImageUnit_PromptEmbedder
+    seen = {}
+
+    class Tokenizer:
+        def __call__(self, text, max_length=None, **kwargs):
+            seen.update(text=text[0], max_length=max_length)
+            raise StopIteration  # nothing after the tokenizer can run without the real one
+
+    pipe = QwenImagePipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.tokenizer = Tokenizer()
+    try:
+        QwenImageUnit_PromptEmbedder().encode_prompt(pipe, ["a red cube"])
+    except StopIteration:
+        pass
+    (folder / "reference_prompt.json").write_text(json.dumps(seen))
+
+
 def cmd_modules(out: str) -> None:
     """Linear layers of DiffSynth's own DiTs (two blocks per list, real width): the table tests/ check against."""
     from diffsynth.models.flux_dit import FluxDiT
@@ -234,4 +253,4 @@ if __name__ == "__main__":
     if command == "modules":
         cmd_modules(sys.argv[2])
     else:
-        {"dit": cmd_dit, "vae": cmd_vae}[command](sys.argv[2], Path(sys.argv[3]))
+        {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt}[command](sys.argv[2], Path(sys.argv[3]))
