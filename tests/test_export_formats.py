@@ -245,3 +245,23 @@ def test_merge_with_the_fetched_tiny_preset(tmp_path, tiny_env):
     a, b = native["transformer_blocks.1.attn.to_q.lora_A.default.weight"], native["transformer_blocks.1.attn.to_q.lora_B.default.weight"]
     torch.testing.assert_close(merged["transformer_blocks.1.attn.to_q.weight"],
                                base["transformer_blocks.1.attn.to_q.weight"] + b @ a, rtol=1e-6, atol=1e-6)
+
+
+def test_standalone_export_of_a_wan_checkpoint_in_diffsynth_names(tmp_path):
+    """`diffsynth export` has no base model: Wan's DiffSynth (original) names go back to diffusers by renaming."""
+    from diffsynth.export import export_lora
+    from diffsynth.export.lora_formats import to_diffsynth_checkpoint
+    native = trained_lora("wan")
+    save_file(to_diffsynth_checkpoint(native, "wan"), str(tmp_path / "c.safetensors"))
+    exported = export_lora(tmp_path / "c.safetensors", tmp_path / "d.safetensors", "diffusers", "wan")
+    assert exported and all(k.startswith("transformer.blocks.") for k in exported)
+    assert not any("self_attn" in k or "cross_attn" in k for k in exported)
+    assert check_lora(exported, "diffusers", weight_shapes(tiny_dit("wan")))["unmatched_keys"] == 0
+
+
+def test_standalone_export_of_fused_flux_names_says_what_to_do(tmp_path):
+    from diffsynth.export import export_lora
+    from diffsynth.export.lora_formats import to_diffsynth_checkpoint
+    save_file(to_diffsynth_checkpoint(trained_lora("flux"), "flux"), str(tmp_path / "c.safetensors"))
+    with pytest.raises(ExportError, match="base model"):
+        export_lora(tmp_path / "c.safetensors", tmp_path / "d.safetensors", "diffusers", "flux")

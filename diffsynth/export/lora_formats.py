@@ -205,6 +205,25 @@ def to_diffsynth_checkpoint(state: dict[str, torch.Tensor], family: str, prefix:
     return out
 
 
+def trained_names_without_model(modules: Modules, family: str) -> Modules:
+    """Back to the trained (diffusers) names where no base model is at hand (``diffsynth export``): a pure rename
+    for Wan's original/DiffSynth names; FLUX's fused layers can only be split against the model."""
+    family = normalise_family(family)
+    if family == "wan":
+        a = convert_wan.diffsynth_dit_to_diffusers({f"{n}.weight": ab[0] for n, ab in modules.items()})
+        b = convert_wan.diffsynth_dit_to_diffusers({f"{n}.weight": ab[1] for n, ab in modules.items()})
+        return {k[: -len(".weight")]: (a[k], b[k]) for k in a}
+    if family == "flux":
+        diffusers_top = ("transformer_blocks.", "single_transformer_blocks.", "x_embedder", "context_embedder",
+                         "proj_out", "norm_out.", "time_text_embed.")
+        foreign = [n for n in modules if not n.startswith(diffusers_top)]
+        if foreign:
+            raise ExportError(f"LoRA module {foreign[0]!r} is a fused FLUX layer (DiffSynth's or BFL's names): "
+                              "splitting it needs the base model. Export with the pipeline's export stage "
+                              "(dvc repro export), which loads the DiT, or from a checkpoint in diffusers names")
+    return dict(modules)
+
+
 # ------------------------------------------------------------------------------------------- writers
 
 def kohya_name(module: str) -> str:

@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from ..files import atomic_path
 from .check import check_lora, diffsynth_weight_shapes, original_weight_shapes, weight_shapes
 from .full import load_full_weights, merge_lora, save_model_folder
-from .lora_formats import FORMATS, ExportError, from_original_names, is_lora_key, lora_modules, write_format
+from .lora_formats import (FORMATS, ExportError, from_original_names, is_lora_key, lora_modules,
+                           trained_names_without_model, write_format)
 
 # diffusers' own file name, so `pipe.load_lora_weights(out_dir)` finds it without weight_name=
 FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "diffsynth": "lora_diffsynth.safetensors",
@@ -109,6 +110,6 @@ def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffus
     state = load_file(str(checkpoint))
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
-    exported = write_format(lora_modules(state, lora_alpha), fmt, family, shapes)
+    exported = write_format(trained_names_without_model(lora_modules(state, lora_alpha), family), fmt, family, shapes)
     _save(exported, Path(out_file))
     return exported
