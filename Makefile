@@ -1,5 +1,6 @@
 # `make run`: bootstrap .venv and run the DVC pipeline on the embedded tiny default.
 # `make test`: bootstrap .venv and run the test suite.
+# `make parity`: our code against DiffSynth-Studio's own code (its own venv, .venv-parity; see README).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-fast parity clean
 
 install: $(STAMP)
 
@@ -28,6 +29,19 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# DiffSynth-Studio imports as `diffsynth` too: it lives in its own venv and runs in its own process.
+PARITY_VENV := .venv-parity
+PARITY_STAMP := $(PARITY_VENV)/.installed
+
+$(PARITY_STAMP): requirements-parity.txt
+	test -x $(PARITY_VENV)/bin/python || $(PYTHON) -m venv $(PARITY_VENV)
+	$(PARITY_VENV)/bin/pip install --disable-pip-version-check -r requirements-parity.txt > $(PARITY_VENV)/pip.log 2>&1 || (tail -40 $(PARITY_VENV)/pip.log; exit 1)
+	$(PARITY_VENV)/bin/python -c "import diffsynth.pipelines.flux_image, diffsynth.pipelines.wan_video, diffsynth.pipelines.qwen_image"
+	touch $(PARITY_STAMP)
+
+parity: install $(PARITY_STAMP)
+	$(BIN)/python tests/parity/run.py --reference-python $(PARITY_VENV)/bin/python
 
 clean:
 	rm -rf outputs reports models mlflow.db mlruns

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from diffsynth.export import (ExportError, check_lora, export_checkpoint, lora_modules, original_weight_shapes,
                               weight_shapes, write_format)
+from diffsynth.export.lora_formats import from_original_names
 from diffsynth.models import convert_flux, convert_wan
 from diffsynth.models.convert_flux import rope_axes
 
@@ -206,7 +207,10 @@ def test_exported_files_round_trip(tmp_path):
     result = export_checkpoint(tmp_path / "c.safetensors", tmp_path / "o", ["diffsynth", "kohya"], "wan", tiny_dit("wan"))
     assert result.ok
     again = load_file(str(result.files["diffsynth"]))
-    assert set(again) == set(native) and all(torch.equal(again[k], native[k]) for k in native)
+    # DiffSynth's Wan DiT has the original Wan names: same tensors, renamed, and read back exactly
+    assert "blocks.0.self_attn.q.lora_A.weight" in again and not any(".attn1." in k for k in again)
+    back, want = from_original_names(lora_modules(again), "wan", tiny_dit("wan")), lora_modules(native)
+    assert set(back) == set(want) and all(torch.equal(back[n][i], want[n][i]) for n in want for i in (0, 1))
     assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in load_file(str(result.files["kohya"]))
 
 
@@ -241,3 +245,23 @@ def test_merge_with_the_fetched_tiny_preset(tmp_path, tiny_env):
     a, b = native["transformer_blocks.1.attn.to_q.lora_A.default.weight"], native["transformer_blocks.1.attn.to_q.lora_B.default.weight"]
     torch.testing.assert_close(merged["transformer_blocks.1.attn.to_q.weight"],
                                base["transformer_blocks.1.attn.to_q.weight"] + b @ a, rtol=1e-6, atol=1e-6)
+
+
+def test_standalone_export_of_a_wan_checkpoint_in_diffsynth_names(tmp_path):
+    """`diffsynth export` has no base model: Wan's DiffSynth (original) names go back to diffusers by renaming."""
+    from diffsynth.export import export_lora
+    from diffsynth.export.lora_formats import to_diffsynth_checkpoint
+    native = trained_lora("wan")
+    save_file(to_diffsynth_checkpoint(native, "wan"), str(tmp_path / "c.safetensors"))
+    exported = export_lora(tmp_path / "c.safetensors", tmp_path / "d.safetensors", "diffusers", "wan")
+    assert exported and all(k.startswith("transformer.blocks.") for k in exported)
+    assert not any("self_attn" in k or "cross_attn" in k for k in exported)
+    assert check_lora(exported, "diffusers", weight_shapes(tiny_dit("wan")))["unmatched_keys"] == 0
+
+
+def test_standalone_export_of_fused_flux_names_says_what_to_do(tmp_path):
+    from diffsynth.export import export_lora
+    from diffsynth.export.lora_formats import to_diffsynth_checkpoint
+    save_file(to_diffsynth_checkpoint(trained_lora("flux"), "flux"), str(tmp_path / "c.safetensors"))
+    with pytest.raises(ExportError, match="base model"):
+        export_lora(tmp_path / "c.safetensors", tmp_path / "d.safetensors", "diffusers", "flux")

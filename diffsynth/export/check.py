@@ -25,6 +25,16 @@ def original_weight_shapes(model: torch.nn.Module, family) -> dict[str, tuple]:
     return {k[: -len(".weight")]: tuple(v.shape) for k, v in state.items() if v.dim() == 2}
 
 
+def diffsynth_weight_shapes(model: torch.nn.Module, family) -> dict[str, tuple]:
+    """``{module: (out, in)}`` of the 2-D weights of DiffSynth-Studio's own DiT for the family (the names its trainer
+    saves), derived from the diffusers model like :func:`original_weight_shapes`."""
+    spec = family_spec(family)
+    state = {k: v for k, v in model.state_dict().items() if k.endswith(".weight")}
+    if spec is not None and spec.diffsynth_state_dict:
+        state = spec.diffsynth_state_dict(state)
+    return {k[: -len(".weight")]: tuple(v.shape) for k, v in state.items() if v.dim() == 2}
+
+
 def _target(key: str, fmt: str, kohya: dict[str, str]) -> tuple[str | None, str | None]:
     """(module, slot A/B/alpha) a key of ``fmt`` addresses; module None when the name has the wrong form."""
     if key.endswith(".alpha"):
@@ -68,5 +78,6 @@ def check_lora(state: dict, fmt: str, shapes: dict[str, tuple]) -> dict:
 
 
 def check_against_model(state: dict, model: torch.nn.Module, fmt: str = "diffusers", family=None) -> dict:
-    shapes = original_weight_shapes(model, family) if fmt in ("comfyui", "kohya") else weight_shapes(model)
+    shapes = (original_weight_shapes(model, family) if fmt in ("comfyui", "kohya") else
+              diffsynth_weight_shapes(model, family) if fmt == "diffsynth" else weight_shapes(model))
     return check_lora(state, fmt, shapes)

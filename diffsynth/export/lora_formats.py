@@ -7,7 +7,8 @@ from ..models.lora_names import FORMATS, LoraFormatError, Modules, lora_modules
 
 ExportError = LoraFormatError  # an export that cannot be written correctly; the message names the key and the fix
 
-__all__ = ["FORMATS", "ExportError", "family_spec", "to_diffusers", "to_original_names", "write_format"]
+__all__ = ["FORMATS", "ExportError", "family_spec", "from_original_names", "loaded_names_without_model",
+           "to_diffsynth_checkpoint", "to_diffusers", "to_original_names", "write_format"]
 
 
 def family_spec(family):
@@ -31,3 +32,21 @@ def write_format(modules: Modules, fmt: str, family, shapes: dict[str, tuple] | 
 def to_original_names(modules: Modules, family, shapes: dict[str, tuple] | None = None) -> Modules:
     """``lora_names.to_original_names`` for a family given by name or spec."""
     return lora_names.to_original_names(modules, family_spec(family), shapes)
+
+
+def from_original_names(modules: Modules, family, model) -> Modules:
+    """``lora_names.from_original_names`` for a family given by name or spec."""
+    return lora_names.from_original_names(modules, model, lora_names.layouts_of(family_spec(family)))
+
+
+def to_diffsynth_checkpoint(state: dict, family, prefix: str = "", alpha: float | None = None) -> dict:
+    """``lora_names.to_diffsynth_checkpoint`` for a family given by name or spec."""
+    return lora_names.to_diffsynth_checkpoint(state, family_spec(family), prefix, alpha)
+
+
+def loaded_names_without_model(modules: Modules, family) -> Modules:
+    """Back to the loaded (diffusers) names where no base model is at hand (``diffsynth export``): the family's
+    pure rename where it has one (Wan); FLUX's fused layers can only be split against the model."""
+    spec = family_spec(family)
+    return spec.lora_names_without_model(modules) if spec is not None and spec.lora_names_without_model \
+        else dict(modules)

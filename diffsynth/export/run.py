@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 
 from ..files import atomic_path
 from ..models.safetensors_io import read_tensors
-from .check import check_lora, original_weight_shapes, weight_shapes
+from .check import check_lora, diffsynth_weight_shapes, original_weight_shapes, weight_shapes
 from .full import load_full_weights, merge_lora, save_model_folder
-from ..models.lora_names import FORMATS, from_original_names, is_lora_key, lora_modules
-from .lora_formats import ExportError, family_spec, write_format
+from ..models.lora_names import FORMATS, from_original_names, is_lora_key, layouts_of, lora_modules
+from .lora_formats import ExportError, family_spec, loaded_names_without_model, write_format
 
 # diffusers' own file name, so `pipe.load_lora_weights(out_dir)` finds it without weight_name=
 FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "diffsynth": "lora_diffsynth.safetensors",
@@ -73,14 +73,16 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
     shapes = {"native": weight_shapes(base)}
     if lora_state:
         # a checkpoint saved with align_to_opensource_format (kohya names) comes back to the trained names first
-        modules = from_original_names(lora_modules(lora_state, lora_alpha), base, spec.original_state_dict)
-        native = check_lora(write_format(modules, "diffsynth", spec), "diffsynth", shapes["native"])
+        # checkpoints in DiffSynth's DiT names or kohya names (align_to_opensource_format) come back to the loaded names
+        modules = from_original_names(lora_modules(lora_state, lora_alpha), base, layouts_of(spec))
+        native = check_lora(write_format(modules, "diffusers", spec), "diffusers", shapes["native"])
         result.compat.update(matched_modules=native["matched_modules"], lora_rank=max(a.shape[0] for a, _ in modules.values()))
         for fmt in formats:
-            if fmt in ("comfyui", "kohya") and "original" not in shapes:
-                shapes["original"] = original_weight_shapes(base, spec)
+            naming = {"comfyui": "original", "kohya": "original", "diffsynth": "diffsynth"}.get(fmt, "native")
+            if naming not in shapes:
+                shapes[naming] = (original_weight_shapes if naming == "original" else diffsynth_weight_shapes)(base, spec)
             exported = write_format(modules, fmt, spec, shapes["native"])
-            record = check_lora(exported, fmt, shapes["original" if fmt in ("comfyui", "kohya") else "native"])
+            record = check_lora(exported, fmt, shapes[naming])
             path = out_dir / FILE_NAMES[fmt]
             _save(exported, path)
             result.files[fmt] = path
@@ -112,6 +114,7 @@ def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffus
     state = read_tensors(checkpoint, "--checkpoint")
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
-    exported = write_format(lora_modules(state, lora_alpha), fmt, family_spec(family), shapes)
+    modules = loaded_names_without_model(lora_modules(state, lora_alpha), family)
+    exported = write_format(modules, fmt, family_spec(family), shapes)
     _save(exported, Path(out_file))
     return exported

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from ..models.components import load_tokenizer
-from ..models.convert_flux import diffusers_to_bfl_dit, lora_to_bfl
+from ..models.convert_flux import (diffusers_to_bfl_dit, diffusers_to_diffsynth_dit, lora_names_without_model,
+                                   lora_to_bfl, lora_to_diffsynth)
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
 from ..sigmas import sampling_grid, shifted_grid
 from .base import Pipeline, load_components
@@ -234,6 +235,10 @@ SPEC = register(FamilySpec(
     map_lora_targets=map_lora_targets,
     lora_to_original=lora_to_bfl,
     original_state_dict=diffusers_to_bfl_dit,
+    # DiffSynth's FluxDiT renames BFL's modules and keeps their fusion (a_to_qkv, to_qkv_mlp)
+    lora_to_diffsynth=lora_to_diffsynth,
+    diffsynth_state_dict=diffusers_to_diffsynth_dit,
+    lora_names_without_model=lora_names_without_model,
     opensource_lora_format="kohya",
     tiny_presets=("flux.1-dev", "flux.1-krea-dev"),
     model_id_patterns=("flux.1", "flux1-"),

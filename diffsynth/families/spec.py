@@ -63,6 +63,10 @@ class FamilySpec:
     map_lora_targets: Callable = _identity_targets  # (dit, DiffSynth target names) -> loaded module names
     lora_to_original: Callable | None = None    # ({module: (A, B)}, shapes) -> same in original checkpoint names
     original_state_dict: Callable | None = None  # diffusers DiT state dict -> original checkpoint names
+    # DiffSynth-Studio's own DiT names (what its trainer saves and its loaders read); None: the loaded names
+    lora_to_diffsynth: Callable | None = None   # ({module: (A, B)}, shapes) -> same in DiffSynth's DiT names
+    diffsynth_state_dict: Callable | None = None  # diffusers DiT state dict -> DiffSynth's DiT names
+    lora_names_without_model: Callable | None = None  # LoRA modules in foreign names -> loaded names, no model
     opensource_lora_format: str | None = None   # output.align_to_opensource_format writes this export format
     tiny_presets: tuple[str, ...] = ()          # `diffsynth tiny-model` twins; the first is the family's default
     model_id_patterns: tuple[str, ...] = ()     # substrings of model ids/files that name the family (flag-only runs)

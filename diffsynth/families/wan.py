@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
-from ..models.convert_wan import lora_to_wan_names, diffusers_to_wan_dit
+from ..models.convert_wan import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 from ..sigmas import sampling_grid, shifted_grid
 from .base import Pipeline, load_components
 from .spec import DataRules, FamilySpec, register
@@ -333,8 +333,12 @@ SPEC = register(FamilySpec(
     encoders=("text_encoder", "image_encoder"),
     lora_targets=LORA_TARGETS,
     map_lora_targets=map_lora_targets,
-    lora_to_original=lambda modules, shapes=None: lora_to_wan_names(modules),
+    lora_to_original=lora_to_wan_names,
     original_state_dict=diffusers_to_wan_dit,
+    # DiffSynth's own Wan DiT keeps the original Wan-AI names (its trainer's checkpoints use them)
+    lora_to_diffsynth=lora_to_wan_names,
+    diffsynth_state_dict=diffusers_to_wan_dit,
+    lora_names_without_model=lora_names_without_model,
     tiny_presets=("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b", "wan2.2-a14b",
                   "wan2.2-i2v-a14b"),
     model_id_patterns=("wan-ai/", "wan2.1", "wan2.2"),

@@ -148,6 +148,64 @@ def diffusers_to_bfl_dit(sd: dict) -> dict:
     return out
 
 
+# DiffSynth-Studio's own FLUX DiT (``diffsynth/models/flux_dit.py``, ``FluxDiT``) renames BFL's modules but keeps
+# their fusion (q/k/v; q/k/v/mlp-in) and row order (its ``final_norm_out`` is BFL's (shift, scale)). Table read from
+# ``diffsynth/utils/state_dict_converters/flux_dit.py::FluxDiTStateDictConverter`` (DiffSynth-Studio 2.1.12).
+_DIFFSYNTH_DOUBLE = {  # BFL name inside double_blocks.N -> DiffSynth name inside blocks.N
+    "img_mod.lin": "norm1_a.linear", "txt_mod.lin": "norm1_b.linear",
+    "img_attn.qkv": "attn.a_to_qkv", "txt_attn.qkv": "attn.b_to_qkv",
+    "img_attn.proj": "attn.a_to_out", "txt_attn.proj": "attn.b_to_out",
+    "img_attn.norm.query_norm.scale": "attn.norm_q_a.weight", "img_attn.norm.key_norm.scale": "attn.norm_k_a.weight",
+    "txt_attn.norm.query_norm.scale": "attn.norm_q_b.weight", "txt_attn.norm.key_norm.scale": "attn.norm_k_b.weight",
+    "img_mlp.0": "ff_a.0", "img_mlp.2": "ff_a.2", "txt_mlp.0": "ff_b.0", "txt_mlp.2": "ff_b.2",
+}
+_DIFFSYNTH_SINGLE = {"modulation.lin": "norm.linear", "linear1": "to_qkv_mlp", "linear2": "proj_out",
+                     "norm.query_norm.scale": "norm_q_a.weight", "norm.key_norm.scale": "norm_k_a.weight"}
+_DIFFSYNTH_TOP = {"time_in.in_layer": "time_embedder.timestep_embedder.0",
+                  "time_in.out_layer": "time_embedder.timestep_embedder.2",
+                  "guidance_in.in_layer": "guidance_embedder.timestep_embedder.0",
+                  "guidance_in.out_layer": "guidance_embedder.timestep_embedder.2",
+                  "vector_in.in_layer": "pooled_text_embedder.0", "vector_in.out_layer": "pooled_text_embedder.2",
+                  "txt_in": "context_embedder", "img_in": "x_embedder", "final_layer.linear": "final_proj_out",
+                  "final_layer.adaLN_modulation.1": "final_norm_out.linear"}
+
+
+def _rename_blocks(sd: dict, blocks: tuple[tuple[str, str, dict], ...], top: dict) -> dict:
+    out = {}
+    for key, value in sd.items():
+        for src, dst, table in blocks:
+            m = re.match(rf"{src}\.(\d+)\.(.+)$", key)
+            if m:
+                new = _rename(m[2], table)
+                out[f"{dst}.{m[1]}.{new if new is not None else m[2]}"] = value
+                break
+        else:
+            new = _rename(key, top)
+            out[new if new is not None else key] = value
+    return out
+
+
+def bfl_dit_to_diffsynth(sd: dict) -> dict:
+    """BFL names -> DiffSynth-Studio ``FluxDiT`` names (a pure rename: both layouts fuse the same layers)."""
+    return _rename_blocks(_strip(sd), (("double_blocks", "blocks", _DIFFSYNTH_DOUBLE),
+                                       ("single_blocks", "single_blocks", _DIFFSYNTH_SINGLE)), _DIFFSYNTH_TOP)
+
+
+def diffsynth_dit_to_bfl(sd: dict) -> dict:
+    inv = lambda table: {v: k for k, v in table.items()}  # noqa: E731
+    return _rename_blocks(sd, (("blocks", "double_blocks", inv(_DIFFSYNTH_DOUBLE)),
+                               ("single_blocks", "single_blocks", inv(_DIFFSYNTH_SINGLE))), inv(_DIFFSYNTH_TOP))
+
+
+def diffusers_to_diffsynth_dit(sd: dict) -> dict:
+    """``FluxTransformer2DModel`` names -> DiffSynth-Studio ``FluxDiT`` names (what its trainer saves)."""
+    return bfl_dit_to_diffsynth(diffusers_to_bfl_dit(sd))
+
+
+def diffsynth_dit_to_diffusers(sd: dict) -> dict:
+    return bfl_dit_to_diffusers(diffsynth_dit_to_bfl(sd))
+
+
 def rope_axes(head_dim: int) -> list[int]:
     """The (t, h, w) RoPE split: the official (16, 56, 56) at head_dim 128, scaled (even sizes) otherwise."""
     a = max(2, (head_dim // 8) // 2 * 2)
@@ -285,17 +343,38 @@ def _fused_part_shape(member: str, hidden: int) -> tuple | None:
     return None
 
 
-def lora_to_bfl(modules: dict, shapes: dict | None = None) -> dict:
-    """``{module: (A, B)}`` LoRAs on diffusers' FLUX DiT -> BFL names; the LoRAs of fused q/k/v(/mlp) become one
-    LoRA on the fused layer (A stacked along the rank, B block-diagonal: ``B_f @ A_f`` is the stacked updates)."""
+def _fused_lora_renamer(convert):
+    """``{module: (A, B)}`` LoRAs on diffusers' FLUX DiT -> the names of a layout that fuses q/k/v(/mlp) (BFL's or
+    DiffSynth's, ``convert``); the LoRAs of fused layers become one LoRA on the fused layer (A stacked along the
+    rank, B block-diagonal: ``B_f @ A_f`` is the stacked updates)."""
     from .lora_names import fuse_groups, rename_modules
 
     def rename_a(state: dict) -> dict:
         # A's rows are the rank, not weight rows: concatenate in the converter's fusion order, never swap halves
-        out = diffusers_to_bfl_dit(state)
+        out = convert(state)
         if "norm_out.linear.weight" in state:
-            out["final_layer.adaLN_modulation.1.weight"] = state["norm_out.linear.weight"]
+            (fused_name,) = convert({"norm_out.linear.weight": torch.zeros(2, 1)})
+            out[fused_name] = state["norm_out.linear.weight"]
         return out
 
-    return rename_modules(fuse_groups(modules, LORA_FUSED_GROUPS, _fused_part_shape, shapes), rename_a,
-                          diffusers_to_bfl_dit)
+    def rename(modules: dict, shapes: dict | None = None) -> dict:
+        return rename_modules(fuse_groups(modules, LORA_FUSED_GROUPS, _fused_part_shape, shapes), rename_a, convert)
+    return rename
+
+
+lora_to_bfl = _fused_lora_renamer(diffusers_to_bfl_dit)
+lora_to_diffsynth = _fused_lora_renamer(diffusers_to_diffsynth_dit)
+
+
+def lora_names_without_model(modules: dict) -> dict:
+    """LoRA names back to diffusers' where no base model is at hand: diffusers names pass; fused layers (BFL's or
+    DiffSynth's names) can only be split against the model's rows."""
+    from .lora_names import LoraFormatError
+    diffusers_top = ("transformer_blocks.", "single_transformer_blocks.", "x_embedder", "context_embedder",
+                     "proj_out", "norm_out.", "time_text_embed.")
+    foreign = [n for n in modules if not n.startswith(diffusers_top)]
+    if foreign:
+        raise LoraFormatError(f"LoRA module {foreign[0]!r} is a fused FLUX layer (DiffSynth's or BFL's names): "
+                              "splitting it needs the base model. Export with the pipeline's export stage "
+                              "(dvc repro export), which loads the DiT, or from a checkpoint in diffusers names")
+    return dict(modules)

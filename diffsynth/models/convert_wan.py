@@ -81,6 +81,13 @@ def diffusers_to_wan_dit(sd: dict) -> dict:
     return out
 
 
+# DiffSynth-Studio's own Wan DiT (``diffsynth/models/wan_video_dit.py``, ``WanModel``) keeps the original Wan-AI
+# module names (its ``WanVideoDiTFromDiffusers`` converter is the table above), so its trainer's checkpoints and
+# LoRAs use them: DiffSynth names are the original names.
+diffusers_to_diffsynth_dit = diffusers_to_wan_dit
+diffsynth_dit_to_diffusers = wan_dit_to_diffusers
+
+
 def wan_dit_config(shapes: dict, original_config: dict | None = None) -> dict:
     """``WanTransformer3DModel`` config from shapes (either naming) or from Wan-AI's own ``config.json``."""
     s = shapes if any(k.startswith("blocks.") and ".attn1." in k for k in shapes) else wan_dit_to_diffusers(
@@ -375,7 +382,15 @@ def wan_clip_config(shapes: dict) -> dict:
             "hidden_act": "gelu", "layer_norm_eps": 1e-5}
 
 
-def lora_to_wan_names(modules: dict) -> dict:
-    """``{module: (A, B)}`` LoRAs on diffusers' Wan DiT -> the original Wan-AI module names (pure renames)."""
+def lora_to_wan_names(modules: dict, shapes: dict | None = None) -> dict:
+    """``{module: (A, B)}`` LoRAs on diffusers' Wan DiT -> the original Wan-AI module names (pure renames), which
+    are also DiffSynth-Studio's own Wan DiT names."""
     from .lora_names import rename_modules
     return rename_modules(modules, diffusers_to_wan_dit)
+
+
+def lora_names_without_model(modules: dict) -> dict:
+    """LoRA modules in original (= DiffSynth) Wan names back to diffusers' names: a pure rename."""
+    from .lora_names import rename_modules
+    own = {n: ab for n, ab in modules.items() if ".attn1." in n or ".attn2." in n or ".ffn.net." in n}
+    return {**rename_modules({n: ab for n, ab in modules.items() if n not in own}, wan_dit_to_diffusers), **own}

@@ -3,7 +3,10 @@ family knowledge: a family passes its own converters in through its spec).
 
 Formats (writers below; :func:`lora_modules` and :func:`from_original_names` read them all back):
 
-* ``diffsynth``  ``<module>.lora_A.default.weight`` — what DiffSynth's trainer writes and ``pipe.load_lora`` reads.
+* ``diffsynth``  ``<module>.lora_A.weight`` in the module names of DiffSynth-Studio's own DiT (``spec.lora_to_diffsynth``:
+                 diffusers names for Qwen-Image, the original Wan-AI names for Wan, ``FluxDiT`` names with fused q/k/v
+                 for FLUX), which its ``pipe.load_lora`` reads; no ``.default`` (DiffSynth's FLUX loader matches only
+                 ``.lora_B.weight``). Training checkpoints use the same names with ``.default``, as its trainer saves.
 * ``diffusers``  ``transformer.<module>.lora_A.weight`` — ``load_lora_weights`` / ``load_lora_adapter``.
 * ``comfyui``    ``diffusion_model.<original module>.lora_A.weight`` + ``.alpha`` (= rank): the family's original
                  checkpoint names (Wan-AI ``blocks.N.self_attn.q``, BFL ``double_blocks.N.img_attn.qkv``).
@@ -123,11 +126,11 @@ def rename_modules(modules: Modules, convert_a: Callable[[dict], dict],
     return {k[: -len(".weight")]: (a[k], b[k]) for k in a}
 
 
-def row_sources(model: torch.nn.Module, to_original: Callable[[dict], dict]) -> dict[str, list[tuple[str, int]]]:
-    """For each 2-D weight of an original layout: which (loaded module, row) each of its rows is.
+def row_sources(model: torch.nn.Module, layouts: list[Callable[[dict], dict]]) -> dict[str, list[tuple[str, int]]]:
+    """For each 2-D weight of the other layouts (original, DiffSynth's): which (loaded module, row) each row is.
 
     Each loaded weight is replaced by a column of unique row ids and sent through the family's own state-dict
-    converter, so fusing, splitting and reordering of rows are read off, never re-implemented."""
+    converters, so fusing, splitting and reordering of rows are read off, never re-implemented."""
     ids, owners, start = {}, [], 0
     for name, module in model.named_modules():
         base = getattr(module, "base_layer", module)
@@ -136,20 +139,27 @@ def row_sources(model: torch.nn.Module, to_original: Callable[[dict], dict]) -> 
             ids[f"{name}.weight"] = torch.arange(start, start + n, dtype=torch.float64).reshape(n, 1)
             owners += [(name, r) for r in range(n)]
             start += n
-    converted = to_original(ids)
-    return {k[: -len(".weight")]: [owners[int(i)] for i in v.reshape(-1).tolist()]
-            for k, v in converted.items() if v.dim() == 2 and v.shape[1] == 1}
+    rows = {}
+    for convert in dict.fromkeys(layouts):
+        rows.update({k[: -len(".weight")]: [owners[int(i)] for i in v.reshape(-1).tolist()]
+                     for k, v in convert(ids).items() if v.dim() == 2 and v.shape[1] == 1})
+    return rows
 
 
-def from_original_names(modules: Modules, model: torch.nn.Module, to_original: Callable[[dict], dict] | None,
+def layouts_of(spec) -> list[Callable[[dict], dict]]:
+    """The state-dict converters of the names a LoRA file for ``spec``'s DiT may use besides the loaded ones."""
+    return [c for c in (spec.original_state_dict, spec.diffsynth_state_dict) if c is not None] if spec else []
+
+
+def from_original_names(modules: Modules, model: torch.nn.Module, layouts: list[Callable[[dict], dict]],
                         what: str = "the DiT") -> Modules:
-    """Any LoRA in original (ComfyUI) or kohya names onto the modules of ``model`` (the inverse of writing
-    them). A LoRA on a fused layer becomes one LoRA per part: its rows of B with the A rows they use. Exact
-    whatever the fused LoRA's structure; a generic fused LoRA keeps the fused rank."""
+    """Any LoRA in original (ComfyUI), kohya or DiffSynth-DiT names onto the modules of ``model`` (the inverse of
+    writing them). A LoRA on a fused layer becomes one LoRA per part: its rows of B with the A rows they use.
+    Exact whatever the fused LoRA's structure; a generic fused LoRA keeps the fused rank."""
     own = {name for name, _ in model.named_modules()}
-    if to_original is None or all(name in own for name in modules):
+    if not layouts or all(name in own for name in modules):
         return dict(modules)
-    rows = row_sources(model, to_original)
+    rows = row_sources(model, layouts)
     kohya = {kohya_name(name): name for name in rows}
     out: Modules = {}
     for name, (a, b) in modules.items():
@@ -159,7 +169,7 @@ def from_original_names(modules: Modules, model: torch.nn.Module, to_original: C
         original = kohya.get(name, name)
         if original not in rows:
             raise LoraFormatError(f"LoRA module {name!r} is neither a module of {what} nor one of its original "
-                                  "(ComfyUI/kohya) layers: is the LoRA for another model?")
+                                  "(ComfyUI/kohya) or DiffSynth-Studio layers: is the LoRA for another model?")
         parts: dict[str, list[tuple[int, int]]] = {}
         for i, (target, row) in enumerate(rows[original]):
             parts.setdefault(target, []).append((row, i))
@@ -183,11 +193,32 @@ def to_original_names(modules: Modules, spec, shapes: dict[str, tuple] | None = 
     return spec.lora_to_original(modules, shapes) if spec.lora_to_original else dict(modules)
 
 
+def to_diffsynth_names(modules: Modules, spec, shapes: dict[str, tuple] | None = None) -> Modules:
+    """LoRA modules in DiffSynth-Studio's own DiT names for the family (unchanged where they are the loaded ones)."""
+    return spec.lora_to_diffsynth(modules, shapes) if spec is not None and spec.lora_to_diffsynth else dict(modules)
+
+
+def to_diffsynth_checkpoint(state: dict[str, torch.Tensor], spec, prefix: str = "",
+                            alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """A training checkpoint's LoRA tensors (peft names of the loaded DiT under ``prefix``) renamed as DiffSynth's
+    trainer names them (``.lora_A.default.weight``), ``alpha/rank`` folded into B where it is not 1 (DiffSynth's
+    alpha is rank). Other keys stay; a family whose DiffSynth DiT has the loaded names keeps its checkpoint exactly."""
+    if spec is None or not spec.lora_to_diffsynth:
+        return dict(state)
+    lora = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and is_lora_key(k)}
+    if not lora:
+        return dict(state)
+    out = {k: v for k, v in state.items() if not (k.startswith(prefix) and is_lora_key(k))}
+    out.update({f"{prefix}{n}.lora_{slot}.default.weight": t.contiguous()
+                for n, ab in to_diffsynth_names(lora_modules(lora, alpha), spec).items() for slot, t in zip("AB", ab)})
+    return out
+
+
 def write_format(modules: Modules, fmt: str, spec, shapes: dict[str, tuple] | None = None) -> dict:
     """The state dict of ``fmt`` for ``modules`` (see the module docstring)."""
     if fmt == "diffsynth":
-        return {k: v for n, (a, b) in modules.items()
-                for k, v in ((f"{n}.lora_A.default.weight", a), (f"{n}.lora_B.default.weight", b))}
+        return {k: v for n, (a, b) in to_diffsynth_names(modules, spec, shapes).items()
+                for k, v in ((f"{n}.lora_A.weight", a), (f"{n}.lora_B.weight", b))}
     if fmt == "diffusers":
         return {k: v for n, (a, b) in modules.items()
                 for k, v in ((f"transformer.{n}.lora_A.weight", a), (f"transformer.{n}.lora_B.weight", b))}

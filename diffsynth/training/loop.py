@@ -28,7 +28,7 @@ from ..families import Pipeline, spec_for
 from ..errors import DiffSynthError
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
-from ..models.lora_names import opensource_converter
+from ..models.lora_names import opensource_converter, to_diffsynth_checkpoint
 from ..models.safetensors_io import read_tensors
 from ..progress import progress
 from ..tracking import MetricsLog, Tracker
@@ -440,6 +440,10 @@ class Trainer:
                     for k, v in state.items() if k in self.trainable}
             if self.convert_checkpoint:
                 ckpt = self.convert_checkpoint(ckpt, alpha=self.config.lora.lora_alpha)
+            elif self.config.lora.lora_base_model == "dit":  # the DiT's LoRA in DiffSynth's own DiT names
+                dit = "pipe.dit."
+                dit = dit[len(prefix):] if prefix and dit.startswith(prefix) else dit
+                ckpt = to_diffsynth_checkpoint(ckpt, self.spec, dit, alpha=self.config.lora.lora_alpha)
             name = checkpoint_name(epoch=epoch, step=None if epoch is not None else at)
             path = save_checkpoint(ckpt, self.output / name)
             self.result.checkpoints.append(str(path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 
-from ..models.lora_names import from_original_names, lora_modules
+from ..models.lora_names import from_original_names, layouts_of, lora_modules
 
 
 def parse_target_modules(text: str | None, model: torch.nn.Module) -> list[str] | str:
@@ -70,9 +70,10 @@ def read_lora(state: dict[str, torch.Tensor], spec, model: torch.nn.Module) -> d
 
     Reads every naming DiffSynth's loader reads (``.lora_A.default.``, PEFT/diffusers ``transformer.``, ComfyUI
     ``diffusion_model.``, ``lora_down/lora_up`` with ``.alpha``) plus the family's original and kohya names
-    (ComfyUI/civitai FLUX and Wan LoRAs, through ``spec.original_state_dict``), mapped onto the loaded modules.
+    (ComfyUI/civitai FLUX and Wan LoRAs) and DiffSynth-Studio's own DiT names (its trainer's checkpoints, ours too),
+    mapped onto the loaded modules through the spec's converters.
     """
-    return from_original_names(lora_modules(state), model, spec.original_state_dict)
+    return from_original_names(lora_modules(state), model, layouts_of(spec))
 
 
 def _linear(model: torch.nn.Module, name: str, source: str) -> torch.nn.Module:

@@ -1,0 +1,82 @@
+"""Parity cases shared by both sides (plain data: imported by our venv and by the DiffSynth-Studio venv).
+
+Real width, reduced depth: every DiT below has the published hidden size, head size and input/output channels of
+the release named, with one block per block list. Inputs are small (a few latent tokens, a short prompt
+embedding), so a case runs on a CPU in seconds.
+"""
+SEED = 0
+RANK = 4
+TIMESTEP_ID = 437  # one grid point of the 1000-step training grid, away from both ends
+
+DIT_CASES = {
+    "qwen_image": {
+        "family": "qwen_image",
+        "ours": {"cls": "QwenImageTransformer2DModel",
+                 "config": {"patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 1,
+                            "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 3584,
+                            "guidance_embeds": False, "axes_dims_rope": [16, 56, 56]}},
+        "latents": [1, 16, 8, 8], "prompt": [1, 7, 3584],
+        "targets": "to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,img_mlp.net.2,img_mod.1,"
+                   "txt_mlp.net.2,txt_mod.1",
+    },
+    "flux": {
+        "family": "flux",
+        "ours": {"cls": "FluxTransformer2DModel",
+                 "config": {"patch_size": 1, "in_channels": 64, "num_layers": 1, "num_single_layers": 1,
+                            "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+                            "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}},
+        "latents": [1, 16, 8, 8], "prompt": [1, 7, 4096], "pooled": [1, 768],
+        "targets": "a_to_qkv,b_to_qkv,ff_a.0,ff_a.2,ff_b.0,ff_b.2,a_to_out,b_to_out,proj_out,norm.linear,"
+                   "norm1_a.linear,norm1_b.linear,to_qkv_mlp",
+    },
+    "wan2.1": {  # Wan2.1-T2V-1.3B
+        "family": "wan",
+        "ours": {"cls": "WanTransformer3DModel",
+                 "config": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
+                            "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256,
+                            "ffn_dim": 8960, "num_layers": 1, "cross_attn_norm": True,
+                            "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
+                            "added_kv_proj_dim": None, "rope_max_seq_len": 1024}},
+        "reference": {"has_image_input": False, "patch_size": [1, 2, 2], "in_dim": 16, "dim": 1536, "ffn_dim": 8960,
+                      "freq_dim": 256, "text_dim": 4096, "out_dim": 16, "num_heads": 12, "num_layers": 1,
+                      "eps": 1e-6},
+        "latents": [1, 16, 3, 4, 4], "prompt": [1, 7, 4096],
+        "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+    "wan2.2": {  # Wan2.2-TI2V-5B: 48-channel latents, clean first frame with its own timestep
+        "family": "wan",
+        "ours": {"cls": "WanTransformer3DModel",
+                 "config": {"patch_size": [1, 2, 2], "num_attention_heads": 24, "attention_head_dim": 128,
+                            "in_channels": 48, "out_channels": 48, "text_dim": 4096, "freq_dim": 256,
+                            "ffn_dim": 14336, "num_layers": 1, "cross_attn_norm": True,
+                            "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
+                            "added_kv_proj_dim": None, "rope_max_seq_len": 1024}},
+        "reference": {"has_image_input": False, "patch_size": [1, 2, 2], "in_dim": 48, "dim": 3072, "ffn_dim": 14336,
+                      "freq_dim": 256, "text_dim": 4096, "out_dim": 48, "num_heads": 24, "num_layers": 1,
+                      "eps": 1e-6, "seperated_timestep": True, "require_clip_embedding": False,
+                      "require_vae_embedding": False, "fuse_vae_embedding_in_latents": True},
+        "latents": [1, 48, 3, 4, 4], "prompt": [1, 7, 4096], "first_frame": True,
+        "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+}
+
+# VAEs at their real configs (diffusers classes on our side); small inputs in [-1, 1]
+WAN21_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+             "temperal_downsample": [False, True, True]}
+VAE_CASES = {
+    "qwen_image": {"family": "qwen_image", "cls": "AutoencoderKLQwenImage", "config": WAN21_VAE, "layout": "diffusers",
+                   "pixels": [1, 3, 32, 32]},
+    "flux": {"family": "flux", "cls": "AutoencoderKL", "layout": "bfl", "pixels": [1, 3, 32, 32],
+             "config": {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                        "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+                        "layers_per_block": 2, "act_fn": "silu", "latent_channels": 16, "norm_num_groups": 32,
+                        "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+                        "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True}},
+    "wan2.1": {"family": "wan", "cls": "AutoencoderKLWan", "config": WAN21_VAE, "layout": "wan",
+               "pixels": [1, 3, 5, 32, 32]},
+    "wan2.2": {"family": "wan", "cls": "AutoencoderKLWan", "layout": "wan", "pixels": [1, 3, 5, 32, 32],
+               "config": {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": [1, 2, 4, 4],
+                          "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [False, True, True],
+                          "is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2,
+                          "scale_factor_spatial": 16, "scale_factor_temporal": 4}},
+}

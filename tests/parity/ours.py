@@ -1,0 +1,209 @@
+"""Our side of the parity suite: run with this project's environment (``diffsynth`` = this package).
+
+``python ours.py dit CASE DIR``   builds the case's DiT (random weights, written to DIR for the reference side),
+                                  its inputs, our prediction and loss, and our LoRA files (training checkpoint and
+                                  ``diffsynth`` export) with the prediction they give.
+``python ours.py load CASE DIR``  loads the checkpoint DiffSynth-Studio's trainer code wrote (``ds_ckpt``) as
+                                  ``lora.lora_checkpoint`` and writes the prediction it gives.
+``python ours.py vae CASE DIR``   our VAE encode (with the family's latent normalisation) of a small image/clip.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cases import DIT_CASES, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402
+
+import diffsynth  # noqa: E402
+
+from diffsynth.export.lora_formats import (from_original_names, lora_modules, to_diffsynth_checkpoint,  # noqa: E402
+                                           write_format)
+from diffsynth.families import flux, qwen_image, wan  # noqa: E402
+from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
+from diffsynth.training.loss import velocity_mse  # noqa: E402
+from diffsynth.training.schedule import FlowMatchSchedule  # noqa: E402
+
+PIPELINES = {"qwen_image": qwen_image.QwenImagePipeline, "flux": flux.FluxPipeline, "wan": wan.WanPipeline}
+SCHEDULES = {"qwen_image": "qwen_image", "flux": "flux", "wan": "wan"}
+
+
+def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Every weight random (none left at a zero init that would hide a mismatch), norms near one."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.dim() >= 2 and "scale_shift_table" not in name:
+                p.copy_(torch.randn(p.shape, generator=gen) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+def build_dit(case: dict) -> torch.nn.Module:
+    import diffusers
+    return getattr(diffusers, case["ours"]["cls"]).from_config(case["ours"]["config"]).eval()
+
+
+def bare_pipeline(case: dict, dit: torch.nn.Module):
+    """The family pipeline with only its DiT: ``predict`` is what training calls; encoders are not needed."""
+    cls = PIPELINES[case["family"]]
+    pipe = cls.__new__(cls)
+    torch.nn.Module.__init__(pipe)
+    pipe.dit, pipe.torch_dtype = dit, torch.float32
+    if case["family"] == "wan":
+        pipe.patch_size = tuple(dit.config.patch_size)
+    return pipe
+
+
+def model_inputs(case: dict, tensors: dict) -> dict:
+    inputs = {"latents": tensors["latents"], "prompt_emb": tensors["prompt_emb"]}
+    if "pooled" in tensors:
+        inputs["pooled_prompt_emb"] = tensors["pooled"]
+    if "first_frame_latents" in tensors:
+        inputs["first_frame_latents"] = tensors["first_frame_latents"]
+    return inputs
+
+
+def predict_and_loss(case: dict, pipe, tensors: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Our training forward at the fixed grid point: the prediction on the noisy latents and the weighted loss."""
+    schedule = FlowMatchSchedule.for_family(SCHEDULES[case["family"]])
+    i = TIMESTEP_ID
+    t, sigma, weight = schedule.timesteps[i:i + 1], schedule.sigmas[i:i + 1], schedule.weights[i:i + 1]
+    inputs = model_inputs(case, tensors)
+    captured = {}
+    predict = pipe.predict
+
+    def spy(noisy, timestep, inp):
+        captured["pred"] = out = predict(noisy, timestep, inp)
+        return out
+    pipe.predict = spy
+    with torch.no_grad():
+        loss = velocity_mse(pipe, inputs, tensors["noise"], t, sigma) * weight
+    pipe.predict = predict
+    return captured["pred"], loss.reshape(1)
+
+
+def lora_targets(case: dict, pipe) -> list[str] | str:
+    targets = case["targets"].split(",")
+    return pipe.map_lora_targets("dit", targets)
+
+
+def cmd_dit(name: str, out: Path) -> None:
+    case = DIT_CASES[name]
+    gen = torch.Generator().manual_seed(SEED)
+    dit = build_dit(case)
+    randomise(dit, gen)
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(out / "dit.safetensors"))
+    tensors = {"latents": torch.randn(case["latents"], generator=gen),
+               "noise": torch.randn(case["latents"], generator=gen),
+               "prompt_emb": torch.randn(case["prompt"], generator=gen)}
+    if "pooled" in case:
+        tensors["pooled"] = torch.randn(case["pooled"], generator=gen)
+    if case.get("first_frame"):
+        tensors["first_frame_latents"] = tensors["latents"][:, :, 0:1].clone()
+    save_file(tensors, str(out / "inputs.safetensors"))
+    pipe = bare_pipeline(case, dit)
+    pred, loss = predict_and_loss(case, pipe, tensors)
+    results = {"pred": pred, "loss": loss}
+
+    add_lora(dit, lora_targets(case, pipe), RANK)
+    lora_gen = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for k, p in dit.named_parameters():
+            if ".lora_" in k:
+                p.copy_(0.05 * torch.randn(p.shape, generator=lora_gen))
+    results["pred_lora"], results["loss_lora"] = predict_and_loss(case, pipe, tensors)
+    peft_state = lora_state_dict(dit)
+    ckpt = to_diffsynth_checkpoint(peft_state, case["family"])  # what the training loop saves (prefix removed)
+    save_file({k: v.contiguous() for k, v in ckpt.items()}, str(out / "our_ckpt.safetensors"))
+    modules = from_original_names(lora_modules(ckpt), case["family"], dit)
+    export = write_format(modules, "diffsynth", case["family"])
+    save_file({k: v.contiguous() for k, v in export.items()}, str(out / "our_export.safetensors"))
+    results["our_modules"] = torch.tensor([float(len(lora_modules(peft_state)))])
+    save_file({k: v.contiguous() for k, v in results.items()}, str(out / "ours.safetensors"))
+
+
+def cmd_load(name: str, out: Path) -> None:
+    """DiffSynth's checkpoint -> our ``lora_checkpoint`` path (the family's default targets, rank RANK)."""
+    case = DIT_CASES[name]
+    dit = build_dit(case)
+    dit.load_state_dict(load_file(str(out / "dit.safetensors")))
+    pipe = bare_pipeline(case, dit)
+    add_lora(dit, lora_targets(case, pipe), RANK)
+    state = load_file(str(out / "ds_ckpt.safetensors"))
+    loaded = load_lora_checkpoint(dit, state, case["family"], source="ds_ckpt.safetensors")
+    tensors = load_file(str(out / "inputs.safetensors"))
+    pred, loss = predict_and_loss(case, pipe, tensors)
+    # load_lora_checkpoint raises on any module it cannot place, so reaching here means every module was read
+    read = len(lora_modules(state))
+    save_file({"pred_ds_lora": pred.contiguous(), "loss_ds_lora": loss, "read_modules": torch.tensor([float(read)]),
+               "loaded_modules": torch.tensor([float(loaded)])},
+              str(out / "ours_load.safetensors"))
+
+
+def cmd_vae(name: str, out: Path) -> None:
+    case = VAE_CASES[name]
+    import diffusers
+    gen = torch.Generator().manual_seed(SEED)
+    config = dict(case["config"])
+    if config.get("z_dim") == 48:  # the Wan2.2 VAE's latent statistics, as our loader sets them
+        from diffsynth.models.real_configs import WAN22_VAE_LATENTS_MEAN, WAN22_VAE_LATENTS_STD
+        config.update(latents_mean=WAN22_VAE_LATENTS_MEAN, latents_std=WAN22_VAE_LATENTS_STD)
+    vae = getattr(diffusers, case["cls"]).from_config(config).eval()
+    randomise(vae, gen)
+    state = {k: v.contiguous() for k, v in vae.state_dict().items()}
+    if case["layout"] == "wan":  # the original layout DiffSynth reads (Wan2.1_VAE.pth / Wan2.2_VAE.pth)
+        from diffsynth.models.convert_wan import diffusers_to_wan_vae
+        state = diffusers_to_wan_vae(state, vae.config.num_res_blocks)
+    elif case["layout"] == "bfl":  # ae.safetensors
+        from diffsynth.models.convert_flux import diffusers_to_bfl_vae
+        state = diffusers_to_bfl_vae(state)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "vae.safetensors"))
+    pixels = torch.rand(case["pixels"], generator=gen) * 2 - 1
+    save_file({"pixels": pixels}, str(out / "pixels.safetensors"))
+    pipe = bare_vae_pipeline(case, vae)
+    with torch.no_grad():
+        if case["family"] == "wan":
+            latents = pipe.encode_video(pixels)
+        else:
+            latents = encode_image_tensor(case, pipe, pixels)
+    save_file({"latents": latents.contiguous()}, str(out / "ours_vae.safetensors"))
+
+
+def bare_vae_pipeline(case: dict, vae):
+    cls = PIPELINES[case["family"]]
+    pipe = cls.__new__(cls)
+    torch.nn.Module.__init__(pipe)
+    pipe.vae, pipe.torch_dtype = vae, torch.float32
+    pipe.dit = torch.nn.Linear(1, 1)  # only for .device
+    if case["family"] in ("wan", "qwen_image"):
+        z = vae.config.z_dim
+        shape = (1, z, 1, 1, 1) if case["family"] == "wan" else (1, z, 1, 1)
+        pipe.register_buffer("latents_mean", torch.tensor(vae.config.latents_mean).view(*shape), persistent=False)
+        pipe.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(*shape), persistent=False)
+    return pipe
+
+
+def encode_image_tensor(case: dict, pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """The family's ``encode_image`` on a (1, 3, H, W) tensor in [-1, 1] (the PIL step left out: same for both)."""
+    from unittest import mock
+    with mock.patch.object(sys.modules[type(pipe).__module__], "image_to_tensor", lambda image: pixels):
+        return pipe.encode_image(None)
+
+
+def cmd_prompt(name: str, out: Path) -> None:
+    """What our Qwen-Image prompt path hands the tokenizer, with the real tokenizer's prefix length (34 tokens:
+    DiffSynth's drop_idx; ours is counted from the template by the loaded tokenizer)."""
+    import json
+    from diffsynth.families.qwen_image import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
+    (out / "ours_prompt.json").write_text(json.dumps({"text": PROMPT_TEMPLATE.format("a red cube"),
+                                                      "max_length": MAX_PROMPT_TOKENS + 34}))
+
+
+if __name__ == "__main__":
+    command, name, folder = sys.argv[1:4]
+    {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt}[command](name, Path(folder))

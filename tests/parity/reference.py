@@ -1,0 +1,256 @@
+"""DiffSynth-Studio's side of the parity suite: run ONLY with the parity environment (``.venv-parity``), where
+``diffsynth`` is DiffSynth-Studio itself (pinned in requirements-parity.txt), never this project's package.
+
+``python reference.py dit CASE DIR``  loads DIR/dit.safetensors (diffusers names, written by ours.py) through
+    DiffSynth's own state-dict converter into its own DiT class, runs its ``model_fn`` and ``FlowMatchSFTLoss`` on
+    the same inputs, loads our LoRA files with its pipeline's ``load_lora``, and writes a LoRA checkpoint the way
+    its trainer does (``add_lora_to_model`` + trainable tensors, prefix removed) for ours.py to load.
+``python reference.py vae CASE DIR``  its VAE class and pipeline normalisation on the same weights and pixels.
+``python reference.py modules OUT``   writes the Linear module names/shapes of its DiTs (tests/data table).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cases import DIT_CASES, RANK, TIMESTEP_ID, VAE_CASES  # noqa: E402
+
+import diffsynth  # noqa: E402
+
+if not Path(diffsynth.__file__).parts[-3:-1] == ("site-packages", "diffsynth"):
+    sys.exit(f"reference.py must import DiffSynth-Studio from the parity venv, not {diffsynth.__file__}")
+
+from diffsynth.diffusion.loss import FlowMatchSFTLoss  # noqa: E402
+from diffsynth.diffusion.training_module import DiffusionTrainingModule  # noqa: E402
+from diffsynth.utils.lora.general import GeneralLoRALoader  # noqa: E402
+
+
+def build(name: str):
+    """(pipeline with only its DiT set, DiT) for a case, weights from DIR via DiffSynth's converters."""
+    case = DIT_CASES[name]
+    family = case["family"]
+    if family == "qwen_image":
+        from diffsynth.models.qwen_image_dit import QwenImageDiT
+        from diffsynth.pipelines.qwen_image import QwenImagePipeline
+        pipe, dit = QwenImagePipeline(device="cpu", torch_dtype=torch.float32), QwenImageDiT(num_layers=1)
+        convert = lambda sd: sd  # noqa: E731  (its DiT has diffusers' names; no converter registered)
+    elif family == "flux":
+        from diffsynth.models.flux_dit import FluxDiT
+        from diffsynth.pipelines.flux_image import FluxImagePipeline
+        from diffsynth.utils.state_dict_converters.flux_dit import FluxDiTStateDictConverterFromDiffusers as convert
+        pipe = FluxImagePipeline(device="cpu", torch_dtype=torch.float32)
+        with torch.device("meta"):  # FluxDiT hard-codes 38 single blocks: build on meta, keep one, then load
+            dit = FluxDiT(num_blocks=1)
+        dit.single_blocks = dit.single_blocks[:1]
+    else:
+        from diffsynth.models.wan_video_dit import WanModel
+        from diffsynth.pipelines.wan_video import WanVideoPipeline
+        from diffsynth.utils.state_dict_converters.wan_video_dit import WanVideoDiTFromDiffusers as convert
+        pipe, dit = WanVideoPipeline(device="cpu", torch_dtype=torch.float32), WanModel(**case["reference"])
+    return case, pipe, dit, convert
+
+
+def load_weights(dit, convert, folder: Path) -> dict:
+    state = convert(load_file(str(folder / "dit.safetensors")))
+    missing, unexpected = dit.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise SystemExit(f"DiffSynth's converter left missing={missing[:5]} unexpected={unexpected[:5]}")
+    return state
+
+
+def inputs_for(case: dict, tensors: dict) -> dict:
+    """What DiffSynth's units hand to the loss in training (cfg 1, no tiling)."""
+    family = case["family"]
+    latents = tensors["latents"]
+    if family == "qwen_image":
+        h, w = latents.shape[2] * 8, latents.shape[3] * 8
+        return {"input_latents": latents, "prompt_emb": tensors["prompt_emb"], "height": h, "width": w,
+                "prompt_emb_mask": torch.ones(tensors["prompt_emb"].shape[:2], dtype=torch.long)}
+    if family == "flux":
+        return {"input_latents": latents, "prompt_emb": tensors["prompt_emb"], "pooled_prompt_emb": tensors["pooled"],
+                "text_ids": torch.zeros(1, tensors["prompt_emb"].shape[1], 3), "guidance": torch.Tensor([1.0])}
+    out = {"input_latents": latents, "context": tensors["prompt_emb"]}
+    if "first_frame_latents" in tensors:  # what its ImageEmbedderFused unit outputs (TI2V with an input image)
+        out.update(first_frame_latents=tensors["first_frame_latents"], fuse_vae_embedding_in_latents=True)
+    return out
+
+
+def loss_and_pred(pipe, case: dict, tensors: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffSynth's FlowMatchSFTLoss with its random draws pinned to our grid point and noise."""
+    captured = {}
+    model_fn = pipe.model_fn
+
+    def spy(**kwargs):
+        captured["pred"] = out = model_fn(**kwargs)
+        return out
+    pipe.model_fn = spy
+    with torch.no_grad(), mock.patch("torch.randint", lambda *a, **k: torch.tensor([TIMESTEP_ID])), \
+            mock.patch("torch.randn_like", lambda x: tensors["noise"].clone()):
+        loss = FlowMatchSFTLoss(pipe, **inputs_for(case, tensors))
+    pipe.model_fn = model_fn
+    return captured["pred"], loss.reshape(1).float()
+
+
+def consumed(pipe, module, state: dict, loader_cls) -> tuple[int, int]:
+    """(LoRA modules of the file that ``loader_cls`` fuses into ``module``, LoRA modules in the file)."""
+    loader = loader_cls(torch_dtype=pipe.torch_dtype, device=pipe.device)
+    converted = loader.convert_state_dict(dict(state))
+    names = {k[: -len(".lora_B.weight")] for k in converted if k.endswith(".lora_B.weight")}
+    own = {n for n, _ in module.named_modules()}
+    in_file = {k.split(".lora_B")[0] for k in state if ".lora_B" in k}
+    return len(names & own), len(in_file)
+
+
+def cmd_dit(name: str, folder: Path) -> None:
+    case, pipe, dit, convert = build(name)
+    base = load_weights(dit, convert, folder)
+    dit.eval()
+    pipe.dit = dit
+    pipe.scheduler.set_timesteps(1000, training=True)
+    tensors = load_file(str(folder / "inputs.safetensors"))
+    results = {}
+    suffix = ""
+    if os.environ.get("PARITY_TANH_GELU"):
+        # the one known difference: DiffSynth's Qwen-Image MLP uses x*sigmoid(1.702x) where diffusers (and the
+        # official model) use tanh-GELU. With tanh-GELU put in, what remains is the rest of the two implementations.
+        from diffsynth.models import qwen_image_dit
+        qwen_image_dit.ApproximateGELU.forward = lambda self, x: torch.nn.functional.gelu(self.proj(x),
+                                                                                         approximate="tanh")
+        suffix = "_tanh_gelu"
+    results["pred"], results["loss"] = loss_and_pred(pipe, case, tensors)
+    for label in ("our_ckpt", "our_export"):
+        state = load_file(str(folder / f"{label}.safetensors"))
+        if label == "our_ckpt":  # its trainer's own names (`.default.`): the general loader reads them
+            found, total = consumed(pipe, dit, state, GeneralLoRALoader)
+            GeneralLoRALoader(torch_dtype=pipe.torch_dtype, device=pipe.device).fuse_lora_to_base_model(dit, state)
+        else:  # the export: the pipeline's own loader, as `pipe.load_lora(pipe.dit, file)` at inference
+            found, total = consumed(pipe, dit, state, pipe.lora_loader)
+            pipe.load_lora(pipe.dit, state_dict=dict(state), verbose=0)  # fused: W += B @ A
+        results[f"{label}_found"] = torch.tensor([float(found), float(total)])
+        results[f"pred_{label}"], results[f"loss_{label}"] = loss_and_pred(pipe, case, tensors)
+        load_weights(dit, lambda sd: convert(sd), folder)  # back to the base weights
+    # a checkpoint as DiffSynth's trainer writes it: LoRA injected by its own code, random B, trainable tensors
+    trainer = DiffusionTrainingModule()
+    trainer.add_lora_to_model(dit, target_modules=case["targets"].split(","), lora_rank=RANK)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for k, p in dit.named_parameters():
+            if ".lora_" in k:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, case, tensors)
+    ckpt = {k: p.detach().contiguous() for k, p in dit.named_parameters() if p.requires_grad}
+    save_file(ckpt, str(folder / f"ds_ckpt{suffix}.safetensors"))
+    results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
+    save_file({k: v.contiguous() for k, v in results.items()}, str(folder / f"reference{suffix}.safetensors"))
+    del base
+
+
+def cmd_vae(name: str, folder: Path) -> None:
+    """Its VAE class, loaded through its own converter from the checkpoint layout it reads, encoding as its
+    pipeline's input unit does (normalisation inside its VAE classes)."""
+    case = VAE_CASES[name]
+    state = load_file(str(folder / "vae.safetensors"))
+    pixels = load_file(str(folder / "pixels.safetensors"))["pixels"]
+    with torch.no_grad():
+        if name == "qwen_image":
+            from diffsynth.models.qwen_image_vae import QwenImageVAE
+            vae = QwenImageVAE()
+            _strict_load(vae, state)  # diffusers names, no converter registered
+            latents = vae.encode(pixels)
+        elif name == "flux":
+            from diffsynth.models.flux_vae import FluxVAEEncoder
+            from diffsynth.utils.state_dict_converters.flux_vae import FluxVAEEncoderStateDictConverter
+            vae = FluxVAEEncoder()
+            _strict_load(vae, FluxVAEEncoderStateDictConverter(state))
+            latents = vae(pixels)
+        else:
+            from diffsynth.models.wan_video_vae import WanVideoVAE, WanVideoVAE38
+            from diffsynth.utils.state_dict_converters.wan_video_vae import WanVideoVAEStateDictConverter
+            vae = WanVideoVAE38() if case["config"]["z_dim"] == 48 else WanVideoVAE()
+            converted = WanVideoVAEStateDictConverter(state)
+            own = vae.state_dict()
+            # the Wan VAE file holds encoder and decoder; the comparison needs the encoder path (and conv1)
+            _strict_load(vae, {k: v for k, v in converted.items() if k in own}, partial=True)
+            latents = vae.encode(pixels, device="cpu")
+    save_file({"latents": latents.float().contiguous()}, str(folder / "reference_vae.safetensors"))
+
+
+def _strict_load(model, state: dict, partial: bool = False) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if partial:
+        missing = [k for k in missing if k.startswith(("model.encoder.", "model.conv1."))]
+    else:
+        missing = [k for k in missing if not k.startswith("decoder.") and "post_quant" not in k]
+    if missing or unexpected:
+        raise SystemExit(f"VAE weights did not fit DiffSynth's class: missing={missing[:5]} unexpected={unexpected[:5]}")
+
+
+def cmd_prompt(name: str, folder: Path) -> None:
+    """What its Qwen-Image prompt unit hands the tokenizer (templated text, max_length): captured with a stand-in
+    tokenizer, since no real tokenizer can be downloaded here."""
+    from diffsynth.pipelines.qwen_image import QwenImagePipeline, QwenImageUnit_PromptEmbedder
+    seen = {}
+
+    class Tokenizer:
+        def __call__(self, text, max_length=None, **kwargs):
+            seen.update(text=text[0], max_length=max_length)
+            raise StopIteration  # nothing after the tokenizer can run without the real one
+
+    pipe = QwenImagePipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.tokenizer = Tokenizer()
+    try:
+        QwenImageUnit_PromptEmbedder().encode_prompt(pipe, ["a red cube"])
+    except StopIteration:
+        pass
+    (folder / "reference_prompt.json").write_text(json.dumps(seen))
+
+
+def cmd_modules(out: str) -> None:
+    """Linear layers of DiffSynth's own DiTs (two blocks per list, real width): the table tests/ check against."""
+    from diffsynth.models.flux_dit import FluxDiT
+    from diffsynth.models.qwen_image_dit import QwenImageDiT
+    from diffsynth.models.wan_video_dit import WanModel
+    wan = dict(patch_size=[1, 2, 2], freq_dim=256, text_dim=4096, eps=1e-6, num_layers=2)
+    models = {
+        "qwen_image": lambda: QwenImageDiT(num_layers=2),
+        "flux": lambda: FluxDiT(num_blocks=2),
+        "wan2.1-t2v-1.3b": lambda: WanModel(dim=1536, in_dim=16, ffn_dim=8960, out_dim=16, num_heads=12,
+                                            has_image_input=False, **wan),
+        "wan2.1-i2v-14b": lambda: WanModel(dim=5120, in_dim=36, ffn_dim=13824, out_dim=16, num_heads=40,
+                                           has_image_input=True, **wan),
+        "wan2.2-ti2v-5b": lambda: WanModel(dim=3072, in_dim=48, ffn_dim=14336, out_dim=48, num_heads=24,
+                                           has_image_input=False, seperated_timestep=True,
+                                           require_clip_embedding=False, require_vae_embedding=False,
+                                           fuse_vae_embedding_in_latents=True, **wan),
+    }
+    import re
+    table = {"source": f"DiffSynth-Studio {diffsynth_version()} (diffsynth/models/qwen_image_dit.py QwenImageDiT, "
+                       "flux_dit.py FluxDiT, wan_video_dit.py WanModel), built on the meta device with two blocks "
+                       "per block list by tests/parity/reference.py modules", "models": {}}
+    for name, make in models.items():
+        with torch.device("meta"):
+            model = make()
+        table["models"][name] = {
+            n: [m.out_features, m.in_features] for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and not re.search(r"(^|\.)(single_)?blocks\.([2-9]|\d\d+)\.", n)}
+    Path(out).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+
+
+def diffsynth_version() -> str:
+    from importlib.metadata import version
+    return version("diffsynth")
+
+
+if __name__ == "__main__":
+    command = sys.argv[1]
+    if command == "modules":
+        cmd_modules(sys.argv[2])
+    else:
+        {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt}[command](sys.argv[2], Path(sys.argv[3]))
