@@ -21,9 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import yaml
 
-from .config import PASSTHROUGH_SECTIONS, SECTIONS, Config, ConfigError, config_from_dict
+from .config import Config, ConfigError, config_from_dict
 
 ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # cache-stage models (plus the VAE encoder)
 VAE_ENCODER = ("encoder", "quant_conv")      # top-level children of a diffusers VAE used to encode ...
@@ -45,13 +44,6 @@ ASSUMPTIONS = [
 
 # ------------------------------------------------------------------------------------------------ params
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def resolve_params_path(value: str | None) -> Path:
     """``params.yaml`` by default; a path, or the name of a file in ``presets/`` (``qwen-image-lora``)."""
     path = Path(value or "params.yaml")
@@ -63,27 +55,11 @@ def resolve_params_path(value: str | None) -> Path:
     return path
 
 
-def load_plan_params(path: str | Path) -> tuple[Config, dict]:
-    """A params file (full, or an overlay of the defaults) as a Config plus the merged dict (which also keeps
-    sections this version does not type, such as ``cache``)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of params sections")
-    merged = _merge(Config().to_dict(), data)
-    typed = {k: v for k, v in merged.items() if k in SECTIONS or k in PASSTHROUGH_SECTIONS}
-    return config_from_dict(typed), merged
+def load_plan_params(path: str | Path) -> Config:
+    """A params file or preset (full, or an overlay with ``extends``) as a Config."""
+    from .presets import preset_params
+    return config_from_dict(preset_params(Path(path)))
 
-
-def cache_enabled(params: dict) -> bool:
-    """The encoder-cache switch (``cache.enabled``); without a ``cache`` section the train stage runs online."""
-    return bool((params.get("cache") or {}).get("enabled", False))
-
-
-# ------------------------------------------------------------------------------------------ architectures
 
 @dataclass
 class Entry:
@@ -252,7 +228,7 @@ def _modules_without_gradient(spec, base_name: str, base: torch.nn.Module) -> li
 
 # -------------------------------------------------------------------------------------------------- plan
 
-def memory_plan(config: Config, params: dict | None = None, source: str = "params.yaml") -> dict:
+def memory_plan(config: Config, source: str = "params.yaml") -> dict:
     """The memory plan of ``config`` as a JSON-ready dict (bytes are exact integers)."""
     from .data.dataset import split_keys
     from .families import spec_for
@@ -321,7 +297,7 @@ def memory_plan(config: Config, params: dict | None = None, source: str = "param
         "family": spec_for(config).name,
         "torch_dtype": dtype_name,
         "fp8_models": sorted(fp8),
-        "current_mode": "cached" if cache_enabled(params or config.to_dict()) else "online",
+        "current_mode": "cached" if config.cache.enabled else "online",
         "models": models,
         "lora": lora,
         "full_trainable": {"models": full, "parameters": full_params},
@@ -333,10 +309,10 @@ def memory_plan(config: Config, params: dict | None = None, source: str = "param
 
 def plan_for_file(path: str | Path, fp8_dit: bool = False) -> dict:
     """The plan of a params file; ``fp8_dit`` adds the DiT entry to ``model.fp8_models`` (what ``--fp8`` does)."""
-    config, params = load_plan_params(path)
+    config = load_plan_params(path)
     if fp8_dit:
         config = with_fp8_dit(config)
-    return memory_plan(config, params, source=str(path))
+    return memory_plan(config, source=str(path))
 
 
 def with_fp8_dit(config: Config) -> Config:

@@ -69,7 +69,7 @@ def test_qwen_image_lora_count_is_what_peft_injects(qwen_plan):
 
 
 def qwen_plan_targets() -> str:
-    config, _ = load_plan_params(QWEN_LORA)
+    config = load_plan_params(QWEN_LORA)
     return config.lora.lora_target_modules
 
 
@@ -85,10 +85,10 @@ def test_cached_train_stage_holds_no_encoder(qwen_plan):
 
 
 def test_fp8_dit_counts_linear_weights_at_one_byte():
-    config, params = load_plan_params(QWEN_LORA)
+    config = load_plan_params(QWEN_LORA)
     dit_entry = config.model.model_id_with_origin_paths.split(",")[0]
     config.model.fp8_models = dit_entry
-    plan = memory_plan(config, params)
+    plan = memory_plan(config)
     dit = fresh_qwen_dit()
     linear = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
     in_linear = sum(m.weight.numel() for m in linear)
