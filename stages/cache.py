@@ -13,7 +13,8 @@ from diffsynth.encoding import build_data_cache, build_prompt_cache
 from diffsynth.errors import run_main
 
 
-def main(argv: list[str]) -> int:
+def main() -> int:
+    argv = [a for a in sys.argv[1:] if a != "--debug"]
     if len(argv) != 1 or argv[0] not in ("data", "prompts"):
         print("usage: python stages/cache.py data|prompts", file=sys.stderr)
         return 2

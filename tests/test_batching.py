@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsynth.config import load_params
+from diffsynth.presets import load_preset
 from diffsynth.data.buckets import bucket_stats, row_key
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.data.validate import check_dataset
@@ -111,7 +111,7 @@ def twins(tmp_path_factory):
 
 def twin_module(preset: str) -> TrainingModule:
     """The tiny twin of a preset with LoRA, LoRA weights random so that every LoRA tensor gets a gradient."""
-    config = load_params(REPO / "presets" / "tiny" / f"{preset}.yaml")
+    config = load_preset(REPO / "presets" / "tiny" / f"{preset}.yaml")
     spec = get_spec(config.model.family)
     torch.manual_seed(0)
     pipe = spec.load_pipeline(config, torch.float32)

@@ -14,7 +14,7 @@ from diffsynth.models.real_configs import REAL_MODELS, WEIGHT_FILES
 from diffsynth.plan import load_plan_params, memory_plan, plan_for_file, real_model_for
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_PRESETS = sorted((REPO / "presets").glob("*.yaml"))
+REAL_PRESETS = sorted(p for p in (REPO / "presets").glob("*.yaml") if p.name != "base.yaml")
 QWEN_LORA = REPO / "presets" / "qwen-image-lora.yaml"
 
 

@@ -31,7 +31,7 @@ def test_checkpoints_are_diffsynth_lora_files(tmp_path, shapes_dataset, tiny_env
                          dataset__dataset_repeat=1)
     run_training(config)
     out = tmp_path / "out"
-    assert sorted(os.listdir(out)) == ["epoch-0.safetensors", "epoch-1.safetensors", "loss.csv", "state",
+    assert sorted(os.listdir(out)) == ["buckets.json", "epoch-0.safetensors", "epoch-1.safetensors", "loss.csv", "state",
                                        "training_args.json"]
     state = load_file(str(out / "epoch-1.safetensors"))
     targets = config.lora.lora_target_modules.split(",")

@@ -115,6 +115,11 @@ REAL_MODELS: dict[str, dict] = {
         "cls": "diffusers.WanTransformer3DModel", "family": "wan", "component": "dit",
         "files": "Wan-AI/Wan2.2-T2V-A14B:high_noise_model/diffusion_pytorch_model*.safetensors",
         "config": _wan_dit(40, 13824, 40)},
+    # image-to-video experts: the A14B DiT with the mask + first-frame latents concatenated (36 channels), no CLIP
+    "wan2.2-i2v-a14b-dit": {
+        "cls": "diffusers.WanTransformer3DModel", "family": "wan", "component": "dit",
+        "files": "Wan-AI/Wan2.2-I2V-A14B:high_noise_model/diffusion_pytorch_model*.safetensors",
+        "config": _wan_dit(40, 13824, 40, in_ch=36)},
     "wan2.1-vae": {
         "cls": "diffusers.AutoencoderKLWan", "family": "wan", "component": "vae",
         "files": "Wan-AI/Wan2.1-T2V-1.3B:Wan2.1_VAE.pth -> DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors",
@@ -141,14 +146,20 @@ REAL_MODELS: dict[str, dict] = {
 # repository of a series ships (Wan's UMT5, CLIP and VAE). A model entry `model_id:pattern` is this architecture
 # when its model id matches the repository and its pattern matches the file.
 WEIGHT_FILES: dict[str, tuple[str, ...]] = {
+    # the Edit releases have Qwen-Image's DiT architecture (the shard count is not checked, only the name pattern)
     "qwen-image-dit": ("Qwen/Qwen-Image:transformer/diffusion_pytorch_model-00001-of-00009.safetensors",
-                       "Qwen/Qwen-Image-Edit:transformer/diffusion_pytorch_model-00001-of-00009.safetensors"),
+                       "Qwen/Qwen-Image-Edit:transformer/diffusion_pytorch_model-00001-of-00009.safetensors",
+                       "Qwen/Qwen-Image-Edit-2509:transformer/diffusion_pytorch_model-00001-of-00005.safetensors",
+                       "Qwen/Qwen-Image-Edit-2511:transformer/diffusion_pytorch_model-00001-of-00005.safetensors"),
     "qwen-image-vae": ("Qwen/Qwen-Image:vae/diffusion_pytorch_model.safetensors",
                        "Qwen/Qwen-Image-Edit:vae/diffusion_pytorch_model.safetensors"),
     "qwen-image-text-encoder": ("Qwen/Qwen-Image:text_encoder/model-00001-of-00004.safetensors",
                                 "Qwen/Qwen-Image-Edit:text_encoder/model-00001-of-00004.safetensors"),
+    # Kontext and Krea have FLUX.1-dev's DiT architecture
     "flux.1-dev-dit": ("black-forest-labs/FLUX.1-dev:flux1-dev.safetensors",
-                       "black-forest-labs/FLUX.1-dev:transformer/diffusion_pytorch_model-00001-of-00003.safetensors"),
+                       "black-forest-labs/FLUX.1-dev:transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+                       "black-forest-labs/FLUX.1-Kontext-dev:flux1-kontext-dev.safetensors",
+                       "black-forest-labs/FLUX.1-Krea-dev:flux1-krea-dev.safetensors"),
     "flux.1-dev-vae": ("black-forest-labs/FLUX.1-dev:ae.safetensors",
                        "black-forest-labs/FLUX.1-dev:vae/diffusion_pytorch_model.safetensors"),
     "flux.1-dev-clip": ("black-forest-labs/FLUX.1-dev:text_encoder/model.safetensors",),
@@ -161,6 +172,8 @@ WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     # the two experts of Wan2.2-T2V-A14B share one architecture
     "wan2.2-t2v-a14b-dit": ("Wan-AI/Wan2.2-T2V-A14B:high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors",
                             "Wan-AI/Wan2.2-T2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors"),
+    "wan2.2-i2v-a14b-dit": ("Wan-AI/Wan2.2-I2V-A14B:high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors",
+                            "Wan-AI/Wan2.2-I2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors"),
     "wan2.1-vae": ("Wan-AI/*:Wan2.1_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors"),
     "wan2.2-vae": ("Wan-AI/*:Wan2.2_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.2_VAE.safetensors"),
     "umt5-xxl": ("Wan-AI/*:models_t5_umt5-xxl-enc-bf16.pth",

@@ -396,8 +396,11 @@ class Trainer:
         """Fixed-noise validation loss and sample images, logged by the main process. Under FSDP every rank
         runs it (the wrapped blocks gather their weights in collectives) and only the main process logs."""
         metrics = self.validator.evaluate(self.pipe, self.schedule)
+        # --task sft:train has no text encoder and no prompt cache, so no samples (as in DiffSynth)
+        renders = not (self.pipe.role == "train_cached" and self.prompt_inputs is None)
         if not self.main:
-            _samples(self.pipe, self.config)
+            if renders:
+                _samples(self.pipe, self.config, self.prompt_inputs)
             return
         self.result.val_history.append((at, metrics))
         self.log(metrics, at)
@@ -405,8 +408,8 @@ class Trainer:
         table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": []}
         if self.config.sample.out_dir:  # a DVC output even when no sample is rendered
             Path(self.config.sample.out_dir).mkdir(parents=True, exist_ok=True)
-        if self.pipe.role == "train_cached" and self.prompt_inputs is None:
-            return  # --task sft:train: no text encoder and no prompt cache, so no samples (as in DiffSynth)
+        if not renders:
+            return
         for i, prompt, seed, image in _samples(self.pipe, self.config, self.prompt_inputs):
             key = f"sample/p{i}_s{seed}"  # one image key per prompt × seed; the step slider walks the save points
             shown = self.tracker.log_sample(image, key=key, step=at)
