@@ -92,23 +92,22 @@ def cmd_summary(args) -> int:
 
 def cmd_plan(args) -> int:
     """The memory plan of params files (meta-device models: no weights are read or downloaded)."""
-    from .config import ConfigError
     from .files import write_json
     from .plan import format_plan, format_summary, plan_for_file, resolve_params_path
-    try:
-        paths = [resolve_params_path(p) for p in (args.params or [None])]
-        if args.summary:
-            rows = [(p.stem, plan_for_file(p), plan_for_file(p, fp8_dit=True)) for p in paths]
-            sys.stdout.write(format_summary(rows))
-            return 0
-        plans = [plan_for_file(p, fp8_dit=args.fp8) for p in paths]
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from .presets import preset_params
+    paths = [resolve_params_path(p) for p in (args.params or [None])]
+    if args.summary:
+        # shared overlays (presets/base.yaml) name no model: a glob over presets/ skips them
+        recipes = [p for p in paths if preset_params(p)["model"].get("model_id_with_origin_paths")
+                   or preset_params(p)["model"].get("model_paths")]
+        sys.stdout.write(format_summary([(p.stem, plan_for_file(p), plan_for_file(p, fp8_dit=True)) for p in recipes]))
+        return 0
+    plans = [plan_for_file(p, fp8_dit=args.fp8) for p in paths]
     for plan in plans:
         sys.stdout.write(format_plan(plan) + "\n")
     if args.json:
         write_json(args.json, plans[0] if len(plans) == 1 else plans)
+    return 0
 
 
 def cmd_preset(args) -> int:
