@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from ..config import ConfigError
 from ..models.components import load_component
 from ..models.model_config import ModelConfig, fetch
 
@@ -37,14 +38,14 @@ def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.
     for config in model_configs:
         component, module = load_component(fetch(config), family, dtype, _how(role, encoders))
         if component in modules:
-            raise ValueError(f"Two model entries are both the {family} {component} ({sources[component]!r} and "
+            raise ConfigError(f"Two model entries are both the {family} {component} ({sources[component]!r} and "
                              f"{config.source_string!r}); give each model once")
         modules[component], sources[component] = module, config.source_string
     for component in encoders if role == "train_cached" else ():
         modules.setdefault(component, None)
     missing = [c for c in required if c not in modules]
     if missing:
-        raise ValueError(f"{family} training needs {', '.join(required)}; missing: {missing}. Add them to "
+        raise ConfigError(f"{family} training needs {', '.join(required)}; missing: {missing}. Add them to "
                          "model.model_id_with_origin_paths or model.model_paths.")
     return modules, sources
 
@@ -61,6 +62,13 @@ class Pipeline(torch.nn.Module):
 
     # {pipeline attribute: the model entry it was loaded from}; fp8_models matches on these strings
     component_sources: dict[str, str] = {}
+
+    def __init__(self, dtype: torch.dtype = torch.float32, **parts):
+        """``parts``: the models and tokenizers, by pipeline attribute (a model not held in this role is None)."""
+        super().__init__()
+        for name, part in parts.items():
+            setattr(self, name, part)
+        self.torch_dtype = dtype
 
     @property
     def device(self) -> torch.device:

@@ -106,14 +106,8 @@ class FluxPipeline(Pipeline):
 
     def __init__(self, dit, vae, text_encoder, text_encoder_2, tokenizer_1, tokenizer_2,
                  dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.dit = dit
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.text_encoder_2 = text_encoder_2
-        self.tokenizer_1 = tokenizer_1
-        self.tokenizer_2 = tokenizer_2
-        self.torch_dtype = dtype
+        super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                         tokenizer_1=tokenizer_1, tokenizer_2=tokenizer_2)
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     # modules_without_gradient: none. Every DiT parameter gets a gradient (the last single block's text tokens

@@ -43,12 +43,7 @@ class QwenImagePipeline(Pipeline):
     padded_inputs = {"prompt_emb": "prompt_emb_mask"}
 
     def __init__(self, dit, vae, text_encoder, tokenizer, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.dit = dit
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
-        self.torch_dtype = dtype
+        super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
         z = vae.config.z_dim
         self.register_buffer("latents_mean", torch.tensor(vae.config.latents_mean).view(1, z, 1, 1), persistent=False)
         self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1), persistent=False)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import ConfigError
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
 from ..models.convert_wan import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
@@ -112,13 +113,8 @@ class WanPipeline(Pipeline):
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32,
                  extra_inputs: tuple[str, ...] = (), text_encoder_cached: bool = False):
-        super().__init__()
-        self.dit = dit
-        self.vae = vae
-        self.text_encoder = text_encoder
-        self.image_encoder = image_encoder
-        self.tokenizer = tokenizer
-        self.torch_dtype = dtype
+        super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
+                         tokenizer=tokenizer)
         self.extra_inputs = tuple(extra_inputs)
         z = vae.config.z_dim
         self.z_dim = z
@@ -135,16 +131,16 @@ class WanPipeline(Pipeline):
         self.require_clip_embedding = dit.config.image_dim is not None
         self.fuse_first_frame = in_ch == z and bool(vae.config.is_residual)  # TI2V-5B: Wan2.2 VAE, 48-ch DiT
         if in_ch not in (z, 2 * z + 4):
-            raise ValueError(f"The Wan DiT takes {in_ch} input channels, which fits neither the VAE's {z} latent "
+            raise ConfigError(f"The Wan DiT takes {in_ch} input channels, which fits neither the VAE's {z} latent "
                              f"channels (text-to-video, TI2V) nor {2 * z + 4} (image-to-video): the DiT and the VAE "
                              "entries belong to different Wan releases (Wan2.2-TI2V-5B needs Wan2.2_VAE.pth, the "
                              "others Wan2.1_VAE.pth)")
         if self.require_clip_embedding and image_encoder is None and not text_encoder_cached:
-            raise ValueError("This Wan DiT takes CLIP image features (Wan2.1 image-to-video): add "
+            raise ConfigError("This Wan DiT takes CLIP image features (Wan2.1 image-to-video): add "
                              "<model_id>:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth to "
                              "model.model_id_with_origin_paths")
         if self.require_vae_embedding and "input_image" not in self.extra_inputs:
-            raise ValueError("This Wan DiT is an image-to-video model: set model.extra_inputs: input_image "
+            raise ConfigError("This Wan DiT is an image-to-video model: set model.extra_inputs: input_image "
                              "(--extra_inputs input_image); the first frame of each video is the conditioning image")
         self._sample_image: Image.Image | None = None
 
@@ -308,7 +304,7 @@ def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu"
     pipe.component_sources = sources
     expected = data_rules(config).size_factor
     if pipe.height_factor != expected:
-        raise ValueError(f"The loaded Wan VAE needs image sides in multiples of {pipe.height_factor}, but the model "
+        raise ConfigError(f"The loaded Wan VAE needs image sides in multiples of {pipe.height_factor}, but the model "
                          f"entries say {expected} (a Wan2.2 VAE file is recognised by 'Wan2.2_VAE' in its name): "
                          "rename the VAE file as released, or use the matching VAE for this DiT")
     pipe.role = role

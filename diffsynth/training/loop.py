@@ -238,6 +238,11 @@ def _check_world_size(accelerator: Accelerator) -> None:
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    status = Path("/proc/self/status")
+    if status.exists():  # VmHWM starts afresh at exec; ru_maxrss carries a parent's peak into its child
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
