@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import yaml
 
-from .config import SECTIONS, Config, ConfigError, config_from_dict
+from .config import SECTIONS, Config, ConfigError, config_from_dict, read_params_file
 from .families import get_spec, infer_family, select_variant
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
@@ -66,7 +65,7 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
     data: dict = {}
     flags_only = "params" not in ns and not base  # a pasted DiffSynth command line, nothing else
     if "params" in ns:
-        data = yaml.safe_load(Path(ns.pop("params")).read_text()) or {}
+        data = read_params_file(ns.pop("params"))
     elif base:
         data = base
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}

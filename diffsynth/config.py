@@ -338,7 +338,8 @@ def config_from_dict(data: dict, check: bool = True) -> Config:
     return config.validate() if check else config
 
 
-def load_params(path: str | Path = "params.yaml") -> Config:
+def read_params_file(path: str | Path) -> dict:
+    """A params file as a dict; a preset overlay (``extends: ...``) is merged over what it extends."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found: run from the project root or pass --params")
@@ -346,6 +347,15 @@ def load_params(path: str | Path = "params.yaml") -> Config:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if isinstance(data, dict) and "extends" in data:
+        from .presets import preset_params  # presets build on this module
+        return preset_params(path)
+    return data
+
+
+def load_params(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    data = read_params_file(path)
     try:
         return config_from_dict(data)
     except ConfigError as e:  # name the file: it may be params.yaml, a preset or a --params file

@@ -65,6 +65,8 @@ def test_preset_writes_the_params_file_it_means(preset, tmp_path):
     merged = preset_params(preset)
     assert set(data) == set(merged) and all(set(data[s]) == set(merged[s]) for s in merged)
     assert load_params(out) == load_preset(preset)
+    # an overlay read directly (`diffsynth train --params presets/...`) means the same run
+    assert load_params(preset) == load_preset(preset)
 
 
 def test_overlays_list_only_what_the_recipe_sets():
