@@ -14,7 +14,8 @@ def cmd_train(argv: list[str]) -> int:
     from .training.loop import run_training
     config = config_from_args(argv)
     result = run_training(config)
-    print(f"trained {result.steps} steps; checkpoints: {result.checkpoints}")
+    if config.train.task != "sft:data_process":  # that task only encodes, and says so itself
+        print(f"trained {result.steps} steps; checkpoints: {result.checkpoints}")
     return 0
 
 

@@ -90,14 +90,14 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
 
 # How a supported DiffSynth flag behaves differently here (shown in the README's flag table).
 DIFFERENCES = {
-    "dataset_metadata_path": "required: cached-dataset mode (no metadata) is not supported yet",
+    "dataset_metadata_path": "empty with --task sft:train: the cache in dataset_base_path is read (ours or DiffSynth's .pth)",
     "model_paths": "safetensors only (pickled .bin/.pth are refused); shard lists and globs",
     "model_id_with_origin_paths": "files recognised by key names and shapes, not a hash: partial key sets load",
     "fp8_models": "per-tensor scaled fp8 (more precise than a plain cast)",
     "trainable_models": "",
     "find_unused_parameters": "rarely needed: LoRA is not put on modules that get no gradient, and a full "
                               "fine-tune turns it on by itself under DDP",
-    "task": "only sft",
+    "task": "sft, and split training: sft:data_process writes the encoder cache, sft:train trains from it",
     "resume_from_checkpoint": "weights only, as DiffSynth; full-state resume is train.resume",
     "lora_target_modules": "DiffSynth's FLUX and Wan names are mapped to the loaded modules",
     "save_steps": "also writes a resumable state (optimizer, RNG, data position) beside the checkpoint",

@@ -9,7 +9,7 @@ import torch
 
 from . import cache
 from .config import Config, ConfigError
-from .data.dataset import ImageRules, UnifiedDataset
+from .data.dataset import UnifiedDataset, metadata_dataset
 from .families import spec_for
 from .progress import progress as progress_bar
 
@@ -18,14 +18,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 def encoding_dataset(config: Config, metadata_path: str) -> UnifiedDataset:
     """The validated rows, each once (no ``dataset_repeat``: repeats re-read the cache, never re-encode)."""
-    spec = spec_for(config)
-    rules = spec.data_rules(config)
-    r = config.resolution
-    image_rules = ImageRules(r.max_pixels, r.height, r.width, rules.size_factor, rules.width_factor,
-                             num_frames=r.num_frames, time_division_factor=rules.time_division_factor,
-                             time_division_remainder=rules.time_division_remainder)
-    return UnifiedDataset(config.dataset.dataset_base_path, metadata_path, config.dataset.data_file_keys,
-                          image_rules, repeat=1, video_keys=rules.video_keys)
+    return metadata_dataset(config, metadata_path, spec_for(config).data_rules(config), repeat=1)
 
 
 def load_encoders(config: Config, device: str | torch.device = "cpu"):

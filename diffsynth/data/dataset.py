@@ -94,3 +94,15 @@ class UnifiedDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         i = index % len(self.rows)
         return self.load_row(self.rows[i], i)
+
+
+def metadata_dataset(config, metadata_path, rules, repeat: int | None = None) -> UnifiedDataset:
+    """The dataset a config trains on: its metadata rows sized by ``resolution.*`` and the family's data ``rules``
+    (a ``DataRules``: size multiples, frame rule, video columns); ``repeat`` defaults to ``dataset_repeat``."""
+    r = config.resolution
+    image_rules = ImageRules(r.max_pixels, r.height, r.width, rules.size_factor, rules.width_factor,
+                             num_frames=r.num_frames, time_division_factor=rules.time_division_factor,
+                             time_division_remainder=rules.time_division_remainder)
+    return UnifiedDataset(config.dataset.dataset_base_path, metadata_path, split_keys(config.dataset.data_file_keys),
+                          image_rules, repeat=config.dataset.dataset_repeat if repeat is None else repeat,
+                          video_keys=rules.video_keys)

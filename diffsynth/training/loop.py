@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from .. import cache
 from ..config import Config, ConfigError, flatten
 from ..data.buckets import bucket_stats, row_key
-from ..data.dataset import ImageRules, UnifiedDataset, split_keys
+from ..data.dataset import metadata_dataset, split_keys
 from ..data.metadata import read_metadata
 from ..families import Pipeline, spec_for
 from ..errors import DiffSynthError
@@ -286,25 +286,7 @@ class Trainer:
         self.convert_checkpoint = _checkpoint_converter(spec, config)
         _apply_fp8(pipe, config, dtype)
 
-        data_rules = spec.data_rules(config)
-        rules = ImageRules(config.resolution.max_pixels, config.resolution.height, config.resolution.width,
-                           data_rules.size_factor, data_rules.width_factor, num_frames=config.resolution.num_frames,
-                           time_division_factor=data_rules.time_division_factor,
-                           time_division_remainder=data_rules.time_division_remainder)
-        self.prompt_inputs = None
-        if cache_dir:
-            self.dataset = cache.open_cached_dataset(cache_dir, config.dataset.dataset_repeat, expected,
-                                                     spec.diffsynth_cache_keys)
-            if config.cache.enabled and config.train.task != "sft:train":
-                self.prompt_inputs = cache.read_prompt_cache(
-                    config.cache.prompts_dir, cache.fingerprint(config, None, what="prompts"))
-        else:
-            if not self.metadata:
-                raise ConfigError("dataset.dataset_metadata_path is empty: set it, or train from an encoder cache "
-                                  "(--task sft:train with --dataset_base_path <its folder>)")
-            self.dataset = UnifiedDataset(config.dataset.dataset_base_path, self.metadata,
-                                          split_keys(config.dataset.data_file_keys), rules,
-                                          repeat=config.dataset.dataset_repeat, video_keys=data_rules.video_keys)
+        self._open_dataset(cache_dir, expected)
         self.bucket_keys = self._bucket_keys()
         self.buckets = bucket_stats(self.bucket_keys, config.train.batch_size, self.world)
         self.samples_seen = 0
@@ -346,6 +328,22 @@ class Trainer:
         self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=self.main)
         self.metrics_log = None  # opened with the output folder (main process)
         self.stop_requested = False
+
+    def _open_dataset(self, cache_dir: str | None, expected: dict | None) -> None:
+        """The rows training iterates: the encoder cache's (and its encoded sample prompts), or the metadata's."""
+        config, spec = self.config, self.spec
+        self.prompt_inputs = None
+        if cache_dir:
+            self.dataset = cache.open_cached_dataset(cache_dir, config.dataset.dataset_repeat, expected,
+                                                     spec.diffsynth_cache_keys)
+            if config.cache.enabled and config.train.task != "sft:train":
+                self.prompt_inputs = cache.read_prompt_cache(
+                    config.cache.prompts_dir, cache.fingerprint(config, None, what="prompts"))
+            return
+        if not self.metadata:
+            raise ConfigError("dataset.dataset_metadata_path is empty: set it, or train from an encoder cache "
+                              "(--task sft:train with --dataset_base_path <its folder>)")
+        self.dataset = metadata_dataset(config, self.metadata, spec.data_rules(config))
 
     def _bucket_keys(self) -> list[str]:
         """Every dataset index's shape bucket. A batch of one needs no bucket: all items share one key, so no

@@ -22,7 +22,7 @@ import diffsynth  # noqa: E402
 
 from diffsynth.export.lora_formats import (from_original_names, lora_modules, to_diffsynth_checkpoint,  # noqa: E402
                                            write_format)
-from diffsynth.families import flux, qwen_image, wan  # noqa: E402
+from diffsynth.families import flux, get_spec, qwen_image, wan  # noqa: E402
 from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
 from diffsynth.training.loss import velocity_mse  # noqa: E402
 from diffsynth.training.schedule import FlowMatchSchedule  # noqa: E402
@@ -135,7 +135,7 @@ def cmd_load(name: str, out: Path) -> None:
     pipe = bare_pipeline(case, dit)
     add_lora(dit, lora_targets(case, pipe), RANK)
     state = load_file(str(out / "ds_ckpt.safetensors"))
-    loaded = load_lora_checkpoint(dit, state, case["family"], source="ds_ckpt.safetensors")
+    loaded = load_lora_checkpoint(dit, state, get_spec(case["family"]), source="ds_ckpt.safetensors")
     tensors = load_file(str(out / "inputs.safetensors"))
     pred, loss = predict_and_loss(case, pipe, tensors)
     # load_lora_checkpoint raises on any module it cannot place, so reaching here means every module was read
