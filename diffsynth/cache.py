@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .config import Config, ConfigError
 from .files import staged_dir, write_json
@@ -173,17 +173,6 @@ def write_disabled(out_dir: str | Path, kind: str) -> None:
 
 # ------------------------------------------------------------------------------------------ reading
 
-def _load_shard(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise CacheError(f"Encoder cache file {path} is missing: rebuild the cache (`dvc repro` re-runs the cache "
-                         "stage; or delete the folder and run it)")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CacheError(f"Encoder cache file {path} is damaged or truncated ({e}): delete {path.parent} and "
-                         "rebuild the cache (`dvc repro`)") from None
-
-
 def _open(folder: str | Path, kind: str, expected: dict | None) -> tuple[Path, dict]:
     folder = Path(folder)
     index = read_index(folder)
@@ -202,10 +191,28 @@ def _open(folder: str | Path, kind: str, expected: dict | None) -> tuple[Path, d
     return folder, index
 
 
+def _open_shard(path: Path):
+    """A lazy handle on one shard: tensors are read one by one, only when asked for."""
+    if not path.exists():
+        raise CacheError(f"Encoder cache file {path} is missing: rebuild the cache (`dvc repro` re-runs the cache "
+                         "stage; or delete the folder and run it)")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CacheError(f"Encoder cache file {path} is damaged or truncated ({e}): delete {path.parent} and "
+                         "rebuild the cache (`dvc repro`)") from None
+
+
+def _tensor_names(layout: dict) -> list[str]:
+    return [n if kind == "tensor" else f"{n}.{i}" for n, kind in layout.items()
+            for i in range(1 if kind == "tensor" else kind)]
+
+
 class CachedDataset(torch.utils.data.Dataset):
     """The cached rows, ``repeat`` times per epoch (``dataset_repeat`` repeats reads, never the encoding).
 
-    Items are ``{"cached_inputs": {...}}``: what the family's ``encode`` returned for that row."""
+    Items are ``{"cached_inputs": {...}}``: what the family's ``encode`` returned for that row. A row reads only
+    its own tensors from its shard (training visits rows in shuffled order, across shards)."""
 
     def __init__(self, folder: str | Path, repeat: int = 1, expected: dict | None = None):
         self.folder, self.index = _open(folder, "data", expected)
@@ -213,7 +220,7 @@ class CachedDataset(torch.utils.data.Dataset):
         if not self.samples:
             raise CacheError(f"The encoder cache in {self.folder} holds no rows: nothing to train on")
         self.repeat = repeat
-        self._shard: tuple[int, dict] | None = None
+        self._handles: dict[int, tuple] = {}  # shard -> (open handle, its keys); per process: workers open their own
 
     @property
     def rows(self) -> list[dict]:
@@ -226,16 +233,20 @@ class CachedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples) * self.repeat
 
+    def __getstate__(self) -> dict:  # open handles do not pickle into DataLoader workers
+        return {**self.__dict__, "_handles": {}}
+
     def load(self, i: int) -> dict:
         entry = self.samples[i]
-        if self._shard is None or self._shard[0] != entry["shard"]:
-            self._shard = (entry["shard"], _load_shard(self.folder / self.index["shards"][entry["shard"]]["file"]))
-        prefix = entry["key"] + "/"
-        tensors = {k[len(prefix):]: v for k, v in self._shard[1].items() if k.startswith(prefix)}
-        missing = [n for n, kind in entry["layout"].items()
-                   if (n if kind == "tensor" else f"{n}.0") not in tensors]
+        shard = entry["shard"]
+        if shard not in self._handles:
+            handle = _open_shard(self.folder / self.index["shards"][shard]["file"])
+            self._handles[shard] = (handle, set(handle.keys()))
+        (handle, keys), wanted = self._handles[shard], _tensor_names(entry["layout"])
+        missing = [n for n in wanted if f"{entry['key']}/{n}" not in keys]
         if missing:
             raise CacheError(f"Encoder cache {self.folder}: {entry['key']} lacks {missing}; rebuild the cache")
+        tensors = {n: handle.get_tensor(f"{entry['key']}/{n}") for n in wanted}
         return {"cached_inputs": unflatten(tensors, entry["layout"])}
 
     def __getitem__(self, index: int) -> dict:
@@ -245,13 +256,10 @@ class CachedDataset(torch.utils.data.Dataset):
 def read_prompt_cache(folder: str | Path, expected: dict | None = None) -> dict[str, dict]:
     """``{prompt: sample inputs}`` from the prompt cache."""
     folder, index = _open(folder, "prompts", expected)
-    shards = [_load_shard(folder / s["file"]) for s in index["shards"]]
-    out = {}
-    for entry in index["samples"]:
-        prefix = entry["key"] + "/"
-        tensors = {k[len(prefix):]: v for k, v in shards[entry["shard"]].items() if k.startswith(prefix)}
-        out[entry["prompt"]] = unflatten(tensors, entry["layout"])
-    return out
+    shards = [_open_shard(folder / s["file"]) for s in index["shards"]]
+    return {entry["prompt"]: unflatten({n: shards[entry["shard"]].get_tensor(f"{entry['key']}/{n}")
+                                        for n in _tensor_names(entry["layout"])}, entry["layout"])
+            for entry in index["samples"]}
 
 
 # ------------------------------------------------------------------------------------------ DiffSynth's files
