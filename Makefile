@@ -37,7 +37,7 @@ PARITY_STAMP := $(PARITY_VENV)/.installed
 $(PARITY_STAMP): requirements-parity.txt
 	test -x $(PARITY_VENV)/bin/python || $(PYTHON) -m venv $(PARITY_VENV)
 	$(PARITY_VENV)/bin/pip install --disable-pip-version-check -r requirements-parity.txt > $(PARITY_VENV)/pip.log 2>&1 || (tail -40 $(PARITY_VENV)/pip.log; exit 1)
-	$(PARITY_VENV)/bin/python -c "import diffsynth.pipelines.flux_image, diffsynth.pipelines.wan_video, diffsynth.pipelines.qwen_image"
+	$(PARITY_VENV)/bin/python -P -c "import diffsynth.pipelines.flux_image, diffsynth.pipelines.wan_video, diffsynth.pipelines.qwen_image"
 	touch $(PARITY_STAMP)
 
 parity: install $(PARITY_STAMP)

@@ -18,7 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError
 from .files import staged_dir, write_json
 
 INDEX = "index.json"

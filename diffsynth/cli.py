@@ -112,7 +112,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_preset(args) -> int:
-    from .config import ConfigError
+    from .errors import ConfigError
     from .presets import write_preset
     try:
         out = write_preset(args.name, args.out)

@@ -8,7 +8,8 @@ from typing import Any, get_args, get_type_hints
 
 import yaml
 
-from .config import SECTIONS, Config, ConfigError, config_from_dict, read_params_file
+from .config import SECTIONS, Config, config_from_dict, read_params_file
+from .errors import ConfigError
 from .families import get_spec, infer_family, select_variant
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.

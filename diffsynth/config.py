@@ -17,7 +17,7 @@ from typing import Any, Optional, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import DiffSynthError
+from .errors import ConfigError
 
 
 def _f(default, help: str, *, flag: str | None = None, ours: bool = False, choices=None):
@@ -26,10 +26,6 @@ def _f(default, help: str, *, flag: str | None = None, ours: bool = False, choic
 
 def _fl(default, help: str, *, ours: bool = False):
     return field(default_factory=lambda: list(default), metadata={"help": help, "ours": ours})
-
-
-class ConfigError(DiffSynthError, ValueError):
-    """A params.yaml / flag value that cannot work; the message names the key and the fix."""
 
 
 @dataclass

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from . import cache
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError
 from .data.dataset import UnifiedDataset, metadata_dataset
 from .families import spec_for
 from .progress import progress as progress_bar

@@ -21,6 +21,10 @@ class DiffSynthError(Exception):
     """An error with a fix the user can apply; the message names the file/flag and says what to do."""
 
 
+class ConfigError(DiffSynthError, ValueError):
+    """A params.yaml / flag value that cannot work; the message names the key and the fix."""
+
+
 class TrackingError(DiffSynthError, ConnectionError):
     """The MLflow tracking server cannot be used."""
 

@@ -22,7 +22,8 @@ from types import SimpleNamespace
 
 import torch
 
-from .config import Config, ConfigError, config_from_dict
+from .config import Config, config_from_dict
+from .errors import ConfigError
 
 ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # cache-stage models (plus the VAE encoder)
 VAE_ENCODER = ("encoder", "quant_conv")      # top-level children of a diffusers VAE used to encode ...

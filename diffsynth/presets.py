@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import SECTIONS, Config, ConfigError, config_from_dict
+from .config import SECTIONS, Config, config_from_dict
+from .errors import ConfigError
 from .files import write_text
 
 PRESETS_DIR = Path("presets")  # relative to the project root (the working directory of `diffsynth` and DVC)

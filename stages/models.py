@@ -6,7 +6,8 @@ import os
 import sys
 
 from _layout import MODEL_MANIFEST
-from diffsynth.config import ConfigError, load_params
+from diffsynth.config import load_params
+from diffsynth.errors import ConfigError
 from diffsynth.errors import run_main
 from diffsynth.families import spec_for
 from diffsynth.files import project_root, write_json

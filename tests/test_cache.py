@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from diffsynth import cache
 from diffsynth.command_line import config_from_args
-from diffsynth.config import ConfigError, config_from_dict
+from diffsynth.config import config_from_dict
+from diffsynth.errors import ConfigError
 from diffsynth.encoding import build_data_cache, build_prompt_cache
 from diffsynth.models.tiny import write_tiny_model
 from diffsynth.presets import preset_params

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from diffsynth.command_line import config_from_args
-from diffsynth.config import ConfigError, config_from_dict, flatten, load_params
+from diffsynth.config import config_from_dict, flatten, load_params
+from diffsynth.errors import ConfigError
 from helpers import DEFAULT_PARAMS, DEFAULT_PARAMS_FILE, REPO
 
 # The seed document's Qwen-Image full-training command, verbatim after the script name.

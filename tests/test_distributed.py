@@ -120,7 +120,7 @@ def test_fsdp_full_fine_tune_matches_ddp_and_resumes(tmp_path, shapes_dataset, m
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version: 2"),
 ])
 def test_cpu_refuses_what_accelerate_would_silently_replace_by_ddp(monkeypatch, env, culprit):
-    from diffsynth.config import ConfigError
+    from diffsynth.errors import ConfigError
     from diffsynth.training.distributed import prepare_cpu_state
 
     for key, value in {"ACCELERATE_USE_CPU": "1", "WORLD_SIZE": "2", **env}.items():

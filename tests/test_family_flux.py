@@ -14,7 +14,8 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffsynth.config import SECTIONS, ConfigError, config_from_dict
+from diffsynth.config import SECTIONS, config_from_dict
+from diffsynth.errors import ConfigError
 from diffsynth.presets import load_preset as load_params, preset_params
 from diffsynth.families import flux
 from diffsynth.families import get_spec

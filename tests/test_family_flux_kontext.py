@@ -13,7 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffsynth.cli import main as cli_main
-from diffsynth.config import ConfigError, config_from_dict
+from diffsynth.config import config_from_dict
+from diffsynth.errors import ConfigError
 from diffsynth.data.sample_dataset import build_builtin
 from diffsynth.families import flux, get_spec, spec_for
 from diffsynth.families.flux_kontext import FluxKontextPipeline

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from diffsynth.config import ConfigError, config_from_dict
+from diffsynth.config import config_from_dict
+from diffsynth.errors import ConfigError
 from diffsynth.families import all_specs, get_spec
 
 PACKAGE = Path(__file__).resolve().parents[1] / "diffsynth"

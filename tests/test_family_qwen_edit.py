@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from diffsynth.command_line import config_from_args
-from diffsynth.config import ConfigError, config_from_dict
+from diffsynth.config import config_from_dict
+from diffsynth.errors import ConfigError
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.data.sample_dataset import BUILTIN_DATASETS, build_builtin
 from diffsynth.families import get_spec, spec_for

@@ -7,7 +7,8 @@ from diffusers.optimization import (get_constant_schedule_with_warmup, get_cosin
                                     get_linear_schedule_with_warmup)
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-from diffsynth.config import ConfigError, config_from_dict
+from diffsynth.config import config_from_dict
+from diffsynth.errors import ConfigError
 from diffsynth.training import state as train_state
 from diffsynth.training.optim import Schedule, total_optimizer_steps
 

@@ -84,7 +84,7 @@ def test_overlays_list_only_what_the_recipe_sets():
 
 
 def test_bad_extends_names_the_file(tmp_path):
-    from diffsynth.config import ConfigError
+    from diffsynth.errors import ConfigError
 
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")

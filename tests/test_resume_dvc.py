@@ -45,7 +45,7 @@ def test_the_key_covers_every_param_that_shapes_the_run(tmp_path, shapes_dataset
 
 
 def test_a_second_training_with_the_same_params_is_refused(tmp_path):
-    from diffsynth.config import ConfigError
+    from diffsynth.errors import ConfigError
 
     first, second = Slot(tmp_path, "k"), Slot(tmp_path, "k")
     first.acquire()

@@ -12,7 +12,8 @@ import yaml
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from diffsynth.config import ConfigError, config_from_dict
+from diffsynth.config import config_from_dict
+from diffsynth.errors import ConfigError
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.families.qwen_image import load_pipeline
 from diffsynth.training import FlowMatchSchedule

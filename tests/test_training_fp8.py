@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffsynth.config import ConfigError
+from diffsynth.errors import ConfigError
 from diffsynth.training.loop import Trainer
 from helpers import tiny_config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.components import load_component
 from ..models.model_config import ModelConfig, fetch
 

@@ -51,7 +51,7 @@ def as_image_list(value, key: str) -> list[Image.Image]:
 
 def check_image_column(config, key: str) -> None:
     """``key`` must be a file column, or its cells stay paths (DiffSynth: --data_file_keys "image,<key>")."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
     from ..data.dataset import split_keys
 
     if key not in split_keys(config.dataset.data_file_keys):

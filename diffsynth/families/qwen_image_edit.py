@@ -24,7 +24,7 @@ import math
 import torch
 from PIL import Image
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
 from . import qwen_image

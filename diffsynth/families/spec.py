@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 class UnknownFamilyError(ConfigError):

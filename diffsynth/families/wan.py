@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..models.components import load_tokenizer
 from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
 from ..models.convert_wan import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names

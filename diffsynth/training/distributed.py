@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, gather_object
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 def _env_flag(name: str) -> bool:

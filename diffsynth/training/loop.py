@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from .. import cache
-from ..config import Config, ConfigError, flatten
+from ..config import Config, flatten
+from ..errors import ConfigError
 from ..data.buckets import bucket_stats, row_key
 from ..data.dataset import metadata_dataset, split_keys
 from ..data.metadata import read_metadata

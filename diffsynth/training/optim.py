@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from ..config import Config, ConfigError
+from ..config import Config
+from ..errors import ConfigError
 
 
 def build_optimizer(config: Config, params) -> torch.optim.Optimizer:

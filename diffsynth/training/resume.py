@@ -23,7 +23,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..config import Config, ConfigError, flatten
+from ..config import Config, flatten
+from ..errors import ConfigError
 from ..files import project_root
 from . import state as train_state
 
