@@ -25,7 +25,7 @@ from PIL import Image
 
 from diffsynth.config import load_params
 from diffsynth.families import get_spec
-from diffsynth.families.qwen_image import LORA_TARGETS
+from diffsynth.families.qwen_image.pipeline import LORA_TARGETS
 from diffsynth.models.tiny import write_tiny_model
 from diffsynth.training import FlowMatchSchedule
 from diffsynth.training.lora import add_lora
@@ -60,7 +60,7 @@ def build(dtype: torch.dtype) -> TrainingModule:
         attention_head_dim=128, num_attention_heads=24, joint_attention_dim=tiny.joint_attention_dim,
         axes_dims_rope=(16, 56, 56)).to(dtype)
     pipe.requires_grad_(False)
-    add_lora(pipe.dit, LORA_TARGETS.split(","), 32, dtype=dtype, exclude=pipe.modules_without_gradient("dit"))
+    add_lora(pipe.dit, LORA_TARGETS.split(","), 32, dtype=dtype, exclude=type(pipe).modules_without_gradient("dit", pipe.dit))
     return pipe
 
 

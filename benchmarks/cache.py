@@ -89,11 +89,11 @@ def main() -> None:
         return child(mode, Path(root), Path(metadata), args.steps, args.size)
 
     from diffsynth.data.sample_dataset import build_shapes_dataset
-    from diffsynth.models.tiny import write_tiny_qwen_image
+    from diffsynth.families.qwen_image.tiny import write_tiny
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        write_tiny_qwen_image(root / "models" / "bench" / "Qwen-Image", sizes=REAL_WIDTH)
+        write_tiny(root / "models" / "bench" / "Qwen-Image", sizes=REAL_WIDTH)
         metadata = build_shapes_dataset(root / "data")
         print(f"models written in {time.perf_counter() - started:.0f} s (DiT block 3072 wide, text encoder 3584 "
               f"wide x 2 layers, real VAE; bfloat16, {args.size}x{args.size} images, LoRA r32 on q/k/v/out)")

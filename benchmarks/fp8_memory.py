@@ -20,8 +20,8 @@ def wan_dit(layers: int, heads: int, ffn: int):
 
 
 def tiny():
-    from diffsynth.models.tiny import _tiny_wan_dit
-    return _tiny_wan_dit()
+    from diffsynth.families.wan.tiny import tiny_dit
+    return tiny_dit()
 
 
 def main() -> None:

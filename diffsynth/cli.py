@@ -27,6 +27,7 @@ def cmd_params(args, rest: list[str]) -> int:
 
 
 def cmd_tiny_model(args) -> int:
+    from . import families  # noqa: F401  (registers every family's tiny twins)
     from .models.tiny import resolve_tiny_preset, write_tiny_model
     preset = resolve_tiny_preset(args.family)
     out = write_tiny_model(preset, args.out, seed=args.seed)
@@ -39,8 +40,9 @@ def cmd_families(args) -> int:
     from .families import all_specs
     for spec in all_specs():
         print(f"{spec.name}: {spec.summary}")
-        for label, values in (("aliases", spec.aliases), ("extra inputs", spec.extra_inputs),
-                              ("tiny presets", spec.tiny_presets)):
+        own = vars(spec)  # a variant lists its own aliases and twins
+        for label, values in (("aliases", own.get("aliases", ())), ("extra inputs", spec.extra_inputs),
+                              ("tiny presets", tuple(own.get("tiny_twins", {})))):
             print(f"  {label}: {', '.join(values) or '-'}")
         if spec.variant_of:
             print(f"  variant of {spec.variant_of}, chosen by --extra_inputs {spec.selected_by}")

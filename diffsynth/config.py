@@ -54,10 +54,16 @@ class ResolutionConfig:
     num_frames: int = _f(81, "video: frames taken from the start of each clip (reduced to 4k+1)")
 
 
+def _default_family() -> str:
+    from .families import default_family  # the families declare which one DiffSynth's train.py defaults to
+    return default_family()
+
+
 @dataclass
 class ModelConfigSection:
-    family: str = _f("qwen_image", "model family or alias (`diffsynth families` lists them); a variant is chosen by "
-                     "its extra input, as DiffSynth's one script per family does", ours=True)
+    family: str = field(default_factory=_default_family, metadata={
+        "help": "model family or alias (`diffsynth families` lists them); a variant is chosen by its extra input, as "
+                "DiffSynth's one script per family does", "flag": None, "ours": True, "choices": None})
     tiny_preset: str = _f("", "generate a tiny random model of this family in the real layout (test/demo only)",
                           ours=True)
     model_paths: Optional[str] = _f(None, "JSON list of model files; an item may be a list of shards")
@@ -334,6 +340,74 @@ def config_from_dict(data: dict, check: bool = True) -> Config:
     return config.validate() if check else config
 
 
+# ------------------------------------------------------------------ params files and preset overlays
+# A recipe is an overlay listing only the keys it sets: the schema's defaults, then each overlay of its `extends`
+# chain (presets.py lists, renders and writes them).
+PRESETS_DIR = Path("presets")  # relative to the project root (the working directory of `diffsynth` and DVC)
+EXTENDS = "extends"
+
+
+def resolve(name: str | Path, presets_dir: Path = PRESETS_DIR) -> Path:
+    """A preset file: an existing path, or a name under ``presets/`` (``flux.1-dev-lora``, ``tiny/flux.1-dev-lora``)."""
+    path = Path(name)
+    for candidate in (path, presets_dir / path, presets_dir / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.relative_to(presets_dir).with_suffix("").as_posix() for p in presets_dir.rglob("*.yaml")
+                   if p.name not in ("base.yaml", "cpu.yaml")) if presets_dir.is_dir() else []
+    raise ConfigError(f"No preset {str(name)!r}: give a file or one of {', '.join(known) or '(no presets/ folder here)'}")
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset is a mapping of params sections, got {type(data).__name__}")
+    return data
+
+
+def layers(path: Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The overlays that make up ``path``, first to last: its ``extends`` chain (paths relative to the file), then
+    the file itself (without its ``extends`` key)."""
+    path = path.resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: `extends` loops back to itself ({' -> '.join(p.name for p in (*_seen, path))})")
+    data = _read(path)
+    parents = data.pop(EXTENDS, None) or []
+    out = []
+    for parent in [parents] if isinstance(parents, str) else list(parents):
+        target = path.parent / parent
+        if not target.is_file():
+            raise ConfigError(f"{path}: extends {parent!r}, which does not exist ({target})")
+        out += layers(target, (*_seen, path))
+    return out + [(path, data)]
+
+
+def merge(base: dict, overlay: dict, where: str = "") -> dict:
+    """``overlay`` over ``base``: sections merge key by key, values (lists too) replace."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in overlay.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: params section {section!r} must be a mapping, got {type(values).__name__}")
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def preset_params(name: str | Path, presets_dir: Path = PRESETS_DIR) -> dict:
+    """The full params dict of a preset: the schema's defaults, then every overlay of its chain."""
+    data = Config().to_dict()
+    for path, overlay in layers(resolve(name, presets_dir)):
+        data = merge(data, overlay, str(path))
+    return data
+
+
+def load_preset(name: str | Path, presets_dir: Path = PRESETS_DIR) -> Config:
+    """The checked config a preset means (unknown keys and bad values fail here, naming the key)."""
+    return config_from_dict(preset_params(name, presets_dir))
+
+
 def read_params_file(path: str | Path) -> dict:
     """A params file as a dict; a preset overlay (``extends: ...``) is merged over what it extends."""
     path = Path(path)
@@ -343,8 +417,7 @@ def read_params_file(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    if isinstance(data, dict) and "extends" in data:
-        from .presets import preset_params  # presets build on this module
+    if isinstance(data, dict) and EXTENDS in data:
         return preset_params(path)
     return data
 

@@ -18,7 +18,6 @@ import fnmatch
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -194,12 +193,11 @@ def lora_modules(config: Config, entries: dict[str, Entry]) -> dict[str, tuple[i
         raise ConfigError(f"lora.lora_base_model: {base_name!r} is not a model of these entries; models: "
                           f"{sorted(entries)}")
     base = entries[base_name].module
-    spec = spec_for(config)
-    targets = parse_target_modules(config.lora.lora_target_modules, base)
-    if base_name == "dit":  # Pipeline.map_lora_targets: DiffSynth's DiT names -> loaded module names
-        mapped = spec.map_lora_targets(base, [targets] if isinstance(targets, str) else targets)
-        targets = mapped[0] if isinstance(targets, str) else mapped
-    exclude = _modules_without_gradient(spec, base_name, base)
+    family = spec_for(config)
+    # the family maps DiffSynth's DiT names to loaded module names and excludes modules the loss never reaches,
+    # asked with the meta model exactly as training asks with the loaded one
+    targets = family.lora_targets_for(base_name, base, parse_target_modules(config.lora.lora_target_modules, base))
+    exclude = family.modules_without_gradient(base_name, base)
     peft_config = LoraConfig(r=config.lora.lora_rank, target_modules=targets, exclude_modules=exclude or None)
     out = {}
     for name, module in base.named_modules():
@@ -211,20 +209,6 @@ def lora_modules(config: Config, entries: dict[str, Entry]) -> dict[str, tuple[i
     if not out:
         raise ConfigError(f"LoRA targets {targets!r} match no Linear of {type(base).__name__}")
     return out
-
-
-def _modules_without_gradient(spec, base_name: str, base: torch.nn.Module) -> list[str]:
-    """The family pipeline's exclusions (modules the loss never reaches), asked of its class with the meta model."""
-    from .families.base import Pipeline
-    classes, todo = [], [Pipeline]
-    while todo:
-        cls = todo.pop()
-        classes.append(cls)
-        todo += cls.__subclasses__()
-    for cls in classes:
-        if cls.spec is spec:
-            return cls.modules_without_gradient(SimpleNamespace(**{base_name: base}), base_name)
-    return []
 
 
 # -------------------------------------------------------------------------------------------------- plan

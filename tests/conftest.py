@@ -13,6 +13,8 @@ os.environ.setdefault("DIFFSYNTH_SKIP_DOWNLOAD", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import diffsynth.families  # noqa: E402,F401  (registers every family's checkpoint kinds, real models and tiny twins)
+
 
 @pytest.fixture(scope="session")
 def model_base(tmp_path_factory) -> Path:

@@ -11,8 +11,9 @@ from safetensors.torch import load_file, save_file
 from diffsynth.export import (ExportError, check_lora, export_checkpoint, lora_modules, original_weight_shapes,
                               weight_shapes, write_format)
 from diffsynth.export.lora_formats import from_original_names
-from diffsynth.models import convert_flux, convert_wan
-from diffsynth.models.convert_flux import rope_axes
+from diffsynth.families.flux import convert as convert_flux
+from diffsynth.families.wan import convert as convert_wan
+from diffsynth.models.components import rope_axes
 
 
 def tiny_dit(family):
@@ -27,8 +28,8 @@ def tiny_dit(family):
         return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                       pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=rope_axes(16))
-    from diffsynth.models.tiny import _tiny_wan_dit
-    return _tiny_wan_dit()
+    from diffsynth.families.wan.tiny import tiny_dit
+    return tiny_dit()
 
 
 TARGETS = {

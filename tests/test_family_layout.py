@@ -1,5 +1,5 @@
-"""The family spec is the only place that knows a family: no module outside ``diffsynth/families/`` (and the
-model tables that describe checkpoint layouts) names one in code."""
+"""A family is one folder: no module outside ``diffsynth/families/<name>/`` names that family in code, and the
+package has no import cycles."""
 from __future__ import annotations
 
 import ast
@@ -10,15 +10,17 @@ import pytest
 
 from diffsynth.config import config_from_dict
 from diffsynth.errors import ConfigError
-from diffsynth.families import all_specs, get_spec
+from diffsynth.families import FAMILY_PACKAGES, all_specs, get_spec
 
 PACKAGE = Path(__file__).resolve().parents[1] / "diffsynth"
-# model tables: which keys/shapes/configs each family's checkpoints have, and their tiny twins
-MODEL_TABLES = {"models/components.py", "models/real_configs.py", "models/tiny.py", "models/convert_flux.py",
-                "models/convert_wan.py", "models/tokenizers.py"}
-FAMILY_WORD = re.compile(r"qwen|flux|kontext|\bwan(?![a-z])|wanvideo", re.IGNORECASE)
-# DiffSynth's default family (its seed train.py is Qwen-Image's) is the schema's default value
-ALLOWED = {("config.py", "qwen_image")}
+FAMILIES = PACKAGE / "families"
+
+
+def family_words(names) -> re.Pattern:
+    """A pattern for a family's names and aliases in code (``qwen``, ``flux``, ``kontext``, ``wan``...): each name's
+    first word (before ``_``/``-``/digits), matched as a word start so ``swan`` or ``wanted`` stay unflagged."""
+    stems = sorted({re.split(r"[_\-.\d]", n.lower())[0] for n in names if n}, key=len, reverse=True)
+    return re.compile(r"(?<![a-z])(" + "|".join(map(re.escape, stems)) + r")(?![a-z])", re.IGNORECASE)
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -31,9 +33,9 @@ def _docstrings(tree: ast.AST) -> set[int]:
     return ids
 
 
-def family_names_in_code(path: Path) -> list[str]:
+def family_names_in_code(path: Path, words: re.Pattern) -> list[str]:
     """String constants used as values (not docstrings or prose such as help texts and error messages),
-    identifiers and attribute names that name a family."""
+    identifiers and attribute names that match ``words``."""
     tree = ast.parse(path.read_text())
     docs, found = _docstrings(tree), []
     for node in ast.walk(tree):
@@ -49,29 +51,113 @@ def family_names_in_code(path: Path) -> list[str]:
             text = node.name
         elif isinstance(node, ast.alias):
             text = node.name
-        if text and FAMILY_WORD.search(text) and (path.name, text) not in ALLOWED:
+        if text and words.search(text):
             found.append(f"{path.relative_to(PACKAGE)}:{getattr(node, 'lineno', '?')}: {text[:60]!r}")
     return found
 
 
-def test_no_module_outside_the_families_names_a_family():
+def _folder_of(spec) -> str:
+    return spec.__module__.split(".")[2]  # diffsynth.families.<folder>.<module>
+
+
+def test_every_family_is_one_registered_folder():
+    folders = {p.name for p in FAMILIES.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(FAMILY_PACKAGES)
+    assert {_folder_of(spec) for spec in all_specs()} == set(FAMILY_PACKAGES)
+
+
+@pytest.mark.parametrize("folder", FAMILY_PACKAGES)
+def test_no_module_outside_a_family_folder_names_that_family(folder):
+    """No whitelist: the engines, training, export, data, CLI and the other families' folders never name it."""
+    specs = [s for s in all_specs() if _folder_of(s) == folder]
+    words = family_words([n for s in specs for n in (s.name, *vars(s).get("aliases", ()))])
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).as_posix()
-        if rel.startswith("families/") or rel in MODEL_TABLES:
+        if path.is_relative_to(FAMILIES / folder):
             continue
-        offenders += family_names_in_code(path)
+        offenders += family_names_in_code(path, words)
     assert offenders == []
 
 
 def test_the_checker_sees_family_names():
-    assert family_names_in_code(PACKAGE / "families" / "wan.py")  # it would catch one
+    words = family_words(["wan"])
+    assert family_names_in_code(FAMILIES / "wan" / "pipeline.py", words)  # it would catch one
+    assert not words.search("swan") and not words.search("wanted") and words.search("Wan2.1_VAE")
+
+
+def _imports(path: Path) -> set[str]:
+    """The package modules ``path`` imports (function-local imports too), as dotted names."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    if path.name == "__init__.py":
+        module = package
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("diffsynth")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if not base.startswith("diffsynth"):
+                continue
+            for alias in node.names:  # `from . import x` imports the module x when x is one
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if _module_path(candidate) else base)
+    return {m for m in found if _module_path(m) and m != module}
+
+
+def _module_path(name: str) -> Path | None:
+    rel = Path(*name.split("."))
+    for path in (PACKAGE.parent / rel.with_suffix(".py"), PACKAGE.parent / rel / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def import_cycles() -> list[list[str]]:
+    """Every import cycle among the package's modules (Tarjan's strongly connected components)."""
+    graph = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): _imports(p)
+             for p in PACKAGE.rglob("*.py")}
+    index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles():
+    assert import_cycles() == []
 
 
 def test_one_name_table():
     """Every alias and tiny-preset name resolves to one registered spec, in any -/_/. spelling."""
     for spec in all_specs():
-        for name in (spec.name, *spec.aliases, *spec.tiny_presets):
+        for name in (spec.name, *vars(spec).get("aliases", ()), *vars(spec).get("tiny_twins", {})):
             for spelling in (name, name.replace("_", "-"), name.upper()):
                 assert get_spec(spelling) is spec
 

@@ -15,8 +15,9 @@ from diffsynth.errors import ConfigError
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
 from diffsynth.data.sample_dataset import BUILTIN_DATASETS, build_builtin
 from diffsynth.families import get_spec, spec_for
-from diffsynth.families.qwen_image import set_zero_cond_t, unpack_latents
-from diffsynth.families.qwen_image_edit import (EDIT_SYSTEM, QwenImageEditPipeline, edit_size, first_row_edit_image,
+from diffsynth.families.images import unpack_latents
+from diffsynth.families.qwen_image.pipeline import set_zero_cond_t
+from diffsynth.families.qwen_image.edit import (EDIT_SYSTEM, QwenImageEdit, edit_size, first_row_edit_image,
                                                 resize_to_area)
 from helpers import DEFAULT_PARAMS
 
@@ -105,7 +106,7 @@ def test_shapes_edit_dataset(edit_dataset):
 # ------------------------------------------------------------------------------------------ model inputs
 
 def test_family_choice(pipe):
-    assert isinstance(pipe, QwenImageEditPipeline) and pipe.spec.name == "qwen_image_edit"
+    assert isinstance(pipe, QwenImageEdit) and pipe.name == "qwen_image_edit"
     rules = get_spec("qwen_image_edit").data_rules()
     assert rules.size_factor == 16 and rules.video_keys == ()
 
@@ -214,12 +215,11 @@ def test_samples_use_the_first_rows_edit_image(pipe, edit_dataset, shapes_datase
     ({"dataset": {"data_file_keys": "image"}}, "data_file_keys lacks edit_image"),
 ])
 def test_config_errors_name_key_and_fix(edit_dataset, change, message):
-    from diffsynth.families.qwen_image_edit import load_pipeline
     data = edit_params(edit_dataset)
     for section, values in change.items():
         data[section].update(values)
     with pytest.raises(ConfigError, match=message):  # when the config is built, or at the latest when loading
-        load_pipeline(config_from_dict(data), torch.float32)
+        QwenImageEdit.load_pipeline(config_from_dict(data), torch.float32)
 
 
 def test_path_string_edit_image_is_a_clear_error(pipe):

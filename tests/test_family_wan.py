@@ -16,7 +16,8 @@ from diffsynth.cli import main as cli_main
 from diffsynth.command_line import config_from_args
 from diffsynth.config import SECTIONS, config_from_dict
 from diffsynth.export import export_checkpoint, original_weight_shapes
-from diffsynth.families import get_spec, wan
+from diffsynth.families import get_spec
+from diffsynth.families.wan import pipeline as wan
 from diffsynth.presets import load_preset, preset_params, write_preset
 from diffsynth.models.real_configs import REAL_MODELS, build_class
 from diffsynth.models.tiny import write_tiny_model
@@ -113,7 +114,7 @@ def test_tiny_twin_trains_and_saves_keys_of_the_real_model(name, tmp_path, clips
             assert module in original, module
         # the preset's export formats: ComfyUI gets the original Wan names, every key fits the base model
         exported = export_checkpoint(result.checkpoints[-1], tmp_path / "export", config.export.formats, "wan",
-                                     wan.load_pipeline(config, torch.float32).dit)
+                                     wan.Wan.load_pipeline(config, torch.float32).dit)
         assert exported.ok and set(exported.files) == {"diffusers", "comfyui"}
         comfy = load_file(str(exported.files["comfyui"]))
         assert "diffusion_model.blocks.0.self_attn.q.lora_A.weight" in comfy
@@ -125,12 +126,12 @@ def test_tiny_twin_trains_and_saves_keys_of_the_real_model(name, tmp_path, clips
 
 
 def run_dit_names(config):
-    return wan.load_pipeline(config, torch.float32).dit.named_parameters()
+    return wan.Wan.load_pipeline(config, torch.float32).dit.named_parameters()
 
 
 # --------------------------------------------------------------------- (b) what the DiT is called with
 
-def load(preset: str, extra: str | None = None) -> wan.WanPipeline:
+def load(preset: str, extra: str | None = None) -> wan.Wan:
     folder, _ = TINY[preset]
     files = {"wan2.1-t2v-1.3b": ["diffusion_pytorch_model*.safetensors", "Wan2.1_VAE.pth"],
              "wan2.1-i2v-14b": ["diffusion_pytorch_model*.safetensors", "Wan2.1_VAE.pth",
@@ -141,7 +142,7 @@ def load(preset: str, extra: str | None = None) -> wan.WanPipeline:
     config = config_from_dict({"model": {"family": "wan", "model_id_with_origin_paths": ",".join(entries),
                                          "tokenizer_path": f"{model_id}:google/umt5-xxl/", "extra_inputs": extra},
                                "lora": {"lora_base_model": "dit"}})
-    return wan.load_pipeline(config, torch.float32)
+    return wan.Wan.load_pipeline(config, torch.float32)
 
 
 def example():
@@ -341,7 +342,7 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(wan_base, tmp_path
         config = twin_config("wan2.1-i2v-14b-lora", tmp_path, clips, tracking_uri,
                              gradient__use_gradient_checkpointing=on)
         torch.manual_seed(0)
-        pipe = wan.load_pipeline(config, torch.float32)
+        pipe = wan.Wan.load_pipeline(config, torch.float32)
         module = TrainingModule(pipe, FlowMatchSchedule.for_family("wan"), torch.Generator().manual_seed(0))
         configure_trainable(module, config, torch.float32)
         for p in module.parameters():  # LoRA B starts at zero: make the A gradients non-trivial

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 from accelerate import init_empty_weights
 
-from diffsynth.models.components import detect_shapes, plan_shapes, qwen_vl_model_to_checkpoint
+from diffsynth.families.qwen_image.checkpoints import vl_model_to_checkpoint
+from diffsynth.models.components import detect_shapes, plan_shapes
 from diffsynth.models.real_configs import REAL_MODELS, build_class
 
 
@@ -276,7 +277,7 @@ def wan_clip(c: dict) -> dict:
 def as_checkpoint(name: str, shapes: dict) -> dict:
     """The diffusers/transformers layout as the repositories store it."""
     if name == "qwen-image-text-encoder":
-        return qwen_vl_model_to_checkpoint(shapes)
+        return vl_model_to_checkpoint(shapes)
     if name == "flux.1-dev-clip":
         return {"text_model." + k: v for k, v in shapes.items()}
     if name in ("flux.1-dev-t5", "umt5-xxl"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import pytest
 
-from diffsynth.models import convert_flux as cf
-from diffsynth.models import convert_wan as cw
+from diffsynth.families.flux import convert as cf
+from diffsynth.families.wan import convert as cw
 from diffsynth.models.components import detect, load_component
 from diffsynth.models.model_config import fetch, parse_model_configs, parse_path_or_model_id
 from diffsynth.models.tiny import TINY_PRESETS, is_tiny_preset, write_tiny_model

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from diffsynth.config import config_from_dict
 from diffsynth.errors import ConfigError
 from diffsynth.data.dataset import ImageRules, UnifiedDataset
-from diffsynth.families.qwen_image import load_pipeline
+from diffsynth.families.qwen_image import QwenImage
 from diffsynth.training import FlowMatchSchedule
 from diffsynth.families import get_spec
 from diffsynth.training.lora import fuse_lora, load_lora_checkpoint
@@ -31,7 +31,7 @@ def fresh_module(seed=0):
     torch.manual_seed(seed)
     config = config_from_dict({"model": {"model_id_with_origin_paths": TINY_QWEN_MODELS,
                                          "tokenizer_path": TINY_QWEN_TOKENIZER}, "lora": {"lora_base_model": "dit"}})
-    pipe = load_pipeline(config, torch.float32)
+    pipe = QwenImage.load_pipeline(config, torch.float32)
     return TrainingModule(pipe, FlowMatchSchedule.for_family("qwen_image"), torch.Generator().manual_seed(0))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import staged_dir
-from .sample_dataset import BACKGROUNDS, COLOURS, draw_shape
+from .shapes import BACKGROUNDS, COLOURS, draw_shape
 
 MOTIONS = {"left to right": (1, 0), "top to bottom": (0, 1)}
 CLIP_FRAMES = (9, 12, 13, 17)

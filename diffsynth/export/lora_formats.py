@@ -12,10 +12,10 @@ __all__ = ["FORMATS", "ExportError", "family_spec", "from_original_names", "load
 
 
 def family_spec(family):
-    """A FamilySpec, given one or a family name (the export API takes either); None stays None (the formats in
+    """A family class, given one or a family name (the export API takes either); None stays None (the formats in
     the loaded modules' names need no family)."""
-    from ..families.spec import FamilySpec, get_spec
-    return family if family is None or isinstance(family, FamilySpec) else get_spec(family)
+    from ..families import get_spec
+    return family if family is None or isinstance(family, type) else get_spec(family)
 
 
 def to_diffusers(state: dict, prefix: str = "transformer") -> dict:

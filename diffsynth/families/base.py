@@ -1,5 +1,13 @@
-"""The one interface training uses to talk to a family."""
+"""The family class: everything one model family is, as ONE object (see families/README.md for every hook).
+
+A family is a subclass of :class:`Family` in its own folder. Its class attributes declare what the rest of the
+system asks of it (names, data rules, LoRA targets, name converters, checkpoint kinds, real architectures, tiny
+twins); an instance is the loaded pipeline training calls (``encode``, ``predict``, ``render``...). Training,
+export, data validation and the command-line layer ask the class or the instance and never name a family.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -7,6 +15,26 @@ from PIL import Image
 from ..errors import ConfigError
 from ..models.components import load_component
 from ..models.model_config import ModelConfig, fetch
+
+
+@dataclass(frozen=True)
+class DataRules:
+    """How a dataset row becomes a training sample: size multiples, the 4k+1 frame rule, which columns are
+    videos, and which extra inputs the family derives from other columns (no metadata column needed)."""
+
+    size_factor: int = 16
+    width_factor: int = 16
+    time_division_factor: int = 4
+    time_division_remainder: int = 1
+    video_keys: tuple[str, ...] = ()
+    derived_inputs: tuple[str, ...] = ()
+
+    def as_kwargs(self) -> dict:
+        """Keyword arguments of ``diffsynth.data.validate.check_dataset``."""
+        return {"size_factor": self.size_factor, "width_factor": self.width_factor,
+                "time_division_factor": self.time_division_factor,
+                "time_division_remainder": self.time_division_remainder,
+                "video_keys": self.video_keys, "derived_inputs": self.derived_inputs}
 
 
 # What each kind of process holds. "full": everything (online training); "train_cached": training from the
@@ -30,7 +58,7 @@ def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.
                     encoders: tuple[str, ...] = ()) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Fetch, detect and load every model entry: ({component: module}, {component: the entry as written}).
 
-    ``family`` is the model tables' family (``FamilySpec.model_family``); ``role`` says which parts this process
+    ``family`` is the checkpoint kinds' family (``Family.model_family``); ``role`` says which parts this process
     holds (see ``ROLES``; ``encoders`` are the components only encoding needs). Skipped components are None."""
     if role not in ROLES:
         raise ValueError(f"role {role!r}: one of {ROLES}")
@@ -50,15 +78,94 @@ def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.
     return modules, sources
 
 
-class Pipeline(torch.nn.Module):
+class Family(torch.nn.Module):
     """A family's models as child modules (``dit``, ``vae``, ``text_encoder``, ...) plus what training needs.
 
     Child names match DiffSynth's pipeline attributes, so state-dict keys read ``pipe.dit.<...>`` in the
     training module and ``--remove_prefix_in_ckpt pipe.dit.`` works as in DiffSynth.
+
+    The class attributes below are the family's declarations, read from the class (``spec_for(config)``) before
+    anything is loaded. A variant (Qwen-Image-Edit, FLUX.1-Kontext) subclasses its base family.
     """
 
-    spec = None  # the FamilySpec this pipeline belongs to (set by each family's class)
-    role = "full"  # which parts it holds (base.ROLES)
+    # ---- identity (families/registry.py registers name, aliases and tiny twins)
+    name: str = ""                      # canonical name, as params.yaml's model.family writes it
+    summary: str = ""                   # one line for help texts and errors
+    aliases: tuple[str, ...] = ()       # other accepted spellings (a variant declares its own)
+    model_id_patterns: tuple[str, ...] = ()  # substrings of model ids/files that name the family (flag-only runs)
+    default: bool = False               # the family of a run that names no model (one family declares it)
+    variant_of: str | None = None       # a variant is chosen over its base when ...
+    selected_by: str | None = None      # ... this extra input is given (DiffSynth's one script per base)
+    # ---- what the engines below need (registered with the family)
+    model_family: str = ""              # the checkpoint kinds' family (a variant keeps its base's)
+    component_kinds: tuple = ()         # models/components.ComponentKind: how its checkpoint files are recognised
+    real_models: dict = {}              # real architectures by name (models/real_configs.py schema)
+    weight_files: dict = {}             # real architecture name -> where its weights live ("repo:file", ...)
+    redirected_files: tuple = ()        # (file, converted repository): pickled files fetched as safetensors
+    tiny_twins: dict = {}               # twin name -> (real repository it mirrors, writer(out_dir, seed)); 1st = default
+    # ---- data and inputs
+    data: DataRules = DataRules()
+    encoders: tuple[str, ...] = ("text_encoder",)  # components only encoding needs (not held when training cached)
+    extra_inputs: tuple[str, ...] = ()  # model.extra_inputs values the family implements
+    required_extra_inputs: tuple[str, ...] = ()
+    # ---- LoRA and checkpoint names
+    lora_targets: str = ""              # DiffSynth's default --lora_target_modules of the recipe
+    opensource_lora_format: str | None = None  # output.align_to_opensource_format writes this export format
+    # name converters ({module: (A, B)} or state dicts); None where the loaded (diffusers) names are those names
+    lora_to_original = None             # ({module: (A, B)}, shapes) -> same in original checkpoint names
+    original_state_dict = None          # diffusers DiT state dict -> original checkpoint names
+    lora_to_diffsynth = None            # ({module: (A, B)}, shapes) -> same in DiffSynth-Studio's DiT names
+    diffsynth_state_dict = None         # diffusers DiT state dict -> DiffSynth's DiT names
+    lora_names_without_model = None     # LoRA modules in foreign names -> loaded names, no model
+    # ---- DiffSynth's command line
+    command_line_defaults: dict = {}    # {section: {key: value}} DiffSynth's script forces
+    # DiffSynth's sft:data_process file keys -> our input names (its `.pth` cache read by --task sft:train)
+    diffsynth_cache_keys: dict = {"input_latents": "latents"}
+
+    role = "full"  # which parts an instance holds (base.ROLES)
+
+    # ---------------------------------------------------------------- class-level hooks
+    @classmethod
+    def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",
+                      role: str = "full") -> "Family":
+        """Fetch and detect every model entry of ``config.model`` and load the parts ``role`` holds."""
+        raise NotImplementedError
+
+    @staticmethod
+    def train_sigmas(n: int) -> torch.Tensor:
+        """The n-point training grid (float64, 1 -> small)."""
+        raise NotImplementedError
+
+    @classmethod
+    def auxiliary_entries(cls, config) -> dict[str, str]:
+        """{name: tokenizer/processor folder entry} the models stage fetches and pins beside the weights."""
+        return {}
+
+    @classmethod
+    def data_rules(cls, config=None) -> DataRules:
+        """The data rules; a family whose model entries change them (Wan2.2's VAE) overrides this."""
+        return cls.data
+
+    @classmethod
+    def map_lora_targets(cls, model: torch.nn.Module, targets: list[str]) -> list[str]:
+        """DiffSynth's ``lora_target_modules`` for the DiT ``model`` as its loaded module names (identity here)."""
+        return list(targets)
+
+    @classmethod
+    def modules_without_gradient(cls, model_name: str, model: torch.nn.Module) -> list[str]:
+        """Modules of ``model`` (the pipeline's ``model_name``) whose output the loss never uses: they get no
+        gradient and make DDP fail without ``find_unused_parameters``, so LoRA is not put on them."""
+        return []
+
+    @classmethod
+    def lora_targets_for(cls, model_name: str, model: torch.nn.Module, targets) -> "str | list[str]":
+        """``lora.lora_target_modules`` (parsed) of ``model_name`` as module names of the loaded model: the DiT's
+        DiffSynth names are mapped (a single target stays one string: DiffSynth's regex full-match); other models
+        keep the names as given."""
+        if model_name != "dit":
+            return targets
+        mapped = cls.map_lora_targets(model, [targets] if isinstance(targets, str) else targets)
+        return mapped[0] if isinstance(targets, str) else mapped
 
     # {pipeline attribute: the model entry it was loaded from}; fp8_models matches on these strings
     component_sources: dict[str, str] = {}
@@ -86,17 +193,6 @@ class Pipeline(torch.nn.Module):
                 if buffer is not None and not buffer.is_meta:
                     module._buffers[name] = buffer.to(device)
         return self
-
-    def modules_without_gradient(self, model_name: str) -> list[str]:
-        """Modules of ``model_name`` whose output the loss never uses (so they get no gradient and make DDP
-        fail without ``find_unused_parameters``). LoRA is not put on them; names are relative to the model."""
-        return []
-
-    def map_lora_targets(self, model_name: str, targets: list[str]) -> list[str]:
-        """``lora_target_modules`` of ``model_name`` as module names of the loaded model: the spec maps
-        DiffSynth's names for the DiT (Wan's original ``self_attn.q`` -> diffusers' ``attn1.to_q``), so a pasted
-        DiffSynth command line still works; other models keep the names as given."""
-        return self.spec.map_lora_targets(self.dit, targets) if model_name == "dit" else list(targets)
 
     @staticmethod
     def image_and_prompt(item: dict) -> tuple[Image.Image, str]:

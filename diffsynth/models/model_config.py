@@ -90,13 +90,20 @@ def parse_model_paths(text: str | None) -> list[ModelConfig]:
     return configs
 
 
+REDIRECTED_FILES: dict[str, str] = {}  # pickled file name -> converted repository (registered by families)
+
+
+def register_redirects(redirects) -> None:
+    """Add a family's ``(file, converted repository)`` pairs (called by the family registry)."""
+    REDIRECTED_FILES.update(dict(redirects))
+
+
 def redirect_common_file(model_id: str, pattern: str) -> tuple[str, str]:
     """DiffSynth's ``redirect_common_files``: pickled .pth files it knows are fetched as safetensors from its
-    converted repository (``real_configs.CONVERTED_REPO``), e.g. ``<id>:X_VAE.pth`` -> ``<converted>:X_VAE.safetensors``."""
-    from .real_configs import CONVERTED_REPO, REDIRECTED_FILES
+    converted repository (declared by the family), e.g. ``<id>:X_VAE.pth`` -> ``<converted>:X_VAE.safetensors``."""
     if pattern in REDIRECTED_FILES:
         # tiny presets carry the converted files themselves, under their own model id
-        target = model_id if model_id.split("/")[0] == TINY_MODEL_NAMESPACE else CONVERTED_REPO
+        target = model_id if model_id.split("/")[0] == TINY_MODEL_NAMESPACE else REDIRECTED_FILES[pattern]
         return target, pattern[: -len(".pth")] + ".safetensors"
     return model_id, pattern
 

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                       "<|image_pad|>", "<|video_pad|>"]
-
 CORPUS = [
     "Describe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships "
     "of the objects and background:",
@@ -16,21 +13,23 @@ CORPUS = [
 ]
 
 
-def train_qwen_tokenizer(out_dir: str | Path, vocab_size: int = 400):
-    """A byte-level BPE tokenizer with Qwen's special tokens, saved as a Qwen2Tokenizer folder."""
+def train_bpe_tokenizer(out_dir: str | Path, tokenizer_class: str, special_tokens: list[str], eos_token: str,
+                        vocab_size: int = 400):
+    """A byte-level BPE tokenizer with ``special_tokens``, saved as a transformers ``tokenizer_class`` folder
+    (e.g. the fast class of a chat LLM's tokenizer)."""
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS * 4, trainer)
-    qwen = Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                              unk_token=None, bos_token=None)
-    qwen.save_pretrained(str(out_dir))
-    return qwen
+    out = getattr(transformers, tokenizer_class)(tokenizer_object=tok, eos_token=eos_token, pad_token=eos_token,
+                                                unk_token=None, bos_token=None)
+    out.save_pretrained(str(out_dir))
+    return out
 
 
 def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = 300):

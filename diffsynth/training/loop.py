@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..data.buckets import bucket_stats, row_key
 from ..data.dataset import metadata_dataset, split_keys
 from ..data.metadata import read_metadata
-from ..families import Pipeline, spec_for
+from ..families import Family, spec_for
 from ..errors import DiffSynthError
 from ..files import write_json
 from ..models.fp8 import enable_fp8, fp8_entries
@@ -62,7 +62,7 @@ def item_list(batch: list) -> list:
 class TrainingModule(torch.nn.Module):
     """Wraps the family pipeline as ``self.pipe`` so parameter names read ``pipe.dit.<...>`` as in DiffSynth."""
 
-    def __init__(self, pipe: Pipeline, schedule: FlowMatchSchedule, generator: torch.Generator,
+    def __init__(self, pipe: Family, schedule: FlowMatchSchedule, generator: torch.Generator,
                  boundaries: tuple[float, float] = (0.0, 1.0), offload_activations: bool = False):
         super().__init__()
         self.pipe = pipe
@@ -124,7 +124,7 @@ def cache_source(config: Config, metadata_path: str | None) -> tuple[str | None,
     return None, None
 
 
-def _pipe_model(pipe: Pipeline, name: str, what: str) -> torch.nn.Module:
+def _pipe_model(pipe: Family, name: str, what: str) -> torch.nn.Module:
     try:
         return pipe.get_submodule(name)
     except AttributeError:
@@ -141,18 +141,16 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         _pipe_model(pipe, name, "train.trainable_models").train().requires_grad_(True)
     if config.lora.preset_lora_path:
         target = _pipe_model(pipe, config.lora.preset_lora_model, "lora.preset_lora_model")
-        fuse_lora(target, read_tensors(config.lora.preset_lora_path, "lora.preset_lora_path"), pipe.spec,
+        fuse_lora(target, read_tensors(config.lora.preset_lora_path, "lora.preset_lora_path"), type(pipe),
                   source=config.lora.preset_lora_path)
     if config.lora.lora_base_model:
         base = _pipe_model(pipe, config.lora.lora_base_model, "lora.lora_base_model")
-        targets = parse_target_modules(config.lora.lora_target_modules, base)
-        # family names -> loaded module names (a single target stays one string: DiffSynth's regex full-match)
-        mapped = pipe.map_lora_targets(config.lora.lora_base_model, [targets] if isinstance(targets, str) else targets)
-        targets = mapped[0] if isinstance(targets, str) else mapped
+        name = config.lora.lora_base_model
+        targets = type(pipe).lora_targets_for(name, base, parse_target_modules(config.lora.lora_target_modules, base))
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
-                 exclude=pipe.modules_without_gradient(config.lora.lora_base_model))
+                 exclude=type(pipe).modules_without_gradient(name, base))
         if config.lora.lora_checkpoint:
-            load_lora_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"), pipe.spec,
+            load_lora_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"), type(pipe),
                                  source=config.lora.lora_checkpoint)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
         for child in pipe.children():
@@ -192,7 +190,7 @@ class TrainResult:
     republished: bool = False          # finished before, killed before its outputs were written: not retrained
 
 
-def _samples(pipe: Pipeline, config: Config, prompt_inputs: dict | None) -> list[tuple[int, str, int, object]]:
+def _samples(pipe: Family, config: Config, prompt_inputs: dict | None) -> list[tuple[int, str, int, object]]:
     """(prompt index, prompt, seed, image or list of frames) for every prompt × seed; conditioned on the prompt
     cache when training from the encoder cache."""
     s, out = config.sample, []
@@ -207,7 +205,7 @@ def _samples(pipe: Pipeline, config: Config, prompt_inputs: dict | None) -> list
     return out
 
 
-def _apply_fp8(pipe: Pipeline, config: Config, dtype: torch.dtype) -> None:
+def _apply_fp8(pipe: Family, config: Config, dtype: torch.dtype) -> None:
     """``model.fp8_models``: frozen weights of the listed entries stored in fp8 (after LoRA injection)."""
     wanted = fp8_entries(config.model.fp8_models)
     unknown = wanted - set(pipe.component_sources.values())
@@ -724,8 +722,8 @@ def _checkpoint_converter(spec, config: Config):
 
 
 def _trains_unused(module: TrainingModule, trainable: list[str]) -> bool:
-    unused = [f"pipe.{name}.{m}." for name, _ in module.pipe.named_children()
-              for m in module.pipe.modules_without_gradient(name)]
+    unused = [f"pipe.{name}.{m}." for name, child in module.pipe.named_children()
+              for m in type(module.pipe).modules_without_gradient(name, child)]
     return any(n.startswith(tuple(unused)) for n in trainable) if unused else False
 
 

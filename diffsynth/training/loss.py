@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..families.base import Pipeline
+from ..families.base import Family
 from .schedule import FlowMatchSchedule
 
 
@@ -14,7 +14,7 @@ def noised(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> t
     return (1 - sigma) * latents + sigma * noise
 
 
-def per_sample_mse(pipe: Pipeline, inputs: dict, noise: torch.Tensor, t: torch.Tensor,
+def per_sample_mse(pipe: Family, inputs: dict, noise: torch.Tensor, t: torch.Tensor,
                    sigma: torch.Tensor) -> torch.Tensor:
     """Unweighted MSE per sample, shape (B,), between the predicted and the true velocity ``noise - x0``.
 
@@ -34,7 +34,7 @@ def per_sample_mse(pipe: Pipeline, inputs: dict, noise: torch.Tensor, t: torch.T
     return torch.stack([F.mse_loss(p.float(), q.float()) for p, q in zip(pred, target)])
 
 
-def velocity_mse(pipe: Pipeline, inputs: dict, noise: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def velocity_mse(pipe: Family, inputs: dict, noise: torch.Tensor, t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Unweighted velocity MSE, averaged over the batch."""
     return per_sample_mse(pipe, inputs, noise, t, sigma).mean()
 
@@ -50,7 +50,7 @@ def draw(schedule: FlowMatchSchedule, generator: torch.Generator, shape: torch.S
     return tuple(torch.cat(parts) for parts in zip(*draws))
 
 
-def flow_match_loss(pipe: Pipeline, schedule: FlowMatchSchedule, inputs: dict, generator: torch.Generator,
+def flow_match_loss(pipe: Family, schedule: FlowMatchSchedule, inputs: dict, generator: torch.Generator,
                     min_boundary: float = 0.0, max_boundary: float = 1.0) -> torch.Tensor:
     """Mean over the batch of each sample's weighted velocity MSE, each at its own grid point drawn uniformly
     within the timestep boundaries and with its own noise."""

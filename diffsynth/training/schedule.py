@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..families.spec import get_spec
+from ..families import get_spec
 
 NUM_TRAIN_TIMESTEPS = 1000
 

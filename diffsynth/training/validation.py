@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..families.base import Pipeline
+from ..families.base import Family
 from ..progress import progress
 from .loss import velocity_mse
 from .schedule import FlowMatchSchedule
@@ -20,7 +20,7 @@ class FixedNoiseValidator:
         self.seed = seed
 
     @torch.no_grad()
-    def evaluate(self, pipe: Pipeline, schedule: FlowMatchSchedule) -> dict[str, float]:
+    def evaluate(self, pipe: Family, schedule: FlowMatchSchedule) -> dict[str, float]:
         """Unweighted MSE per fixed sigma (averaged over the rows) and their mean, as ``val_loss``."""
         generator = torch.Generator().manual_seed(self.seed)
         per_sigma = {s: 0.0 for s in self.sigmas}

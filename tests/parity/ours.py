@@ -22,12 +22,15 @@ import diffsynth  # noqa: E402
 
 from diffsynth.export.lora_formats import (from_original_names, lora_modules, to_diffsynth_checkpoint,  # noqa: E402
                                            write_format)
-from diffsynth.families import flux, get_spec, qwen_image, wan  # noqa: E402
+from diffsynth.families import get_spec  # noqa: E402
+from diffsynth.families.flux import Flux  # noqa: E402
+from diffsynth.families.qwen_image import QwenImage  # noqa: E402
+from diffsynth.families.wan import Wan  # noqa: E402
 from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
 from diffsynth.training.loss import velocity_mse  # noqa: E402
 from diffsynth.training.schedule import FlowMatchSchedule  # noqa: E402
 
-PIPELINES = {"qwen_image": qwen_image.QwenImagePipeline, "flux": flux.FluxPipeline, "wan": wan.WanPipeline}
+PIPELINES = {"qwen_image": QwenImage, "flux": Flux, "wan": Wan}
 SCHEDULES = {"qwen_image": "qwen_image", "flux": "flux", "wan": "wan"}
 
 
@@ -89,7 +92,7 @@ def predict_and_loss(case: dict, pipe, tensors: dict) -> tuple[torch.Tensor, tor
 
 def lora_targets(case: dict, pipe) -> list[str] | str:
     targets = case["targets"].split(",")
-    return pipe.map_lora_targets("dit", targets)
+    return type(pipe).lora_targets_for("dit", pipe.dit, targets)
 
 
 def cmd_dit(name: str, out: Path) -> None:
@@ -157,10 +160,10 @@ def cmd_vae(name: str, out: Path) -> None:
     randomise(vae, gen)
     state = {k: v.contiguous() for k, v in vae.state_dict().items()}
     if case["layout"] == "wan":  # the original layout DiffSynth reads (Wan2.1_VAE.pth / Wan2.2_VAE.pth)
-        from diffsynth.models.convert_wan import diffusers_to_wan_vae
+        from diffsynth.families.wan.convert import diffusers_to_wan_vae
         state = diffusers_to_wan_vae(state, vae.config.num_res_blocks)
     elif case["layout"] == "bfl":  # ae.safetensors
-        from diffsynth.models.convert_flux import diffusers_to_bfl_vae
+        from diffsynth.families.flux.convert import diffusers_to_bfl_vae
         state = diffusers_to_bfl_vae(state)
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "vae.safetensors"))
     pixels = torch.rand(case["pixels"], generator=gen) * 2 - 1
@@ -199,7 +202,7 @@ def cmd_prompt(name: str, out: Path) -> None:
     """What our Qwen-Image prompt path hands the tokenizer, with the real tokenizer's prefix length (34 tokens:
     DiffSynth's drop_idx; ours is counted from the template by the loaded tokenizer)."""
     import json
-    from diffsynth.families.qwen_image import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
+    from diffsynth.families.qwen_image.pipeline import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
     (out / "ours_prompt.json").write_text(json.dumps({"text": PROMPT_TEMPLATE.format("a red cube"),
                                                       "max_length": MAX_PROMPT_TOKENS + 34}))
 

@@ -1,16 +1,16 @@
-"""Qwen-Image (reference spec §5.1): QwenImageTransformer2DModel DiT, AutoencoderKLQwenImage VAE,
-Qwen2.5-VL text encoder, Qwen2 tokenizer."""
+"""Qwen-Image: QwenImageTransformer2DModel DiT, AutoencoderKLQwenImage VAE, Qwen2.5-VL text encoder, Qwen2
+tokenizer (DiffSynth's examples/qwen_image). The Edit releases are the variant in ``edit.py``."""
 from __future__ import annotations
 
 import torch
 from PIL import Image
 
-from ..models.components import load_tokenizer
-from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
-from ..sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
-from .base import Pipeline, load_components
-from .images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
-from .spec import FamilySpec, register
+from ...models.components import load_tokenizer
+from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ...sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
+from ..base import Family, load_components
+from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
+from . import checkpoints, real_configs, tiny
 
 DEFAULT_TOKENIZER = "Qwen/Qwen-Image:tokenizer/"
 # DiffSynth's (and the official) text-to-image prompt template; the prefix tokens are dropped after encoding.
@@ -37,7 +37,21 @@ def inference_sigmas(num_steps: int, image_seq_len: int) -> torch.Tensor:
     return sampling_grid(exponential_shift_grid(num_steps, dynamic_mu(image_seq_len), SHIFT_TERMINAL))
 
 
-class QwenImagePipeline(Pipeline):
+class QwenImage(Family):
+    name = "qwen_image"
+    default = True  # DiffSynth's train.py defaults to Qwen-Image
+    model_family = "qwen_image"
+    aliases = ("qwen", "qwen_image_2512")
+    summary = "Qwen-Image text-to-image (20B MMDiT, Qwen2.5-VL text encoder)"
+    model_id_patterns = ("qwen/qwen-image",)
+    component_kinds = checkpoints.KINDS
+    real_models = real_configs.REAL_MODELS
+    weight_files = real_configs.WEIGHT_FILES
+    tiny_twins = {"qwen-image": ("Qwen/Qwen-Image", tiny.write_tiny)}
+    # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
+    lora_targets = LORA_TARGETS
+    train_sigmas = staticmethod(train_sigmas)
+
     # prompts (and edit prompts, whose length depends on the edit image) differ in length: a batch pads them,
     # and the DiT's joint attention ignores the padded text tokens (encoder_hidden_states_mask)
     padded_inputs = {"prompt_emb": "prompt_emb_mask"}
@@ -49,12 +63,13 @@ class QwenImagePipeline(Pipeline):
         self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1), persistent=False)
         self._drop_idx = len(tokenizer(PROMPT_TEMPLATE.split("{}")[0])["input_ids"])
 
-    def modules_without_gradient(self, model_name: str) -> list[str]:
+    @classmethod
+    def modules_without_gradient(cls, model_name: str, model: torch.nn.Module) -> list[str]:
         # The last block's text-stream output is discarded: its to_add_out and txt_mlp never get a gradient
         # (DiffSynth needs --find_unused_parameters for exactly this).
         if model_name != "dit":
             return []
-        last = f"transformer_blocks.{len(self.dit.transformer_blocks) - 1}"
+        last = f"transformer_blocks.{len(model.transformer_blocks) - 1}"
         return [f"{last}.attn.to_add_out", f"{last}.txt_mlp.net.0.proj", f"{last}.txt_mlp.net.2"]
 
     # ---------------------------------------------------------------- encoders (no gradient)
@@ -130,6 +145,31 @@ class QwenImagePipeline(Pipeline):
             latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
         return self.decode(latents)
 
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def auxiliary_entries(cls, config) -> dict[str, str]:
+        """Non-model folders the pipeline loads, as written (flag value or DiffSynth's default): the models stage
+        fetches and pins them with the weights."""
+        return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
+
+    @classmethod
+    def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",
+                      role: str = "full") -> "QwenImage":
+        """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer."""
+        m = config.model
+        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                           cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
+                                           role=role, encoders=cls.encoders)
+        tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
+        pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
+        pipe.component_sources = sources
+        if getattr(m, "zero_cond_t", False):
+            set_zero_cond_t(pipe.dit, True)
+        pipe.role = role
+        return pipe.place(device)
+
+
+
 
 def set_zero_cond_t(dit, enabled: bool) -> None:
     """Edit-2511's ``zero_cond_t``: conditioning tokens are modulated at t=0 (diffusers' ``modulate_index``).
@@ -139,39 +179,3 @@ def set_zero_cond_t(dit, enabled: bool) -> None:
     for block in dit.transformer_blocks:
         block.zero_cond_t = enabled
     dit.register_to_config(zero_cond_t=enabled)
-
-
-def auxiliary_entries(config) -> dict[str, str]:
-    """Non-model folders the pipeline loads, as written (flag value or DiffSynth's default): the models stage
-    fetches and pins them with the weights."""
-    return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
-
-
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> QwenImagePipeline:
-    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer."""
-    m = config.model
-    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                       role=role, encoders=SPEC.encoders)
-    tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
-    pipe = QwenImagePipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
-    pipe.component_sources = sources
-    if getattr(m, "zero_cond_t", False):
-        set_zero_cond_t(pipe.dit, True)
-    pipe.role = role
-    return pipe.place(device)
-
-
-SPEC = register(FamilySpec(
-    name="qwen_image",
-    aliases=("qwen", "qwen_image_2512"),
-    summary="Qwen-Image text-to-image (20B MMDiT, Qwen2.5-VL text encoder)",
-    load_pipeline=load_pipeline,
-    auxiliary_entries=auxiliary_entries,
-    train_sigmas=train_sigmas,
-    # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
-    lora_targets=LORA_TARGETS,
-    tiny_presets=("qwen-image",),
-    model_id_patterns=("qwen/qwen-image",),
-))
-QwenImagePipeline.spec = SPEC

@@ -17,14 +17,14 @@ import re
 import torch
 from PIL import Image
 
-from ..models.components import load_tokenizer
-from ..models.convert_flux import (diffusers_to_bfl_dit, diffusers_to_diffsynth_dit, lora_names_without_model,
-                                   lora_to_bfl, lora_to_diffsynth)
-from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
-from ..sigmas import sampling_grid, shifted_grid
-from .base import Pipeline, load_components
-from .images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
-from .spec import FamilySpec, register
+from ...models.components import load_tokenizer
+from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ...sigmas import sampling_grid, shifted_grid
+from ..base import Family, load_components
+from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
+from . import checkpoints, real_configs, tiny
+from .convert import (diffusers_to_bfl_dit, diffusers_to_diffsynth_dit, lora_names_without_model, lora_to_bfl,
+                      lora_to_diffsynth)
 
 SHIFT, SIGMA_END = 3.0, 0.003 / 1.002  # DiffSynth's "FLUX.1" scheduler template
 DEFAULT_TOKENIZER_1 = "black-forest-labs/FLUX.1-dev:tokenizer/"     # CLIP
@@ -102,7 +102,54 @@ def inference_sigmas(num_steps: int) -> torch.Tensor:
     return sampling_grid(shifted_grid(num_steps, SHIFT, end=SIGMA_END, drop_last=False))
 
 
-class FluxPipeline(Pipeline):
+class Flux(Family):
+    name = "flux"
+    model_family = "flux"
+    aliases = ("flux1", "flux_1", "flux1_dev", "flux1_krea_dev")
+    summary = "FLUX.1-dev / Krea-dev (12B MMDiT, CLIP-L + T5-XXL); kontext_images selects FLUX.1-Kontext"
+    model_id_patterns = ("flux.1", "flux1-")
+    component_kinds = checkpoints.KINDS
+    real_models = real_configs.REAL_MODELS
+    weight_files = real_configs.WEIGHT_FILES
+    tiny_twins = {"flux.1-dev": ("black-forest-labs/FLUX.1-dev", tiny.write_tiny),
+                  "flux.1-krea-dev": ("black-forest-labs/FLUX.1-Krea-dev", tiny.write_tiny_krea)}
+    # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
+    encoders = ("text_encoder", "text_encoder_2")
+    lora_targets = LORA_TARGETS
+    opensource_lora_format = "kohya"
+    lora_to_original = staticmethod(lora_to_bfl)
+    original_state_dict = staticmethod(diffusers_to_bfl_dit)
+    # DiffSynth's FluxDiT renames BFL's modules and keeps their fusion (a_to_qkv, to_qkv_mlp)
+    lora_to_diffsynth = staticmethod(lora_to_diffsynth)
+    diffsynth_state_dict = staticmethod(diffusers_to_diffsynth_dit)
+    lora_names_without_model = staticmethod(lora_names_without_model)
+    train_sigmas = staticmethod(train_sigmas)
+
+    @classmethod
+    def map_lora_targets(cls, model: torch.nn.Module, targets: list[str]) -> list[str]:
+        return map_lora_targets(model, targets)
+
+    @classmethod
+    def auxiliary_entries(cls, config) -> dict[str, str]:
+        return {"tokenizer_1": config.model.tokenizer_1_path or DEFAULT_TOKENIZER_1,
+                "tokenizer_2": config.model.tokenizer_2_path or DEFAULT_TOKENIZER_2}
+
+    @classmethod
+    def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",
+                      role: str = "full") -> "Flux":
+        """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers."""
+        m = config.model
+        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                           cls.model_family, dtype,
+                                           required=("dit", "vae", "text_encoder", "text_encoder_2"),
+                                           role=role, encoders=cls.encoders)
+        tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
+        tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
+        pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
+                   tokenizer_1, tokenizer_2, dtype)
+        pipe.component_sources = sources
+        pipe.role = role
+        return pipe.place(device)
 
     def __init__(self, dit, vae, text_encoder, text_encoder_2, tokenizer_1, tokenizer_2,
                  dtype: torch.dtype = torch.float32):
@@ -192,49 +239,3 @@ class FluxPipeline(Pipeline):
             velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
             latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
         return self.decode(latents)
-
-
-def auxiliary_entries(config) -> dict[str, str]:
-    return {"tokenizer_1": config.model.tokenizer_1_path or DEFAULT_TOKENIZER_1,
-            "tokenizer_2": config.model.tokenizer_2_path or DEFAULT_TOKENIZER_2}
-
-
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full",
-                  cls: type = FluxPipeline) -> FluxPipeline:
-    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers into
-    ``cls`` (a variant passes its own pipeline class)."""
-    m = config.model
-    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder", "text_encoder_2"),
-                                       role=role, encoders=SPEC.encoders)
-    tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
-    tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
-    pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
-               tokenizer_1, tokenizer_2, dtype)
-    pipe.component_sources = sources
-    pipe.role = role
-    return pipe.place(device)
-
-
-SPEC = register(FamilySpec(
-    name="flux",
-    aliases=("flux1", "flux_1", "flux1_dev", "flux1_krea_dev"),
-    summary="FLUX.1-dev / Krea-dev (12B MMDiT, CLIP-L + T5-XXL); kontext_images selects FLUX.1-Kontext",
-    load_pipeline=load_pipeline,
-    auxiliary_entries=auxiliary_entries,
-    train_sigmas=train_sigmas,
-    # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
-    encoders=("text_encoder", "text_encoder_2"),
-    lora_targets=LORA_TARGETS,
-    map_lora_targets=map_lora_targets,
-    lora_to_original=lora_to_bfl,
-    original_state_dict=diffusers_to_bfl_dit,
-    # DiffSynth's FluxDiT renames BFL's modules and keeps their fusion (a_to_qkv, to_qkv_mlp)
-    lora_to_diffsynth=lora_to_diffsynth,
-    diffsynth_state_dict=diffusers_to_diffsynth_dit,
-    lora_names_without_model=lora_names_without_model,
-    opensource_lora_format="kohya",
-    tiny_presets=("flux.1-dev", "flux.1-krea-dev"),
-    model_id_patterns=("flux.1", "flux1-"),
-))
-FluxPipeline.spec = SPEC

@@ -15,15 +15,33 @@ from __future__ import annotations
 
 import torch
 
-from . import flux
-from .flux import FluxPipeline
-from .images import SampleReference, as_image_list, check_image_column, first_row_images
-from .spec import register
+from ..images import SampleReference, as_image_list, check_image_column, first_row_images
+from . import tiny
+from .pipeline import Flux
 
 KEY = "kontext_images"
 
 
-class FluxKontextPipeline(FluxPipeline):
+class FluxKontext(Flux):
+    name = "flux_kontext"
+    aliases = ("flux1_kontext",)
+    summary = "FLUX.1-Kontext-dev: FLUX.1 plus reference images (kontext_images)"
+    extra_inputs = (KEY,)
+    required_extra_inputs = (KEY,)
+    variant_of = "flux"
+    selected_by = KEY
+    tiny_twins = {"flux.1-kontext-dev": ("black-forest-labs/FLUX.1-Kontext-dev", tiny.write_tiny_kontext)}
+
+    @classmethod
+    def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",
+                      role: str = "full") -> "FluxKontext":
+        check_image_column(config, KEY)
+        pipe = super().load_pipeline(config, dtype, device, role)
+        rules = cls.data_rules(config)
+        pipe.sample_reference = SampleReference(
+            KEY, lambda: first_row_images(config, KEY, rules.size_factor, rules.width_factor))
+        return pipe
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sample_reference = SampleReference(KEY)  # load_pipeline points it at the dataset's first row
@@ -44,28 +62,3 @@ class FluxKontextPipeline(FluxPipeline):
         inputs = super().sample_inputs(prompt)
         references = self.sample_reference.get()
         return inputs if references is None else {**inputs, "kontext_latents": self.encode_references(references)}
-
-
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu",
-                  role: str = "full") -> FluxKontextPipeline:
-    check_image_column(config, KEY)
-    pipe = flux.load_pipeline(config, dtype, device, role, cls=FluxKontextPipeline)
-    rules = SPEC.data_rules(config)
-    pipe.sample_reference = SampleReference(
-        KEY, lambda: first_row_images(config, KEY, rules.size_factor, rules.width_factor))
-    return pipe
-
-
-SPEC = register(flux.SPEC.with_changes(
-    name="flux_kontext",
-    aliases=("flux1_kontext",),
-    summary="FLUX.1-Kontext-dev: FLUX.1 plus reference images (kontext_images)",
-    load_pipeline=load_pipeline,
-    extra_inputs=(KEY,),
-    required_extra_inputs=(KEY,),
-    variant_of="flux",
-    selected_by=KEY,
-    tiny_presets=("flux.1-kontext-dev",),
-    model_id_patterns=(),
-))
-FluxKontextPipeline.spec = SPEC

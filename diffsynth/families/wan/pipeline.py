@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError
-from ..models.components import load_tokenizer
-from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
-from ..models.convert_wan import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
-from ..sigmas import sampling_grid, shifted_grid
-from .base import Pipeline, load_components
-from .spec import DataRules, FamilySpec, register
+from ...errors import ConfigError
+from ...models.components import load_tokenizer
+from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ...sigmas import sampling_grid, shifted_grid
+from ..base import DataRules, Family, load_components
+from . import checkpoints, real_configs, tiny
+from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 
 # Image sides are floored to this multiple: VAE 8 x DiT patch 2. The Wan2.2 VAE (TI2V-5B) downsamples by 16,
 # so its multiple is 32 (data_rules(); the pipeline checks the loaded VAE agrees). num_frames = 4k + 1.
@@ -109,13 +109,79 @@ def data_rules(config) -> DataRules:
     return replace(DATA_RULES, size_factor=factor, width_factor=factor)
 
 
-class WanPipeline(Pipeline):
+class Wan(Family):
+    name = "wan"
+    model_family = "wan"
+    aliases = ("wanvideo", "wan_video", "wan21", "wan22")
+    summary = "Wan2.1 / Wan2.2 text- and image-to-video (WanTransformer3DModel, UMT5, Wan VAE 2.1/2.2)"
+    model_id_patterns = ("wan-ai/", "wan2.1", "wan2.2")
+    component_kinds = checkpoints.KINDS
+    real_models = real_configs.REAL_MODELS
+    weight_files = real_configs.WEIGHT_FILES
+    redirected_files = tuple((name, real_configs.CONVERTED_REPO) for name in real_configs.REDIRECTED_FILES)
+    tiny_twins = {
+        "wan2.1-t2v-1.3b": ("Wan-AI/Wan2.1-T2V-1.3B", tiny.write_tiny_t2v),
+        "wan2.1-t2v-14b": ("Wan-AI/Wan2.1-T2V-14B", tiny.write_tiny_t2v),  # the 1.3B architecture, other sizes
+        "wan2.1-i2v-14b": ("Wan-AI/Wan2.1-I2V-14B-480P", tiny.write_tiny_i2v),
+        "wan2.2-ti2v-5b": ("Wan-AI/Wan2.2-TI2V-5B", tiny.write_tiny_ti2v),
+        "wan2.2-a14b": ("Wan-AI/Wan2.2-T2V-A14B", tiny.write_tiny_a14b),
+        "wan2.2-i2v-a14b": ("Wan-AI/Wan2.2-I2V-A14B", tiny.write_tiny_i2v_a14b),
+    }
+    data = DATA_RULES
+    extra_inputs = ("input_image",)
+    encoders = ("text_encoder", "image_encoder")
+    lora_targets = LORA_TARGETS
+    lora_to_original = staticmethod(lora_to_wan_names)
+    original_state_dict = staticmethod(diffusers_to_wan_dit)
+    # DiffSynth's own Wan DiT keeps the original Wan-AI names (its trainer's checkpoints use them)
+    lora_to_diffsynth = staticmethod(lora_to_wan_names)
+    diffsynth_state_dict = staticmethod(diffusers_to_wan_dit)
+    lora_names_without_model = staticmethod(lora_names_without_model)
+    # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on
+    command_line_defaults = {"gradient": {"use_gradient_checkpointing": True}}
+    diffsynth_cache_keys = {"input_latents": "latents", "context": "prompt_emb"}
+    train_sigmas = staticmethod(train_sigmas)
+
+    @classmethod
+    def data_rules(cls, config=None) -> DataRules:
+        return data_rules(config) if config is not None else cls.data
+
+    @classmethod
+    def map_lora_targets(cls, model: torch.nn.Module, targets: list[str]) -> list[str]:
+        # DiffSynth's Wan names (q,k,v,o,ffn.0,ffn.2) -> diffusers module names
+        return [map_wan_lora_target(t) for t in targets]
+
+    @classmethod
+    def auxiliary_entries(cls, config) -> dict[str, str]:
+        return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
+
+    @classmethod
+    def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",
+                      role: str = "full") -> "Wan":
+        """Fetch and detect every model entry of ``config.model``; load DiT, VAE, UMT5, (CLIP) and the tokenizer."""
+        m = config.model
+        wanted = tuple(k.strip() for k in (m.extra_inputs or "").split(",") if k.strip())
+        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                           cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
+                                           role=role, encoders=cls.encoders)
+        tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
+        pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer,
+                   image_encoder=modules.get("image_encoder"), dtype=dtype, wanted_inputs=wanted,
+                   text_encoder_cached=role == "train_cached")
+        pipe.component_sources = sources
+        expected = data_rules(config).size_factor
+        if pipe.height_factor != expected:
+            raise ConfigError(f"The loaded Wan VAE needs image sides in multiples of {pipe.height_factor}, but the "
+                              f"model entries say {expected} (a Wan2.2 VAE file is recognised by 'Wan2.2_VAE' in its "
+                              "name): rename the VAE file as released, or use the matching VAE for this DiT")
+        pipe.role = role
+        return pipe.place(device)
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32,
-                 extra_inputs: tuple[str, ...] = (), text_encoder_cached: bool = False):
+                 wanted_inputs: tuple[str, ...] = (), text_encoder_cached: bool = False):
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
                          tokenizer=tokenizer)
-        self.extra_inputs = tuple(extra_inputs)
+        self.wanted_inputs = tuple(wanted_inputs)  # the configured extra inputs
         z = vae.config.z_dim
         self.z_dim = z
         self.spatial_factor = int(vae.config.scale_factor_spatial)   # 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE)
@@ -139,7 +205,7 @@ class WanPipeline(Pipeline):
             raise ConfigError("This Wan DiT takes CLIP image features (Wan2.1 image-to-video): add "
                              "<model_id>:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth to "
                              "model.model_id_with_origin_paths")
-        if self.require_vae_embedding and "input_image" not in self.extra_inputs:
+        if self.require_vae_embedding and "input_image" not in self.wanted_inputs:
             raise ConfigError("This Wan DiT is an image-to-video model: set model.extra_inputs: input_image "
                              "(--extra_inputs input_image); the first frame of each video is the conditioning image")
         self._sample_image: Image.Image | None = None
@@ -220,7 +286,7 @@ class WanPipeline(Pipeline):
         if len(video) % self.temporal_factor != 1:
             raise ValueError(f"video has {len(video)} frames; Wan needs 4k+1 (resolution.num_frames)")
         inputs = {"latents": self.encode_video(frames_to_tensor(video)), "prompt_emb": self.encode_prompt(prompt)}
-        if "input_image" in self.extra_inputs:
+        if "input_image" in self.wanted_inputs:
             image = video[0]  # DiffSynth's Wan override: input_image is the video's first frame
             if self._sample_image is None:
                 self._sample_image = image.copy()  # conditioning image of image-to-video samples
@@ -284,62 +350,3 @@ class WanPipeline(Pipeline):
         if first is not None:
             latents[:, :, 0:1] = first
         return self.decode(latents)
-
-
-def auxiliary_entries(config) -> dict[str, str]:
-    return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER}
-
-
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> WanPipeline:
-    """Fetch and detect every model entry of ``config.model``; load DiT, VAE, UMT5, (CLIP) and the tokenizer."""
-    m = config.model
-    extra = tuple(k.strip() for k in (m.extra_inputs or "").split(",") if k.strip())
-    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                       role=role, encoders=SPEC.encoders)
-    tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
-    pipe = WanPipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer,
-                       image_encoder=modules.get("image_encoder"), dtype=dtype, extra_inputs=extra,
-                       text_encoder_cached=role == "train_cached")
-    pipe.component_sources = sources
-    expected = data_rules(config).size_factor
-    if pipe.height_factor != expected:
-        raise ConfigError(f"The loaded Wan VAE needs image sides in multiples of {pipe.height_factor}, but the model "
-                         f"entries say {expected} (a Wan2.2 VAE file is recognised by 'Wan2.2_VAE' in its name): "
-                         "rename the VAE file as released, or use the matching VAE for this DiT")
-    pipe.role = role
-    return pipe.place(device)
-
-
-def map_lora_targets(model: torch.nn.Module, targets: list[str]) -> list[str]:
-    # DiffSynth's Wan names (q,k,v,o,ffn.0,ffn.2) -> diffusers module names
-    return [map_wan_lora_target(t) for t in targets]
-
-
-SPEC = register(FamilySpec(
-    name="wan",
-    aliases=("wanvideo", "wan_video", "wan21", "wan22"),
-    summary="Wan2.1 / Wan2.2 text- and image-to-video (WanTransformer3DModel, UMT5, Wan VAE 2.1/2.2)",
-    load_pipeline=load_pipeline,
-    auxiliary_entries=auxiliary_entries,
-    train_sigmas=train_sigmas,
-    data=DATA_RULES,
-    data_rules_for=data_rules,
-    extra_inputs=("input_image",),
-    encoders=("text_encoder", "image_encoder"),
-    lora_targets=LORA_TARGETS,
-    map_lora_targets=map_lora_targets,
-    lora_to_original=lora_to_wan_names,
-    original_state_dict=diffusers_to_wan_dit,
-    # DiffSynth's own Wan DiT keeps the original Wan-AI names (its trainer's checkpoints use them)
-    lora_to_diffsynth=lora_to_wan_names,
-    diffsynth_state_dict=diffusers_to_wan_dit,
-    lora_names_without_model=lora_names_without_model,
-    tiny_presets=("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b", "wan2.2-a14b",
-                  "wan2.2-i2v-a14b"),
-    model_id_patterns=("wan-ai/", "wan2.1", "wan2.2"),
-    # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on
-    command_line_defaults={"gradient": {"use_gradient_checkpointing": True}},
-    diffsynth_cache_keys={"input_latents": "latents", "context": "prompt_emb"},
-))
-WanPipeline.spec = SPEC

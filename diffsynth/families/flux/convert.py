@@ -13,6 +13,8 @@ import re
 
 import torch
 
+from ...models.components import rope_axes
+
 PREFIXES = ("model.diffusion_model.",)
 
 
@@ -206,13 +208,6 @@ def diffsynth_dit_to_diffusers(sd: dict) -> dict:
     return bfl_dit_to_diffusers(diffsynth_dit_to_bfl(sd))
 
 
-def rope_axes(head_dim: int) -> list[int]:
-    """The (t, h, w) RoPE split: the official (16, 56, 56) at head_dim 128, scaled (even sizes) otherwise."""
-    a = max(2, (head_dim // 8) // 2 * 2)
-    b = ((head_dim - a) // 2) // 2 * 2
-    return [a, b, head_dim - a - b]
-
-
 def flux_dit_config(shapes: dict) -> dict:
     """``FluxTransformer2DModel`` config from a checkpoint's shapes (BFL or diffusers names)."""
     if "img_in.weight" in shapes or any(k.startswith("double_blocks.") for k in shapes):
@@ -347,7 +342,7 @@ def _fused_lora_renamer(convert):
     """``{module: (A, B)}`` LoRAs on diffusers' FLUX DiT -> the names of a layout that fuses q/k/v(/mlp) (BFL's or
     DiffSynth's, ``convert``); the LoRAs of fused layers become one LoRA on the fused layer (A stacked along the
     rank, B block-diagonal: ``B_f @ A_f`` is the stacked updates)."""
-    from .lora_names import fuse_groups, rename_modules
+    from ...models.lora_names import fuse_groups, rename_modules
 
     def rename_a(state: dict) -> dict:
         # A's rows are the rank, not weight rows: concatenate in the converter's fusion order, never swap halves
@@ -369,7 +364,7 @@ lora_to_diffsynth = _fused_lora_renamer(diffusers_to_diffsynth_dit)
 def lora_names_without_model(modules: dict) -> dict:
     """LoRA names back to diffusers' where no base model is at hand: diffusers names pass; fused layers (BFL's or
     DiffSynth's names) can only be split against the model's rows."""
-    from .lora_names import LoraFormatError
+    from ...models.lora_names import LoraFormatError
     diffusers_top = ("transformer_blocks.", "single_transformer_blocks.", "x_embedder", "context_embedder",
                      "proj_out", "norm_out.", "time_text_embed.")
     foreign = [n for n in modules if not n.startswith(diffusers_top)]

@@ -14,6 +14,8 @@ import re
 
 import torch
 
+from ...models.components import video_vae_config
+
 # ----------------------------------------------------------------------------------------------- DiT
 _DIT = [  # (original, diffusers) substrings, applied in order on the dotted name
     ("time_embedding.0.", "condition_embedder.time_embedder.linear_1."),
@@ -219,41 +221,15 @@ def original_vae_num_res_blocks(shapes: dict) -> int:
 
 
 def wan_vae_config(shapes: dict) -> dict:
-    """``AutoencoderKLWan`` config from shapes of either naming (2.1 or 2.2)."""
+    """``AutoencoderKLWan`` config from shapes of either naming (2.1 or 2.2), with the Wan2.2 latent statistics."""
     if any(k.startswith(("encoder.downsamples.", "encoder.middle.")) for k in shapes):
         nrb = original_vae_num_res_blocks(shapes)
         meta = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
         return wan_vae_config({k: tuple(v.shape) for k, v in wan_vae_to_diffusers(meta, nrb).items()})
-    residual = any(re.match(r"encoder\.down_blocks\.\d+\.resnets\.", k) for k in shapes)
-    base, in_ch = shapes["encoder.conv_in.weight"][:2]
-    z = shapes["post_quant_conv.weight"][0]
-    out_ch = shapes["decoder.conv_out.weight"][0]
-    if residual:
-        stages = 1 + max(int(m[1]) for k in shapes if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k)))
-        nrb = 1 + max(int(m[1]) for k in shapes if (m := re.match(r"encoder\.down_blocks\.0\.resnets\.(\d+)\.", k)))
-        mult = [shapes[f"encoder.down_blocks.{i}.resnets.0.conv2.weight"][0] // base for i in range(stages)]
-        temporal = [f"encoder.down_blocks.{i}.downsampler.time_conv.weight" in shapes for i in range(stages - 1)]
-    else:
-        nrb = 0
-        while f"encoder.down_blocks.{nrb}.conv1.weight" in shapes:
-            nrb += 1
-        idx = sorted({int(m[1]) for k in shapes if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))})
-        mult = [shapes[f"encoder.down_blocks.{j}.conv2.weight"][0] // base for j in idx if j % (nrb + 1) == 0]
-        temporal = [f"encoder.down_blocks.{i * (nrb + 1) + nrb}.time_conv.weight" in shapes
-                    for i in range(len(mult) - 1)]
-    dec_base = shapes["decoder.conv_in.weight"][0] // mult[-1]
-    config = {"base_dim": base, "z_dim": z, "dim_mult": mult, "num_res_blocks": nrb, "attn_scales": [],
-              "temperal_downsample": temporal}
-    if residual:
+    config = video_vae_config(shapes)
+    if config.get("is_residual") and config["z_dim"] == 48:
         from .real_configs import WAN22_VAE_LATENTS_MEAN, WAN22_VAE_LATENTS_STD
-        config.update(is_residual=True, decoder_base_dim=dec_base, in_channels=in_ch, out_channels=out_ch,
-                      patch_size=2 if in_ch == 12 else None, scale_factor_spatial=16, scale_factor_temporal=4)
-        if z == 48:
-            config.update(latents_mean=WAN22_VAE_LATENTS_MEAN, latents_std=WAN22_VAE_LATENTS_STD)
-        else:
-            config.update(latents_mean=[0.0] * z, latents_std=[1.0] * z)
-    elif z != 16:
-        config.update(latents_mean=[0.0] * z, latents_std=[1.0] * z)
+        config.update(latents_mean=WAN22_VAE_LATENTS_MEAN, latents_std=WAN22_VAE_LATENTS_STD)
     return config
 
 
@@ -385,12 +361,12 @@ def wan_clip_config(shapes: dict) -> dict:
 def lora_to_wan_names(modules: dict, shapes: dict | None = None) -> dict:
     """``{module: (A, B)}`` LoRAs on diffusers' Wan DiT -> the original Wan-AI module names (pure renames), which
     are also DiffSynth-Studio's own Wan DiT names."""
-    from .lora_names import rename_modules
+    from ...models.lora_names import rename_modules
     return rename_modules(modules, diffusers_to_wan_dit)
 
 
 def lora_names_without_model(modules: dict) -> dict:
     """LoRA modules in original (= DiffSynth) Wan names back to diffusers' names: a pure rename."""
-    from .lora_names import rename_modules
+    from ...models.lora_names import rename_modules
     own = {n: ab for n, ab in modules.items() if ".attn1." in n or ".attn2." in n or ".ffn.net." in n}
     return {**rename_modules({n: ab for n, ab in modules.items() if n not in own}, wan_dit_to_diffusers), **own}

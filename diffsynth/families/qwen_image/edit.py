@@ -24,14 +24,13 @@ import math
 import torch
 from PIL import Image
 
-from ..errors import ConfigError
-from ..models.components import load_tokenizer
-from ..models.model_config import fetch, parse_model_configs, parse_path_or_model_id
-from . import qwen_image
-from .base import load_components
-from .images import SampleReference, as_image_list, check_image_column, first_row_images
-from .qwen_image import DEFAULT_TOKENIZER, QwenImagePipeline, set_zero_cond_t
-from .spec import register
+from ...errors import ConfigError
+from ...models.components import load_tokenizer
+from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ..base import load_components
+from ..images import SampleReference, as_image_list, check_image_column, first_row_images
+from . import tiny
+from .pipeline import DEFAULT_TOKENIZER, QwenImage, set_zero_cond_t
 
 DEFAULT_PROCESSOR = "Qwen/Qwen-Image-Edit:processor/"  # DiffSynth's default, also for Edit-2509/2511
 EDIT_AREA = 1024 * 1024          # EditImageEmbedder's target area
@@ -89,7 +88,43 @@ def load_image_processor(folder: str):
                           "processor/ folder of Qwen/Qwen-Image-Edit (preprocessor_config.json)") from None
 
 
-class QwenImageEditPipeline(QwenImagePipeline):
+class QwenImageEdit(QwenImage):
+    name = "qwen_image_edit"
+    aliases = ("qwen_edit",)
+    summary = "Qwen-Image-Edit, -2509 (several edit images), -2511 (zero_cond_t): Qwen-Image plus edit images"
+    extra_inputs = ("edit_image",)
+    required_extra_inputs = ("edit_image",)
+    variant_of = "qwen_image"
+    selected_by = "edit_image"
+    tiny_twins = {"qwen-image-edit": ("Qwen/Qwen-Image-Edit", tiny.write_tiny_edit)}
+
+    @classmethod
+    def auxiliary_entries(cls, config) -> dict[str, str]:
+        return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER,
+                "processor": config.model.processor_path or DEFAULT_PROCESSOR}
+
+    @classmethod
+    def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",
+                      role: str = "full") -> "QwenImageEdit":
+        """The Qwen-Image models (edit DiT), tokenizer and the Qwen2-VL image processor of ``model.processor_path``."""
+        _check_edit_config(config)
+        m = config.model
+        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
+                                           cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
+                                           role=role, encoders=cls.encoders)
+        tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
+        processor = load_image_processor(fetch(parse_path_or_model_id(m.processor_path, DEFAULT_PROCESSOR)).files()[0])
+        pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, processor, dtype,
+                   edit_image_area=m.edit_image_area)
+        pipe.component_sources = sources
+        if m.zero_cond_t:
+            set_zero_cond_t(pipe.dit, True)
+        rules = cls.data_rules(config)
+        pipe.sample_reference = SampleReference(
+            "edit_image", lambda: first_row_edit_image(config, rules.size_factor, rules.width_factor))
+        pipe.role = role
+        return pipe.place(device)
+
     def __init__(self, dit, vae, text_encoder, tokenizer, image_processor, dtype: torch.dtype = torch.float32,
                  edit_image_area: int = EDIT_AREA):
         super().__init__(dit, vae, text_encoder, tokenizer, dtype)
@@ -163,45 +198,3 @@ def _check_edit_config(config) -> None:
 def first_row_edit_image(config, height_factor: int, width_factor: int):
     """The edit image(s) of the dataset's first row, sized by the training rules; None if it has none."""
     return first_row_images(config, "edit_image", height_factor, width_factor)
-
-
-def auxiliary_entries(config) -> dict[str, str]:
-    return {"tokenizer": config.model.tokenizer_path or DEFAULT_TOKENIZER,
-            "processor": config.model.processor_path or DEFAULT_PROCESSOR}
-
-
-def load_pipeline(config, dtype: torch.dtype, device: torch.device | str = "cpu", role: str = "full") -> QwenImageEditPipeline:
-    """The Qwen-Image models (edit DiT), tokenizer and the Qwen2-VL image processor of ``model.processor_path``."""
-    _check_edit_config(config)
-    m = config.model
-    modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                       SPEC.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                       role=role, encoders=SPEC.encoders)
-    tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
-    processor = load_image_processor(fetch(parse_path_or_model_id(m.processor_path, DEFAULT_PROCESSOR)).files()[0])
-    pipe = QwenImageEditPipeline(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, processor, dtype,
-                                 edit_image_area=m.edit_image_area)
-    pipe.component_sources = sources
-    if m.zero_cond_t:
-        set_zero_cond_t(pipe.dit, True)
-    rules = SPEC.data_rules(config)
-    pipe.sample_reference = SampleReference(
-        "edit_image", lambda: first_row_edit_image(config, rules.size_factor, rules.width_factor))
-    pipe.role = role
-    return pipe.place(device)
-
-
-SPEC = register(qwen_image.SPEC.with_changes(
-    name="qwen_image_edit",
-    aliases=("qwen_edit",),
-    summary="Qwen-Image-Edit, -2509 (several edit images), -2511 (zero_cond_t): Qwen-Image plus edit images",
-    load_pipeline=load_pipeline,
-    auxiliary_entries=auxiliary_entries,
-    extra_inputs=("edit_image",),
-    required_extra_inputs=("edit_image",),
-    variant_of="qwen_image",
-    selected_by="edit_image",
-    tiny_presets=("qwen-image-edit",),
-    model_id_patterns=(),
-))
-QwenImageEditPipeline.spec = SPEC

@@ -1,0 +1,67 @@
+"""Wan's checkpoint files: how each kind is recognised (Wan-AI's original names or diffusers/transformers'), its
+architecture inferred and its keys converted (``convert.py``)."""
+from __future__ import annotations
+
+import torch
+
+from ...models.components import (ComponentKind, beside_or, diffusers_class, is_5d, is_umt5, t5_config,
+                                  transformers_class)
+from . import convert
+
+FAMILY = "wan"
+
+
+def _hf_clip_vision_config(shapes: dict) -> dict:
+    meta = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+    return convert.wan_clip_config({k: tuple(v.shape) for k, v in convert.hf_to_wan_clip(meta).items()})
+
+
+def dit_config(shapes: dict, beside: dict | None) -> dict:
+    if beside is not None and beside.get("_class_name") == "WanTransformer3DModel":
+        return beside
+    return convert.wan_dit_config(shapes, beside)  # beside may be Wan-AI's own config.json (dim, num_heads, ...)
+
+
+def vae_config(shapes: dict, beside: dict | None) -> dict:
+    return beside if beside is not None else convert.wan_vae_config(shapes)
+
+
+def _not_another_vae(shapes, beside) -> bool:
+    return is_5d("encoder.conv_in.weight")(shapes, beside) and (beside or {}).get("_class_name") in (
+        None, "AutoencoderKLWan")
+
+
+KINDS = (
+    ComponentKind("wan_dit_original", FAMILY, "dit", "wan",
+                  (r"^(model\.diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.",
+                   r"^(model\.diffusion_model\.)?head\.head\.", r"^(model\.diffusion_model\.)?time_projection\."),
+                  dit_config, diffusers_class("WanTransformer3DModel"), lambda sd, c: convert.wan_dit_to_diffusers(sd)),
+    ComponentKind("wan_dit", FAMILY, "dit", "diffusers",
+                  (r"^blocks\.\d+\.attn[12]\.", r"^condition_embedder\."),
+                  dit_config, diffusers_class("WanTransformer3DModel")),
+    # the video VAE in diffusers names (2.1 or 2.2)
+    ComponentKind("wan_vae", FAMILY, "vae", "diffusers",
+                  (r"^(en|de)coder\.(down|up)_blocks\.\d+\..*gamma$", r"^(en|de)coder\.mid_block\.resnets\.\d+\.norm1\.gamma"),
+                  vae_config, diffusers_class("AutoencoderKLWan"), accepts=_not_another_vae),
+    ComponentKind("wan_vae_original", FAMILY, "vae", "wan",
+                  (r"^(en|de)coder\.(downsamples|upsamples|middle)\.\d+\.",),
+                  lambda s, b: convert.wan_vae_config(s), diffusers_class("AutoencoderKLWan"),
+                  lambda sd, c: convert.wan_vae_to_diffusers(sd, c["num_res_blocks"])),
+    ComponentKind("umt5_original", FAMILY, "text_encoder", "wan",
+                  (r"^token_embedding\.", r"^blocks\.\d+\.attn\.[qkvo]\.", r"^blocks\.\d+\.ffn\.(gate|fc1|fc2)\.",
+                   r"^blocks\.\d+\.pos_embedding\."),
+                  lambda s, b: convert.umt5_config(s), transformers_class("UMT5EncoderModel", "UMT5Config"),
+                  lambda sd, c: convert.wan_t5_to_hf(sd)),
+    ComponentKind("umt5", FAMILY, "text_encoder", "transformers",
+                  (r"^encoder\.block\.\d+\.layer\.\d+\.",),
+                  beside_or(t5_config), transformers_class("UMT5EncoderModel", "UMT5Config"),
+                  accepts=lambda s, b: is_umt5(s)),
+    ComponentKind("wan_clip_original", FAMILY, "image_encoder", "wan",
+                  (r"^visual\.transformer\.\d+\.", r"^visual\.cls_embedding$", r"^log_scale$"),
+                  lambda s, b: convert.wan_clip_config(s),
+                  transformers_class("CLIPVisionModelWithProjection", "CLIPVisionConfig"),
+                  lambda sd, c: convert.wan_clip_to_hf(sd)),
+    ComponentKind("wan_clip", FAMILY, "image_encoder", "transformers",
+                  (r"^vision_model\.encoder\.layers\.\d+\.", r"^visual_projection\."),
+                  beside_or(_hf_clip_vision_config), transformers_class("CLIPVisionModelWithProjection", "CLIPVisionConfig")),
+)
