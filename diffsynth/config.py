@@ -20,6 +20,13 @@ import yaml
 from .errors import ConfigError
 
 
+
+def torch_dtype(name: str):
+    """The torch dtype a ``model.torch_dtype`` value means (torch is imported only by whoever asks)."""
+    import torch
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
 def _f(default, help: str, *, flag: str | None = None, ours: bool = False, choices=None):
     return field(default=default, metadata={"help": help, "flag": flag, "ours": ours, "choices": choices})
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import torch
 
 from . import cache
-from .config import Config
+from .config import Config, torch_dtype
 from .errors import ConfigError
 from .data.dataset import UnifiedDataset, metadata_dataset
 from .families import spec_for
 from .progress import progress as progress_bar
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def encoding_dataset(config: Config, metadata_path: str) -> UnifiedDataset:
@@ -23,7 +22,7 @@ def encoding_dataset(config: Config, metadata_path: str) -> UnifiedDataset:
 
 
 def load_encoders(config: Config, device: str | torch.device = "cpu"):
-    return spec_for(config).load_pipeline(config, DTYPES[config.model.torch_dtype], device, "encode")
+    return spec_for(config).load_pipeline(config, torch_dtype(config.model.torch_dtype), device, "encode")
 
 
 def build_data_cache(config: Config, metadata_path: str, out_dir: str | Path, pipe=None,

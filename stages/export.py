@@ -6,14 +6,13 @@ import os
 import sys
 
 from _layout import LORA_COMPAT, TRAIN_METRICS, TRAIN_RUN
-from diffsynth.config import load_params
+from diffsynth.config import load_params, torch_dtype
 from diffsynth.errors import run_main
 from diffsynth.export import base_model, export_checkpoint
 from diffsynth.families import spec_for
 from diffsynth.files import write_json
 from diffsynth.models.model_config import fetch, parse_model_configs
 from diffsynth.tracking import Tracker
-from diffsynth.training.loop import DTYPES
 
 
 def main() -> int:
@@ -22,7 +21,7 @@ def main() -> int:
     checkpoint = json.loads(TRAIN_METRICS.read_text())["last_checkpoint"]
     family, component = spec_for(config), config.lora.lora_base_model or "dit"
     configs = [fetch(c) for c in parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths)]
-    meta, load_base = base_model(configs, family, component, DTYPES[config.model.torch_dtype])
+    meta, load_base = base_model(configs, family, component, torch_dtype(config.model.torch_dtype))
     result = export_checkpoint(checkpoint, config.export.out_dir, config.export.formats, family, meta,
                                lora_alpha=config.lora.lora_alpha, merge=config.export.merge_lora, load_base=load_base,
                                max_shard_size=config.export.max_shard_size)

@@ -12,7 +12,7 @@ from diffsynth.files import atomic_path, sha256_file, write_json
 from diffsynth.plan import memory_plan
 from diffsynth.tracking import run_tags
 from diffsynth.training.loop import run_training
-from diffsynth.training.resume import default_store, release
+from _state_store import SlotStore, default_store, release
 
 
 def write_plot(path, header, rows):
@@ -31,7 +31,7 @@ def main() -> int:
                     {"data_report": sha256_file(DATA_REPORT), "model_manifest": sha256_file(MODEL_MANIFEST)})
     result = run_training(config, metadata_path=str(VALIDATED_METADATA), tags=tags,
                           log_files=["params.yaml", accelerate_config, str(DATA_REPORT), str(MODEL_MANIFEST)],
-                          state_store=default_store())  # outside the outputs: `dvc exp run` checks them out first
+                          state_store=SlotStore(default_store()))  # outside the outputs: `dvc exp run` checks them out first
     if result.run_id is None and not result.loss_history:
         return 0  # not the main process
     val = [(step, m["val_loss"]) for step, m in result.val_history]

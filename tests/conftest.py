@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "stages"))  # the stages' own modules (e.g. _state_store), as the stage scripts see them
 
 # Tests never reach a hub: a forgotten fake must fail fast, not after 22 s of retries.
 os.environ.setdefault("DIFFSYNTH_SKIP_DOWNLOAD", "true")

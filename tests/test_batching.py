@@ -16,7 +16,8 @@ from diffsynth.data.validate import check_dataset
 from diffsynth.families import get_spec
 from diffsynth.models.tiny import write_tiny_model
 from diffsynth.training import FlowMatchSchedule
-from diffsynth.training.loop import TrainingModule, configure_trainable, run_training
+from diffsynth.training.loop import run_training
+from diffsynth.training.module import TrainingModule, configure_trainable
 from diffsynth.training.sampler import BucketBatchSampler, EpochShuffleSampler
 from helpers import REPO, tiny_config
 

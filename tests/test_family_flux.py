@@ -210,7 +210,7 @@ def test_opensource_format_fuses_qkv_exactly():
 
 
 def test_align_flag_needs_a_family_with_that_format(tmp_path):
-    from diffsynth.training.loop import _checkpoint_converter
+    from diffsynth.training.checkpoint import checkpoint_converter as _checkpoint_converter
 
     config = config_from_dict({"lora": {"lora_base_model": "dit"}, "output": {"align_to_opensource_format": True}})
     with pytest.raises(ConfigError, match="align_to_opensource_format"):

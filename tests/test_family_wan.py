@@ -336,7 +336,7 @@ def test_diffsynth_flags_give_the_preset(name, flags, capsys):
 
 def test_gradient_checkpointing_gives_the_same_lora_gradients(wan_base, tmp_path, clips, tracking_uri):
     """The real presets turn checkpointing on (DiffSynth forces it for Wan): same gradients, recomputed."""
-    from diffsynth.training.loop import TrainingModule, configure_trainable
+    from diffsynth.training.module import TrainingModule, configure_trainable
     grads = []
     for on in (False, True):
         config = twin_config("wan2.1-i2v-14b-lora", tmp_path, clips, tracking_uri,

@@ -111,7 +111,7 @@ def test_tiny_plan_equals_the_loaded_pipeline(tiny_env, shapes_dataset, tmp_path
     bytes of every module, the trainable parameters after configure_trainable, and the fp8 bytes."""
     from diffsynth.families import spec_for
     from diffsynth.models.fp8 import enable_fp8, parameter_bytes
-    from diffsynth.training.loop import TrainingModule, configure_trainable
+    from diffsynth.training.module import TrainingModule, configure_trainable
     from diffsynth.training.schedule import FlowMatchSchedule
     from tests.helpers import tiny_config
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from diffsynth.training.resume import Slot, run_key
+from _state_store import Slot, run_key
 from helpers import tiny_config
 from test_pipeline_dvc import copy_repo, dvc, pipeline_env
 
@@ -171,7 +171,7 @@ def test_run_killed_after_its_last_step_is_published_not_retrained(repo):
 
 def test_store_of_a_queued_experiment_is_the_real_projects(tmp_path, monkeypatch):
     """Queued and --temp experiments run in <project>/.dvc/tmp/exps/<tmp>/: their state must outlive that copy."""
-    from diffsynth.training.resume import ENV_DIR, default_store
+    from _state_store import ENV_DIR, default_store
 
     workspace = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpabc"
     workspace.mkdir(parents=True)

@@ -19,7 +19,8 @@ from diffsynth.families.qwen_image import QwenImage
 from diffsynth.training import FlowMatchSchedule
 from diffsynth.families import get_spec
 from diffsynth.training.lora import fuse_lora, load_lora_checkpoint
-from diffsynth.training.loop import TrainingInterrupted, TrainingModule, configure_trainable, run_training
+from diffsynth.training.loop import TrainingInterrupted, run_training
+from diffsynth.training.module import TrainingModule, configure_trainable
 from diffsynth.training.optim import Schedule
 from helpers import REPO, tiny_config
 
@@ -349,7 +350,7 @@ def test_adamw_is_fused_unless_turned_off(tmp_path, shapes_dataset):
 
 
 def test_resume_from_checkpoint_loads_full_weights_with_the_prefix(tmp_path, shapes_dataset, tiny_env):
-    from diffsynth.training.loop import load_full_checkpoint
+    from diffsynth.training.module import load_full_checkpoint
     module = fresh_module()
     saved = {k: torch.full_like(v, 0.5) for k, v in module.pipe.dit.state_dict().items() if "transformer_blocks.1." in k}
     save_file(saved, str(tmp_path / "epoch-1.safetensors"))

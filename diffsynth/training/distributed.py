@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -154,3 +155,53 @@ def output_is_shared(accelerator: Accelerator, folder: Path) -> bool:
     if accelerator.is_main_process:
         probe.unlink(missing_ok=True)
     return shared
+
+
+def check_world_size(accelerator: Accelerator) -> None:
+    """`accelerate launch --multi_gpu` on a CPU machine without ACCELERATE_USE_CPU runs independent copies."""
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if expected != accelerator.num_processes:
+        raise RuntimeError(
+            f"The launcher started {expected} processes but accelerate sees {accelerator.num_processes}: they would "
+            "train unsynchronised copies. On CPU use `accelerate launch --multi_gpu --num_processes N` with "
+            "ACCELERATE_USE_CPU=1.")
+
+
+def check_ranks_agree(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """After DDP every rank must hold the same trainable weights; a mismatch means unsynchronised copies."""
+    if accelerator.num_processes == 1:
+        return
+    # Under FSDP each rank holds a shard: the sums are over the gathered whole weights, so the ranks agree by
+    # construction and the value is comparable with a DDP run of the same training.
+    own = accelerator.unwrap_model(model)
+    checksum = torch.stack([full_tensor(p.detach()).double().sum()
+                            for p in own.parameters() if p.requires_grad]).sum()
+    sums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).cpu()
+    if accelerator.is_main_process:
+        print(f"[train] trainable-weight checksums per rank: {sums.tolist()}", flush=True)
+    if not torch.all(sums == sums[0]):
+        raise RuntimeError(f"Ranks ended with different weights (checksums {sums.tolist()}): gradients were not "
+                           "synchronised across processes.")
+
+
+class StopRequest:
+    """SIGTERM/SIGINT while training: noted, and acted on at the next optimizer step by every rank at once."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator, self.requested = accelerator, False
+        self._previous = {s: signal.signal(s, self._note) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _note(self, signum, _frame) -> None:
+        self.requested = True
+        print(f"[train] signal {signum}: writing a resumable state at the next optimizer step", flush=True)
+
+    def agreed(self) -> bool:
+        """Every rank must stop at the same step, whichever one got the signal."""
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([1.0 if self.requested else 0.0], device=self.accelerator.device)
+            self.requested = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return self.requested
+
+    def close(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)

@@ -23,10 +23,11 @@ import os
 import shutil
 from pathlib import Path
 
-from ..config import Config, flatten
-from ..errors import ConfigError
-from ..files import project_root
-from . import state as train_state
+from diffsynth.config import Config, flatten
+from diffsynth.errors import ConfigError
+from diffsynth.files import project_root
+from diffsynth.training import state as train_state
+from diffsynth.training.run_state import StateStore
 
 ENV_DIR = "DIFFSYNTH_RESUME_DIR"
 # Params that change neither the trained weights nor what is logged: not part of the key.
@@ -137,4 +138,41 @@ def size_mb(folder: Path) -> float:
     return total / 2 ** 20
 
 
-__all__ = ["default_store", "run_key", "Slot", "release", "snapshot", "restore", "ENV_DIR"]
+class SlotStore(StateStore):
+    """The train stage's state store: each run's state in its own slot of ``store`` (keyed by its params), with
+    a copy of the stage's output folders."""
+
+    carries_outputs = True
+
+    def __init__(self, store: Path | str):
+        super().__init__(store)
+        self.store, self.slot = Path(store), None
+
+    def bind(self, config: Config, rows: list[dict], world_size: int) -> "SlotStore":
+        self.slot = Slot(self.store, run_key(config, rows, world_size))
+        self.parent = self.slot.path
+        return self
+
+    def acquire(self) -> None:
+        self.slot.acquire()
+
+    def release(self) -> None:
+        self.slot.release_lock()
+
+    def snapshot(self, folders: dict[str, Path], dest: Path) -> None:
+        snapshot(folders, dest)
+
+    def restore(self, src: Path, folders: dict[str, Path]) -> None:
+        restore(src, folders)
+
+    def announce_others(self) -> None:
+        others = self.slot.others()
+        if others:
+            size = sum(size_mb(f) for f, _ in others)
+            steps = ", ".join(f"{f.name} (step {m['step']})" for f, m in others[:5])
+            print(f"[train] {len(others)} interrupted run(s) with other params keep their state in {self.store} "
+                  f"({size:.0f} MB): {steps}. Each resumes when run again with its params; delete its folder to "
+                  "discard it.", flush=True)
+
+
+__all__ = ["default_store", "run_key", "Slot", "SlotStore", "release", "snapshot", "restore", "ENV_DIR"]

@@ -1,0 +1,70 @@
+"""Evaluation at a save point: the fixed-noise validation loss and the sample images (MLflow and a DVC plot folder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from ..families import Family
+from ..progress import progress
+from .module import to_device
+from .schedule import FlowMatchSchedule
+from .validation import FixedNoiseValidator
+
+
+def render_samples(pipe: Family, config: Config, prompt_inputs: dict | None) -> list[tuple[int, str, int, object]]:
+    """(prompt index, prompt, seed, image or list of frames) for every prompt × seed; conditioned on the prompt
+    cache when training from the encoder cache."""
+    s, out = config.sample, []
+    pairs = [(i, prompt, int(seed)) for i, prompt in enumerate(s.prompts) for seed in s.seeds]
+    for i, prompt, seed in progress(pairs, desc="samples", unit="image"):
+        if prompt_inputs is not None:
+            image = pipe.render(to_device(prompt_inputs[prompt], pipe.device), seed, s.height, s.width,
+                                s.num_inference_steps, num_frames=s.num_frames)
+        else:
+            image = pipe.sample(prompt, seed, s.height, s.width, s.num_inference_steps, num_frames=s.num_frames)
+        out.append((i, prompt, seed, image))
+    return out
+
+
+class Evaluator:
+    """Runs at every save point: the validation loss (logged) and one sample per prompt and seed.
+
+    Under FSDP every rank runs it (the wrapped blocks gather their weights in collectives); only the main process
+    logs. ``prompt_inputs`` are the encoded sample prompts when training from the encoder cache."""
+
+    def __init__(self, pipe: Family, schedule: FlowMatchSchedule, config: Config, validator: FixedNoiseValidator,
+                 prompt_inputs: dict | None, tracker, log, main: bool):
+        self.pipe, self.schedule, self.config, self.validator = pipe, schedule, config, validator
+        self.prompt_inputs, self.tracker, self.log, self.main = prompt_inputs, tracker, log, main
+
+    def evaluate(self, at: int) -> dict | None:
+        """The validation metrics (main process; None on the others), after logging them and the samples."""
+        metrics = self.validator.evaluate(self.pipe, self.schedule)
+        # --task sft:train has no text encoder and no prompt cache, so no samples (as in DiffSynth)
+        renders = not (self.pipe.role == "train_cached" and self.prompt_inputs is None)
+        if not self.main:
+            if renders:
+                render_samples(self.pipe, self.config, self.prompt_inputs)
+            return None
+        self.log(metrics, at)
+        print(f"[train] step {at}: val_loss {metrics['val_loss']:.5f}", flush=True)
+        out_dir = self.config.sample.out_dir
+        if out_dir:  # a DVC output even when no sample is rendered
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        if renders:
+            self._log_samples(at)
+        return metrics
+
+    def _log_samples(self, at: int) -> None:
+        table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": []}
+        for i, prompt, seed, image in render_samples(self.pipe, self.config, self.prompt_inputs):
+            key = f"sample/p{i}_s{seed}"  # one image key per prompt × seed; the step slider walks the save points
+            shown = self.tracker.log_sample(image, key=key, step=at)
+            if self.config.sample.out_dir:  # also on disk: a DVC image plot, and kept when MLflow is down
+                folder = Path(self.config.sample.out_dir)
+                folder.mkdir(parents=True, exist_ok=True)
+                shown.save(folder / f"step{at:06d}_p{i}_s{seed}.png")
+            for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image", shown),
+                                  ("image_key", key)):
+                table[column].append(value)
+        self.tracker.log_table(table, "samples.json")
