@@ -268,6 +268,8 @@ class Trainer:
         self.main, self.rank, self.world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
         dtype = DTYPES[config.model.torch_dtype]
         self.output = Path(config.output.output_path)
+        # MLflow and the extra loggers (wandb, SwanLab); before the models load, so a missing package stops at once
+        self.tracker = Tracker.for_training(config.tracking, self.output, enabled=self.main)
         torch.manual_seed(config.train.seed)
 
         self.spec = spec = spec_for(config)
@@ -326,7 +328,6 @@ class Trainer:
             [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],
             config.validation.sigmas, config.validation.seed, encode=module.encode)
         self.result = TrainResult(world_size=self.world, state_dir=str(self.slot.path) if self.slot else None)
-        self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=self.main)
         self.metrics_log = None  # opened with the output folder (main process)
         self.stop_requested = False
 
