@@ -189,3 +189,14 @@ def test_a_failing_extra_logger_is_dropped_with_one_message(tmp_path, capsys):
     assert broken.calls == 1 and tracker.extra == []
     err = capsys.readouterr().err
     assert err.count("[tracking] Broken start failed") == 1 and "training goes on without Broken" in err
+
+
+def test_diffsynth_logger_flags_are_tracking_keys():
+    from diffsynth.command_line import config_from_args
+    config = config_from_args(["--lora_base_model", "dit", "--enable_wandb_log", "--wandb_project", "w",
+                               "--enable_swanlab_log", "--swanlab_project", "s"])
+    t = config.tracking
+    assert (t.enable_wandb_log, t.wandb_project, t.enable_swanlab_log, t.swanlab_project) == (True, "w", True, "s")
+    t = config_from_args(["--lora_base_model", "dit"]).tracking  # DiffSynth's defaults
+    assert (t.enable_wandb_log, t.wandb_project, t.enable_swanlab_log, t.swanlab_project) == \
+        (False, "DiffSynth-Studio", False, "DiffSynth-Studio")
