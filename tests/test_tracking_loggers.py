@@ -200,3 +200,25 @@ def test_diffsynth_logger_flags_are_tracking_keys():
     t = config_from_args(["--lora_base_model", "dit"]).tracking  # DiffSynth's defaults
     assert (t.enable_wandb_log, t.wandb_project, t.enable_swanlab_log, t.swanlab_project) == \
         (False, "DiffSynth-Studio", False, "DiffSynth-Studio")
+
+
+@pytest.mark.slow
+def test_diffsynth_train_without_wandb_stops_at_once_with_one_line(tmp_path):
+    import os
+    import subprocess
+
+    from helpers import REPO
+    shadow = tmp_path / "shadow" / "wandb"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'wandb'\")\n")  # as if not installed
+    env = {k: v for k, v in os.environ.items() if k != "DIFFSYNTH_DEBUG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "shadow"), str(REPO)])
+    proc = subprocess.run([sys.executable, "-m", "diffsynth.cli", "train", "--dataset_base_path", str(tmp_path),
+                           "--dataset_metadata_path", str(tmp_path / "metadata.csv"), "--lora_base_model", "dit",
+                           "--output_path", str(tmp_path / "out"), "--enable_wandb_log"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out
+    errors = [line for line in out.splitlines() if line.startswith("error")]
+    assert errors == [errors[0]] and "pip install 'diffsynth-pipeline[wandb]'" in errors[0], out
+    assert not (tmp_path / "out").exists()  # before any model was loaded or file written
