@@ -11,8 +11,8 @@ from .errors import run_main, strip_debug_flag
 
 def cmd_train(argv: list[str]) -> int:
     from .command_line import config_from_args
+    config = config_from_args(argv)  # before the training stack imports: a flag error comes at once
     from .training.loop import run_training
-    config = config_from_args(argv)
     result = run_training(config)
     if config.train.task != "sft:data_process":  # that task only encodes, and says so itself
         print(f"trained {result.steps} steps; checkpoints: {result.checkpoints}")

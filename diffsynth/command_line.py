@@ -11,14 +11,13 @@ import yaml
 from .config import SECTIONS, Config, config_from_dict, read_params_file
 from .errors import ConfigError
 from .families import get_spec, infer_family, select_variant
+from .upstream_flags import all_upstream_flags, families_of, refuse_upstream_flags
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
 UNSUPPORTED_FLAGS: dict[str, Any] = {
     "offload_models": None, "quant_options": None, "enable_model_cpu_offload": False,
     "enable_optimizer_cpu_offload": False, "cpu_offload_split_threshold": None,
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
-    "enable_swanlab_log": False, "swanlab_project": "DiffSynth-Studio",
-    "enable_wandb_log": False, "wandb_project": "DiffSynth-Studio",
     "audio_processor_path": None, "framewise_decoding": False,
 }
 
@@ -57,6 +56,7 @@ def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str], base: dict | None = None, check: bool = True) -> Config:
     """Parse DiffSynth flags over ``base`` (a params dict) and return the config they mean."""
+    refuse_upstream_flags(argv)  # another DiffSynth family's flag: say whose, not "unrecognized arguments"
     parser = build_arg_parser()
     ns = vars(parser.parse_args(argv))
     unsupported = sorted(k.split(".", 1)[1] for k in ns if k.startswith("unsupported."))
@@ -105,6 +105,8 @@ DIFFERENCES = {
     "use_gradient_checkpointing_offload": "saved activations of the whole forward go to CPU memory",
     "enable_csv_log": "every metric (loss, lr, grad_norm, validation), not only loss",
     "enable_tensorboard_log": "every metric",
+    "enable_swanlab_log": "every metric and the save-point sample images, beside MLflow (extra `swanlab`)",
+    "enable_wandb_log": "every metric and the save-point sample images, beside MLflow (extra `wandb`)",
     "num_frames": "",
 }
 
@@ -121,6 +123,9 @@ def flag_table() -> str:
         rows.append(f"| `--{flag}` | `{section}.{f.name}` | {status} |")
     for flag in UNSUPPORTED_FLAGS:
         rows.append(f"| `--{flag}` | — | not supported yet: refused with an error |")
+    for flag in all_upstream_flags():
+        rows.append(f"| `--{flag}` | — | only DiffSynth's {' and '.join(families_of(flag))} train.py: refused, "
+                    "naming the family |")
     return "\n".join(rows)
 
 

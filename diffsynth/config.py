@@ -184,6 +184,12 @@ class TrackingConfig:
                   flag="tracking_uri")
     enable_csv_log: bool = _f(False, "append step,key,value rows to <output_path>/loss.csv")
     enable_tensorboard_log: bool = _f(False, "write loss to <output_path>/tensorboard_log")
+    enable_swanlab_log: bool = _f(False, "also log to SwanLab (<output_path>/swanlab_log; mode as SwanLab's settings "
+                                         "say, e.g. SWANLAB_MODE=offline)")
+    swanlab_project: str = _f("DiffSynth-Studio", "SwanLab project name ($SWANLAB_PROJECT wins)")
+    enable_wandb_log: bool = _f(False, "also log to Weights & Biases (<output_path>/wandb_log; mode as wandb's "
+                                       "settings say, e.g. WANDB_MODE=offline)")
+    wandb_project: str = _f("DiffSynth-Studio", "wandb project name ($WANDB_PROJECT wins)")
 
 
 @dataclass

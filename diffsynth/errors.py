@@ -29,6 +29,10 @@ class TrackingError(DiffSynthError, ConnectionError):
     """The MLflow tracking server cannot be used."""
 
 
+class MissingExtraError(DiffSynthError, ImportError):
+    """A flag needs an optional package that is not installed; the message names the extra to install."""
+
+
 def debug_requested(argv: list[str] | None = None) -> bool:
     """``--debug`` in ``argv`` or ``DIFFSYNTH_DEBUG`` set to anything but empty/0/false/no."""
     if argv is not None and DEBUG_FLAG in argv:

@@ -1,5 +1,5 @@
 """MLflow, called directly (accelerate's tracker drops images and long params). The only module that
-imports mlflow.
+imports mlflow (and wandb / swanlab, DiffSynth's optional loggers, which receive the same metrics and images).
 
 The default store is a SQLite file at the project root with artifacts beside it, both as absolute paths,
 so runs started by DVC in ``.dvc/tmp/exps/...`` land in the same store as runs in the workspace. A store
@@ -8,13 +8,14 @@ that fails never stops training: the tracker says so once and carries on; metric
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-from .errors import TrackingError
+from .errors import MissingExtraError, TrackingError
 from .files import project_root
 
 # log_table re-downloads the table to append to it; its progress bar is noise in stage logs
@@ -81,10 +82,99 @@ class MetricsCSV:
         self._file.close()
 
 
-class Tracker:
-    """One MLflow run. Every call is a no-op when disabled (non-main ranks) or after the store failed."""
+class ExtraLogger:
+    """A logger beside MLflow (DiffSynth's ``--enable_wandb_log`` / ``--enable_swanlab_log``): the same metrics
+    and sample images. The package is imported at construction, so a missing one stops the run before training."""
 
-    def __init__(self, experiment: str, uri: str = "", enabled: bool = True):
+    name = ""      # shown in messages
+    package = ""   # the module imported
+    extra = ""     # pyproject extra that installs it
+    flag = ""      # the DiffSynth flag / params key that asked for it
+
+    def __init__(self, project: str, log_dir: Path):
+        try:
+            self.lib = importlib.import_module(self.package)
+        except ImportError as e:
+            raise MissingExtraError(f"tracking.{self.flag} (--{self.flag}) needs the {self.package} package, which "
+                                    f"does not import ({e}): pip install 'diffsynth-pipeline[{self.extra}]'") from None
+        self.project, self.log_dir = project, Path(log_dir)
+
+    def start(self, params: dict | None, tags: dict | None, run_name: str | None, run_id: str | None,
+              resume: bool) -> None:
+        """``run_id``: MLflow's (None when MLflow is off); ``resume``: it is a resumed training's."""
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self.lib.log(dict(metrics), step=step)
+
+    def log_image(self, image, key: str, step: int) -> None:
+        self.lib.log({key: self.lib.Image(image)}, step=step)
+
+    def set_tags(self, tags: dict) -> None:
+        self.lib.config.update({f"tag.{k}": v for k, v in tags.items()})
+
+    def finish(self, status: str) -> None:
+        raise NotImplementedError
+
+
+class WandbLogger(ExtraLogger):
+    """Offline/online as wandb's own settings say (``WANDB_MODE``, ``wandb login``)."""
+
+    name, package, extra, flag = "wandb", "wandb", "wandb", "enable_wandb_log"
+
+    def start(self, params, tags, run_name, run_id, resume) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # the MLflow run id names the wandb run too, so a resumed training continues the same run
+        self.lib.init(project=self.project, dir=str(self.log_dir), name=run_name, config=params or None,
+                      id=run_id, resume="allow" if resume and run_id else None)
+        if tags:
+            self.set_tags(tags)
+
+    def set_tags(self, tags: dict) -> None:
+        self.lib.config.update({f"tag.{k}": v for k, v in tags.items()}, allow_val_change=True)
+
+    def finish(self, status: str) -> None:
+        self.lib.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+class SwanLabLogger(ExtraLogger):
+    """Cloud, local or offline as SwanLab's own settings say (``SWANLAB_MODE``, ``swanlab login``)."""
+
+    name, package, extra, flag = "SwanLab", "swanlab", "swanlab", "enable_swanlab_log"
+
+    def start(self, params, tags, run_name, run_id, resume) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # reinit: a run left open by a failed earlier training in this process would refuse the new one
+        self.lib.init(project=self.project, log_dir=str(self.log_dir), name=run_name,
+                      config=params or None, reinit=True)
+        if tags:
+            self.set_tags(tags)
+
+    def finish(self, status: str) -> None:
+        self.lib.finish(state="success" if status == "FINISHED" else "aborted")
+
+
+def extra_loggers(tracking, output_path: str | Path) -> list[ExtraLogger]:
+    """The loggers ``tracking`` (the params section) switches on, as DiffSynth writes them: project from the flag
+    unless ``$WANDB_PROJECT`` / ``$SWANLAB_PROJECT`` is set, files in ``<output_path>/wandb_log`` and
+    ``<output_path>/swanlab_log`` unless ``$WANDB_DIR`` / ``$SWANLAB_LOG_DIR`` is set."""
+    output = Path(output_path)
+    loggers: list[ExtraLogger] = []
+    if tracking.enable_wandb_log:
+        loggers.append(WandbLogger(os.environ.get("WANDB_PROJECT") or tracking.wandb_project,
+                                   Path(os.environ.get("WANDB_DIR") or output / "wandb_log")))
+    if tracking.enable_swanlab_log:
+        loggers.append(SwanLabLogger(os.environ.get("SWANLAB_PROJECT") or tracking.swanlab_project,
+                                     Path(os.environ.get("SWANLAB_LOG_DIR") or output / "swanlab_log")))
+    return loggers
+
+
+class Tracker:
+    """One MLflow run, and the extra loggers beside it. Every call is a no-op when disabled (non-main ranks);
+    after MLflow failed its calls are, and an extra logger that fails is dropped alone."""
+
+    def __init__(self, experiment: str, uri: str = "", enabled: bool = True,
+                 extra: list[ExtraLogger] | tuple = ()):
         self.experiment = experiment
         self.uri = resolve_tracking_uri(uri)
         self.enabled = enabled
@@ -93,6 +183,23 @@ class Tracker:
         self.fallback = "metrics are still written to local CSV"  # set by MetricsLog to name the file
         self._mlflow = None
         self._on_failure = []
+        self.extra = list(extra) if enabled else []
+        self._extra_started = False
+
+    @classmethod
+    def for_training(cls, tracking, output_path: str | Path, enabled: bool = True) -> "Tracker":
+        """MLflow as ``tracking`` (the params section) says, with its extra loggers (main process only)."""
+        return cls(tracking.experiment, tracking.uri, enabled=enabled,
+                   extra=extra_loggers(tracking, output_path) if enabled else ())
+
+    def _each_extra(self, what: str, fn) -> None:
+        for logger in list(self.extra):
+            try:
+                fn(logger)
+            except Exception as e:  # as with MLflow: a logger that fails never costs the training run
+                print(f"[tracking] {logger.name} {what} failed ({type(e).__name__}: {str(e)[:300]}); training goes "
+                      f"on without {logger.name}.", file=sys.stderr, flush=True)
+                self.extra.remove(logger)
 
     def on_failure(self, callback) -> None:
         self._on_failure.append(callback)
@@ -117,9 +224,16 @@ class Tracker:
 
     def start(self, params: dict | None = None, tags: dict | None = None, run_name: str | None = None,
               run_id: str | None = None) -> str | None:
-        """Start a new run (or reopen ``run_id``) and log ``params`` once."""
+        """Start a new run (or reopen ``run_id``) and log ``params`` once; then the extra loggers."""
         if not self.enabled:
             return None
+        self._start_mlflow(params, tags, run_name, run_id)
+        self._extra_started = True
+        self._each_extra("start", lambda x: x.start(params, tags, run_name, self.run_id or run_id,
+                                                            resume=run_id is not None))
+        return self.run_id
+
+    def _start_mlflow(self, params, tags, run_name, run_id) -> None:
         try:
             check_reachable(self.uri)
             import mlflow
@@ -140,14 +254,14 @@ class Tracker:
                 mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
         except Exception as e:
             self._fail("start", e)
-            return None
-        return self.run_id
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         self._call("log_metrics", lambda: self._mlflow.log_metrics(metrics, step=step))
+        self._each_extra("log", lambda x: x.log_metrics(metrics, step))
 
     def log_image(self, image, key: str, step: int) -> None:
         self._call("log_image", lambda: self._mlflow.log_image(image, key=key, step=step))
+        self._each_extra("log (image)", lambda x: x.log_image(image, key, step))
 
     def log_video(self, frames: list, key: str, step: int, fps: int = 8) -> None:
         """A sampled video: an mp4 artifact under ``videos/`` and a strip of frames as a step-keyed image."""
@@ -161,6 +275,9 @@ class Tracker:
                 self._mlflow.log_artifact(str(path), "videos")
             self._mlflow.log_image(frame_strip(frames), key=key, step=step)
         self._call("log_video", _log)
+        if self.extra:  # the same frame strip MLflow shows
+            strip = frame_strip(frames)
+            self._each_extra("log (video)", lambda x: x.log_image(strip, key, step))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file, or a folder with its contents under ``<artifact_path>/<folder name>``."""
@@ -185,6 +302,8 @@ class Tracker:
 
     def set_tags(self, tags: dict) -> None:
         self._call("set_tags", lambda: self._mlflow.set_tags(tags))
+        if self._extra_started:
+            self._each_extra("config", lambda x: x.set_tags(tags))
 
     def log_dataset(self, rows: list[dict], source: str, name: str, digest: str | None = None) -> None:
         def _log():
@@ -198,6 +317,9 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self._call("end_run", lambda: self._mlflow.end_run(status=status))
+        if self._extra_started:
+            self._each_extra("finish", lambda x: x.finish(status))
+            self._extra_started = False
 
 
 def frame_strip(frames: list):

@@ -56,12 +56,13 @@ class Trainer:
         self.main, self.rank, self.world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
         self.output = Path(config.output.output_path)
         self.metadata = metadata_path or config.dataset.dataset_metadata_path
+        # MLflow and the extra loggers (wandb, SwanLab); before the models load, so a missing package stops at once
+        self.log = RunLog(config, self.output, self.main, tags, log_files or [])
         torch.manual_seed(config.train.seed)
         module = self._load_module()
         self._open_dataset()
         self._prepare(module)
         self.result = TrainResult(world_size=self.world)
-        self.log = RunLog(config, self.output, self.main, tags, log_files or [])
         self.checkpointer = Checkpointer(self.output, self.trainable, config, self.family, self.log.tracker)
         self.evaluator = Evaluator(self.pipe, self.schedule, config, FixedNoiseValidator(
             [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],

@@ -16,7 +16,7 @@ from ..tracking import MetricsLog, Tracker
 class RunLog:
     def __init__(self, config: Config, output: Path, enabled: bool, tags: dict | None, log_files: list[str]):
         self.config, self.output, self.tags, self.log_files = config, output, tags, log_files
-        self.tracker = Tracker(config.tracking.experiment, config.tracking.uri, enabled=enabled)
+        self.tracker = Tracker.for_training(config.tracking, output, enabled=enabled)
         self.metrics: MetricsLog | None = None  # opened with the output folder
 
     def log(self, metrics: dict, at: int) -> None:
