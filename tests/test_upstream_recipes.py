@@ -146,8 +146,12 @@ def test_no_upstream_recipe_is_read_as_another_family(family, capsys):
         assert accepted == 0
 
 
-def test_coverage_adds_up_and_names_its_presets(capsys):
-    rows = upstream.coverage(REPO / "presets")
+@pytest.fixture(scope="module")
+def rows():
+    return upstream.coverage(REPO / "presets")  # every recipe command through `params --from-args`: once
+
+
+def test_coverage_adds_up_and_names_its_presets(rows):
     assert {r.family for r in rows} == set(TABLE["families"])
     assert sum(r.total for r in rows) == len(TABLE["recipes"])
     presets = {p.stem for p in (REPO / "presets").glob("*.yaml")}
@@ -165,10 +169,25 @@ def test_coverage_adds_up_and_names_its_presets(capsys):
     assert qwen.preset["examples/qwen_image/model_training/lora/Qwen-Image.sh"] == ["qwen-image-lora"]
     # every preset of a real recipe is one of them
     assert {n for names in mapped.values() for n in names} == presets - {"base"}
+    # a recipe of ours that runs by flags is read as its family
+    for row in rows:
+        for path in row.flags:
+            recipe = next(r for r in TABLE["recipes"] if r["path"] == path)
+            for command in recipe["commands"]:
+                family, why = upstream.run_by_flags(command["args"])
+                assert why is None and upstream.diffsynth_family(family) == row.family
+
+
+def test_diffsynth_families_prints_the_coverage_per_family(rows, monkeypatch, capsys):
+    monkeypatch.setattr(upstream, "coverage", lambda presets_dir=None: rows)
     assert cli_main(["families"]) == 0
     printed = capsys.readouterr().out
     for row in rows:
-        assert f"{row.family:<22}" in printed
+        counts = f"{row.total:>8}{len(row.preset):>8}{len(row.flags):>7}{len(row.refused):>9}"
+        assert f"{row.family:<22}{', '.join(row.ours) or '-':<34}{counts}" in printed
+        for path in row.preset:
+            assert path.split("/model_training/")[1] in printed
+    assert f"{sum(r.total for r in rows):>8}" in printed.split("total", 1)[1].splitlines()[0]
 
 
 def test_the_recipe_reader_reads_a_diffsynth_checkout(tmp_path):
