@@ -36,8 +36,10 @@ def cmd_tiny_model(args) -> int:
 
 
 def cmd_families(args) -> int:
-    """Every registered family: name, aliases, extra inputs and tiny presets."""
+    """Every registered family (name, aliases, extra inputs, tiny presets), then DiffSynth's recipes per family:
+    with a preset, run by flags, refused and why."""
     from .families import all_specs
+    from .families.upstream import coverage, format_coverage
     for spec in all_specs():
         print(f"{spec.name}: {spec.summary}")
         own = vars(spec)  # a variant lists its own aliases and twins
@@ -46,6 +48,8 @@ def cmd_families(args) -> int:
             print(f"  {label}: {', '.join(values) or '-'}")
         if spec.variant_of:
             print(f"  variant of {spec.variant_of}, chosen by --extra_inputs {spec.selected_by}")
+    print()
+    print(format_coverage(coverage(), details=not args.summary))
     return 0
 
 
@@ -166,7 +170,9 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     sub.add_parser("summary", help="print where the pipeline's results are")
     sub.add_parser("flags", help="print every DiffSynth flag, its params.yaml key and its status (markdown)")
-    sub.add_parser("families", help="list the model families, their aliases, extra inputs and tiny presets")
+    p = sub.add_parser("families", help="list the model families, their aliases, extra inputs and tiny presets, "
+                                        "and which of DiffSynth's recipes run here (preset, flags or refused)")
+    p.add_argument("--summary", action="store_true", help="the coverage counts only, not each recipe")
     p = sub.add_parser("plan", help="bytes each stage holds (models, LoRA, gradients, AdamW) for the params, "
                                     "cached and online; built on the meta device, no weights needed")
     p.add_argument("--params", nargs="+", default=None,

@@ -3,6 +3,7 @@ flag table, and ``diffsynth params --from-args``. Family-specific rules come fro
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import fields
 from typing import Any, get_args, get_type_hints
 
@@ -10,7 +11,8 @@ import yaml
 
 from .config import SECTIONS, Config, config_from_dict, read_params_file
 from .errors import ConfigError
-from .families import get_spec, infer_family, select_variant
+from .families import get_spec, select_variant
+from .families.upstream import recognise, recognise_argv
 from .upstream_flags import all_upstream_flags, families_of, refuse_upstream_flags
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
@@ -31,6 +33,11 @@ def _flag_fields():
             yield section, f, f.metadata.get("flag") or f.name
 
 
+@functools.cache
+def _type_hints(section: str) -> dict:
+    return get_type_hints(SECTIONS[section])  # slow (evaluates every annotation): once per section, not per flag
+
+
 def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
     """DiffSynth's ``train.py`` flags (same names, types, defaults) plus ours; defaults are DiffSynth's."""
     parser = argparse.ArgumentParser(prog=prog, description="Train with DiffSynth-Studio's flags.",
@@ -38,8 +45,7 @@ def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
     parser.add_argument("--params", default=argparse.SUPPRESS,
                         help="start from this params.yaml; flags given on the command line override it")
     for section, f, flag in _flag_fields():
-        hints = get_type_hints(SECTIONS[section])
-        annotation = hints[f.name]
+        annotation = _type_hints(section)[f.name]
         base = next((a for a in get_args(annotation) if a is not type(None)), annotation)
         help_text = f"{f.metadata.get('help', '')} [{section}.{f.name}]"
         if base is bool:
@@ -57,6 +63,8 @@ def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
 def config_from_args(argv: list[str], base: dict | None = None, check: bool = True) -> Config:
     """Parse DiffSynth flags over ``base`` (a params dict) and return the config they mean."""
     refuse_upstream_flags(argv)  # another DiffSynth family's flag: say whose, not "unrecognized arguments"
+    if not base:
+        recognise_argv(argv)  # the model ids name the family before any other flag or extra input is judged
     parser = build_arg_parser()
     ns = vars(parser.parse_args(argv))
     unsupported = sorted(k.split(".", 1)[1] for k in ns if k.startswith("unsupported."))
@@ -75,8 +83,9 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
         data.setdefault(section, {})[key] = value
     model = data.setdefault("model", {})
     if not model.get("family"):
-        # DiffSynth picks the family by which train.py runs; we read it from the model ids (--family wins)
-        inferred = infer_family(f"{model.get('model_id_with_origin_paths') or ''} {model.get('model_paths') or ''}")
+        # DiffSynth picks the family by which train.py runs; we read it from the model ids (--family wins); a model
+        # of no family of ours is refused, and the default family applies only when no model is named
+        inferred = recognise(model.get("model_id_with_origin_paths"), model.get("model_paths"))
         # the variant its extra inputs select (--extra_inputs edit_image: Qwen-Image-Edit)
         model["family"] = select_variant(inferred or Config().model.family, model.get("extra_inputs")).name
     if flags_only:

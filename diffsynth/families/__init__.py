@@ -11,8 +11,8 @@ import importlib
 import pkgutil
 
 from .base import DataRules, Family, load_components
-from .registry import (UnknownFamilyError, all_specs, check_extra_inputs, default_family, get_spec, infer_family,
-                       select_variant, spec_for, split_inputs)
+from .registry import (UnknownFamilyError, all_specs, check_extra_inputs, default_family, get_spec, select_variant,
+                       spec_for, split_inputs)
 
 # every sub-package is a family folder
 FAMILY_PACKAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.ispkg))
@@ -20,4 +20,4 @@ for _name in FAMILY_PACKAGES:
     importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = ["Family", "load_components", "DataRules", "UnknownFamilyError", "all_specs", "check_extra_inputs",
-           "default_family", "get_spec", "infer_family", "select_variant", "spec_for", "split_inputs", "FAMILY_PACKAGES"]
+           "default_family", "get_spec", "select_variant", "spec_for", "split_inputs", "FAMILY_PACKAGES"]

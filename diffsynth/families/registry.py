@@ -98,10 +98,3 @@ def check_extra_inputs(config) -> type:
         raise ConfigError(f"the {spec.name} family needs model.extra_inputs to include "
                           f"{', '.join(missing)} (DiffSynth: --extra_inputs {','.join(missing)})")
     return spec
-
-
-def infer_family(text: str) -> str | None:
-    """The one family whose model-id patterns occur in ``text`` (model entries of a command line), or None."""
-    text = text.lower()
-    found = {s.name for s in all_specs() if any(p.lower() in text for p in vars(s).get("model_id_patterns", ()))}
-    return found.pop() if len(found) == 1 else None
