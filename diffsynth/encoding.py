@@ -11,10 +11,9 @@ from . import cache
 from .config import Config
 from .errors import ConfigError
 from .data.dataset import UnifiedDataset, metadata_dataset
+from .dtypes import DTYPES
 from .families import spec_for
 from .progress import progress as progress_bar
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def encoding_dataset(config: Config, metadata_path: str) -> UnifiedDataset:

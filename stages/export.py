@@ -7,13 +7,13 @@ import sys
 
 from _layout import LORA_COMPAT, TRAIN_METRICS, TRAIN_RUN
 from diffsynth.config import load_params
+from diffsynth.dtypes import DTYPES
 from diffsynth.errors import run_main
 from diffsynth.export import base_model, export_checkpoint
 from diffsynth.families import spec_for
 from diffsynth.files import write_json
 from diffsynth.models.model_config import fetch, parse_model_configs
 from diffsynth.tracking import Tracker
-from diffsynth.training.loop import DTYPES
 
 
 def main() -> int:

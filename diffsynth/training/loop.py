@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..data.buckets import bucket_stats, row_key
 from ..data.dataset import metadata_dataset, split_keys
 from ..data.metadata import read_metadata
+from ..dtypes import DTYPES
 from ..families import Pipeline, spec_for
 from ..errors import DiffSynthError
 from ..files import write_json
@@ -44,7 +45,6 @@ from .sampler import BucketBatchSampler
 from .schedule import FlowMatchSchedule
 from .validation import FixedNoiseValidator
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Params that may change between an interrupted run and its resume; any other change makes the state invalid.
 RESUMABLE_CHANGES = ("train.num_epochs", "train.max_steps", "train.resume", "output.save_steps",
                      "dataset.dataset_num_workers", "tracking.", "sample.", "validation.", "export.")
