@@ -207,6 +207,7 @@ def digest_in(root: Path, family: str = "qwen_image") -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch
 def test_cache_fingerprint_covers_the_encoding_code_and_is_the_same_in_every_checkout(tmp_path):
     from helpers import DEFAULT_PARAMS
     from diffsynth.config import config_from_dict
