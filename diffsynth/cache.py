@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import code_closure
 from .config import Config
 from .errors import ConfigError
 from .files import staged_dir, write_json
@@ -33,12 +34,27 @@ class CacheError(ConfigError):
 
 # ------------------------------------------------------------------------------------------ fingerprint
 
+def encoding_code(config: Config) -> set[Path]:
+    """The source files that shape an encoding: what the encoding code imports (data loading, resize/crop, model
+    loading...) and the family's own module(s); the families not in use are left out."""
+    from .families import spec_for  # the family whose encode code runs
+
+    family = getattr(spec_for(config).load_pipeline, "__module__", None)
+    roots = ["diffsynth.encoding"] + ([family] if family and code_closure.module_file(family) else [])
+    return code_closure.closure(roots)
+
+
+def code_digest(config: Config) -> str:
+    return code_closure.source_digest(encoding_code(config))
+
+
 def fingerprint(config: Config, metadata_path: str | Path | None, what: str = "data") -> dict:
-    """Everything that changes what the encoders produce, as plain values (compared key by key).
+    """Everything that changes what the encoders produce, as plain values (compared key by key): the params, and a
+    digest of the source files that encode (``code``; the same on every machine and checkout of the same code).
 
     ``what="prompts"`` adds the sample prompts and sizes (the prompt cache) and leaves the data out."""
     m, r = config.model, config.resolution
-    out = {"version": VERSION, "family": config.model.family, "extra_inputs": m.extra_inputs or "",
+    out = {"version": VERSION, "code": code_digest(config), "family": config.model.family, "extra_inputs": m.extra_inputs or "",
            "torch_dtype": m.torch_dtype, "model_paths": m.model_paths or "",
            "model_id_with_origin_paths": m.model_id_with_origin_paths or "",
            "tokenizer_path": m.tokenizer_path or "", "tokenizer_1_path": m.tokenizer_1_path or "",
@@ -59,7 +75,8 @@ def _check_fingerprint(folder: Path, index: dict, expected: dict) -> None:
     found = index.get("fingerprint", {})
     changed = sorted(k for k in expected if found.get(k) != expected.get(k))
     if changed:
-        details = "; ".join(f"{k}: cache {found.get(k)!r} vs params {expected.get(k)!r}" for k in changed[:4])
+        details = "; ".join("code: the encoding code changed since the cache was built" if k == "code" else
+                            f"{k}: cache {found.get(k)!r} vs params {expected.get(k)!r}" for k in changed[:4])
         raise CacheError(f"The encoder cache in {folder} was built from other inputs ({details}). Rebuild it with "
                          "`dvc repro` (the cache stage re-runs) or `diffsynth train --task sft:data_process ...`, or "
                          "set cache.enabled: false to encode during training.")

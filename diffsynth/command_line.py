@@ -11,7 +11,7 @@ import yaml
 
 from .config import SECTIONS, Config, config_from_dict, read_params_file
 from .errors import ConfigError
-from .families import get_spec, select_variant
+from .families import get_spec
 from .families.upstream import recognise, recognise_argv
 from .upstream_flags import all_upstream_flags, families_of, refuse_upstream_flags
 
@@ -86,8 +86,9 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
         # DiffSynth picks the family by which train.py runs; we read it from the model ids (--family wins); a model
         # of no family of ours is refused, and the default family applies only when no model is named
         inferred = recognise(model.get("model_id_with_origin_paths"), model.get("model_paths"))
-        # the variant its extra inputs select (--extra_inputs edit_image: Qwen-Image-Edit)
-        model["family"] = select_variant(inferred or Config().model.family, model.get("extra_inputs")).name
+        # the family folder's name: its variants are chosen by the extra inputs (edit_image: Qwen-Image-Edit), and
+        # the DVC stages depend on diffsynth/families/<model.family>
+        model["family"] = inferred or Config().model.family
     if flags_only:
         # what the family's DiffSynth train.py forces (Wan: gradient checkpointing, spec §9.22), so its command
         # line means it; params.yaml leaves it to the user

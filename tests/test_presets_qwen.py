@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from diffsynth.cli import main as cli_main
 from diffsynth.config import config_from_dict
+from diffsynth.families import spec_for
 from diffsynth.data.sample_dataset import build_builtin
 from diffsynth.models.real_configs import REAL_MODELS, build_class
 from diffsynth.training.loop import run_training
@@ -84,7 +85,9 @@ def test_from_args_on_diffsynth_script_gives_the_preset(name, capsys):
         preset["lora"]["lora_target_modules"] = printed["lora"]["lora_target_modules"]
     for section in TRAINING_SECTIONS:
         assert printed[section] == preset[section], section
-    assert printed["model"]["family"] == ("qwen_image_edit" if "edit" in name else "qwen_image")
+    # params.yaml names the family folder; the Edit variant is selected by --extra_inputs edit_image
+    assert printed["model"]["family"] == "qwen_image"
+    assert spec_for(config_from_dict(printed)).name == ("qwen_image_edit" if "edit" in name else "qwen_image")
 
 
 @pytest.mark.parametrize("name", QWEN)
