@@ -24,6 +24,8 @@ from ..config import Config, flatten
 from ..errors import ConfigError
 from ..data.buckets import bucket_stats, row_key
 from ..data.dataset import metadata_dataset, split_keys
+from ..data.masks import attach as attach_loss_extras
+from ..data.recipe import data_recipe, set_epoch
 from ..data.metadata import read_metadata
 from ..families import Pipeline, spec_for
 from ..errors import DiffSynthError
@@ -84,7 +86,7 @@ class TrainingModule(torch.nn.Module):
         """The model inputs of one dataset item: encoded now, or read from the encoder cache."""
         if "cached_inputs" in item:
             return to_device(item["cached_inputs"], self.pipe.device)
-        return self.pipe.encode(item)
+        return attach_loss_extras(self.pipe.encode(item), item)
 
     @property
     def _no_split_modules(self) -> list[str]:
@@ -336,7 +338,7 @@ class Trainer:
         self.prompt_inputs = None
         if cache_dir:
             self.dataset = cache.open_cached_dataset(cache_dir, config.dataset.dataset_repeat, expected,
-                                                     spec.diffsynth_cache_keys)
+                                                     spec.diffsynth_cache_keys, recipe=data_recipe(config))
             if config.cache.enabled and config.train.task != "sft:train":
                 self.prompt_inputs = cache.read_prompt_cache(
                     config.cache.prompts_dir, cache.fingerprint(config, None, what="prompts"))
@@ -639,6 +641,7 @@ class Trainer:
             for epoch in range(epoch0, config.train.num_epochs):
                 start = offset if epoch == epoch0 else 0
                 sampler = self.sampler(epoch, start)  # position and per_rank count this process's batches
+                set_epoch(self.dataset, epoch)  # per-sample draws (caption dropout) of this epoch
                 loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=item_list,
                                     num_workers=config.dataset.dataset_num_workers)
                 position = start
