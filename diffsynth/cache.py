@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import Config
-from .data.recipe import DATASET_KEY, DataRecipe, dataset_entries
+from .data.recipe import DATASET_KEY, DataRecipe, dataset_entries, is_multi, raw_entries
 from .errors import ConfigError
 from .files import staged_dir, write_json
 
@@ -49,8 +49,8 @@ def fingerprint(config: Config, metadata_path: str | Path | None, what: str = "d
     r = config.resolution
     if r.frame_sampling != "first":  # keys only when set: caches built before them stay valid
         out.update(frame_sampling=r.frame_sampling, frame_seed=r.frame_seed)
-    if config.dataset.datasets:
-        out["datasets"] = json.dumps(config.dataset.datasets, sort_keys=True, default=str)
+    if what == "data" and is_multi(config):  # the prompt cache does not depend on them (nor does its stage)
+        out["datasets"] = json.dumps(raw_entries(config), sort_keys=True, default=str)
     if what == "data" and any(e.caption_dropout > 0 for e in dataset_entries(config)):
         out["empty_prompt"] = True  # caption dropout: the cache holds the empty prompt's encoding
     if metadata_path is not None:

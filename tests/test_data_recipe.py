@@ -250,3 +250,32 @@ def test_frame_indices_of_each_mode(tmp_path):
     assert got("first") == [0, 1, 2, 3, 4]
     assert got("uniform") == [0, 5, 10, 14, 19]
     assert got("random") == frame_indices(20, 5, "random", seed=1, key=str(gif))
+
+
+# ------------------------------------------------------------------------------------------ dvc repro
+
+@pytest.mark.slow
+def test_a_captioned_image_folder_trains_through_dvc_repro_with_only_params_changed(tmp_path_factory):
+    import yaml
+    from test_pipeline_dvc import copy_repo, dvc
+
+    root = copy_repo(tmp_path_factory.mktemp("repo"))
+    folder = root / "my_images"  # a kohya / ai-toolkit style folder: images and same-name .txt captions
+    for i, (sub, color) in enumerate([("red", (220, 30, 30)), ("red", (200, 40, 40)), ("blue/dark", (20, 20, 160)),
+                                      ("blue", (40, 60, 230))]):
+        _image(folder / sub / f"img{i}.png", color=color)
+        (folder / sub / f"img{i}.txt").write_text(f"a [trigger] {sub.split('/')[0]} square")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["dataset"].update(source="folder", dataset_base_path="my_images", trigger_word="ohwx")
+    params["train"]["num_epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = dvc(root, "repro")
+    for stage in ("data", "cache", "train", "export"):
+        assert f"Running stage '{stage}'" in log
+    rows = [json.loads(line) for line in (root / "outputs/data/metadata.jsonl").read_text().splitlines()]
+    assert [(r["image"], r["prompt"]) for r in rows] == [
+        ("blue/dark/img2.png", "a ohwx blue square"), ("blue/img3.png", "a ohwx blue square"),
+        ("red/img0.png", "a ohwx red square"), ("red/img1.png", "a ohwx red square")]
+    assert json.loads((root / "outputs/cache/data/index.json").read_text())["rows"] == 4
+    assert json.loads((root / "outputs/train/metrics.json").read_text())["steps"] == 4
+    assert (root / "outputs/export/pytorch_lora_weights.safetensors").exists()

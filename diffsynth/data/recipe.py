@@ -8,6 +8,7 @@ Takes the config duck-typed (no import of ``config.py``: data code sits below it
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, fields, replace
 
@@ -84,14 +85,30 @@ def _entry(config, raw: dict | None, k: int | None) -> DatasetEntry:
     return replace(base, **values)
 
 
-def dataset_entries(config) -> list[DatasetEntry]:
+def raw_entries(config) -> list:
+    """``dataset.datasets`` as a list (the command line's ``--datasets`` is one JSON string)."""
     raw = list(config.dataset.datasets or [])
+    if len(raw) == 1 and isinstance(raw[0], str):  # the command line's --datasets '[{...}, ...]' (JSON)
+        try:
+            raw = json.loads(raw[0])
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"dataset.datasets: {raw[0]!r} is not a JSON list of mappings ({e})") from None
+        raw = raw if isinstance(raw, list) else [raw]
+    return raw
+
+
+def is_multi(config) -> bool:
+    return bool(raw_entries(config))
+
+
+def dataset_entries(config) -> list[DatasetEntry]:
+    raw = raw_entries(config)
     return [_entry(config, None, None)] if not raw else [_entry(config, e, k) for k, e in enumerate(raw)]
 
 
 def check_recipe(config) -> None:
     """The whole-run checks of the data recipe (called by ``Config.validate``)."""
-    multi = bool(config.dataset.datasets)
+    multi = is_multi(config)
     for k, e in enumerate(dataset_entries(config)):
         where = e.label(k if multi else None)
         if multi and e.source not in ENTRY_SOURCES:
@@ -172,7 +189,7 @@ class DataRecipe:
 
 
 def data_recipe(config) -> DataRecipe:
-    return DataRecipe(dataset_entries(config), seed=config.train.seed, multi=bool(config.dataset.datasets))
+    return DataRecipe(dataset_entries(config), seed=config.train.seed, multi=is_multi(config))
 
 
 def set_epoch(dataset, epoch: int) -> None:

@@ -23,7 +23,7 @@ from .file_checks import check_image_cell, check_video_cell
 from .folder import folder_records
 from .masks import check_mask
 from .metadata import MetadataError, MetadataRecord, is_missing, read_metadata_records
-from .recipe import CAPTION_MISSING_KEY, DATASET_KEY, MASK_KEY, DatasetEntry, apply_trigger, dataset_entries
+from .recipe import CAPTION_MISSING_KEY, DATASET_KEY, MASK_KEY, DatasetEntry, apply_trigger, dataset_entries, is_multi
 
 PROMPT_KEY = "prompt"
 DIFFSYNTH_DEFAULT_FILE_KEYS = {"image", "video"}  # DiffSynth's --data_file_keys default: absent ones are normal
@@ -161,7 +161,7 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
             if mask is None:
                 report.add(record, entry.mask_column, "no mask (column empty, no <name>_mask.png beside the file): "
                                                       "the whole image is trained", warning=True)
-    used = {PROMPT_KEY, *data_file_keys, *extra_inputs, CAPTION_MISSING_KEY}
+    used = {PROMPT_KEY, *data_file_keys, *extra_inputs, CAPTION_MISSING_KEY, MASK_KEY, DATASET_KEY}
     if entry is not None and entry.masked_loss:
         used.add(entry.mask_column)
     for key, value in row.items():
@@ -238,7 +238,7 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
     metadata file whose rows name their dataset (``_dataset``).
     """
     r = config.resolution
-    entries, multi = dataset_entries(config), bool(config.dataset.datasets)
+    entries, multi = dataset_entries(config), is_multi(config)
     reports = []
     for k, entry in enumerate(entries):
         rules = ImageRules(entry.max_pixels, entry.height, entry.width, size_factor, width_factor or size_factor,
