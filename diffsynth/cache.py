@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from . import code_closure
 from .config import Config
+from .data.recipe import DATASET_KEY, DataRecipe, dataset_entries, is_multi, raw_entries
 from .errors import ConfigError
 from .files import staged_dir, write_json
 
@@ -61,6 +62,13 @@ def fingerprint(config: Config, metadata_path: str | Path | None, what: str = "d
            "tokenizer_2_path": m.tokenizer_2_path or "", "processor_path": m.processor_path or "",
            "edit_image_area": m.edit_image_area, "max_pixels": r.max_pixels, "height": r.height, "width": r.width,
            "num_frames": r.num_frames, "data_file_keys": config.dataset.data_file_keys}
+    r = config.resolution
+    if r.frame_sampling != "first":  # keys only when set: caches built before them stay valid
+        out.update(frame_sampling=r.frame_sampling, frame_seed=r.frame_seed)
+    if what == "data" and is_multi(config):  # the prompt cache does not depend on them (nor does its stage)
+        out["datasets"] = json.dumps(raw_entries(config), sort_keys=True, default=str)
+    if what == "data" and any(e.caption_dropout > 0 for e in dataset_entries(config)):
+        out["empty_prompt"] = True  # caption dropout: the cache holds the empty prompt's encoding
     if metadata_path is not None:
         out["metadata_sha256"] = hashlib.sha256(Path(metadata_path).read_bytes()).hexdigest()
     if what == "prompts":
@@ -152,18 +160,28 @@ class _ShardWriter:
 # ------------------------------------------------------------------------------------------ writing
 
 def write_cache(out_dir: str | Path, encode: Callable[[dict], dict], items: Iterable[tuple[int, dict]],
-                fp: dict, total: int | None = None, progress: Callable | None = None) -> dict:
+                fp: dict, total: int | None = None, progress: Callable | None = None,
+                null_prompt: dict | None = None) -> dict:
     """Encode every ``(row index, dataset item)`` once into ``out_dir`` (built beside, then swapped in: a crash
-    leaves the previous cache or none, never half of one). Returns the index."""
+    leaves the previous cache or none, never half of one). Returns the index. ``null_prompt``: the empty
+    prompt's inputs (caption dropout), stored once beside the rows. A row of a multi-dataset run records its
+    dataset (``dataset``)."""
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp)
+        empty = None
+        if null_prompt is not None:
+            writer.add("null_prompt", null_prompt)
+            empty = writer.entries.pop()
         for row, item in (progress(items, total=total, desc="cache", unit="row") if progress else items):
+            extra = {"dataset": item[DATASET_KEY]} if DATASET_KEY in item else {}
             with torch.no_grad():
-                writer.add(f"row{row}", encode(item), row=row)
+                writer.add(f"row{row}", encode(item), row=row, **extra)
         writer.flush()
         index = {"version": VERSION, "kind": "data", "fingerprint": fp, "rows": len(writer.entries),
                  "shards": writer.shards, "samples": writer.entries}
+        if empty is not None:
+            index["null_prompt"] = empty
         write_json(tmp / INDEX, index)
     return index
 
@@ -230,32 +248,47 @@ class CachedDataset(torch.utils.data.Dataset):
     """The cached rows, ``repeat`` times per epoch (``dataset_repeat`` repeats reads, never the encoding).
 
     Items are ``{"cached_inputs": {...}}``: what the family's ``encode`` returned for that row. A row reads only
-    its own tensors from its shard (training visits rows in shuffled order, across shards)."""
+    its own tensors from its shard (training visits rows in shuffled order, across shards).
 
-    def __init__(self, folder: str | Path, repeat: int = 1, expected: dict | None = None):
+    ``recipe`` (``data/recipe.py``): per-dataset repeats (``rows`` lists each repeat), loss weights, and caption
+    dropout, which swaps in the empty prompt's inputs the cache holds, for the epoch set with ``set_epoch``."""
+
+    def __init__(self, folder: str | Path, repeat: int = 1, expected: dict | None = None,
+                 recipe: DataRecipe | None = None):
         self.folder, self.index = _open(folder, "data", expected)
         self.samples = self.index["samples"]
         if not self.samples:
             raise CacheError(f"The encoder cache in {self.folder} holds no rows: nothing to train on")
         self.repeat = repeat
+        self.recipe, self.epoch = recipe, None
+        self.order = recipe.order([self._row(s) for s in self.samples]) if recipe else list(range(len(self.samples)))
+        if recipe and recipe.uses_dropout and "null_prompt" not in self.index:
+            raise CacheError(f"The encoder cache in {self.folder} has no empty-prompt encoding for caption dropout: "
+                             "rebuild it (`dvc repro` re-runs the cache stage)")
         self._handles: dict[int, tuple] = {}  # shard -> (open handle, its keys); per process: workers open their own
+
+    @staticmethod
+    def _row(sample: dict) -> dict:
+        return {DATASET_KEY: sample["dataset"]} if "dataset" in sample else {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     @property
     def rows(self) -> list[dict]:
-        return [{"cached_row": s["row"]} for s in self.samples]
+        return [{"cached_row": self.samples[i]["row"]} for i in self.order]
 
     def bucket_keys(self) -> list[str]:
         """Each cached row's shape bucket: the shapes of its cached tensors (batches must stack)."""
-        return [shape_key(s["shapes"]) for s in self.samples]
+        return [shape_key(self.samples[i]["shapes"]) for i in self.order]
 
     def __len__(self) -> int:
-        return len(self.samples) * self.repeat
+        return len(self.order) * self.repeat
 
     def __getstate__(self) -> dict:  # open handles do not pickle into DataLoader workers
         return {**self.__dict__, "_handles": {}}
 
-    def load(self, i: int) -> dict:
-        entry = self.samples[i]
+    def _tensors(self, entry: dict) -> dict:
         shard = entry["shard"]
         if shard not in self._handles:
             handle = _open_shard(self.folder / self.index["shards"][shard]["file"])
@@ -264,11 +297,22 @@ class CachedDataset(torch.utils.data.Dataset):
         missing = [n for n in wanted if f"{entry['key']}/{n}" not in keys]
         if missing:
             raise CacheError(f"Encoder cache {self.folder}: {entry['key']} lacks {missing}; rebuild the cache")
-        tensors = {n: handle.get_tensor(f"{entry['key']}/{n}") for n in wanted}
-        return {"cached_inputs": unflatten(tensors, entry["layout"])}
+        return unflatten({n: handle.get_tensor(f"{entry['key']}/{n}") for n in wanted}, entry["layout"])
+
+    def load(self, i: int) -> dict:
+        return {"cached_inputs": self._tensors(self.samples[i])}
 
     def __getitem__(self, index: int) -> dict:
-        return self.load(index % len(self.samples))
+        i = self.order[index % len(self.order)]
+        item = self.load(i)
+        if self.recipe is None:
+            return item
+        row = self._row(self.samples[i])
+        if self.recipe.dropped(row, self.epoch, index):
+            item["cached_inputs"].update(self._tensors(self.index["null_prompt"]))
+        if self.recipe.uses_weights:
+            item["cached_inputs"]["loss_weight"] = torch.tensor([self.recipe.weight(row)])
+        return item
 
 
 def read_prompt_cache(folder: str | Path, expected: dict | None = None) -> dict[str, dict]:
@@ -337,8 +381,13 @@ class DiffSynthCacheDataset(torch.utils.data.Dataset):
         return self.load(index % len(self.files))
 
 
-def open_cached_dataset(folder: str | Path, repeat: int, expected: dict | None, rename: dict[str, str]):
-    """Our cache (``index.json``) if there is one, else DiffSynth's ``.pth`` files."""
+def open_cached_dataset(folder: str | Path, repeat: int, expected: dict | None, rename: dict[str, str],
+                        recipe: DataRecipe | None = None):
+    """Our cache (``index.json``) if there is one, else DiffSynth's ``.pth`` files (which know no recipe: a
+    recipe with per-sample choices is refused)."""
     if (Path(folder) / INDEX).exists():
-        return CachedDataset(folder, repeat, expected)
+        return CachedDataset(folder, repeat, expected, recipe)
+    if recipe is not None and (recipe.multi or recipe.uses_dropout or recipe.uses_weights or recipe.uses_masks):
+        raise CacheError(f"{folder} is a DiffSynth cache (.pth files): dataset.datasets, caption_dropout and "
+                         "masked_loss need the pipeline's encoder cache (cache stage); unset them for sft:train")
     return DiffSynthCacheDataset(folder, rename, repeat)

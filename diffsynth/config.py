@@ -42,8 +42,10 @@ class DatasetConfig:
     dataset_repeat: int = _f(1, "dataset length multiplier per epoch")
     dataset_num_workers: int = _f(0, "DataLoader worker processes")
     data_file_keys: str = _f("image,video", "comma list of metadata columns holding file paths")
-    source: str = _f("local", "where the data comes from: builtin (generated sample), local, modelscope",
-                     ours=True, choices=["builtin", "local", "modelscope"])
+    source: str = _f("local", "where the data comes from: builtin (generated sample), local (metadata file), "
+                     "modelscope, or folder (images/videos under dataset_base_path, recursive, each with a same-name "
+                     ".txt caption, as kohya/ai-toolkit lay them out; dataset_metadata_path is not read)",
+                     ours=True, choices=["builtin", "local", "modelscope", "folder"])
     builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes, "
                            "or shapes_edit (reference images under the data_file_keys column beside image)", ours=True)
     modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
@@ -51,6 +53,23 @@ class DatasetConfig:
                                      "(modelscope download --include); empty: all files", ours=True)
     on_invalid: str = _f("error", "invalid rows: error (stop before training) or skip (train on the rest)",
                          ours=True, choices=["error", "skip"])
+    caption_extension: str = _f(".txt", "source folder: caption file beside each image/video (kohya's "
+                                "--caption_extension)", ours=True)
+    missing_caption: str = _f("empty", "source folder, a file without caption: empty (train with the empty caption, "
+                              "a warning per file, as kohya does) or error (the row is invalid)", ours=True,
+                              choices=["empty", "error"])
+    trigger_word: str = _f("", "substituted for [trigger] in each caption, else prepended as '<trigger> <caption>' "
+                           "(ai-toolkit's rule); empty: captions unchanged", ours=True)
+    caption_dropout: float = _f(0.0, "probability that a sample trains on the empty prompt (drawn per sample from "
+                                "train.seed, epoch and position; encoded once in the encoder cache)", ours=True)
+    masked_loss: bool = _f(False, "weight the loss by a per-sample mask (mask_column cell, else <name>_mask.png "
+                           "beside the file; none: all ones), resized to the latent grid; 0 = no gradient", ours=True)
+    mask_column: str = _f("mask", "masked_loss: metadata column holding mask file paths (white = trained)", ours=True)
+    datasets: list = _fl([], "several datasets in one run: a list of mappings with source (local|folder), "
+                         "dataset_base_path, dataset_metadata_path, dataset_repeat, max_pixels, height, width, "
+                         "caption_extension, missing_caption, trigger_word, caption_dropout, masked_loss, mask_column "
+                         "and weight (loss multiplier); unset keys inherit dataset.* / resolution.*; empty: the one "
+                         "dataset above", ours=True)
 
 
 @dataclass
@@ -58,7 +77,12 @@ class ResolutionConfig:
     height: Optional[int] = _f(None, "fixed height; leave height or width empty for dynamic resolution")
     width: Optional[int] = _f(None, "fixed width; leave height or width empty for dynamic resolution")
     max_pixels: int = _f(1024 * 1024, "dynamic resolution: larger images are scaled down to this area")
-    num_frames: int = _f(81, "video: frames taken from the start of each clip (reduced to 4k+1)")
+    num_frames: int = _f(81, "video: frames taken from each clip (reduced to 4k+1)")
+    frame_sampling: str = _f("first", "video: which frames: first (the first num_frames, DiffSynth's) | uniform "
+                             "(evenly spaced over the clip) | random (consecutive, from a start drawn per clip from "
+                             "frame_seed)", ours=True, choices=["first", "uniform", "random"])
+    frame_seed: int = _f(0, "frame_sampling random: seed of each clip's start (fixed per clip, so the encoder cache "
+                         "holds it)", ours=True)
 
 
 def _default_family() -> str:
@@ -286,6 +310,8 @@ class Config:
                               "or turn the flag off for full fine-tuning")
         if not self.lora.lora_base_model and not self.train.trainable_models:
             raise ConfigError("Nothing to train: set lora.lora_base_model (e.g. dit) or train.trainable_models")
+        from .data.recipe import check_recipe
+        check_recipe(self)
         from .families import check_extra_inputs  # the family decides which extra inputs exist
         check_extra_inputs(self)
         return self

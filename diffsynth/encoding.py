@@ -11,6 +11,7 @@ from . import cache
 from .config import Config, torch_dtype
 from .errors import ConfigError
 from .data.dataset import UnifiedDataset, metadata_dataset
+from .data.masks import attach
 from .families import spec_for
 from .progress import progress as progress_bar
 
@@ -18,7 +19,29 @@ from .progress import progress as progress_bar
 
 def encoding_dataset(config: Config, metadata_path: str) -> UnifiedDataset:
     """The validated rows, each once (no ``dataset_repeat``: repeats re-read the cache, never re-encode)."""
-    return metadata_dataset(config, metadata_path, spec_for(config).data_rules(config), repeat=1)
+    return metadata_dataset(config, metadata_path, spec_for(config).data_rules(config), repeat=1, each_row_once=True)
+
+
+def empty_prompt_inputs(encode, item: dict) -> dict:
+    """The inputs that change when ``item``'s prompt is replaced by the empty prompt, as the empty prompt gives
+    them (the prompt embeddings, whatever the family calls them): caption dropout swaps these in. Encoded once."""
+    with torch.no_grad():
+        own, empty = encode(item), encode({**item, "prompt": ""})
+
+    def same(a, b):
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            return a.shape == b.shape and torch.equal(a, b)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return False
+
+    return {k: v for k, v in empty.items() if k != "latents" and not same(own.get(k), v)}
+
+
+def cache_encoder(pipe):
+    """What the cache stores per row: the family's encoding plus the row's loss mask (not its weight, a training
+    param)."""
+    return lambda item: attach(pipe.encode(item), {k: v for k, v in item.items() if k != "loss_weight"})
 
 
 def load_encoders(config: Config, device: str | torch.device = "cpu"):
@@ -33,8 +56,12 @@ def build_data_cache(config: Config, metadata_path: str, out_dir: str | Path, pi
     pipe = pipe or load_encoders(config)
     dataset = encoding_dataset(config, metadata_path)
     items = ((i, dataset[i]) for i in range(len(dataset.rows)))
-    return cache.write_cache(out_dir, pipe.encode, items, cache.fingerprint(config, metadata_path),
-                             total=len(dataset.rows), progress=progress)
+    null_prompt = None
+    if dataset.recipe.uses_dropout:  # caption dropout: the empty prompt, encoded once
+        first = next((i for i, r in enumerate(dataset.rows) if str(r.get("prompt") or "").strip()), 0)
+        null_prompt = empty_prompt_inputs(pipe.encode, dataset[first])
+    return cache.write_cache(out_dir, cache_encoder(pipe), items, cache.fingerprint(config, metadata_path),
+                             total=len(dataset.rows), progress=progress, null_prompt=null_prompt)
 
 
 def build_prompt_cache(config: Config, metadata_path: str | None, out_dir: str | Path, pipe=None) -> dict:

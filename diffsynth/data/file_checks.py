@@ -82,7 +82,7 @@ def check_video_cell(base_path: str, value, rules) -> tuple[list[str], list[str]
     try:
         video_kind(path)
         frames = load_video_frames(path, rules.num_frames, rules.time_division_factor,
-                                   rules.time_division_remainder)
+                                   rules.time_division_remainder, rules.frame_sampling, rules.frame_seed, value)
     except Exception as e:
         return [f"cannot decode {path}: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"], []
     n = len(frames)

@@ -28,5 +28,5 @@ def load_video_cell(base_path: str, value, rules):
     if not isinstance(value, str):
         raise ValueError(f"expected a video (or image/GIF) path, got {_describe(value)}")
     frames = load_video_frames(absolute(base_path, value), rules.num_frames, rules.time_division_factor,
-                               rules.time_division_remainder)
+                               rules.time_division_remainder, rules.frame_sampling, rules.frame_seed, value)
     return [rules.apply(frame) for frame in frames]  # DiffSynth sizes each frame on its own

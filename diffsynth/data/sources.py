@@ -101,10 +101,10 @@ def _note_local(config: DatasetConfig, out_dir: Path) -> Path:
     """Nothing to fetch; check the folder exists and leave a note so the stage output explains itself."""
     base = Path(config.dataset_base_path or ".")
     if base.resolve() == out_dir.resolve() or out_dir.resolve() in base.resolve().parents:
-        raise DatasetSourceError(f"dataset.source is local but dataset.dataset_base_path {base} is inside "
+        raise DatasetSourceError(f"dataset.source is {config.source} but dataset.dataset_base_path {base} is inside "
                                  f"{out_dir}, which this stage owns and rewrites; move your data elsewhere")
     if not base.is_dir():
-        raise DatasetSourceError(f"dataset.source is local but dataset.dataset_base_path {base} is not a folder; "
+        raise DatasetSourceError(f"dataset.source is {config.source} but dataset.dataset_base_path {base} is not a folder; "
                                  "point it at the folder holding your files")
     shutil.rmtree(out_dir, ignore_errors=True)
     write_text(out_dir / "README.md", f"dataset.source is local: the data is read from {base}, nothing was fetched.\n")

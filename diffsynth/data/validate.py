@@ -20,7 +20,10 @@ from ..progress import progress
 from .buckets import bucket_stats, format_key
 from .dataset import DEFAULT_VIDEO_KEYS, ImageRules, split_keys
 from .file_checks import check_image_cell, check_video_cell
+from .folder import folder_records
+from .masks import check_mask
 from .metadata import MetadataError, MetadataRecord, is_missing, read_metadata_records
+from .recipe import CAPTION_MISSING_KEY, DATASET_KEY, MASK_KEY, DatasetEntry, apply_trigger, dataset_entries, is_multi
 
 PROMPT_KEY = "prompt"
 DIFFSYNTH_DEFAULT_FILE_KEYS = {"image", "video"}  # DiffSynth's --data_file_keys default: absent ones are normal
@@ -111,7 +114,8 @@ def _check_columns(report, records, data_file_keys, rules) -> None:
                                                    "this model family needs; pick a multiple or leave it empty")
 
 
-def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived) -> bool:
+def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived,
+               entry: DatasetEntry | None = None) -> bool:
     """Add this row's problems to the report; True when the row is usable."""
     before = len(report.problems)
     if record.error:
@@ -119,8 +123,16 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         return False
     row = record.row
     prompt = row.get(PROMPT_KEY)
+    folder = entry is not None and entry.source == "folder"
+    if row.get(CAPTION_MISSING_KEY):
+        report.add(record, PROMPT_KEY, f"no caption file beside {row.get(data_file_keys[0]) if data_file_keys else ''}"
+                                       ": trained with the empty caption (missing_caption: empty)", warning=True)
+    if entry is not None and entry.trigger_word and isinstance(prompt, str):
+        prompt = row[PROMPT_KEY] = apply_trigger(prompt, entry.trigger_word)
     if PROMPT_KEY not in row:
         report.add(record, PROMPT_KEY, "the row has no prompt; every row needs a non-empty prompt string")
+    elif folder and isinstance(prompt, str):
+        pass  # a folder's caption may be empty (kohya trains on it)
     elif not isinstance(prompt, str) or not prompt.strip():
         got = "an empty cell (NaN/null)" if is_missing(prompt) else repr(prompt)
         report.add(record, PROMPT_KEY, f"prompt must be a non-empty string, got {got}")
@@ -140,7 +152,18 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         shapes += cell_shapes
         parts.append((key, cell_shapes))
         frames += [int(s.split("x")[2]) for s in cell_shapes if key in video_keys]
-    used = {PROMPT_KEY, *data_file_keys, *extra_inputs}
+    if entry is not None and entry.masked_loss and not len(report.problems) > before:
+        problem, mask = check_mask(row, base_path, data_file_keys, set(video_keys), entry.mask_column)
+        if problem:
+            report.add(record, entry.mask_column, problem)
+        else:
+            row[MASK_KEY] = mask
+            if mask is None:
+                report.add(record, entry.mask_column, "no mask (column empty, no <name>_mask.png beside the file): "
+                                                      "the whole image is trained", warning=True)
+    used = {PROMPT_KEY, *data_file_keys, *extra_inputs, CAPTION_MISSING_KEY, MASK_KEY, DATASET_KEY}
+    if entry is not None and entry.masked_loss:
+        used.add(entry.mask_column)
     for key, value in row.items():
         if key not in used and is_missing(value):
             report.add(record, key, "empty cell (NaN/null) in a column training does not use", warning=True)
@@ -155,14 +178,21 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
 def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file_keys: list[str] | str,
                      rules: ImageRules, extra_inputs: Iterable[str] | None = None, *,
                      video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
-                     derived_inputs: Iterable[str] = ()) -> ValidationReport:
+                     derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None) -> ValidationReport:
     """Check every row: files exist and decode, sizes fit the family, videos have a valid frame count,
     prompt is a non-empty string, extra inputs are present. ``derived_inputs`` are extra inputs the family
-    computes from other columns (Wan's ``input_image`` = first video frame), so no column is required."""
+    computes from other columns (Wan's ``input_image`` = first video frame), so no column is required.
+    ``entry``: the dataset's caption, mask and source options (``source: folder`` scans ``base_path``)."""
     data_file_keys, extra_inputs = split_keys(data_file_keys), split_keys(extra_inputs)
-    report = ValidationReport(metadata_path=str(metadata_path))
+    folder = entry is not None and entry.source == "folder"
+    report = ValidationReport(metadata_path=str(base_path if folder else metadata_path))
     try:
-        records = read_metadata_records(metadata_path)
+        if folder:
+            if not data_file_keys:
+                raise MetadataError("dataset.data_file_keys is empty: a folder's files go into its first column")
+            records = folder_records(base_path, data_file_keys[0], entry.caption_extension, entry.missing_caption)
+        else:
+            records = read_metadata_records(metadata_path)
     except MetadataError as e:
         report.add(None, None, str(e))
         return report
@@ -172,7 +202,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
     _check_columns(report, records, data_file_keys, rules)
     for record in progress(records, desc="data check", unit="row"):  # decoding every file takes a while
         if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
-                      set(derived_inputs)):
+                      set(derived_inputs), entry):
             report.valid_records.append(record)
     report.valid_rows = len(report.valid_records)
     return report
@@ -204,17 +234,30 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
 
     ``size_factor`` (and ``width_factor``, default the same) and the time division come from the model
     family; data code knows no model. The cleaned metadata is written only when training can start.
+    Several datasets (``dataset.datasets``) are validated each with its own size and options, and written as one
+    metadata file whose rows name their dataset (``_dataset``).
     """
     r = config.resolution
-    rules = ImageRules(r.max_pixels, r.height, r.width, size_factor, width_factor or size_factor,
-                       r.num_frames, time_division_factor, time_division_remainder)
-    if not config.dataset.dataset_metadata_path:
-        raise MetadataError("dataset.dataset_metadata_path is empty: point it at metadata.csv/.json/.jsonl")
-    report = validate_dataset(config.dataset.dataset_base_path, config.dataset.dataset_metadata_path,
-                              config.dataset.data_file_keys, rules, config.model.extra_inputs,
-                              video_keys=video_keys, derived_inputs=derived_inputs)
+    entries, multi = dataset_entries(config), is_multi(config)
+    reports = []
+    for k, entry in enumerate(entries):
+        rules = ImageRules(entry.max_pixels, entry.height, entry.width, size_factor, width_factor or size_factor,
+                           r.num_frames, time_division_factor, time_division_remainder,
+                           frame_sampling=r.frame_sampling, frame_seed=r.frame_seed)
+        if entry.source != "folder" and not entry.dataset_metadata_path:
+            raise MetadataError(f"{entry.label(k if multi else None)}.dataset_metadata_path is empty: point it at "
+                                "metadata.csv/.json/.jsonl (or set source: folder)")
+        report = validate_dataset(entry.dataset_base_path, entry.dataset_metadata_path,
+                                  config.dataset.data_file_keys, rules, config.model.extra_inputs,
+                                  video_keys=video_keys, derived_inputs=derived_inputs, entry=entry)
+        if multi:
+            for record in report.valid_records:
+                record.row[DATASET_KEY] = k
+        reports.append(report)
+    report = reports[0] if len(reports) == 1 else _merge(reports)
     processes = int((config.extra.get("accelerate") or {}).get("num_processes", 1) or 1)
-    report.buckets = bucket_stats(report.row_keys * config.dataset.dataset_repeat, config.train.batch_size, processes)
+    keys = [key for rep, e in zip(reports, entries) for key in rep.row_keys for _ in range(e.dataset_repeat)]
+    report.buckets = bucket_stats(keys * config.dataset.dataset_repeat, config.train.batch_size, processes)
     if not report.fatal:
         write_cleaned_metadata(config.dataset.dataset_metadata_path, report, metadata_out)
     else:
@@ -222,3 +265,22 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
     write_json(report_out, report.to_dict())
     write_resolution_plot(report, plot_out)
     return report
+
+
+def _merge(reports: list[ValidationReport]) -> ValidationReport:
+    """One report over several datasets: rows numbered across them, each problem naming its dataset."""
+    merged = ValidationReport(metadata_path=", ".join(r.metadata_path for r in reports))
+    for k, rep in enumerate(reports):
+        for entry in rep.problems + rep.warnings:
+            entry["dataset"] = k
+            if entry["row"] is not None:
+                entry["row"] += merged.total_rows
+        merged.problems += rep.problems
+        merged.warnings += rep.warnings
+        merged.total_rows += rep.total_rows
+        merged.valid_rows += rep.valid_rows
+        merged.resolutions.update(rep.resolutions)
+        merged.frame_counts.update(rep.frame_counts)
+        merged.valid_records += rep.valid_records
+        merged.row_keys += rep.row_keys
+    return merged

@@ -2,11 +2,16 @@
 
 * Which loader: by lower-cased extension. Still images are 1-frame videos, ``gif`` is read with PIL,
   the video containers with decord.
-* Which frames: the first ``n``, where ``n`` is ``num_frames`` capped at the clip length and then lowered
-  until ``n % time_division_factor == time_division_remainder`` (4k+1 by default). No stride, no offset.
+* How many frames: ``n`` = ``num_frames`` capped at the clip length and then lowered until
+  ``n % time_division_factor == time_division_remainder`` (4k+1 by default).
+* Which ``n`` (``resolution.frame_sampling``, ``frame_indices``): ``first`` = frames 0..n-1 (DiffSynth's, the
+  default); ``uniform`` = spread evenly from the first to the last frame; ``random`` = n consecutive frames from a
+  start drawn per clip from ``frame_seed`` and the clip's name (fixed per clip, so the encoder cache holds it).
 * decord decodes at native size; resizing is left to the caller (decord's decode-time resize is buggy).
 """
 from __future__ import annotations
+
+import random
 
 from PIL import Image, ImageSequence
 
@@ -24,6 +29,21 @@ def usable_frames(total: int, num_frames: int, time_division_factor: int = 4,
     while n > 1 and n % time_division_factor != time_division_remainder:
         n -= 1
     return n
+
+
+FRAME_SAMPLING = ("first", "uniform", "random")
+
+
+def frame_indices(total: int, n: int, mode: str = "first", seed: int = 0, key: str = "") -> list[int]:
+    """Which ``n`` of a clip's ``total`` frames are taken (see the module doc); ``key`` names the clip."""
+    if mode == "first" or n >= total:
+        return list(range(n))
+    if mode == "uniform":
+        return [round(i * (total - 1) / (n - 1)) for i in range(n)] if n > 1 else [0]
+    if mode == "random":
+        start = random.Random(f"frames:{seed}:{key}").randint(0, total - n)
+        return list(range(start, start + n))
+    raise ValueError(f"frame sampling {mode!r} is not one of {list(FRAME_SAMPLING)}")
 
 
 def is_valid_frame_count(n: int, time_division_factor: int = 4, time_division_remainder: int = 1) -> bool:
@@ -60,8 +80,11 @@ def _video_reader(path: str):
 
 
 def load_video_frames(path: str, num_frames: int, time_division_factor: int = 4,
-                      time_division_remainder: int = 1) -> list[Image.Image]:
-    """The first usable frames of a still image, GIF or video file, as RGB PIL images at native size."""
+                      time_division_remainder: int = 1, sampling: str = "first", seed: int = 0,
+                      key: str | None = None) -> list[Image.Image]:
+    """The usable frames (``frame_indices``) of a still image, GIF or video file, as RGB PIL images at native
+    size. ``key`` names the clip for ``random`` sampling (default: the path)."""
+    key = path if key is None else key
     kind = video_kind(path)
     if kind == "still":
         return [load_image(path)]
@@ -69,15 +92,17 @@ def load_video_frames(path: str, num_frames: int, time_division_factor: int = 4,
         with Image.open(path) as gif:
             total = getattr(gif, "n_frames", 1)
             n = usable_frames(total, num_frames, time_division_factor, time_division_remainder)
-            frames = []
-            for frame in ImageSequence.Iterator(gif):
-                if len(frames) == n:
+            wanted = frame_indices(total, n, sampling, seed, key)
+            frames = {}
+            for i, frame in enumerate(ImageSequence.Iterator(gif)):
+                if i > wanted[-1]:
                     break
-                frames.append(frame.convert("RGB"))
-            return frames
+                if i in wanted:
+                    frames[i] = frame.convert("RGB")
+            return [frames[i] for i in wanted]
     reader = _video_reader(path)
     n = usable_frames(len(reader), num_frames, time_division_factor, time_division_remainder)
     if n < 1:
         raise ValueError(f"{path}: the video holds no frames")
-    batch = reader.get_batch(list(range(n))).asnumpy()  # (n, H, W, 3) uint8
+    batch = reader.get_batch(frame_indices(len(reader), n, sampling, seed, key)).asnumpy()  # (n, H, W, 3) uint8
     return [Image.fromarray(frame) for frame in batch]

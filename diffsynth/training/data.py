@@ -7,6 +7,7 @@ from ..config import Config
 from ..data.buckets import row_key
 from ..data.dataset import metadata_dataset
 from ..data.metadata import read_metadata
+from ..data.recipe import data_recipe
 from ..errors import ConfigError
 
 
@@ -18,7 +19,7 @@ def open_training_data(config: Config, family, cache_dir: str | None, expected: 
     prompt_inputs = None
     if cache_dir:
         dataset = cache.open_cached_dataset(cache_dir, config.dataset.dataset_repeat, expected,
-                                            family.diffsynth_cache_keys)
+                                            family.diffsynth_cache_keys, recipe=data_recipe(config))
         if config.cache.enabled and config.train.task != "sft:train":
             prompt_inputs = cache.read_prompt_cache(config.cache.prompts_dir,
                                                     cache.fingerprint(config, None, what="prompts"))

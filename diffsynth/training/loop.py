@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config, torch_dtype
 from ..data.buckets import bucket_stats
+from ..data.recipe import set_epoch
 from ..errors import DiffSynthError
 from ..families import spec_for
 from ..progress import progress
@@ -148,6 +149,7 @@ class Trainer:
             for epoch in range(start.epoch, self.config.train.num_epochs):
                 offset = start.offset if epoch == start.epoch else 0
                 sampler = self.sampler(epoch, offset)  # position and per_rank count this process's batches
+                set_epoch(self.dataset, epoch)  # per-sample draws (caption dropout) of this epoch
                 loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=item_list,
                                     num_workers=self.config.dataset.dataset_num_workers)
                 for position, items in enumerate(loader, start=offset + 1):  # batches done after this one

@@ -20,6 +20,10 @@ def per_sample_mse(pipe: Family, inputs: dict, noise: torch.Tensor, t: torch.Ten
 
     With ``first_frame_latents`` (Wan2.2 TI2V) latent frame 0 is the clean conditioning frame: it is put
     into the noisy input and left out of the loss.
+
+    With ``loss_mask`` (masked loss: (B, 1, [1,] H, W) on the latent grid, 0..1) each squared error is weighted
+    by the mask before the mean over all elements (kohya's masked loss: not renormalised by the mask's area), so
+    a masked-out latent cell gives no gradient.
     """
     latents = inputs["latents"]
     noisy = noised(latents, noise, sigma.to(latents.device))
@@ -28,8 +32,15 @@ def per_sample_mse(pipe: Family, inputs: dict, noise: torch.Tensor, t: torch.Ten
     if first is not None:
         noisy[:, :, 0:1] = first
     pred = pipe.predict(noisy, t.to(latents.device), inputs)
+    mask = inputs.get("loss_mask")
+    if mask is not None:
+        mask = mask.to(pred.device, torch.float32).expand(pred.shape)
     if first is not None:
         pred, target = pred[:, :, 1:], target[:, :, 1:]
+        mask = mask[:, :, 1:] if mask is not None else None
+    if mask is not None:
+        return torch.stack([(F.mse_loss(p.float(), q.float(), reduction="none") * m).mean()
+                            for p, q, m in zip(pred, target, mask)])
     # one mse_loss per sample: with one sample this is DiffSynth's F.mse_loss, bit for bit
     return torch.stack([F.mse_loss(p.float(), q.float()) for p, q in zip(pred, target)])
 
@@ -53,8 +64,12 @@ def draw(schedule: FlowMatchSchedule, generator: torch.Generator, shape: torch.S
 def flow_match_loss(pipe: Family, schedule: FlowMatchSchedule, inputs: dict, generator: torch.Generator,
                     min_boundary: float = 0.0, max_boundary: float = 1.0) -> torch.Tensor:
     """Mean over the batch of each sample's weighted velocity MSE, each at its own grid point drawn uniformly
-    within the timestep boundaries and with its own noise."""
+    within the timestep boundaries and with its own noise. ``loss_weight`` (B,) in ``inputs`` (a dataset's
+    ``weight``) multiplies each sample's loss."""
     latents = inputs["latents"]
     t, sigma, weight, noise = draw(schedule, generator, latents.shape, min_boundary, max_boundary)
     noise = noise.to(latents.device, latents.dtype)
-    return (per_sample_mse(pipe, inputs, noise, t, sigma) * weight.to(latents.device)).mean()
+    loss = per_sample_mse(pipe, inputs, noise, t, sigma) * weight.to(latents.device)
+    if "loss_weight" in inputs:
+        loss = loss * inputs["loss_weight"].to(loss.device, loss.dtype)
+    return loss.mean()

@@ -9,6 +9,7 @@ import torch
 from .. import cache
 from ..config import Config
 from ..data.dataset import split_keys
+from ..data.masks import attach as attach_loss_extras
 from ..errors import ConfigError
 from ..families import Family
 from ..models.fp8 import enable_fp8, fp8_entries
@@ -48,7 +49,7 @@ class TrainingModule(torch.nn.Module):
         """The model inputs of one dataset item: encoded now, or read from the encoder cache."""
         if "cached_inputs" in item:
             return to_device(item["cached_inputs"], self.pipe.device)
-        return self.pipe.encode(item)
+        return attach_loss_extras(self.pipe.encode(item), item)
 
     @property
     def _no_split_modules(self) -> list[str]:
