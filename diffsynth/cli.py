@@ -39,7 +39,7 @@ def cmd_families(args) -> int:
     """Every registered family (name, aliases, extra inputs, tiny presets), then DiffSynth's recipes per family:
     with a preset, run by flags, refused and why."""
     from .families import all_specs
-    from .families.upstream import coverage, format_coverage
+    from .coverage import coverage, format_coverage
     for spec in all_specs():
         print(f"{spec.name}: {spec.summary}")
         own = vars(spec)  # a variant lists its own aliases and twins

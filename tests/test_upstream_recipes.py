@@ -12,8 +12,8 @@ import yaml
 from diffsynth.cli import main as cli_main
 from diffsynth.command_line import config_from_args
 from diffsynth.errors import ConfigError
-from diffsynth.families import upstream
-from diffsynth.families.spec import all_specs
+from diffsynth import coverage as recipe_coverage
+from diffsynth.families import all_specs, upstream
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = upstream.table()
@@ -148,14 +148,14 @@ def test_no_upstream_recipe_is_read_as_another_family(family, capsys):
 
 @pytest.fixture(scope="module")
 def rows():
-    return upstream.coverage(REPO / "presets")  # every recipe command through `params --from-args`: once
+    return recipe_coverage.coverage(REPO / "presets")  # every recipe command through `params --from-args`: once
 
 
 def test_coverage_adds_up_and_names_its_presets(rows):
     assert {r.family for r in rows} == set(TABLE["families"])
     assert sum(r.total for r in rows) == len(TABLE["recipes"])
     presets = {p.stem for p in (REPO / "presets").glob("*.yaml")}
-    mapped = upstream.preset_recipes(REPO / "presets")
+    mapped = recipe_coverage.preset_recipes(REPO / "presets")
     recipe_paths = {r["path"] for r in TABLE["recipes"]}
     assert set(mapped) <= recipe_paths, set(mapped) - recipe_paths  # a preset names a recipe upstream has
     for row in rows:
@@ -174,7 +174,7 @@ def test_coverage_adds_up_and_names_its_presets(rows):
         for path in row.flags:
             recipe = next(r for r in TABLE["recipes"] if r["path"] == path)
             for command in recipe["commands"]:
-                family, why = upstream.run_by_flags(command["args"])
+                family, why = recipe_coverage.run_by_flags(command["args"])
                 assert why is None and upstream.diffsynth_family(family) == row.family
 
 

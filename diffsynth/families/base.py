@@ -182,7 +182,7 @@ class Family(torch.nn.Module):
         """Where the loaded models are (the first parameter not on the meta device)."""
         return next((p.device for p in self.parameters() if p.device.type != "meta"), torch.device("cpu"))
 
-    def place(self, device) -> "Pipeline":
+    def place(self, device) -> "Family":
         """``.to(device)`` for every loaded weight; parts held on the meta device (the DiT in the cache stage, the
         unused half of the VAE) stay there, since they have no data to move."""
         for module in self.modules():
