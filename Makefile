@@ -25,6 +25,7 @@ run: install
 	@$(BIN)/python -m diffsynth.cli summary
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-fast: install

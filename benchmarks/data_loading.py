@@ -88,8 +88,8 @@ def main() -> None:
         print(f"images: {args.images} JPEG {width}x{height} -> {out_size[0]}x{out_size[1]} (max_pixels {args.max_pixels})")
         if videos:
             print(f"videos: {args.videos} mp4 {vw}x{vh}, {args.frames} frames each")
-        print(f"\n| data   | workers | items/s | images (frames)/s | ratio vs 0 workers |")
-        print(f"|--------|---------|---------|-------------------|--------------------|")
+        print("\n| data   | workers | items/s | images (frames)/s | ratio vs 0 workers |")
+        print("|--------|---------|---------|-------------------|--------------------|")
         for name, metadata, key in (("images", images, "image"), ("videos", videos, "video")):
             if metadata is None:
                 continue

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -39,7 +38,6 @@ def main() -> None:
         with torch.no_grad():
             ref = model(x, t, text, return_dict=False)[0].float()
             enable_fp8(model)
-            start = time.perf_counter()
             out = model(x, t, text, return_dict=False)[0].float()
         after = parameter_bytes(model)
         rel = ((out - ref).norm() / ref.norm()).item()

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from cases import DIT_CASES, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402
 
-import diffsynth  # noqa: E402
+import diffsynth  # noqa: E402,F401  (our package, not DiffSynth-Studio's: this venv's)
 
 from diffsynth.export.lora_formats import (from_original_names, lora_modules, to_diffsynth_checkpoint,  # noqa: E402
                                            write_format)
