@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import REPO
 
 from diffsynth.cli import main as cli
 from diffsynth.config import Config, load_params
 from diffsynth.presets import layers, load_preset, preset_params
-from helpers import REPO
 
 PRESETS = REPO / "presets"
 
@@ -59,7 +59,7 @@ def test_every_tiny_twin_extends_a_real_recipe():
 
 # --- every tiny twin: the whole pipeline ---------------------------------------------------------------------------
 
-def fast_overlay(name: str, params: dict) -> dict:
+def fast_overlay(params: dict) -> dict:
     """Lower counts only (never raise one): what a user would put in an overlay for a quick smoke run."""
     t, v, s = params["train"], params["validation"], params["sample"]
     sigmas = v["sigmas"]
@@ -134,7 +134,7 @@ def test_tiny_twin_runs_every_stage(twin, tmp_path, monkeypatch, empty_mlflow_db
     assert cli(["preset", name]) == 0
     as_written = yaml.safe_load(Path("params.yaml").read_text())
     assert load_params() == load_preset(twin, PRESETS)
-    overlay = fast_overlay(twin.stem, as_written)
+    overlay = fast_overlay(as_written)
     Path("quick.yaml").write_text(yaml.safe_dump({"extends": f"presets/{name}.yaml", **overlay}))
     assert cli(["preset", "quick.yaml"]) == 0
     params = yaml.safe_load(Path("params.yaml").read_text())

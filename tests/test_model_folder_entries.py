@@ -11,8 +11,13 @@ import torch
 
 from diffsynth.models import model_config as mc
 from diffsynth.models.components import detect, load_component, load_tokenizer
-from diffsynth.models.model_config import (ModelConfigError, fetch, folder_weight_files, parse_model_configs,
-                                           parse_path_or_model_id)
+from diffsynth.models.model_config import (
+    ModelConfigError,
+    fetch,
+    folder_weight_files,
+    parse_model_configs,
+    parse_path_or_model_id,
+)
 
 REPO_ID = "diffsynth-tiny/FLUX.1-dev"
 

@@ -87,7 +87,7 @@ def folder_weight_files(folder: str | os.PathLike, source: str = "") -> list[str
         if len(plain) != 1:
             raise ModelConfigError(
                 f"{where} holds several weight sets ({', '.join(sorted(sets))}); name one in the entry's pattern, "
-                f"e.g. <model_id>:{os.path.basename(folder.rstrip(os.sep))}/{sorted(sets)[0]}*.safetensors")
+                f"e.g. <model_id>:{os.path.basename(folder.rstrip(os.sep))}/{min(sets)}*.safetensors")
         sets = {plain[0]: sets[plain[0]]}
     (stem, chosen), = sets.items()
     index = os.path.join(folder, stem + INDEX_SUFFIX)
