@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +27,15 @@ class ModelConfigError(DiffSynthError, ValueError):
 
 @dataclass
 class ModelConfig:
-    """One model: local ``path`` (file or shard list), or ``model_id`` + ``origin_file_pattern`` on ModelScope."""
+    """One model: local ``path`` (file or shard list), or ``model_id`` + ``origin_file_pattern`` on ModelScope.
+
+    ``folder``: the entry names a folder used as such (a tokenizer or processor), not a model's weights."""
 
     path: str | list[str] | None = None
     model_id: str | None = None
     origin_file_pattern: str | None = None
     source_string: str = ""  # the flag entry as the user wrote it (fp8_models etc. match on it)
+    folder: bool = False
 
     def files(self) -> list[str]:
         if self.path is None:
@@ -39,17 +43,62 @@ class ModelConfig:
         return [self.path] if isinstance(self.path, str) else list(self.path)
 
     def weight_files(self) -> list[str]:
-        """:meth:`files` with a folder entry (DiffSynth's ``model_id:text_encoder_2/``) as its safetensors files."""
+        """:meth:`files` with a folder (DiffSynth's ``model_id:text_encoder_2/``) as its weight files."""
         out = []
         for path in self.files():
-            if os.path.isdir(path):
-                found = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-                if not found:
-                    raise ModelConfigError(f"{self.source_string}: the folder {path} holds no .safetensors files")
-                out += found
-            else:
-                out.append(path)
+            out += folder_weight_files(path, self.source_string) if os.path.isdir(path) else [path]
         return out
+
+
+PICKLED = (".bin", ".pth", ".pt", ".ckpt")
+SHARD = re.compile(r"^(?P<stem>.+)-\d{5}-of-\d{5}\.safetensors$")
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def _stem(name: str) -> str:
+    """The weight set a file belongs to: ``model`` for model.safetensors, its shards and its index."""
+    if name.endswith(INDEX_SUFFIX):
+        return name[: -len(INDEX_SUFFIX)]
+    shard = SHARD.match(name)
+    return shard["stem"] if shard else name[: -len(".safetensors")]
+
+
+def folder_weight_files(folder: str | os.PathLike, source: str = "") -> list[str]:
+    """The weight files of a model folder, as DiffSynth loads a folder entry (a Hugging Face model folder read with
+    its config.json): its safetensors set, a sharded set complete as its index lists it.
+
+    A folder holding several sets (e.g. ``diffusion_pytorch_model.safetensors`` and a ``.fp16`` variant) loads
+    the one without a variant suffix, as ``from_pretrained`` does; otherwise the entry must name one."""
+    folder = str(folder)
+    names = sorted(os.listdir(folder))
+    weights = [n for n in names if n.endswith(".safetensors") and os.path.isfile(os.path.join(folder, n))]
+    where = f"{source}: the folder {folder}" if source else f"The folder {folder}"
+    if not weights:
+        pickled = [n for n in names if n.endswith(PICKLED)]
+        raise ModelConfigError(
+            f"{where} holds no .safetensors weights"
+            + (f", only pickled files ({', '.join(pickled[:3])}), which are refused for safety: convert them to "
+               "safetensors" if pickled else ": check the pattern against the repository's file list"))
+    sets: dict[str, list[str]] = {}
+    for name in weights:
+        sets.setdefault(_stem(name), []).append(name)
+    if len(sets) > 1:
+        plain = [stem for stem in sets if "." not in stem]  # `model`, not `model.fp16`
+        if len(plain) != 1:
+            raise ModelConfigError(
+                f"{where} holds several weight sets ({', '.join(sorted(sets))}); name one in the entry's pattern, "
+                f"e.g. <model_id>:{os.path.basename(folder.rstrip(os.sep))}/{min(sets)}*.safetensors")
+        sets = {plain[0]: sets[plain[0]]}
+    (stem, chosen), = sets.items()
+    index = os.path.join(folder, stem + INDEX_SUFFIX)
+    if os.path.isfile(index):
+        with open(index) as f:
+            listed = set(json.load(f).get("weight_map", {}).values())
+        lacking = sorted(listed - set(chosen))
+        if lacking:
+            raise ModelConfigError(f"{where}: {os.path.basename(index)} lists {len(lacking)} shard(s) that are not "
+                                   f"there ({', '.join(lacking[:3])}): the download is incomplete; fetch it again")
+    return [os.path.join(folder, n) for n in chosen]
 
 
 def model_base_path() -> Path:
@@ -138,11 +187,11 @@ def parse_path_or_model_id(value: str | None, default: str) -> ModelConfig:
     """Tokenizer/processor flags: an existing local path, else ``model_id:folder/``."""
     value = value or default
     if os.path.exists(value):
-        return ModelConfig(path=value, source_string=value)
+        return ModelConfig(path=value, source_string=value, folder=True)
     if ":" not in value:
         raise ModelConfigError(f"{value!r} is neither an existing path nor model_id:path")
     model_id, pattern = value.rsplit(":", 1)
-    return ModelConfig(model_id=model_id, origin_file_pattern=pattern, source_string=value)
+    return ModelConfig(model_id=model_id, origin_file_pattern=pattern, source_string=value, folder=True)
 
 
 def _normalise_pattern(pattern: str | None) -> str:
@@ -207,8 +256,23 @@ def file_progress_callback():
     return FileProgress
 
 
+def _model_files(paths: list[str], config: ModelConfig) -> list[str]:
+    """A model entry's files, each folder among them as its weight files (a tokenizer/processor folder stays)."""
+    if config.folder:
+        return paths
+    return [f for p in paths for f in (folder_weight_files(p, config.source_string) if os.path.isdir(p) else [p])]
+
+
+def _as_path(files: list[str]) -> str | list[str]:
+    return files[0] if len(files) == 1 else files
+
+
 def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None = None) -> ModelConfig:
-    """Resolve ``config`` to local files, downloading missing ones unless skipping (spec §3.1)."""
+    """Resolve ``config`` to local files, downloading missing ones unless skipping (spec §3.1).
+
+    A model entry that names a folder (``model_id:text_encoder_2/``, or a folder in ``--model_paths``) resolves to
+    the folder's weight files, as DiffSynth loads such a folder as one model; a tokenizer/processor entry
+    (``config.folder``) resolves to the folder itself."""
     if config.path is not None:
         files = []
         for p in config.files():
@@ -222,14 +286,20 @@ def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None 
                                        "path, or give model_id:pattern in model_id_with_origin_paths to download it")
             else:
                 files.append(p)
-        if isinstance(config.path, list) or len(files) > 1:
-            config.path = files if len(files) > 1 else files[0]
+        files = _model_files(files, config)
+        if isinstance(config.path, list) or files != config.files():
+            config.path = _as_path(files)
         return config
     base_path = Path(base_path) if base_path is not None else model_base_path()
     skip = skip_download() if skip is None else skip
     skip = skip or config.model_id.split("/")[0] == TINY_MODEL_NAMESPACE  # tiny presets exist on no hub
     local_dir = base_path / config.model_id
     pattern = _normalise_pattern(config.origin_file_pattern)
+    # a model folder: only its safetensors (+ the config.json and shard index below); pickles would be refused
+    origin, model_folder = config.origin_file_pattern, None
+    if not config.folder and (origin in (None, "", "./") or origin.endswith("/")):
+        model_folder = "" if origin in (None, "", "./") else origin  # "" = the repository's root folder
+        pattern = model_folder + "*.safetensors"
     present = sorted(glob.glob(str(local_dir / pattern)))
     if not skip:
         folder = os.path.dirname(pattern)
@@ -246,12 +316,15 @@ def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None 
                     "Offline? Put the files there yourself and set DIFFSYNTH_SKIP_DOWNLOAD=true, or point "
                     "model.model_paths at local files.") from None
         present = sorted(glob.glob(str(local_dir / pattern)))
+    if model_folder is not None and (local_dir / model_folder).is_dir():
+        config.path = _as_path(folder_weight_files(local_dir / model_folder, config.source_string))
+        return config
     if not present:
         raise ModelConfigError(f"No files match {pattern!r} in {local_dir} (entry {config.source_string!r}); "
                                + ("DIFFSYNTH_SKIP_DOWNLOAD is set, so nothing was downloaded." if skip else
                                   "check the pattern against the model repository's file list."))
-    if (config.origin_file_pattern or "").endswith("/"):
-        config.path = str(local_dir / config.origin_file_pattern.rstrip("/"))  # a folder (tokenizer, processor)
+    if config.folder and (config.origin_file_pattern or "").endswith("/"):
+        config.path = str(local_dir / config.origin_file_pattern.rstrip("/"))  # a tokenizer or processor folder
     else:
-        config.path = present[0] if len(present) == 1 else present
+        config.path = _as_path(_model_files(present, config))
     return config
