@@ -36,6 +36,7 @@ from ..tracking import MetricsLog, Tracker
 from . import resume
 from . import distributed
 from . import state as train_state
+from .block_swap import install_block_swap
 from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
 from .loss import flow_match_loss
@@ -308,6 +309,7 @@ class Trainer:
             if self.main:
                 print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        self.block_swap = install_block_swap(accelerator, pipe, config)  # train.blocks_to_swap, once placed
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # the metadata rows where there are some (also when training from the pipeline's cache), for the resume
         # fingerprint and the MLflow dataset; DiffSynth's cache alone has only its file names
