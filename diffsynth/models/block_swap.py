@@ -94,6 +94,7 @@ class BlockSwap:
     bytes_moved: int = 0
     handles: list = field(default_factory=list)
     copy_stream: object = None
+    on_release: object = None   # called with each released block (disk offload drops its pages)
     _graph_tasks: set = field(default_factory=set)
 
     @property
@@ -140,6 +141,8 @@ class BlockSwap:
         for p, h in zip(s.params, s.host):
             p.data = _poisoned(h) if self.check else h
         s.loaded = s.backward_loaded = False
+        if self.on_release is not None:
+            self.on_release(s)
 
     def release_all(self) -> None:
         for s in self.swapped:
@@ -224,7 +227,11 @@ def enable_block_swap(model: nn.Module, blocks_to_swap: int, device: torch.devic
         if device.type == "cuda":
             host = [h.pin_memory() for h in host]
         swapped.append(_Swapped(name, block, params, host, sum(h.numel() * h.element_size() for h in host)))
-    engine = BlockSwap(model, device, swapped, check=check)
+    return _install(BlockSwap(model, device, swapped, check=check), chain, first)
+
+
+def _install(engine: BlockSwap, chain: list, first: int) -> BlockSwap:
+    device, swapped = engine.device, engine.swapped
     if device.type == "cuda":
         engine.copy_stream = torch.cuda.Stream(device)
     for i, s in enumerate(swapped):
