@@ -124,3 +124,40 @@ def test_refusals_name_the_setting(env, datasets, tmp_path):
         enable_block_swap(full, 1, "cpu")
     with pytest.raises(BlockSwapError, match="no list of repeated blocks"):
         enable_block_swap(torch.nn.Linear(2, 2), 1, "cpu")
+
+
+class _Chain(torch.nn.Module):
+    def __init__(self, width=64, depth=4):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(width, 2 * width), torch.nn.GELU(),
+                                                              torch.nn.Linear(2 * width, width)) for _ in range(depth))
+        self.lora = torch.nn.Parameter(torch.full((width,), 0.5))  # something trainable outside the blocks
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = x + b(x * self.lora)
+        return x.pow(2).mean()
+
+
+def test_disk_offload_maps_the_weights_and_gives_the_same_gradients(tmp_path):
+    """Weights memory-mapped from safetensors, paged per block: same loss and gradients as resident weights."""
+    from diffsynth.models.disk_offload import enable_disk_offload, write_block_weights
+    torch.manual_seed(0)
+    resident = _Chain().requires_grad_(False)
+    resident.lora.requires_grad_(True)
+    path = write_block_weights(resident, tmp_path / "blocks.safetensors")
+    with torch.device("meta"):
+        mapped = _Chain().requires_grad_(False)
+    mapped.lora = torch.nn.Parameter(resident.lora.detach().clone())
+    engine = enable_disk_offload(mapped, path, "cpu")
+    x = torch.randn(3, 64)
+    for model in (resident, mapped):
+        model(x).backward()
+    assert torch.equal(resident.lora.grad, mapped.lora.grad)
+    assert all(p.device.type == "cpu" for p in mapped.parameters())
+    assert engine.bytes_moved == engine.planned_transfer_per_step == 2 * path.stat().st_size - 2 * (
+        path.stat().st_size - sum(p.numel() * 4 for p in resident.blocks.parameters()))
+    with pytest.raises(BlockSwapError, match="has no tensor"):
+        with torch.device("meta"):
+            other = _Chain(depth=5)
+        enable_disk_offload(other.requires_grad_(False), path)
