@@ -37,19 +37,25 @@ def datasets(tmp_path_factory):
             "clips": build_moving_shapes_dataset(tmp_path_factory.mktemp("d") / "clips")}
 
 
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"  # one database: migrations run once
+
+
 @pytest.fixture()
-def env(twin_base, monkeypatch, tmp_path_factory):
+def env(twin_base, monkeypatch, tracking_uri):
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(twin_base))
     monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
     monkeypatch.setattr(swap_setup, "CHECK_PLACEMENT", True)
+    return tracking_uri
 
 
-def twin(name, tmp_path, metadata, **overrides):
+def twin(name, tmp_path, metadata, tracking_uri=None, **overrides):
     data = preset_params(REPO / "presets" / "tiny" / f"{name}.yaml")
     data["dataset"].update(dataset_base_path=str(metadata.parent), dataset_metadata_path=str(metadata))
     data["output"]["output_path"] = str(tmp_path / "out")
     data["sample"].update(prompts=[], out_dir=str(tmp_path / "samples"))
-    data["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data["tracking"]["uri"] = tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     data["train"].update(max_steps=2, num_epochs=1)
     data["validation"]["num_samples"] = 1
     data["cache"]["enabled"] = False
@@ -73,7 +79,7 @@ def test_block_swap_gives_bit_identical_lora(name, checkpointing, env, datasets,
     _, _, data, n = TWINS[name]
     runs = {}
     for swap in (0, n):
-        config = twin(name, tmp_path / f"swap{swap}", datasets[data], train__blocks_to_swap=swap,
+        config = twin(name, tmp_path / f"swap{swap}", datasets[data], env, train__blocks_to_swap=swap,
                       gradient__use_gradient_checkpointing=checkpointing)
         runs[swap] = lora_after_training(config)
     resident, _ = runs[0]
@@ -115,7 +121,7 @@ def test_one_step_moves_twice_the_swapped_bytes_and_releases_on_time(env, datase
 
 
 def test_refusals_name_the_setting(env, datasets, tmp_path):
-    config = twin("qwen-image-lora", tmp_path, datasets["shapes"], train__blocks_to_swap=99)
+    config = twin("qwen-image-lora", tmp_path, datasets["shapes"], env, train__blocks_to_swap=99)
     with pytest.raises(ConfigError, match="train.blocks_to_swap: 99 is not between 1 and"):
         Trainer(config)
     full = torch.nn.Module()
@@ -161,3 +167,21 @@ def test_disk_offload_maps_the_weights_and_gives_the_same_gradients(tmp_path):
         with torch.device("meta"):
             other = _Chain(depth=5)
         enable_disk_offload(other.requires_grad_(False), path)
+
+
+@pytest.mark.slow
+def test_block_swap_composes_with_fp8_batches_and_checkpointing_offload(env, datasets, tmp_path):
+    """An fp8 base, batches of 2 and checkpointing with its CPU offload: the same LoRA with and without swap."""
+    runs = {}
+    for swap in (0, 1):
+        config = twin("qwen-image-lora", tmp_path / f"swap{swap}", datasets["shapes"], env, train__blocks_to_swap=swap,
+                      train__batch_size=2, gradient__use_gradient_checkpointing=True,
+                      gradient__use_gradient_checkpointing_offload=True)
+        config.model.fp8_models = next(e for e in config.model.model_id_with_origin_paths.split(",")
+                                       if "transformer" in e)
+        runs[swap] = lora_after_training(config)
+    (resident, _), (swapped, engine) = runs[0], runs[1]
+    assert engine is not None and resident.keys() == swapped.keys()
+    assert all(torch.equal(resident[k], swapped[k]) for k in resident)
+    fp8 = [p for s in engine.swapped for p in s.params if p.dtype == torch.float8_e4m3fn]
+    assert fp8  # the swapped weights are the fp8 ones

@@ -15,6 +15,7 @@ from diffsynth.families import all_specs, get_spec
 PACKAGE = Path(__file__).resolve().parents[1] / "diffsynth"
 # model tables: which keys/shapes/configs each family's checkpoints have, and their tiny twins
 MODEL_TABLES = {"models/components.py", "models/real_configs.py", "models/tiny.py", "models/convert_flux.py",
+                "models/block_shapes.py",  # what each DiT class's blocks are called with (plan, benchmarks)
                 "models/convert_wan.py", "models/tokenizers.py"}
 FAMILY_WORD = re.compile(r"qwen|flux|kontext|\bwan(?![a-z])|wanvideo", re.IGNORECASE)
 # DiffSynth's default family (its seed train.py is Qwen-Image's) is the schema's default value
