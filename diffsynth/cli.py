@@ -107,7 +107,16 @@ def cmd_plan(args) -> int:
         # shared overlays (presets/base.yaml) name no model: a glob over presets/ skips them
         recipes = [p for p in paths if preset_params(p)["model"].get("model_id_with_origin_paths")
                    or preset_params(p)["model"].get("model_paths")]
+        if args.markdown:
+            from .plan import memory_page
+            Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.markdown).write_text(memory_page(recipes, args.frames))
+            print(f"wrote {args.markdown}")
+            return 0
         sys.stdout.write(format_summary([(p.stem, plan_for_file(p), plan_for_file(p, fp8_dit=True)) for p in recipes]))
+        from .plan_fit import format_fit_summary
+        sys.stdout.write("\n" + format_fit_summary([(p.stem, plan_for_file(p, num_frames=args.frames))
+                                                    for p in recipes]))
         return 0
     plans = [plan_for_file(p, fp8_dit=args.fp8) for p in paths]
     for plan in plans:
@@ -181,6 +190,8 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--summary", action="store_true",
                    help="one line per params file: train-stage GB cached/online, with and without an fp8 DiT")
     p.add_argument("--json", default=None, help="also write the plan as JSON here")
+    p.add_argument("--markdown", default=None, help="with --summary: write the memory page (docs/memory.md) here")
+    p.add_argument("--frames", type=int, default=None, help="with --summary: video presets at this many frames")
     args, rest = parser.parse_known_args(argv)
     if args.command == "params":
         return cmd_params(args, rest)

@@ -146,6 +146,8 @@ class TrainConfig:
                      ours=True, choices=["auto", "never"])
     min_timestep_boundary: float = _f(0.0, "lower end of the sampled timestep range, as a fraction of the grid")
     max_timestep_boundary: float = _f(1.0, "upper end of the sampled timestep range (Wan2.2 experts)")
+    blocks_to_swap: int = _f(0, "DiT blocks whose frozen weights stay on the host and stream to the device "
+                             "for forward and backward (0: off)", ours=True)
 
 
 @dataclass

@@ -9,8 +9,9 @@ the meta device, so the counts are the real modules' parameter counts. Two modes
 - ``online``: the ``train`` stage holds every model.
 
 Bytes are parameters x dtype size; what training adds on top (LoRA weights, gradients, AdamW states) follows
-from the trainable parameters. Activations are not estimated: they depend on resolution, frames and
-gradient checkpointing.
+from the trainable parameters. Activations come from the real blocks' tensor shapes at the recipe's resolution,
+frames and batch, and each memory mode (encoder cache, checkpointing, fp8/int8/nf4 base, block swap, CPU
+offload) is evaluated against 24/16/12 GB cards (diffsynth/plan_fit.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .errors import ConfigError
+from .plan_fit import FIT_ASSUMPTIONS, LADDER, format_fit_summary
 
 ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # cache-stage models (plus the VAE encoder)
 VAE_ENCODER = ("encoder", "quant_conv")      # top-level children of a diffusers VAE used to encode ...
@@ -38,7 +40,7 @@ ASSUMPTIONS = [
     "optimizer: AdamW, exp_avg and exp_avg_sq created like the parameter (2 x trainable bytes); step counters "
     "ignored; a customized_optimizer may need more or less",
     "per process: under DDP every GPU holds all of this",
-    "activations are not estimated (they depend on resolution, frames and gradient checkpointing)",
+    "activations: see below; the train stage's total includes them for the params' own checkpointing and fp8",
 ]
 
 
@@ -244,7 +246,7 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
                 parts[f"vae.{part}"] = {"parameters": pn, "bytes": pb}
                 models[component][part] = {"parameters": pn, "bytes": pb}
 
-    lora = {}
+    lora, targets = {}, {}
     if config.lora.lora_base_model:
         targets = lora_modules(config, entries)
         lora_params = sum(config.lora.lora_rank * (i + o) for i, o in targets.values())
@@ -277,6 +279,19 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
     cache["total_bytes"] = cache["weights_bytes"]
     modes = {"cached": {"cache": cache, "train": train_stage(train_cached)},
              "online": {"train": train_stage({c: models[c]["bytes"] for c in entries})}}
+    activations, memory_modes, fit = None, [], {}
+    if "dit" in entries:
+        from .plan_fit import activation_estimate, evaluate_modes
+        video = bool(spec_for(config).data_rules(config).video_keys)
+        activations = activation_estimate(config, entries, targets if lora.get("model") == "dit" else {}, full, video)
+        gc = config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload
+        key = "checkpointing" if gc else "no_checkpointing"
+        act = activations["total_bytes"][key] + (activations["fp8_upcast_bytes"][key] if models["dit"]["fp8"] else 0)
+        for stages in modes.values():
+            stages["train"]["activation_bytes"] = act
+            stages["train"]["total_bytes"] += act
+        memory_modes, fit = evaluate_modes({"models": models, "modes": modes}, entries, size, activations,
+                                           "dit" in full)
     return {
         "params": str(source),
         "family": spec_for(config).name,
@@ -288,13 +303,19 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
         "full_trainable": {"models": full, "parameters": full_params},
         "train_total_bytes": {mode: stages["train"]["total_bytes"] for mode, stages in modes.items()},
         "modes": modes,
-        "assumptions": ASSUMPTIONS,
+        "activations": activations,
+        "memory_modes": memory_modes,
+        "fit": fit,
+        "assumptions": ASSUMPTIONS + FIT_ASSUMPTIONS,
     }
 
 
-def plan_for_file(path: str | Path, fp8_dit: bool = False) -> dict:
-    """The plan of a params file; ``fp8_dit`` adds the DiT entry to ``model.fp8_models`` (what ``--fp8`` does)."""
+def plan_for_file(path: str | Path, fp8_dit: bool = False, num_frames: int | None = None) -> dict:
+    """The plan of a params file; ``fp8_dit`` adds the DiT entry to ``model.fp8_models`` (what ``--fp8`` does);
+    ``num_frames`` replaces resolution.num_frames (shorter clips)."""
     config = load_plan_params(path)
+    if num_frames:
+        config.resolution.num_frames = num_frames
     if fp8_dit:
         config = with_fp8_dit(config)
     return memory_plan(config, source=str(path))
@@ -345,6 +366,8 @@ def format_plan(plan: dict) -> str:
             lines.append(f"| {mode} | {stage} | {held} | {gb(s['weights_bytes'])} | {gb(s.get('lora_bytes', 0))} | "
                          f"{gb(s.get('gradient_bytes', 0))} | {gb(s.get('optimizer_bytes', 0))} | "
                          f"{gb(s['total_bytes'])} |")
+    from .plan_fit import format_modes
+    lines += format_modes(plan)
     lines += ["", "Assumptions: " + "; ".join(plan["assumptions"]) + "."]
     return "\n".join(lines) + "\n"
 
@@ -364,3 +387,64 @@ def format_summary(rows: list[tuple[str, dict, dict]]) -> str:
                      f"{gb(o['train']['total_bytes'])} | {gb(fc['train']['total_bytes'])} | "
                      f"{gb(fo['train']['total_bytes'])} |")
     return "\n".join(lines) + "\n"
+
+
+SHORT_CLIP_FRAMES = 17
+
+
+def memory_page(recipes: list, frames: int | None = None) -> str:
+    """docs/memory.md: every real preset's fit table at its recipe settings, the video presets again with short
+    clips, the ladder and the assumptions. Regenerate with ``diffsynth plan --params presets/*.yaml --summary
+    --markdown docs/memory.md``."""
+    plans = [(p.stem, plan_for_file(p)) for p in recipes]
+    short = frames or SHORT_CLIP_FRAMES
+    video = [(f"{name} ({short} frames)", plan_for_file(p, num_frames=short))
+             for (name, plan), p in zip(plans, recipes) if plan["activations"] and plan["activations"]["tokens"]["frames"] > 1]
+    ladder = "\n".join(f"{i}. {m.name().replace('swap -1', 'swap N (the smallest N that fits)')}"
+                       for i, m in enumerate(LADDER, 1))
+    return "\n".join([
+        "# Will training fit my card? The memory plan",
+        "",
+        "<!-- generated by `diffsynth plan --params presets/*.yaml --summary --markdown docs/memory.md`; "
+        "do not edit by hand -->",
+        "",
+        "`diffsynth plan` builds every model of a params file on the meta device (real sizes, no weights, no "
+        "download), traces one real block of the DiT at the recipe's resolution, frames and batch to count the "
+        "activations autograd keeps, and evaluates each memory mode of the train stage against 24, 16 and 12 GB "
+        "cards. The train stage writes the same plan to `reports/memory_plan.json`. For one preset in detail: "
+        "`diffsynth plan --params presets/qwen-image-lora.yaml`.",
+        "",
+        "Each fit column names the cheapest mode combination that fits, its device total in GiB in brackets, "
+        "and for block swap and CPU offload the bytes moved host to device per training step. The ladder, "
+        "cheapest first (compute before precision, precision before transfers):",
+        "",
+        ladder,
+        "",
+        "Block swap is `train.blocks_to_swap: N`; the fp8 DiT is `model.fp8_models`; nf4 / int8 are "
+        "`--quant_options` methods; checkpointing is `gradient.use_gradient_checkpointing`; the encoder cache is "
+        "`cache.enabled`.",
+        "",
+        "## Every preset at its recipe's settings",
+        "",
+        format_fit_summary(plans),
+        f"## Video presets with {short}-frame clips",
+        "",
+        "At the recipes' 49-81 frames the checkpointed block inputs and one block's activations of the 14B Wan "
+        "DiTs exceed 16 GB on their own, whatever the weights' mode; shorter clips (`resolution.num_frames`) are "
+        "what makes those cards usable:",
+        "",
+        format_fit_summary(video),
+        "## Checking the estimate",
+        "",
+        "- `python benchmarks/activation_memory.py`: one real-width Qwen-Image block (3072 wide, random weights) "
+        "on the CPU; the memory its forward adds and keeps, measured (RSS), against this estimate.",
+        "- `python benchmarks/memory_gpu.py` (needs CUDA): planned and measured peaks "
+        "(`torch.cuda.max_memory_allocated`) side by side for a few presets and modes.",
+        "- `python benchmarks/offload.py`: disk offload of a real-width multi-block DiT against resident weights "
+        "(peak RSS and step time).",
+        "",
+        "## Assumptions",
+        "",
+        *[f"- {a}" for a in FIT_ASSUMPTIONS],
+        "",
+    ])

@@ -100,14 +100,14 @@ BASE = {
         """,
     "stages/train.py": "from _layout import X\nfrom diffsynth.loop import run\n",
     "stages/_layout.py": "import pathlib\n",
-    "diffsynth/families/__init__.py": "from .spec import get\n",
 }
+# the registry is the families package itself (code_closure.REGISTRY)
 FLAT = {**BASE,
-        "diffsynth/families/spec.py": "def get():\n    from . import alpha, beta\n",
+        "diffsynth/families/__init__.py": "def get():\n    from . import alpha, beta\n",
         "diffsynth/families/alpha.py": "from ..shared import x\n",
         "diffsynth/families/beta.py": "from . import alpha\n"}
 FOLDERS = {**BASE,
-           "diffsynth/families/spec.py": "import importlib\ndef get(name):\n    importlib.import_module(name)\n",
+           "diffsynth/families/__init__.py": "import importlib\ndef get(name):\n    importlib.import_module(name)\n",
            "diffsynth/families/alpha/__init__.py": "from .pipe import P\n",
            "diffsynth/families/alpha/pipe.py": "from ...shared import x\n",
            "diffsynth/families/beta/__init__.py": "import torch\n"}
@@ -131,7 +131,7 @@ def test_closure_follows_function_local_and_relative_imports_but_not_the_registr
     files = {p.relative_to(root).as_posix()
              for p in code_closure.closure([root / "stages/train.py"], root, extra=root / "stages")}
     assert files == {"stages/train.py", "stages/_layout.py", "diffsynth/__init__.py", "diffsynth/loop.py",
-                     "diffsynth/config.py", "diffsynth/families/__init__.py", "diffsynth/families/spec.py"}
+                     "diffsynth/config.py", "diffsynth/families/__init__.py"}
     # a family's own static imports are followed (beta -> alpha -> shared)
     beta = {p.relative_to(root).as_posix() for p in code_closure.closure(["diffsynth.families.beta"], root)}
     assert {"diffsynth/families/alpha.py", "diffsynth/shared.py"} <= beta
@@ -146,7 +146,7 @@ def test_generator_flat_layout_lists_every_family_module(tmp_path):
     deps = yaml.safe_load(text)["stages"]["train"]["deps"]
     assert deps == ["stages/train.py", "diffsynth/__init__.py", "diffsynth/config.py",
                     "diffsynth/families/__init__.py", "diffsynth/families/alpha.py", "diffsynth/families/beta.py",
-                    "diffsynth/families/spec.py", "diffsynth/loop.py", "diffsynth/shared.py", "stages/_layout.py",
+                    "diffsynth/loop.py", "diffsynth/shared.py", "stages/_layout.py",
                     "data/in"]
     assert "# a comment the generator keeps" in text and "# a data dep, kept with its comment" in text
     assert graph.main(["--check", "--dvc-yaml", str(root / "dvc.yaml")]) == 0

@@ -103,6 +103,9 @@ class Family(torch.nn.Module):
     weight_files: dict = {}             # real architecture name -> where its weights live ("repo:file", ...)
     redirected_files: tuple = ()        # (file, converted repository): pickled files fetched as safetensors
     tiny_twins: dict = {}               # twin name -> (real repository it mirrors, writer(out_dir, seed)); 1st = default
+    block_inputs: dict = {}             # DiT block class name -> builder of its call's tensors (memory plan)
+    text_tokens: dict = {}              # DiT class name -> text tokens it attends to (memory plan)
+    reference_image_inputs: tuple = ()  # extra inputs whose images join the image tokens (memory plan)
     # ---- data and inputs
     data: DataRules = DataRules()
     encoders: tuple[str, ...] = ("text_encoder",)  # components only encoding needs (not held when training cached)

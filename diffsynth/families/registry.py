@@ -8,7 +8,7 @@ the engines below it too (checkpoint kinds, real architectures, tiny twins, redi
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..models import components, model_config, real_configs, tiny
+from ..models import block_shapes, components, model_config, real_configs, tiny
 
 
 class UnknownFamilyError(ConfigError):
@@ -36,6 +36,8 @@ def register(family: type) -> type:
     components.register_kinds(own.get("component_kinds", ()))
     real_configs.register(own.get("real_models", {}), own.get("weight_files", {}))
     model_config.register_redirects(own.get("redirected_files", ()))
+    block_shapes.register(own.get("block_inputs", {}), own.get("text_tokens", {}),
+                          own.get("reference_image_inputs", ()))
     for twin, (repo, writer) in own.get("tiny_twins", {}).items():
         tiny.register_twin(twin, family.model_family, repo, writer, (family.name, *own.get("aliases", ())))
     return family

@@ -23,6 +23,7 @@ from ..errors import DiffSynthError
 from ..families import spec_for
 from ..progress import progress
 from . import distributed
+from .block_swap import install_block_swap
 from .checkpoint import Checkpointer
 from .data import bucket_keys, open_training_data
 from .evaluation import Evaluator
@@ -119,6 +120,7 @@ class Trainer:
             if self.main:
                 print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
+        self.block_swap = install_block_swap(accelerator, self.pipe, config)  # train.blocks_to_swap
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def _open_state(self, store: StateStore | None) -> None:

@@ -31,6 +31,7 @@ class FluxKontext(Flux):
     variant_of = "flux"
     selected_by = KEY
     tiny_twins = {"flux.1-kontext-dev": ("black-forest-labs/FLUX.1-Kontext-dev", tiny.write_tiny_kontext)}
+    reference_image_inputs = (KEY,)
 
     @classmethod
     def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",

@@ -22,7 +22,7 @@ from ...models.model_config import fetch, parse_model_configs, parse_path_or_mod
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import Family, load_components
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
-from . import checkpoints, real_configs, tiny
+from . import blocks, checkpoints, real_configs, tiny
 from .convert import (diffusers_to_bfl_dit, diffusers_to_diffsynth_dit, lora_names_without_model, lora_to_bfl,
                       lora_to_diffsynth)
 
@@ -113,6 +113,8 @@ class Flux(Family):
     weight_files = real_configs.WEIGHT_FILES
     tiny_twins = {"flux.1-dev": ("black-forest-labs/FLUX.1-dev", tiny.write_tiny),
                   "flux.1-krea-dev": ("black-forest-labs/FLUX.1-Krea-dev", tiny.write_tiny_krea)}
+    block_inputs = blocks.BLOCK_INPUTS
+    text_tokens = blocks.TEXT_TOKENS
     # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
     encoders = ("text_encoder", "text_encoder_2")
     lora_targets = LORA_TARGETS

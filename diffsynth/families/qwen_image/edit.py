@@ -97,6 +97,7 @@ class QwenImageEdit(QwenImage):
     variant_of = "qwen_image"
     selected_by = "edit_image"
     tiny_twins = {"qwen-image-edit": ("Qwen/Qwen-Image-Edit", tiny.write_tiny_edit)}
+    reference_image_inputs = ("edit_image",)
 
     @classmethod
     def auxiliary_entries(cls, config) -> dict[str, str]:

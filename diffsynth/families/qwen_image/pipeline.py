@@ -10,7 +10,7 @@ from ...models.model_config import fetch, parse_model_configs, parse_path_or_mod
 from ...sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
 from ..base import Family, load_components
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
-from . import checkpoints, real_configs, tiny
+from . import blocks, checkpoints, real_configs, tiny
 
 DEFAULT_TOKENIZER = "Qwen/Qwen-Image:tokenizer/"
 # DiffSynth's (and the official) text-to-image prompt template; the prefix tokens are dropped after encoding.
@@ -48,6 +48,8 @@ class QwenImage(Family):
     real_models = real_configs.REAL_MODELS
     weight_files = real_configs.WEIGHT_FILES
     tiny_twins = {"qwen-image": ("Qwen/Qwen-Image", tiny.write_tiny)}
+    block_inputs = blocks.BLOCK_INPUTS
+    text_tokens = blocks.TEXT_TOKENS
     # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
     lora_targets = LORA_TARGETS
     train_sigmas = staticmethod(train_sigmas)

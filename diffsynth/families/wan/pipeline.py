@@ -28,7 +28,7 @@ from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import DataRules, Family, load_components
-from . import checkpoints, real_configs, tiny
+from . import blocks, checkpoints, real_configs, tiny
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 
 # Image sides are floored to this multiple: VAE 8 x DiT patch 2. The Wan2.2 VAE (TI2V-5B) downsamples by 16,
@@ -127,6 +127,8 @@ class Wan(Family):
         "wan2.2-a14b": ("Wan-AI/Wan2.2-T2V-A14B", tiny.write_tiny_a14b),
         "wan2.2-i2v-a14b": ("Wan-AI/Wan2.2-I2V-A14B", tiny.write_tiny_i2v_a14b),
     }
+    block_inputs = blocks.BLOCK_INPUTS
+    text_tokens = blocks.TEXT_TOKENS
     data = DATA_RULES
     extra_inputs = ("input_image",)
     encoders = ("text_encoder", "image_encoder")

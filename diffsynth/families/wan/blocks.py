@@ -1,0 +1,26 @@
+"""Wan's DiT blocks for the memory plan: what a block is called with, and the text tokens it sees."""
+from __future__ import annotations
+
+import torch
+
+from ...models.block_shapes import linear_in
+
+CLIP_IMAGE_TOKENS = 257  # Wan2.1 image-to-video: CLIP ViT-H tokens appended to the text context
+
+
+def _text_tokens(dit) -> int:  # UMT5 context padded to 512, plus the CLIP image context of Wan2.1 I2V
+    return 512 + (CLIP_IMAGE_TOKENS if getattr(getattr(dit, "config", None), "image_dim", None) else 0)
+
+
+TEXT_TOKENS = {"WanTransformer3DModel": _text_tokens}
+
+
+def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand) -> dict:
+    dim = block.norm2.normalized_shape[0] if hasattr(block.norm2, "normalized_shape") else linear_in(block.ffn)
+    hd = dim // block.attn1.heads
+    return {"hidden_states": rand(batch, image_tokens, dim), "encoder_hidden_states": rand(batch, txt_tokens, dim),
+            "temb": rand(batch, 6, dim),
+            "rotary_emb": (rand(1, image_tokens, 1, hd, dt=torch.float32), rand(1, image_tokens, 1, hd, dt=torch.float32))}
+
+
+BLOCK_INPUTS = {"WanTransformerBlock": _block}
