@@ -1,5 +1,5 @@
-"""`dvc repro` on a fresh copy of the repository: every stage runs for real, MLflow records the run, and a
-second `dvc repro` has nothing to do."""
+"""`dvc repro` in a `git clone` of the committed tree, as `make run` does: every stage runs for real, MLflow
+records the run, and a second `dvc repro` has nothing to do."""
 import json
 import os
 import shutil
@@ -11,36 +11,39 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from helpers import DEFAULT_PARAMS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-# generated things at the top level (and DVC's cache) are not part of a fresh clone
-TOP_LEVEL_SKIP = {".git", ".venv", "outputs", "reports", "models", "mlflow.db", "mlruns", "mlartifacts", "dvc.lock",
-                  ".pytest_cache", "data"}
+
+
+def committed_tree(src: Path = REPO) -> str:
+    """The commit a clone of ``src`` should hold: HEAD plus the uncommitted edits of tracked files (what
+    `git stash create` records, without touching the working tree or the stash list), so a developer's edits
+    are tested; untracked files are left out, as a user's clone never has them."""
+    run = lambda *cmd: subprocess.run(["git", *cmd], cwd=src, capture_output=True, text=True, check=True,
+                                      env=pipeline_env(src)).stdout.strip()
+    return run("stash", "create") or run("rev-parse", "HEAD")
 
 
 def copy_repo(dst: Path, src: Path = REPO) -> Path:
-    """A fresh clone of ``src``'s files, with the tests' own params.yaml (the workspace's is the user's: a
-    `dvc exp run -S` rewrites it)."""
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src,
-                             capture_output=True, text=True, check=True).stdout.split()
-    for rel in tracked:
-        parts = Path(rel).parts
-        if parts[0] in TOP_LEVEL_SKIP or "__pycache__" in parts or parts[:2] in ((".dvc", "cache"), (".dvc", "tmp")):
-            continue
-        if not (src / rel).exists():
-            continue
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / rel, dst / rel)
-    shutil.copyfile(DEFAULT_PARAMS_FILE, dst / "params.yaml")
+    """A `git clone` of ``src``'s committed tree (see :func:`committed_tree`), with the tests' own params.yaml
+    committed on top (the workspace's is the user's: a `dvc exp run -S` rewrites it). A tracked stage output,
+    or a file the code needs but git does not hold, fails here as it would fail a user's clone."""
     env = pipeline_env(dst)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dst, check=True, env=env)
+    commit = committed_tree(src)
+    git = lambda *cmd, cwd=dst: subprocess.run(["git", *cmd], cwd=cwd, check=True, env=env, capture_output=True)
+    git("clone", "-q", "--no-checkout", str(src), str(dst), cwd=dst.parent)
+    git("fetch", "-q", str(src), commit)  # a stash commit is on no branch the clone copied
+    git("reset", "-q", "--hard", commit)
+    git("remote", "remove", "origin")  # nothing run in the clone may push into the developer's repository
+    shutil.copyfile(dst / "tests" / "default_params.yaml", dst / "params.yaml")
+    git("add", "params.yaml")
+    git("commit", "-qm", "tests' params", "--allow-empty")
     return dst
 
 
 def pipeline_env(root: Path) -> dict:
     env = dict(os.environ)
+    env["PYTHONPATH"] = str(root)  # the clone's own package, not the checkout's (nor the venv's editable install)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update({"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                 "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"})
@@ -51,9 +54,55 @@ def pipeline_env(root: Path) -> dict:
 
 def dvc(root: Path, *args: str) -> str:
     proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=root, env=pipeline_env(root),
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1800)  # a loaded CI machine is slow
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
+
+
+def git_lines(root: Path, *args: str) -> list[str]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+
+
+def test_the_copy_is_the_committed_tree_with_uncommitted_edits_and_no_untracked_files(tmp_path):
+    """What a clone gets: committed files, and (so a developer's edits are tested) edits to tracked files;
+    never an untracked or ignored file, which a user's clone would not have."""
+    src = tmp_path / "src"
+    (src / "tests").mkdir(parents=True)
+    (src / "tests" / "default_params.yaml").write_text("train: {seed: 0}\n")
+    (src / ".gitignore").write_text("/outputs/\n")
+    (src / "kept.py").write_text("committed\n")
+    (src / "edited.py").write_text("committed\n")
+    env = pipeline_env(src)
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run(["git", *cmd], cwd=src, check=True, env=env)
+    (src / "edited.py").write_text("edited, not committed\n")
+    (src / "untracked.py").write_text("never added\n")
+    (src / "outputs").mkdir()
+    (src / "outputs" / "ignored.png").write_text("a stage output\n")
+
+    dst = copy_repo(tmp_path / "clone", src)
+    assert (dst / "kept.py").read_text() == "committed\n"
+    assert (dst / "edited.py").read_text() == "edited, not committed\n"
+    assert not (dst / "untracked.py").exists() and not (dst / "outputs").exists()
+    assert (dst / "params.yaml").read_text() == "train: {seed: 0}\n"
+    assert git_lines(dst, "status", "--porcelain") == [] and git_lines(dst, "remote") == []
+    assert (src / "edited.py").read_text() == "edited, not committed\n"  # the developer's tree is untouched
+    assert git_lines(src, "stash", "list") == []
+
+
+def test_no_stage_output_is_tracked_by_git_and_all_are_ignored(tmp_path):
+    """`dvc repro` refuses an output that git tracks ("already tracked by SCM"); the fast form of the check the
+    pipeline run below makes, over every stage's outs, metrics and plots as DVC resolves them."""
+    from dvc.repo import Repo
+
+    root = copy_repo(tmp_path / "repo")
+    with Repo(str(root)) as repo:
+        outs = sorted({os.path.relpath(out.fs_path, root) for stage in repo.index.stages for out in stage.outs})
+    assert len(outs) >= 10 and all(not o.startswith("..") for o in outs), outs
+    tracked = {o: files for o in outs if (files := git_lines(root, "ls-files", "--", o))}
+    assert not tracked, f"stage outputs committed to git (a clone's `dvc repro` fails on them): {tracked}"
+    ignored = set(git_lines(root, "check-ignore", "--no-index", *outs))
+    assert ignored == set(outs), f"stage outputs git would not ignore: {sorted(set(outs) - ignored)}"
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +113,16 @@ def repro(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     first = dvc(root, "repro")
     return root, first
+
+
+@pytest.mark.slow
+def test_make_run_on_a_clone_ends_with_the_summary(repro):
+    """`make run` is `dvc repro` (the fixture, on a clone of the committed tree) then the summary."""
+    root, _ = repro
+    proc = subprocess.run([sys.executable, "-m", "diffsynth.cli", "summary"], cwd=root, env=pipeline_env(root),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training:   64 steps" in proc.stdout and "pytorch_lora_weights.safetensors" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow
