@@ -9,7 +9,7 @@ import yaml
 from diffsynth.command_line import config_from_args
 from diffsynth.config import config_from_dict, flatten, load_params
 from diffsynth.errors import ConfigError
-from helpers import DEFAULT_PARAMS, DEFAULT_PARAMS_FILE, REPO
+from helpers import DEFAULT_PARAMS, DEFAULT_PARAMS_TEXT, REPO
 
 # The seed document's Qwen-Image full-training command, verbatim after the script name.
 SEED_QWEN_FULL = """--dataset_base_path data/example_image_dataset \
@@ -26,16 +26,17 @@ SEED_QWEN_FULL = """--dataset_base_path data/example_image_dataset \
 --find_unused_parameters"""
 
 
-def test_default_params_load_and_every_key_is_known():
-    """The tests' copy of the shipped params.yaml (not the workspace's, which `dvc exp run -S` edits)."""
-    config = load_params(DEFAULT_PARAMS_FILE)
+def test_default_params_load_and_every_key_is_known(tmp_path):
+    """The shipped params.yaml as committed (not the workspace's, which `dvc exp run -S` edits)."""
+    (tmp_path / "params.yaml").write_text(DEFAULT_PARAMS_TEXT)
+    config = load_params(tmp_path / "params.yaml")
     assert config.model.tiny_preset == "qwen-image"
     full = config.to_dict()
     assert set(DEFAULT_PARAMS) == set(full)
     for section, values in full.items():  # a key added to the config needs a value here too
         lacking = set(values) - set(DEFAULT_PARAMS[section])
-        assert not lacking, (f"tests/default_params.yaml lacks {section}.{sorted(lacking)}: "
-                             "cp params.yaml tests/default_params.yaml")
+        assert not lacking, (f"the committed params.yaml lacks {section}.{sorted(lacking)}: add the key to "
+                             "params.yaml and commit it (the tests read `git show HEAD:./params.yaml`)")
 
 
 def test_seed_document_command_gives_the_same_run():

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from helpers import DEFAULT_PARAMS_FILE
+from helpers import DEFAULT_PARAMS_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
 # generated things at the top level (and DVC's cache) are not part of a fresh clone
@@ -20,8 +20,8 @@ TOP_LEVEL_SKIP = {".git", ".venv", "outputs", "reports", "models", "mlflow.db", 
 
 
 def copy_repo(dst: Path, src: Path = REPO) -> Path:
-    """A fresh clone of ``src``'s files, with the tests' own params.yaml (the workspace's is the user's: a
-    `dvc exp run -S` rewrites it)."""
+    """A fresh clone of ``src``'s files, with the shipped params.yaml as committed (the workspace's is the user's:
+    a `dvc exp run -S` rewrites it)."""
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src,
                              capture_output=True, text=True, check=True).stdout.split()
     for rel in tracked:
@@ -32,7 +32,7 @@ def copy_repo(dst: Path, src: Path = REPO) -> Path:
             continue
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dst / rel)
-    shutil.copyfile(DEFAULT_PARAMS_FILE, dst / "params.yaml")
+    (dst / "params.yaml").write_text(DEFAULT_PARAMS_TEXT)
     env = pipeline_env(dst)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dst, check=True, env=env)
