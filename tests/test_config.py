@@ -113,17 +113,6 @@ def test_shipped_accelerate_configs_load():
     assert load_config_from_file(str(REPO / "configs/accelerate/deepspeed_zero3.yaml")).deepspeed_config["zero3_init_flag"]
 
 
-def test_readme_flag_table_is_the_generated_one():
-    """The README's flag table is `diffsynth flags` output; regenerate it when a flag changes."""
-    from diffsynth.command_line import flag_table
-    readme = (REPO / "README.md").read_text()
-    start, end = readme.index("<!-- flag-table -->\n"), readme.index("<!-- /flag-table -->")
-    assert readme[start + len("<!-- flag-table -->\n"):end].strip() == flag_table().strip()
-    for flag in ("--dataset_base_path", "--lora_target_modules", "--use_gradient_checkpointing", "--save_steps",
-                 "--align_to_opensource_format", "--max_timestep_boundary", "--fp8_models", "--enable_wandb_log"):
-        assert f"`{flag}`" in readme
-
-
 def test_unsupported_task_says_what_is_missing():
     with pytest.raises(ConfigError, match="direct_distill and trajectory_imitation are not supported"):
         config_from_args(["--lora_base_model", "dit", "--task", "direct_distill"])
