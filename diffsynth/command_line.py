@@ -80,8 +80,8 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
         # the variant its extra inputs select (--extra_inputs edit_image: Qwen-Image-Edit)
         model["family"] = select_variant(inferred or Config().model.family, model.get("extra_inputs")).name
     if flags_only:
-        # what the family's DiffSynth train.py forces (Wan: gradient checkpointing, spec §9.22), so its command
-        # line means it; params.yaml leaves it to the user
+        # what the family's DiffSynth train.py forces (Wan: gradient checkpointing, in DiffSynth-Studio's
+        # examples/wanvideo/model_training/train.py), so its command line means it; params.yaml leaves it to the user
         spec = get_spec(model.get("family") or Config().model.family)
         for section, values in spec.command_line_defaults.items():
             for key, value in values.items():
