@@ -16,13 +16,13 @@ USER_EDITS = {"train": {"learning_rate": 0.001, "num_epochs": 40}, "lora": {"lor
               "model": {"torch_dtype": "bfloat16"}}
 
 
-def tests_params() -> dict:
+def shipped_params() -> dict:
     return yaml.safe_load(DEFAULT_PARAMS_TEXT)
 
 
 def test_tiny_config_takes_the_tests_params(tmp_path):
     config = tiny_config(tmp_path, tmp_path / "metadata.csv").to_dict()
-    expected = tests_params()
+    expected = shipped_params()
     for section, values in USER_EDITS.items():
         for key in values:
             assert config[section][key] == expected[section][key], f"{section}.{key} came from the workspace"
