@@ -1,6 +1,6 @@
 # `make run`: bootstrap .venv and run the DVC pipeline on the embedded tiny default.
 # `make test`: bootstrap .venv and run the test suite.
-# `make parity`: our code against DiffSynth-Studio's own code (its own venv, .venv-parity; see README).
+# `make parity`: our code against DiffSynth-Studio's own code (its own venv, .venv-parity; see docs/parity.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -1,5 +1,5 @@
-"""DiffSynth's ``train.py`` command line: its flags (same names, types, defaults) <-> params.yaml, the README
-flag table, and ``diffsynth params --from-args``. Family-specific rules come from the family specs."""
+"""DiffSynth's ``train.py`` command line: its flags (same names, types, defaults) <-> params.yaml, the flag
+table (docs/flags.md), and ``diffsynth params --from-args``. Family-specific rules come from the family specs."""
 from __future__ import annotations
 
 import argparse
@@ -70,7 +70,7 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
     unsupported = sorted(k.split(".", 1)[1] for k in ns if k.startswith("unsupported."))
     if unsupported:
         raise ConfigError("Not supported yet: " + ", ".join(f"--{u}" for u in unsupported)
-                          + ". Remove these flags; see the flag table in README.md.")
+                          + ". Remove these flags; see the flag table in docs/flags.md (`diffsynth flags`).")
     data: dict = {}
     flags_only = "params" not in ns and not base  # a pasted DiffSynth command line, nothing else
     if "params" in ns:
@@ -90,8 +90,8 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
         # the DVC stages depend on diffsynth/families/<model.family>
         model["family"] = inferred or Config().model.family
     if flags_only:
-        # what the family's DiffSynth train.py forces (Wan: gradient checkpointing, spec §9.22), so its command
-        # line means it; params.yaml leaves it to the user
+        # what the family's DiffSynth train.py forces (Wan: gradient checkpointing, in DiffSynth-Studio's
+        # examples/wanvideo/model_training/train.py), so its command line means it; params.yaml leaves it to the user
         spec = get_spec(model.get("family") or Config().model.family)
         for section, values in spec.command_line_defaults.items():
             for key, value in values.items():
@@ -99,7 +99,7 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
     return config_from_dict(data, check)
 
 
-# How a supported DiffSynth flag behaves differently here (shown in the README's flag table).
+# How a supported DiffSynth flag behaves differently here (shown in the flag table, docs/flags.md).
 DIFFERENCES = {
     "dataset_metadata_path": "empty with --task sft:train: the cache in dataset_base_path is read (ours or DiffSynth's .pth)",
     "model_paths": "safetensors only (pickled .bin/.pth are refused); shard lists and globs",

@@ -2,9 +2,10 @@
 
 Every field of a section is one key of params.yaml and one ``--flag`` of ``diffsynth train`` (the DiffSynth
 command-line layer is ``command_line.py``). Fields that
-exist in DiffSynth's ``train.py`` keep its name, type, default and meaning (reference spec §1.1); fields we
-add are marked ``ours`` in their metadata. The tiny demo in params.yaml overrides some defaults (smaller
-sizes, float32 on CPU); the dataclass defaults are DiffSynth's.
+exist in DiffSynth's ``train.py`` keep its name, type, default and meaning (DiffSynth-Studio's
+``diffsynth/diffusion/parsers.py``; the flag table is docs/flags.md); fields we add are marked ``ours`` in their
+metadata. The tiny demo in params.yaml overrides some defaults (smaller sizes, float32 on CPU); the dataclass
+defaults are DiffSynth's.
 """
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ ASSUMPTIONS = [
 def resolve_params_path(value: str | None) -> Path:
     """``params.yaml`` by default; a path, or the name of a file in ``presets/`` (``qwen-image-lora``)."""
     path = Path(value or "params.yaml")
-    if not path.exists() and value and not path.suffix:
+    if not path.exists() and value and path.suffix not in (".yaml", ".yml"):  # names may hold dots: flux.1-dev-lora
         path = Path("presets") / f"{value}.yaml"
     if not path.exists():
         raise ConfigError(f"{value or 'params.yaml'} not found: give a params file or a preset "

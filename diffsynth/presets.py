@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 # reading and merging overlays is config loading (config.py); this module lists, renders and writes presets
-from .config import (EXTENDS, PRESETS_DIR, SECTIONS, Config, config_from_dict, layers, load_preset, merge,  # noqa: F401
-                     preset_params, resolve)
+from .config import (EXTENDS, PRESETS_DIR, SECTIONS, Config, config_from_dict, layers, load_preset,  # noqa: F401
+                     merge, preset_params, resolve)
 from .files import write_text
 
 # passthrough sections have no dataclass: their keys' comments live here

@@ -1,8 +1,10 @@
-"""Building configs for tests from the tests' own params (tests/default_params.yaml, a copy of the shipped
-params.yaml): the workspace's params.yaml is the user's, and `dvc exp run -S` rewrites it."""
+"""Building configs for tests from the shipped defaults: params.yaml as committed (``git show HEAD:./params.yaml``),
+not the workspace's file, which is the user's (`dvc exp run -S` rewrites it). Outside a git checkout (an unpacked
+archive) the file itself is the shipped one. No copy is kept: a changed default reaches the tests once committed."""
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -10,8 +12,22 @@ import yaml
 from diffsynth.config import Config, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PARAMS_FILE = Path(__file__).resolve().parent / "default_params.yaml"
-DEFAULT_PARAMS = yaml.safe_load(DEFAULT_PARAMS_FILE.read_text())
+
+
+def shipped_params_text(repo: Path = REPO) -> str:
+    """The committed params.yaml of ``repo`` (its workspace file when ``repo`` is no git checkout)."""
+    try:
+        proc = subprocess.run(["git", "show", "HEAD:./params.yaml"], cwd=repo, capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        proc = None
+    if proc is not None and proc.returncode == 0:
+        return proc.stdout
+    return (repo / "params.yaml").read_text()
+
+
+DEFAULT_PARAMS_TEXT = shipped_params_text()
+DEFAULT_PARAMS = yaml.safe_load(DEFAULT_PARAMS_TEXT)
 
 
 def tiny_config(tmp_path: Path, metadata: Path, **overrides) -> Config:

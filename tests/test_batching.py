@@ -254,7 +254,7 @@ def per_sample_reference(config) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_batch_size_one_reproduces_the_checkpoint_of_the_code_before_batching(tmp_path, shapes_dataset, tiny_env):
-    """The tiny default (tests/default_params.yaml) for 5 steps, seed 0, at train.batch_size 1: the trainer's
+    """The tiny default (the shipped params.yaml) for 5 steps, seed 0, at train.batch_size 1: the trainer's
     checkpoint equals, bit for bit, the per-sample loop's (computed here, in this process: floats differ
     between CPUs, so no digest recorded on another machine is compared)."""
     from safetensors.torch import load_file

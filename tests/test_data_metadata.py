@@ -1,4 +1,4 @@
-"""Metadata formats and UnifiedDataset row semantics (spec §2.1, §2.4)."""
+"""Metadata formats and UnifiedDataset row semantics (DiffSynth's unified_dataset.py)."""
 import json
 import math
 

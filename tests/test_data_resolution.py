@@ -1,4 +1,4 @@
-"""Resolution rules (spec §2.3), with sizes worked out by hand from DiffSynth's formula."""
+"""Resolution rules (DiffSynth's ImageCropAndResize), with sizes worked out by hand from DiffSynth's formula."""
 import pytest
 from PIL import Image
 

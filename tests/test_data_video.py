@@ -1,4 +1,5 @@
-"""Video columns (spec §2.4): first n frames with n = 4k+1, GIF via PIL, still image = 1-frame video."""
+"""Video columns (DiffSynth's default_video_operator): first
+n frames with n = 4k+1, GIF via PIL, still image = 1-frame video."""
 import numpy as np
 import pytest
 from PIL import Image

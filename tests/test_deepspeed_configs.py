@@ -1,6 +1,6 @@
 """The shipped DeepSpeed configs, checked by DeepSpeed's own config validation (optional extra `deepspeed`).
 
-DeepSpeed cannot train here (accelerate has no CPU path for it; see README), so this checks what can be checked
+DeepSpeed cannot train here (accelerate has no CPU path for it; see docs/distributed.md), so this checks what can be checked
 on a CPU: the DeepSpeed JSON that accelerate builds from each config file is accepted by DeepSpeed."""
 import pytest
 import yaml

@@ -17,6 +17,7 @@ import yaml
 
 from diffsynth import cache, code_closure
 from diffsynth.families import all_specs
+from helpers import DEFAULT_PARAMS_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "stages"))
@@ -202,7 +203,9 @@ def digest_in(root: Path, family: str = "qwen_image") -> str:
     """The code digest computed by a fresh interpreter importing the package at ``root``."""
     code = ("import sys; from diffsynth.config import load_params; from diffsynth import cache; "
             "print(cache.code_digest(load_params(sys.argv[1])))")
-    out = subprocess.run([sys.executable, "-c", code, str(REPO / "tests/default_params.yaml")], cwd=root,
+    params = root / "params.yaml"
+    params.write_text(DEFAULT_PARAMS_TEXT)
+    out = subprocess.run([sys.executable, "-c", code, str(params)], cwd=root,
                          env={"PYTHONPATH": str(root), "PATH": ""}, capture_output=True, text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
 

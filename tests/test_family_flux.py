@@ -27,7 +27,7 @@ from diffsynth.training.loop import run_training
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {name: REPO / "presets" / f"{name}.yaml" for name in
            ("flux.1-dev-lora", "flux.1-dev-full", "tiny/flux.1-dev-lora", "tiny/flux.1-dev-full")}
-# DiffSynth's examples/flux/model_training/lora/FLUX.1-dev.sh (reference spec §5.2)
+# DiffSynth's examples/flux/model_training/lora/FLUX.1-dev.sh
 FLUX_LORA_SH = (
     '--dataset_base_path data/example_image_dataset --dataset_metadata_path data/example_image_dataset/metadata.csv '
     '--max_pixels 1048576 --dataset_repeat 50 --model_id_with_origin_paths '
@@ -119,7 +119,7 @@ def test_dit_sees_the_inputs_diffsynth_gives_it(pipe):
     assert torch.equal(kw["txt_ids"], torch.zeros(512, 3))
     assert kw["img_ids"][:, 0].abs().sum() == 0
     assert kw["img_ids"][17].tolist() == [0, 1, 1] and kw["img_ids"][-1].tolist() == [0, 15, 15]
-    assert kw["guidance"].tolist() == [1.0]                    # embedded guidance 1 in training (spec §9.8)
+    assert kw["guidance"].tolist() == [1.0]                    # embedded guidance 1 in training (DiffSynth)
     assert kw["timestep"].tolist() == [0.5]                    # t/1000, as diffusers' FLUX pipeline passes it
     # latents are the deterministic VAE mode, shifted and scaled as the FLUX pipeline does
     with torch.no_grad():

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from helpers import DEFAULT_PARAMS_TEXT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,9 +25,9 @@ def committed_tree(src: Path = REPO) -> str:
     return run("stash", "create") or run("rev-parse", "HEAD")
 
 
-def copy_repo(dst: Path, src: Path = REPO) -> Path:
-    """A `git clone` of ``src``'s committed tree (see :func:`committed_tree`), with the tests' own params.yaml
-    committed on top (the workspace's is the user's: a `dvc exp run -S` rewrites it). A tracked stage output,
+def copy_repo(dst: Path, src: Path = REPO, params_text: str = DEFAULT_PARAMS_TEXT) -> Path:
+    """A `git clone` of ``src``'s committed tree (see :func:`committed_tree`), with the shipped params.yaml (as
+    committed) on top: the workspace's is the user's, and a `dvc exp run -S` rewrites it. A tracked stage output,
     or a file the code needs but git does not hold, fails here as it would fail a user's clone."""
     env = pipeline_env(dst)
     commit = committed_tree(src)
@@ -35,7 +36,7 @@ def copy_repo(dst: Path, src: Path = REPO) -> Path:
     git("fetch", "-q", str(src), commit)  # a stash commit is on no branch the clone copied
     git("reset", "-q", "--hard", commit)
     git("remote", "remove", "origin")  # nothing run in the clone may push into the developer's repository
-    shutil.copyfile(dst / "tests" / "default_params.yaml", dst / "params.yaml")
+    (dst / "params.yaml").write_text(params_text)  # the shipped params, not the workspace's edits
     git("add", "params.yaml")
     git("commit", "-qm", "tests' params", "--allow-empty")
     return dst
@@ -67,8 +68,7 @@ def test_the_copy_is_the_committed_tree_with_uncommitted_edits_and_no_untracked_
     """What a clone gets: committed files, and (so a developer's edits are tested) edits to tracked files;
     never an untracked or ignored file, which a user's clone would not have."""
     src = tmp_path / "src"
-    (src / "tests").mkdir(parents=True)
-    (src / "tests" / "default_params.yaml").write_text("train: {seed: 0}\n")
+    src.mkdir(parents=True)
     (src / ".gitignore").write_text("/outputs/\n")
     (src / "kept.py").write_text("committed\n")
     (src / "edited.py").write_text("committed\n")
@@ -80,7 +80,7 @@ def test_the_copy_is_the_committed_tree_with_uncommitted_edits_and_no_untracked_
     (src / "outputs").mkdir()
     (src / "outputs" / "ignored.png").write_text("a stage output\n")
 
-    dst = copy_repo(tmp_path / "clone", src)
+    dst = copy_repo(tmp_path / "clone", src, params_text="train: {seed: 0}\n")
     assert (dst / "kept.py").read_text() == "committed\n"
     assert (dst / "edited.py").read_text() == "edited, not committed\n"
     assert not (dst / "untracked.py").exists() and not (dst / "outputs").exists()

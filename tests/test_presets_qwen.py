@@ -27,7 +27,7 @@ TARGETS = "to_q,to_k,to_v,add_q_proj,add_k_proj,add_v_proj,to_out.0,to_add_out,i
 MODELS = ("{dit}:transformer/diffusion_pytorch_model*.safetensors,Qwen/Qwen-Image:text_encoder/model*.safetensors,"
           "Qwen/Qwen-Image:vae/diffusion_pytorch_model.safetensors")
 
-# DiffSynth-Studio's examples/qwen_image/model_training/{lora,full}/*.sh (reference spec §5.1)
+# DiffSynth-Studio's examples/qwen_image/model_training/{lora,full}/*.sh
 COMMON = "--max_pixels 1048576 --remove_prefix_in_ckpt pipe.dit. --use_gradient_checkpointing --find_unused_parameters"
 LORA = f'--lora_base_model dit --lora_target_modules "{TARGETS}" --lora_rank 32 --learning_rate 1e-4 --num_epochs 5'
 SCRIPTS = {

@@ -1,4 +1,4 @@
-"""The training sigma grids and loss weights against numbers computed by hand from spec §4.5."""
+"""The training sigma grids and loss weights against numbers computed by hand from DiffSynth's flow_match.py."""
 import math
 
 import pytest

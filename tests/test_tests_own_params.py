@@ -1,5 +1,5 @@
 """Tests never read the workspace's params.yaml: `dvc exp run -S train.learning_rate=0.001` rewrites it, and
-`make test` must pass all the same. The tests' params are tests/default_params.yaml."""
+`make test` must pass all the same. The tests' params are the committed params.yaml (tests/helpers.py)."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import DEFAULT_PARAMS_FILE, tiny_config
+from helpers import DEFAULT_PARAMS_TEXT, REPO, shipped_params_text, tiny_config
 from test_pipeline_dvc import copy_repo
 
 # a user's tuning, as `dvc exp run -S ...` leaves it in params.yaml
@@ -16,13 +16,13 @@ USER_EDITS = {"train": {"learning_rate": 0.001, "num_epochs": 40}, "lora": {"lor
               "model": {"torch_dtype": "bfloat16"}}
 
 
-def tests_params() -> dict:
-    return yaml.safe_load(DEFAULT_PARAMS_FILE.read_text())
+def shipped_params() -> dict:
+    return yaml.safe_load(DEFAULT_PARAMS_TEXT)
 
 
 def test_tiny_config_takes_the_tests_params(tmp_path):
     config = tiny_config(tmp_path, tmp_path / "metadata.csv").to_dict()
-    expected = tests_params()
+    expected = shipped_params()
     for section, values in USER_EDITS.items():
         for key in values:
             assert config[section][key] == expected[section][key], f"{section}.{key} came from the workspace"
@@ -37,7 +37,23 @@ def test_tiny_config_writes_only_under_tmp_path(tmp_path):
 
 def test_copied_project_runs_on_the_tests_params(tmp_path):
     root = copy_repo(tmp_path / "repo")
-    assert (root / "params.yaml").read_text() == DEFAULT_PARAMS_FILE.read_text()
+    assert (root / "params.yaml").read_text() == DEFAULT_PARAMS_TEXT
+
+
+def test_the_tests_params_are_the_committed_ones_not_the_workspace_file(tmp_path):
+    """An edited, uncommitted params.yaml changes nothing; outside a git checkout the file is the shipped one."""
+    root = copy_repo(tmp_path / "repo")
+    committed = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(committed.replace("learning_rate:", "learning_rate: 0.5 #", 1))
+    assert shipped_params_text(root) == committed
+    plain = tmp_path / "archive"
+    plain.mkdir()
+    (plain / "params.yaml").write_text("train: {}\n")
+    assert shipped_params_text(plain) == "train: {}\n"
+
+
+def test_no_hand_copy_of_the_params():
+    assert not (REPO / "tests" / "default_params.yaml").exists()
 
 
 @pytest.mark.slow

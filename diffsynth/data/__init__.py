@@ -1,4 +1,5 @@
-"""Datasets in DiffSynth's format: a folder plus metadata.csv/.json/.jsonl (reference spec §2).
+"""Datasets in DiffSynth's format: a folder plus metadata.csv/.json/.jsonl (DiffSynth-Studio's
+``diffsynth/core/data/``).
 
 metadata (reading rows) -> loading / video (one file) -> resolution (sizing) -> operators (one cell) ->
 dataset (UnifiedDataset); file_checks + validate check every row up front; sources / sample_dataset /

@@ -1,4 +1,5 @@
-"""The training dataset: DiffSynth's UnifiedDataset semantics (spec §2.1, §2.4) for image and video rows."""
+"""The training dataset: DiffSynth's ``UnifiedDataset`` semantics (DiffSynth-Studio's
+``diffsynth/core/data/unified_dataset.py``) for image and video rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace

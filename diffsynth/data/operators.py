@@ -1,4 +1,5 @@
-"""What a file cell of a row becomes (spec §2.4): DiffSynth's default image and video operators.
+"""What a file cell of a row becomes: DiffSynth's default image and video operators
+(``UnifiedDataset.default_image_operator`` / ``default_video_operator``, ``diffsynth/core/data/unified_dataset.py``).
 
 * image column: a path or URL -> one resized RGB image; a list of them -> a list (multi-image inputs).
 * video column: a path -> a list of resized frames (still image = 1 frame, GIF, or a video container).

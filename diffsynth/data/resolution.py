@@ -1,4 +1,5 @@
-"""DiffSynth's resolution rules (spec §2.3): fixed size, or dynamic under max_pixels; scale, then centre-crop."""
+"""DiffSynth's resolution rules (``ImageCropAndResize``, ``diffsynth/core/data/operators.py``): fixed size, or
+dynamic under max_pixels; scale, then centre-crop."""
 from __future__ import annotations
 
 from PIL import Image

@@ -1,4 +1,4 @@
-"""Dataset validation: check every row before training and report all problems at once (spec §2, issue 3).
+"""Dataset validation: check every row before training and report all problems at once.
 
 DiffSynth loads files lazily and a single bad file kills a multi-GPU run mid-training. Here every row is
 parsed, decoded and sized up front; the report lists each failing row with its reason. Problems with no row

@@ -1,4 +1,4 @@
-"""Video cells (spec §2.4, default_video_operator): a clip becomes a list of PIL frames.
+"""Video cells (DiffSynth's ``UnifiedDataset.default_video_operator``): a clip becomes a list of PIL frames.
 
 * Which loader: by lower-cased extension. Still images are 1-frame videos, ``gif`` is read with PIL,
   the video containers with decord.

@@ -1,1 +1,2 @@
-"""Model configuration, fetching, detection, loading and tiny presets (reference spec §3)."""
+"""Model configuration, fetching, detection, loading and tiny presets (DiffSynth's
+``diffsynth/core/loader/``)."""

@@ -1,4 +1,4 @@
-"""fp8 storage for frozen weights (``model.fp8_models``, reference spec §3.5).
+"""fp8 storage for frozen weights (``model.fp8_models``; DiffSynth's ``parse_vram_config``).
 
 Frozen Linear/Conv weights are stored as ``torch.float8_e4m3fn`` (1 byte per value instead of 2 for bf16);
 each forward upcasts the weight (and bias) to the computation dtype (bf16) and runs the ordinary op, as

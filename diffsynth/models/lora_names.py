@@ -11,7 +11,7 @@ Formats (writers below; :func:`lora_modules` and :func:`from_original_names` rea
 * ``comfyui``    ``diffusion_model.<original module>.lora_A.weight`` + ``.alpha`` (= rank): the family's original
                  checkpoint names (Wan-AI ``blocks.N.self_attn.q``, BFL ``double_blocks.N.img_attn.qkv``).
 * ``kohya``      ``lora_unet_<original module with _>.lora_down.weight`` / ``.lora_up.weight`` + ``.alpha`` (= rank),
-                 DiffSynth's ``--align_to_opensource_format`` for FLUX (spec §5.2).
+                 DiffSynth's ``--align_to_opensource_format`` for FLUX.
 
 The intermediate form is ``{module: (A, B)}`` in the *loaded* model's module names (diffusers names, since our
 DiTs are diffusers classes), with the LoRA scale ``alpha/rank`` folded into B so the weight update is ``B @ A``.
@@ -238,7 +238,7 @@ def write_format(modules: Modules, fmt: str, spec, shapes: dict[str, tuple] | No
 
 def opensource_converter(spec):
     """``output.align_to_opensource_format``: ``(state, alpha) -> state`` writing a trained LoRA in the family's
-    open-source format (FLUX: kohya names with fused q/k/v, spec §5.2), or None where the family has none.
+    open-source format (FLUX: kohya names with fused q/k/v), or None where the family has none.
 
     Unlike DiffSynth, modules outside the blocks keep their original names (FLUX ``lora_unet_final_layer_linear``),
     which ComfyUI also reads, rather than being dropped."""

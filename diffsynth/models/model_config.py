@@ -1,4 +1,5 @@
-"""DiffSynth's two model flags (spec §3.1, §3.2) and the fetch that turns each entry into files.
+"""DiffSynth's two model flags (``ModelConfig``, ``parse_model_configs``) and the fetch
+that turns each entry into files.
 
 ``--model_paths`` is a JSON list whose items are a path or a list of shard paths; ``--model_id_with_origin_paths``
 is a comma list of ``model_id:glob`` split on the last ``:``. Both may be given; each entry is one model.
@@ -268,7 +269,7 @@ def _as_path(files: list[str]) -> str | list[str]:
 
 
 def fetch(config: ModelConfig, base_path: Path | None = None, skip: bool | None = None) -> ModelConfig:
-    """Resolve ``config`` to local files, downloading missing ones unless skipping (spec §3.1).
+    """Resolve ``config`` to local files, downloading missing ones unless skipping.
 
     A model entry that names a folder (``model_id:text_encoder_2/``, or a folder in ``--model_paths``) resolves to
     the folder's weight files, as DiffSynth loads such a folder as one model; a tokenizer/processor entry

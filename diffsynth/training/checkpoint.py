@@ -1,4 +1,4 @@
-"""Checkpoint files in DiffSynth's format (spec §4.4): trainable tensors only, prefix removed, safetensors,
+"""Checkpoint files in DiffSynth's format (``ModelLogger``): trainable tensors only, prefix removed, safetensors,
 ``epoch-K.safetensors`` (0-based) or ``step-N.safetensors``. Written to a temp name, then renamed."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LoRA with peft, in DiffSynth's conventions (spec §4.7, §6): adapter name ``default``, alpha = rank unless
+"""LoRA with peft, in DiffSynth's conventions (``add_lora_to_model``): adapter name ``default``, alpha = rank unless
 given, suffix-matched target lists, a single target treated as a regex full-match, ``""`` auto-detection."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DiffSynth's flow-matching SFT loss (spec §4.5), for a batch of one or more samples of one shape."""
+"""DiffSynth's flow-matching SFT loss (``FlowMatchSFTLoss``), for a batch of one or more samples of one shape."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""DiffSynth's flow-matching training schedules (reference spec §4.5).
+"""DiffSynth's flow-matching training schedules (DiffSynth-Studio's ``diffsynth/diffusion/flow_match.py``).
 
 Each family trains on a fixed grid of 1000 sigmas (its spec's ``train_sigmas``; formulas in ``diffsynth/sigmas.py``). A training step draws a grid index uniformly, casts
 the timestep to bf16 (as DiffSynth does), looks the sigma and the bell-curve loss weight up at the grid
