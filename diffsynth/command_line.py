@@ -14,8 +14,6 @@ from .families import get_spec, infer_family, select_variant
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
 UNSUPPORTED_FLAGS: dict[str, Any] = {
-    "offload_models": None, "quant_options": None, "enable_model_cpu_offload": False,
-    "enable_optimizer_cpu_offload": False, "cpu_offload_split_threshold": None,
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
     "enable_swanlab_log": False, "swanlab_project": "DiffSynth-Studio",
     "enable_wandb_log": False, "wandb_project": "DiffSynth-Studio",

@@ -40,6 +40,7 @@ from .checkpoint import checkpoint_name, save_checkpoint
 from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
 from .loss import flow_match_loss
 from .optim import Schedule, build_optimizer, total_optimizer_steps
+from .memory import apply_memory_modes
 from .sampler import BucketBatchSampler
 from .schedule import FlowMatchSchedule
 from .validation import FixedNoiseValidator
@@ -273,7 +274,8 @@ class Trainer:
         self.spec = spec = spec_for(config)
         self.metadata = metadata_path or config.dataset.dataset_metadata_path
         cache_dir, expected = cache_source(config, self.metadata)
-        load_device = "cpu" if config.model.initialize_model_on_cpu else accelerator.device
+        load_device = "cpu" if config.model.initialize_model_on_cpu or config.train.enable_model_cpu_offload \
+            else accelerator.device
         # from the cache, the encoders are never built: only the trained model(s) and the VAE decoder
         self.pipe = pipe = spec.load_pipeline(config, dtype, load_device, "train_cached" if cache_dir else "full")
         self.schedule = FlowMatchSchedule.for_family(spec.name)
@@ -286,6 +288,7 @@ class Trainer:
         self.trainable = set(configure_trainable(module, config, dtype))
         self.convert_checkpoint = _checkpoint_converter(spec, config)
         _apply_fp8(pipe, config, dtype)
+        self.memory = apply_memory_modes(module, config, dtype, accelerator)  # quant_options, CPU offload
 
         self._open_dataset(cache_dir, expected)
         self.bucket_keys = self._bucket_keys()
@@ -594,6 +597,7 @@ class Trainer:
         with accelerator.accumulate(self.model):
             loss = self.model(items)
             accelerator.backward(loss)
+            self.memory.after_backward()  # offload: weights released, gradients to the host (optimizer offload)
             grad_norm = None
             if accelerator.sync_gradients:
                 norm = accelerator.clip_grad_norm_(self.params, self.config.train.max_grad_norm or float("inf"))
