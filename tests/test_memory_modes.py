@@ -224,9 +224,10 @@ def test_quantized_base_lora_trains_on_each_family_twin(preset, method, twins, m
     dit = module.pipe.dit
     quantized = [n for n, m in dit.named_modules() if Q.is_quantized(m)]
     linears = [n for n, m in dit.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n]
-    assert memory.quantized["dit"] == len(quantized) > 0 and not linears, linears  # every frozen Linear
-    assert all(n.endswith("base_layer") for n, m in dit.named_modules()
-               if Q.is_quantized(m) and any(p.requires_grad for p in dit.get_submodule(n.rsplit(".", 1)[0]).parameters()))
+    keep = getattr(dit, "_keep_in_fp32_modules", None) or []  # diffusers' full-precision modules (Wan)
+    assert memory.quantized["dit"] == len(quantized) > 0
+    assert all(any(f".{k}." in f".{n}." for k in keep) for n in linears), linears  # every other frozen Linear
+    assert any(n.endswith(".base_layer") for n in quantized)  # LoRA sits on quantized layers
     losses, _ = train_steps(module, cached, 6)
     print(preset, method, [round(v, 5) for v in losses])
     assert all(math.isfinite(v) for v in losses)
@@ -283,11 +284,10 @@ def test_units_follow_diffsynths_split_rule():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("checkpointing", [False, True])
-@pytest.mark.parametrize("optimizer_offload", [False, True])
+@pytest.mark.parametrize("optimizer_offload,checkpointing", [(False, False), (True, True)])
 def test_model_and_optimizer_offload_train_bit_identical_to_resident(optimizer_offload, checkpointing, twins,
                                                                      monkeypatch):
-    """Online encoding (text encoder, VAE) and the DiT all run through the hooks; three steps with fresh noise."""
+    """Online encoding (text encoder, VAE) and the DiT all run through the hooks; two steps with fresh noise."""
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(twins))
     runs = {}
     for offload in (False, True):
@@ -302,7 +302,7 @@ def test_model_and_optimizer_offload_train_bit_identical_to_resident(optimizer_o
             assert acc.device_placement is False and len(memory.managers) == 1
             q = module.pipe.dit.transformer_blocks[0].attn.to_q.base_layer
             assert q.weight.numel() == 0  # between uses a frozen weight is an empty placeholder on the device
-        losses, opt = train_steps(module, items_for("qwen-image-lora"), 3, memory, fixed_draw=False)
+        losses, opt = train_steps(module, items_for("qwen-image-lora"), 2, memory, fixed_draw=False)
         if offload:
             assert q.weight.numel() == 0
             assert all(v.device.type == "cpu" for s in opt.state.values() for v in s.values()

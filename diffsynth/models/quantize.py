@@ -276,12 +276,15 @@ def quantize_model(model: nn.Module, spec: QuantSpec, device=None, exclude: list
     Returns the quantized module names (as the user would write them, without ``.base_layer``).
     Trainable Linear weights are an error: quantized weights cannot be trained."""
     patterns = list(exclude if exclude is not None else spec.exclude)
+    # modules the model class keeps in full precision (diffusers' _keep_in_fp32_modules, which its own bnb
+    # quantizer also leaves alone): their code casts inputs to their first weight's dtype
+    keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
     todo = []
     for name, module in model.named_modules():
         if not name or not isinstance(module, nn.Linear) or is_quantized(module) or _is_lora(name):
             continue
         logical = name[:-len(".base_layer")] if name.endswith(".base_layer") else name
-        if _matches(logical, patterns):
+        if _matches(logical, patterns) or any(f".{k}." in f".{logical}." for k in keep):
             continue
         if any(p.requires_grad for p in module.parameters(recurse=False)):
             raise QuantError(f"model.quant_options ({spec.method}) would quantize {logical!r}, which is trained "
