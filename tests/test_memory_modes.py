@@ -234,6 +234,7 @@ def test_quantized_base_lora_trains_on_each_family_twin(preset, method, twins, m
     assert losses[-1] < losses[0], losses
 
 
+@pytest.mark.slow
 def test_quant_refusals_by_name(twins, monkeypatch):
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(twins))
     module, config = twin("qwen-image-lora")
@@ -329,6 +330,7 @@ def test_split_threshold_units_train_bit_identical(twins, monkeypatch):
     assert results[0] == results[1]
 
 
+@pytest.mark.slow
 def test_offload_models_holds_frozen_models_on_the_host_and_refuses_trained_ones(twins, monkeypatch):
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(twins))
     module, config = twin("qwen-image-lora")
