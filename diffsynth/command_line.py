@@ -17,8 +17,6 @@ from .upstream_flags import all_upstream_flags, families_of, refuse_upstream_fla
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
 UNSUPPORTED_FLAGS: dict[str, Any] = {
-    "offload_models": None, "quant_options": None, "enable_model_cpu_offload": False,
-    "enable_optimizer_cpu_offload": False, "cpu_offload_split_threshold": None,
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
     "audio_processor_path": None, "framewise_decoding": False,
 }
@@ -118,6 +116,13 @@ DIFFERENCES = {
     "enable_swanlab_log": "every metric and the save-point sample images, beside MLflow (extra `swanlab`)",
     "enable_wandb_log": "every metric and the save-point sample images, beside MLflow (extra `wandb`)",
     "num_frames": "",
+    "quant_options": "DiffSynth's grammar and methods; non-differentiable methods refused as DiffSynth does; "
+                     "the model string may also be a pipeline model (dit); trained-fully models refused; extra `.[quant]`",
+    "offload_models": "frozen models only, kept in CPU memory and loaded per layer for each use (not disk); "
+                      "an entry this stage does not hold is accepted",
+    "enable_model_cpu_offload": "one process only (refused under DDP/DeepSpeed/FSDP); not with quant_options",
+    "enable_optimizer_cpu_offload": "",
+    "cpu_offload_split_threshold": "counted in 2**20 parameters, as DiffSynth's code does",
 }
 
 

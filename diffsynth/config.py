@@ -111,6 +111,11 @@ class ModelConfigSection:
     edit_image_area: int = _f(1024 * 1024, "Qwen-Image-Edit: each edit image is resized to this area (ratio kept, "
                               "sides multiples of 32) before VAE encoding; DiffSynth uses 1024*1024", ours=True)
     fp8_models: Optional[str] = _f(None, "models stored in fp8 (entries of the two model lists)")
+    quant_options: Optional[str] = _f(None, "dynamic quantization of frozen Linear weights for LoRA training: "
+                                      "';'-separated <model entry>:<method>[/<exclude modules>], e.g. "
+                                      "...:bitsandbytes_nf4/img_mod.1,txt_mod.1 (methods: models/quantize.py)")
+    offload_models: Optional[str] = _f(None, "comma list of frozen model entries kept in CPU memory between uses "
+                                       "(loaded per layer for each forward)")
     initialize_model_on_cpu: bool = _f(False, "load the models into CPU memory; accelerate moves them to the GPU "
                                               "when training starts (DeepSpeed ZeRO-3 partitions them first)")
     torch_dtype: str = _f("bfloat16", "dtype the models are loaded and computed in", ours=True,
@@ -149,6 +154,13 @@ class TrainConfig:
     max_timestep_boundary: float = _f(1.0, "upper end of the sampled timestep range (Wan2.2 experts)")
     blocks_to_swap: int = _f(0, "DiT blocks whose frozen weights stay on the host and stream to the device "
                              "for forward and backward (0: off)", ours=True)
+    enable_model_cpu_offload: bool = _f(False, "layer-wise offload training: weights live in CPU memory and each "
+                                        "layer is loaded to the device for its forward and backward")
+    enable_optimizer_cpu_offload: bool = _f(False, "with enable_model_cpu_offload: trainable weights, gradients "
+                                            "and optimizer states live in CPU memory, the optimizer steps there")
+    cpu_offload_split_threshold: Optional[int] = _f(None, "with enable_model_cpu_offload: a module above this many "
+                                                    "2**20 parameters is split into its children (None: every leaf "
+                                                    "module is a unit)")
 
 
 @dataclass

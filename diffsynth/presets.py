@@ -21,7 +21,7 @@ from .files import write_text
 # passthrough sections have no dataclass: their keys' comments live here
 PASSTHROUGH_HELP = {
     ("accelerate", "config"): "configs/accelerate/<name>.yaml: single | ddp | deepspeed_zero2 | "
-                              "deepspeed_zero2_offload | deepspeed_zero3 | fsdp",
+                              "deepspeed_zero2_offload | deepspeed_zero3 | deepspeed_zero3_offload | fsdp",
     ("accelerate", "num_processes"): "processes (GPUs) the train stage launches; overrides the config file's value",
 }
 

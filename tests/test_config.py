@@ -104,7 +104,8 @@ def test_flatten_for_mlflow():
 def test_shipped_accelerate_configs_load():
     from accelerate.commands.config.config_args import load_config_from_file
     expected = {"single": ("NO", None), "ddp": ("MULTI_GPU", None), "deepspeed_zero2": ("DEEPSPEED", 2),
-                "deepspeed_zero2_offload": ("DEEPSPEED", 2), "deepspeed_zero3": ("DEEPSPEED", 3), "fsdp": ("FSDP", None)}
+                "deepspeed_zero2_offload": ("DEEPSPEED", 2), "deepspeed_zero3": ("DEEPSPEED", 3), "fsdp": ("FSDP", None),
+                "deepspeed_zero3_offload": ("DEEPSPEED", None)}
     for name, (kind, stage) in expected.items():
         config = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
         assert config.distributed_type.value == kind, name

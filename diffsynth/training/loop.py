@@ -27,6 +27,7 @@ from .block_swap import install_block_swap
 from .checkpoint import Checkpointer
 from .data import bucket_keys, open_training_data
 from .evaluation import Evaluator
+from .memory import apply_memory_modes
 from .module import (TrainingModule, apply_fp8, cache_source, configure_trainable, item_list, load_full_checkpoint,
                      trains_unused)
 from .optim import Schedule, build_optimizer, total_optimizer_steps
@@ -80,7 +81,8 @@ class Trainer:
         dtype = torch_dtype(config.model.torch_dtype)
         self.family = spec_for(config)
         self.cache_dir, self.cache_expected = cache_source(config, self.metadata)
-        load_device = "cpu" if config.model.initialize_model_on_cpu else self.accelerator.device
+        offload = config.model.initialize_model_on_cpu or config.train.enable_model_cpu_offload
+        load_device = "cpu" if offload else self.accelerator.device
         role = "train_cached" if self.cache_dir else "full"
         self.pipe = self.family.load_pipeline(config, dtype, load_device, role)
         self.schedule = FlowMatchSchedule.for_family(self.family.name)
@@ -92,6 +94,7 @@ class Trainer:
             load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
         self.trainable = set(configure_trainable(module, config, dtype))
         apply_fp8(self.pipe, config, dtype)
+        self.memory = apply_memory_modes(module, config, dtype, self.accelerator)  # quant_options, CPU offload
         return module
 
     def _open_dataset(self) -> None:
@@ -178,6 +181,7 @@ class Trainer:
         with accelerator.accumulate(self.model):
             loss = self.model(items)
             accelerator.backward(loss)
+            self.memory.after_backward()  # offload: weights released, gradients to the host (optimizer offload)
             grad_norm = None
             if accelerator.sync_gradients:
                 norm = accelerator.clip_grad_norm_(self.params, self.config.train.max_grad_norm or float("inf"))

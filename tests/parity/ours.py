@@ -207,6 +207,35 @@ def cmd_prompt(name: str, out: Path) -> None:
                                                       "max_length": MAX_PROMPT_TOKENS + 34}))
 
 
+def quant_mlp(folder: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """Two Linear layers (bf16) and an input, written once to DIR/quant_weights.safetensors; both sides load them."""
+    path = folder / "quant_weights.safetensors"
+    if not path.exists():
+        gen = torch.Generator().manual_seed(7)
+        tensors = {"0.weight": torch.randn(512, 256, generator=gen) / 16, "0.bias": torch.randn(512, generator=gen) / 16,
+                   "2.weight": torch.randn(256, 512, generator=gen) / 22, "2.bias": torch.randn(256, generator=gen) / 22,
+                   "x": torch.randn(8, 256, generator=gen)}
+        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(path))
+    tensors = load_file(str(path))
+    x = tensors.pop("x")
+    mlp = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(512, 256))
+    mlp.load_state_dict(tensors)
+    return mlp.to(torch.bfloat16).requires_grad_(False), x
+
+
+def cmd_quant(method: str, out: Path) -> None:
+    """Our --quant_options engine on the shared weights: output and input gradient (what LoRA below receives)."""
+    from diffsynth.models.quantize import QuantSpec, quantize_model
+    mlp, x = quant_mlp(out)
+    quantize_model(mlp, QuantSpec(method))
+    x.requires_grad_(True)
+    y = mlp(x)
+    (grad,) = torch.autograd.grad(y.float().sum(), x)
+    save_file({"out": y.detach().float().contiguous(), "grad": grad.float().contiguous()},
+              str(out / f"ours_quant_{method}.safetensors"))
+
+
 if __name__ == "__main__":
     command, name, folder = sys.argv[1:4]
-    {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt}[command](name, Path(folder))
+    {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt,
+     "quant": cmd_quant}[command](name, Path(folder))

@@ -243,6 +243,22 @@ def cmd_modules(out: str) -> None:
     Path(out).write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
 
 
+def cmd_quant(method: str, folder: Path) -> None:
+    """DiffSynth's own QuantizeConfig(method).quantize_model on the weights ours.py wrote."""
+    from diffsynth.core.quant import QuantizeConfig
+    tensors = load_file(str(folder / "quant_weights.safetensors"))
+    x = tensors.pop("x")
+    mlp = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(512, 256))
+    mlp.load_state_dict(tensors)
+    mlp = mlp.to(torch.bfloat16).requires_grad_(False)
+    QuantizeConfig(method=method).quantize_model(mlp)
+    x.requires_grad_(True)
+    y = mlp(x)
+    (grad,) = torch.autograd.grad(y.float().sum(), x)
+    save_file({"out": y.detach().float().contiguous(), "grad": grad.float().contiguous()},
+              str(folder / f"reference_quant_{method}.safetensors"))
+
+
 def diffsynth_version() -> str:
     from importlib.metadata import version
     return version("diffsynth")
@@ -253,4 +269,5 @@ if __name__ == "__main__":
     if command == "modules":
         cmd_modules(sys.argv[2])
     else:
-        {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt}[command](sys.argv[2], Path(sys.argv[3]))
+        {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt,
+         "quant": cmd_quant}[command](sys.argv[2], Path(sys.argv[3]))

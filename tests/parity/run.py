@@ -121,6 +121,23 @@ def prompt_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
             table.failed.append(f"prompt {key}")
 
 
+# --quant_options methods compared (comfy-kitchen is in neither venv by default). Both sides call the same
+# bitsandbytes/torchao quantizers with DiffSynth's settings, so only the libraries' versions in the two venvs can
+# differ: one bf16 rounding step of the output (2**-8 relative) with margin.
+QUANT_METHODS = ("bitsandbytes_nf4", "bitsandbytes_fp4", "torchao_int8_w8a16", "torchao_fp8_w8a16",
+                 "torchao_nvfp4_w4a16")
+QUANT_TOLERANCE = 1e-2
+
+
+def quant_case(method: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    run(ours_py, "ours.py", "quant", method, str(folder))
+    run(ref_py, "reference.py", "quant", method, str(folder))
+    ours = load_file(str(folder / f"ours_quant_{method}.safetensors"))
+    ref = load_file(str(folder / f"reference_quant_{method}.safetensors"))
+    table.add(f"quant {method}", "quantized forward (2 Linear)", ours["out"], ref["out"], QUANT_TOLERANCE)
+    table.add(f"quant {method}", "input gradient (to LoRA)", ours["grad"], ref["grad"], QUANT_TOLERANCE)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reference-python", default=str(REPO / ".venv-parity" / "bin" / "python"))
@@ -137,6 +154,11 @@ def main() -> None:
             if not args.only or f"vae-{name}" in args.only:
                 (Path(tmp) / f"vae-{name}").mkdir()
                 vae_case(name, args.python, args.reference_python, Path(tmp) / f"vae-{name}", table)
+        quant = Path(tmp) / "quant"
+        quant.mkdir()
+        for method in QUANT_METHODS:
+            if not args.only or f"quant-{method}" in args.only or "quant" in args.only:
+                quant_case(method, args.python, args.reference_python, quant, table)
         if not args.only or "prompt" in args.only:
             (Path(tmp) / "prompt").mkdir()
             prompt_case(args.python, args.reference_python, Path(tmp) / "prompt", table)
