@@ -2,7 +2,6 @@
 records the run, and a second `dvc repro` has nothing to do."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
