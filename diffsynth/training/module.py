@@ -98,7 +98,7 @@ def pipe_model(pipe: Family, name: str, what: str) -> torch.nn.Module:
 
 
 def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dtype) -> list[str]:
-    """DiffSynth's order (spec §4.1): load a full checkpoint, freeze all but ``trainable_models``, fuse the
+    """DiffSynth's order: load a full checkpoint, freeze all but ``trainable_models``, fuse the
     preset LoRA, inject LoRA (optionally from ``lora_checkpoint``). Returns the trainable parameter names."""
     pipe = module.pipe
     pipe.eval().requires_grad_(False)
@@ -128,7 +128,7 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
 
 
 def load_full_checkpoint(module: TrainingModule, path: str, prefix: str | None) -> None:
-    """``--resume_from_checkpoint``: a saved full state dict, keys re-prefixed (spec §4.6)."""
+    """``--resume_from_checkpoint``: a saved full state dict, keys re-prefixed."""
     state = {f"{prefix or ''}{k}": v for k, v in read_tensors(path, "train.resume_from_checkpoint").items()}
     own = dict(module.named_parameters())
     unexpected = [k for k in state if k not in own]

@@ -1,9 +1,9 @@
-"""FLUX.1-dev (reference spec §5.2): diffusers FluxTransformer2DModel DiT, AutoencoderKL VAE, CLIP-L (pooled
+"""FLUX.1-dev: diffusers FluxTransformer2DModel DiT, AutoencoderKL VAE, CLIP-L (pooled
 prompt embedding) and T5-XXL (per-token prompt embedding), each with its own tokenizer.
 
 What the DiT sees matches DiffSynth's FLUX pipeline in training: packed latents (2×2 patches as tokens),
 ``img_ids`` (0, row, col) per token, ``txt_ids`` all zeros, T5 padded to 512 tokens, CLIP pooled over 77
-tokens, embedded guidance 1 (spec §9.8; 3.5 is the inference default) and the timestep as t/1000.
+tokens, embedded guidance 1 (3.5 is the inference default) and the timestep as t/1000.
 
 LoRA names: DiffSynth's own FLUX DiT fuses q/k/v (``a_to_qkv``) and names modules differently from diffusers.
 :func:`map_lora_targets` turns DiffSynth's ``--lora_target_modules`` into diffusers module names; the spec's
@@ -31,7 +31,7 @@ DEFAULT_TOKENIZER_1 = "black-forest-labs/FLUX.1-dev:tokenizer/"     # CLIP
 DEFAULT_TOKENIZER_2 = "black-forest-labs/FLUX.1-dev:tokenizer_2/"   # T5
 CLIP_SEQUENCE_LENGTH = 77
 T5_SEQUENCE_LENGTH = 512        # DiffSynth's training value (t5_sequence_length=512)
-TRAIN_GUIDANCE = 1.0            # embedded guidance during training (spec §9.8)
+TRAIN_GUIDANCE = 1.0            # embedded guidance during training
 SAMPLE_GUIDANCE = 3.5           # FLUX.1-dev's inference default
 # DiffSynth's FLUX LoRA recipe, in DiffSynth's own module names (translated by map_lora_targets).
 LORA_TARGETS = ("a_to_qkv,b_to_qkv,ff_a.0,ff_a.2,ff_b.0,ff_b.2,a_to_out,b_to_out,proj_out,norm.linear,"

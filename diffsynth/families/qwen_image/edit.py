@@ -1,4 +1,4 @@
-"""Qwen-Image-Edit, -2509 and -2511 (reference spec §5.1): the Qwen-Image models plus edit images.
+"""Qwen-Image-Edit, -2509 and -2511: the Qwen-Image models plus edit images.
 
 What an edit row adds to text-to-image training, as DiffSynth's pipeline units do it:
 

@@ -1,4 +1,4 @@
-"""Wan2.1 / Wan2.2 (reference spec §5.3): WanTransformer3DModel DiT, AutoencoderKLWan VAE (2.1 or 2.2),
+"""Wan2.1 / Wan2.2: WanTransformer3DModel DiT, AutoencoderKLWan VAE (2.1 or 2.2),
 UMT5 text encoder, and for Wan2.1 image-to-video the CLIP image encoder.
 
 Variants are told apart by what the loaded models are, as DiffSynth's DiT flags are:
@@ -139,7 +139,7 @@ class Wan(Family):
     lora_to_diffsynth = staticmethod(lora_to_wan_names)
     diffsynth_state_dict = staticmethod(diffusers_to_wan_dit)
     lora_names_without_model = staticmethod(lora_names_without_model)
-    # DiffSynth's Wan train.py forces checkpointing on (spec §9.22), so its command line means it is on
+    # DiffSynth's Wan train.py forces checkpointing on, so its command line means it is on
     command_line_defaults = {"gradient": {"use_gradient_checkpointing": True}}
     diffsynth_cache_keys = {"input_latents": "latents", "context": "prompt_emb"}
     train_sigmas = staticmethod(train_sigmas)
