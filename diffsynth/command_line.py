@@ -17,7 +17,7 @@ from .upstream_flags import all_upstream_flags, families_of, refuse_upstream_fla
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
 UNSUPPORTED_FLAGS: dict[str, Any] = {
-    "offload_models": None, "quant_options": None, "enable_model_cpu_offload": False,
+    "quant_options": None, "enable_model_cpu_offload": False,
     "enable_optimizer_cpu_offload": False, "cpu_offload_split_threshold": None,
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
     "audio_processor_path": None, "framewise_decoding": False,

@@ -86,6 +86,9 @@ class ModelConfigSection:
     edit_image_area: int = _f(1024 * 1024, "Qwen-Image-Edit: each edit image is resized to this area (ratio kept, "
                               "sides multiples of 32) before VAE encoding; DiffSynth uses 1024*1024", ours=True)
     fp8_models: Optional[str] = _f(None, "models stored in fp8 (entries of the two model lists)")
+    offload_models: Optional[str] = _f(None, "model entries to offload; accepted where the step does not hold them "
+                                              "(split training: the DiT when encoding, the encoders and VAE when "
+                                              "training from the cache)")
     initialize_model_on_cpu: bool = _f(False, "load the models into CPU memory; accelerate moves them to the GPU "
                                               "when training starts (DeepSpeed ZeRO-3 partitions them first)")
     torch_dtype: str = _f("bfloat16", "dtype the models are loaded and computed in", ours=True,
