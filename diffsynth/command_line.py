@@ -105,6 +105,8 @@ DIFFERENCES = {
     "model_paths": "safetensors only (pickled .bin/.pth are refused); shard lists and globs",
     "model_id_with_origin_paths": "files recognised by key names and shapes, not a hash: partial key sets load",
     "fp8_models": "per-tensor scaled fp8 (more precise than a plain cast)",
+    "offload_models": "split training only, where the step does not hold the model (the DiT when encoding, the "
+                      "encoders and VAE when training from the cache); a model the step uses is refused",
     "trainable_models": "",
     "find_unused_parameters": "rarely needed: LoRA is not put on modules that get no gradient, and a full "
                               "fine-tune turns it on by itself under DDP",
