@@ -77,11 +77,10 @@ def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.
     modules, sources = {}, {}
     for config in model_configs:
         source = config.source_string
-        held_how = how
-        if source in offloaded:
-            if role == "train_cached":
-                held_how = lambda component: "skip" if component == "vae" else how(component)  # noqa: E731
-        component, module = load_component(fetch(config), family, dtype, held_how)
+        # an offloaded VAE in cached training serves only the samples: not loaded
+        skip_vae = source in offloaded and role == "train_cached"
+        component, module = load_component(fetch(config), family, dtype,
+                                           lambda c: "skip" if skip_vae and c == "vae" else how(c))
         if source in offloaded:
             _check_offload(family, component, source, how(component), role)
         if component in modules:
