@@ -237,3 +237,15 @@ def test_a_split_step_still_names_what_it_lacks(recipe_world, tmp_path):
     step2[models] = "Qwen/Qwen-Image:vae/diffusion_pytorch_model.safetensors"  # no DiT
     with pytest.raises(ConfigError, match=r"from the encoder cache needs dit; missing: \['dit'\]"):
         run_step(step2, tmp_path)
+
+
+def test_wan_encoding_reads_the_dit_config_so_its_step_one_names_the_dit(recipe_world, tmp_path):
+    """Wan's inputs depend on the DiT (in_channels: the image-to-video ``y``; image_dim: CLIP features), as in
+    DiffSynth, whose recipe names the DiT in step 1 and offloads it; without it the step says why."""
+    step1, _ = recipe_world("wan")
+    models = step1.index("--model_id_with_origin_paths") + 1
+    step1[models] = ",".join(e for e in step1[models].split(",") if "diffusion_pytorch_model" not in e)
+    offload = step1.index("--offload_models")
+    del step1[offload:offload + 2]
+    with pytest.raises(ConfigError, match=r"missing: \['dit'\] \(the DiT's config decides the encoded inputs"):
+        run_step(step1, tmp_path)

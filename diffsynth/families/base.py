@@ -99,7 +99,9 @@ def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.
         step = {"encode": "The encoding step (--task sft:data_process, the cache stage)",
                 "train_cached": "Training from the encoder cache"}.get(role, f"{family} training")
         needed = [c for c in required if c not in optional]
-        raise ConfigError(f"{step} needs {', '.join(needed)}; missing: {missing}. Add them to "
+        why = (" (the DiT's config decides the encoded inputs; only its file header is read, no weights)"
+               if role == "encode" and "dit" in missing else "")
+        raise ConfigError(f"{step} needs {', '.join(needed)}; missing: {missing}{why}. Add them to "
                          "model.model_id_with_origin_paths or model.model_paths.")
     return modules, sources
 
