@@ -118,8 +118,8 @@ DIFFERENCES = {
     "num_frames": "",
     "quant_options": "DiffSynth's grammar and methods; non-differentiable methods refused as DiffSynth does; "
                      "the model string may also be a pipeline model (dit); trained-fully models refused; extra `.[quant]`",
-    "offload_models": "frozen models only, kept in CPU memory and loaded per layer for each use (not disk); "
-                      "an entry this stage does not hold is accepted",
+    "offload_models": "frozen models only, kept in CPU memory and loaded per layer for each use in the train stage "
+                      "(not disk); an entry the step does not hold (split training) is a no-op, said in one line",
     "enable_model_cpu_offload": "one process only (refused under DDP/DeepSpeed/FSDP); not with quant_options",
     "enable_optimizer_cpu_offload": "",
     "cpu_offload_split_threshold": "counted in 2**20 parameters, as DiffSynth's code does",

@@ -136,24 +136,27 @@ def test_cache_checks_and_errors(world, tmp_path):
 
 
 def test_diffsynth_split_training_command_lines(world, tmp_path):
+    """As DiffSynth's split recipes do: step 1 names only the text encoder and the VAE, step 2 only the DiT (the
+    recipes as written, for every family: tests/test_split_recipes.py)."""
     metadata = world["shapes"]
-    models = ("diffsynth-tiny/Qwen-Image:transformer/diffusion_pytorch_model*.safetensors,"
-              "diffsynth-tiny/Qwen-Image:text_encoder/model*.safetensors,"
-              "diffsynth-tiny/Qwen-Image:vae/diffusion_pytorch_model.safetensors")
-    common = (f"--model_id_with_origin_paths {models} --tokenizer_path diffsynth-tiny/Qwen-Image:tokenizer/ "
+    encoders = ("diffsynth-tiny/Qwen-Image:text_encoder/model*.safetensors,"
+                "diffsynth-tiny/Qwen-Image:vae/diffusion_pytorch_model.safetensors")
+    dit = "diffsynth-tiny/Qwen-Image:transformer/diffusion_pytorch_model*.safetensors"
+    common = ("--tokenizer_path diffsynth-tiny/Qwen-Image:tokenizer/ "
               "--lora_base_model dit --lora_target_modules to_q,to_k,to_v --lora_rank 4 --max_pixels 4096 "
               f"--torch_dtype float32")
     step1 = config_from_args(shlex.split(
         f"--task sft:data_process --dataset_base_path {metadata.parent} --dataset_metadata_path {metadata} "
-        f"--output_path {tmp_path / 'cache'} {common}"))
+        f"--output_path {tmp_path / 'cache'} --model_id_with_origin_paths {encoders} {common}"))
     run_training(step1)
     assert (tmp_path / "cache" / "index.json").exists()
     step2 = config_from_args(shlex.split(
         f"--task sft:train --dataset_base_path {tmp_path / 'cache'} --output_path {tmp_path / 'train'} "
-        f"--num_epochs 1 --max_steps 2 --enable_csv_log {common}"))
+        f"--num_epochs 1 --max_steps 2 --enable_csv_log --model_id_with_origin_paths {dit} {common}"))
     step2.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_training(step2)
     assert result.steps == 2 and len(load_file(result.checkpoints[-1])) == 2 * 3 * 2  # A, B x 3 targets x 2 blocks
+    assert result.val_history  # no VAE, no samples: the validation loss is still logged
 
 
 def test_diffsynth_pth_files_are_read_with_weights_only(tmp_path):

@@ -55,27 +55,74 @@ def _how(role: str, encoders: tuple[str, ...]):
 
 def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.dtype,
                     required: tuple[str, ...], role: str = "full",
-                    encoders: tuple[str, ...] = ()) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+                    encoders: tuple[str, ...] = (), offload: str | None = None,
+                    encode_needs_dit: bool = False) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Fetch, detect and load every model entry: ({component: module}, {component: the entry as written}).
 
     ``family`` is the checkpoint kinds' family (``Family.model_family``); ``role`` says which parts this process
-    holds (see ``ROLES``; ``encoders`` are the components only encoding needs). Skipped components are None."""
+    holds (see ``ROLES``; ``encoders`` are the components only encoding needs). Skipped components are None.
+
+    ``required`` is what online training needs; a split step needs less, as DiffSynth's split recipes name only
+    what each step uses: the encode step needs no DiT (unless ``encode_needs_dit``: the family reads the DiT's
+    config to encode, as Wan's image-to-video inputs do; it is built on the meta device, no weights read), and
+    training from the cache needs no VAE (it only decodes the save-point samples, which are then skipped).
+
+    ``offload`` (``model.offload_models``, DiffSynth's ``--offload_models``): entries this role never holds the
+    weights of (the DiT of the encode step, the encoders of cached training) need no offload; a VAE named for
+    cached training is not loaded (it serves only the samples). Offloading a model the role holds is refused."""
     if role not in ROLES:
         raise ValueError(f"role {role!r}: one of {ROLES}")
+    offloaded = split_offload_entries(offload)
+    how = _how(role, encoders)
     modules, sources = {}, {}
     for config in model_configs:
-        component, module = load_component(fetch(config), family, dtype, _how(role, encoders))
+        source = config.source_string
+        # an offloaded VAE in cached training serves only the samples: not loaded
+        skip_vae = source in offloaded and role == "train_cached"
+        component, module = load_component(fetch(config), family, dtype,
+                                           lambda c: "skip" if skip_vae and c == "vae" else how(c))
+        if source in offloaded:
+            _check_offload(family, component, source, how(component), role)
         if component in modules:
             raise ConfigError(f"Two model entries are both the {family} {component} ({sources[component]!r} and "
                              f"{config.source_string!r}); give each model once")
         modules[component], sources[component] = module, config.source_string
-    for component in encoders if role == "train_cached" else ():
+    unknown = offloaded - set(sources.values())
+    if unknown:
+        raise ConfigError(f"model.offload_models (--offload_models) entries {sorted(unknown)} are not model entries; "
+                          f"write them exactly as in the model flags: {sorted(sources.values())}")
+    optional = {"encode": () if encode_needs_dit else ("dit",), "train_cached": ("vae", *encoders)}.get(role, ())
+    for component in optional:
         modules.setdefault(component, None)
     missing = [c for c in required if c not in modules]
     if missing:
-        raise ConfigError(f"{family} training needs {', '.join(required)}; missing: {missing}. Add them to "
+        step = {"encode": "The encoding step (--task sft:data_process, the cache stage)",
+                "train_cached": "Training from the encoder cache"}.get(role, f"{family} training")
+        needed = [c for c in required if c not in optional]
+        why = (" (the DiT's config decides the encoded inputs; only its file header is read, no weights)"
+               if role == "encode" and "dit" in missing else "")
+        raise ConfigError(f"{step} needs {', '.join(needed)}; missing: {missing}{why}. Add them to "
                          "model.model_id_with_origin_paths or model.model_paths.")
     return modules, sources
+
+
+def split_offload_entries(value: str | None) -> set[str]:
+    """``--offload_models``: comma-separated model entries, as written in the model flags."""
+    return {e.strip() for e in (value or "").split(",") if e.strip()}
+
+
+def _check_offload(family: str, component: str, source: str, how: str, role: str) -> None:
+    """One line for an offload that is a no-op in this step; a model the train stage holds is offloaded there."""
+    if how in ("skip", "meta"):
+        what = "built on the meta device for its config only" if how == "meta" else "not loaded"
+        print(f"[models] --offload_models {source}: the {component} is {what} in this step; nothing to offload")
+    elif role == "train_cached" and component == "vae":
+        print(f"[models] --offload_models {source}: the VAE only decodes save-point samples when training from "
+              "the cache, so it is not loaded (no sample images)")
+    elif role == "encode":
+        print(f"[models] --offload_models {source}: the encoding step keeps the {component} resident (it encodes "
+              "with every encoder in turn); offloading applies in the train stage")
+    # otherwise the train stage holds it and offloads it between uses (training/memory.py)
 
 
 class Family(torch.nn.Module):

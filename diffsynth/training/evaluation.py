@@ -36,12 +36,18 @@ class Evaluator:
                  prompt_inputs: dict | None, tracker, log, main: bool):
         self.pipe, self.schedule, self.config, self.validator = pipe, schedule, config, validator
         self.prompt_inputs, self.tracker, self.log, self.main = prompt_inputs, tracker, log, main
+        # --task sft:train has no text encoder and no prompt cache, so no samples (as in DiffSynth); without a VAE
+        # (DiffSynth's split recipe names only the DiT) no sample can be decoded: the validation loss still runs
+        self.renders = not (pipe.role == "train_cached" and (prompt_inputs is None or pipe.vae is None))
+        if main and not self.renders and config.sample.prompts:
+            why = "no VAE is loaded" if pipe.vae is None else "no prompt cache (the text encoder is not loaded)"
+            print(f"[train] training from the encoder cache with {why}: no sample images; the validation loss "
+                  "is still logged at every save point", flush=True)
 
     def evaluate(self, at: int) -> dict | None:
         """The validation metrics (main process; None on the others), after logging them and the samples."""
         metrics = self.validator.evaluate(self.pipe, self.schedule)
-        # --task sft:train has no text encoder and no prompt cache, so no samples (as in DiffSynth)
-        renders = not (self.pipe.role == "train_cached" and self.prompt_inputs is None)
+        renders = self.renders
         if not self.main:
             if renders:
                 render_samples(self.pipe, self.config, self.prompt_inputs)

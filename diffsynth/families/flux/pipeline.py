@@ -144,7 +144,7 @@ class Flux(Family):
         modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
                                            cls.model_family, dtype,
                                            required=("dit", "vae", "text_encoder", "text_encoder_2"),
-                                           role=role, encoders=cls.encoders)
+                                           role=role, encoders=cls.encoders, offload=m.offload_models)
         tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
         tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],
@@ -157,7 +157,8 @@ class Flux(Family):
                  dtype: torch.dtype = torch.float32):
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                          tokenizer_1=tokenizer_1, tokenizer_2=tokenizer_2)
-        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # None when training from the cache without a VAE (no samples are decoded then)
+        self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else None
 
     # modules_without_gradient: none. Every DiT parameter gets a gradient (the last single block's text tokens
     # are dropped, but its layers are shared with the image tokens); tests/test_family_flux.py checks it.

@@ -112,13 +112,13 @@ class QwenImageEdit(QwenImage):
         m = config.model
         modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
                                            cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                           role=role, encoders=cls.encoders)
+                                           role=role, encoders=cls.encoders, offload=m.offload_models)
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
         processor = load_image_processor(fetch(parse_path_or_model_id(m.processor_path, DEFAULT_PROCESSOR)).files()[0])
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, processor, dtype,
                    edit_image_area=m.edit_image_area)
         pipe.component_sources = sources
-        if m.zero_cond_t:
+        if m.zero_cond_t and pipe.dit is not None:  # no DiT in the encoding step
             set_zero_cond_t(pipe.dit, True)
         rules = cls.data_rules(config)
         pipe.sample_reference = SampleReference(

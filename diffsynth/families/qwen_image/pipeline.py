@@ -60,9 +60,12 @@ class QwenImage(Family):
 
     def __init__(self, dit, vae, text_encoder, tokenizer, dtype: torch.dtype = torch.float32):
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-        z = vae.config.z_dim
-        self.register_buffer("latents_mean", torch.tensor(vae.config.latents_mean).view(1, z, 1, 1), persistent=False)
-        self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1), persistent=False)
+        if vae is not None:  # training from the cache without a VAE: nothing is encoded or decoded
+            z = vae.config.z_dim
+            self.register_buffer("latents_mean", torch.tensor(vae.config.latents_mean).view(1, z, 1, 1),
+                                 persistent=False)
+            self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1),
+                                 persistent=False)
         self._drop_idx = len(tokenizer(PROMPT_TEMPLATE.split("{}")[0])["input_ids"])
 
     @classmethod
@@ -161,11 +164,11 @@ class QwenImage(Family):
         m = config.model
         modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
                                            cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                           role=role, encoders=cls.encoders)
+                                           role=role, encoders=cls.encoders, offload=m.offload_models)
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
         pipe.component_sources = sources
-        if getattr(m, "zero_cond_t", False):
+        if getattr(m, "zero_cond_t", False) and pipe.dit is not None:  # no DiT in the encoding step
             set_zero_cond_t(pipe.dit, True)
         pipe.role = role
         return pipe.place(device)

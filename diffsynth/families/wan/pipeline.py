@@ -165,14 +165,15 @@ class Wan(Family):
         wanted = tuple(k.strip() for k in (m.extra_inputs or "").split(",") if k.strip())
         modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
                                            cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                           role=role, encoders=cls.encoders)
+                                           role=role, encoders=cls.encoders, offload=m.offload_models,
+                                           encode_needs_dit=True)  # in_channels/image_dim: the image inputs
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer,
                    image_encoder=modules.get("image_encoder"), dtype=dtype, wanted_inputs=wanted,
                    text_encoder_cached=role == "train_cached")
         pipe.component_sources = sources
         expected = data_rules(config).size_factor
-        if pipe.height_factor != expected:
+        if pipe.vae is not None and pipe.height_factor != expected:
             raise ConfigError(f"The loaded Wan VAE needs image sides in multiples of {pipe.height_factor}, but the "
                               f"model entries say {expected} (a Wan2.2 VAE file is recognised by 'Wan2.2_VAE' in its "
                               "name): rename the VAE file as released, or use the matching VAE for this DiT")
@@ -184,20 +185,28 @@ class Wan(Family):
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
                          tokenizer=tokenizer)
         self.wanted_inputs = tuple(wanted_inputs)  # the configured extra inputs
-        z = vae.config.z_dim
-        self.z_dim = z
-        self.spatial_factor = int(vae.config.scale_factor_spatial)   # 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE)
-        self.temporal_factor = int(vae.config.scale_factor_temporal)  # 4
         self.patch_size = tuple(dit.config.patch_size)                # (1, 2, 2)
+        if vae is not None:
+            z = vae.config.z_dim
+            self.spatial_factor = int(vae.config.scale_factor_spatial)   # 8 (Wan2.1 VAE) or 16 (Wan2.2 VAE)
+            self.temporal_factor = int(vae.config.scale_factor_temporal)  # 4
+            residual = bool(vae.config.is_residual)
+            self.register_buffer("latents_mean", torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1),
+                                 persistent=False)
+            self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1),
+                                 persistent=False)
+        else:  # training from the cache without a VAE: nothing is encoded or decoded, only the DiT's channels matter
+            z = dit.config.out_channels
+            self.spatial_factor, self.temporal_factor, residual = None, 4, False
+        self.z_dim = z
         # the pipeline's division factor (DiffSynth: vae.upsampling_factor * 2): 16, or 32 for the Wan2.2 VAE
-        self.height_factor = self.width_factor = self.spatial_factor * self.patch_size[1]
-        self.register_buffer("latents_mean", torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1), persistent=False)
-        self.register_buffer("latents_std", torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1), persistent=False)
+        self.height_factor = self.width_factor = (self.spatial_factor * self.patch_size[1] if vae is not None
+                                                  else None)
         in_ch = dit.config.in_channels
         # DiffSynth's dit.require_vae_embedding / require_clip_embedding / fuse_vae_embedding_in_latents
         self.require_vae_embedding = in_ch == 2 * z + 4
         self.require_clip_embedding = dit.config.image_dim is not None
-        self.fuse_first_frame = in_ch == z and bool(vae.config.is_residual)  # TI2V-5B: Wan2.2 VAE, 48-ch DiT
+        self.fuse_first_frame = in_ch == z and residual  # TI2V-5B: Wan2.2 VAE, 48-ch DiT
         if in_ch not in (z, 2 * z + 4):
             raise ConfigError(f"The Wan DiT takes {in_ch} input channels, which fits neither the VAE's {z} latent "
                              f"channels (text-to-video, TI2V) nor {2 * z + 4} (image-to-video): the DiT and the VAE "
