@@ -60,9 +60,9 @@ def build_arg_parser(prog: str = "diffsynth train") -> argparse.ArgumentParser:
 
 def config_from_args(argv: list[str], base: dict | None = None, check: bool = True) -> Config:
     """Parse DiffSynth flags over ``base`` (a params dict) and return the config they mean."""
-    refuse_upstream_flags(argv)  # another DiffSynth family's flag: say whose, not "unrecognized arguments"
     if not base:
         recognise_argv(argv)  # the model ids name the family before any other flag or extra input is judged
+    refuse_upstream_flags(argv)  # another DiffSynth family's flag: say whose, not "unrecognized arguments"
     parser = build_arg_parser()
     ns = vars(parser.parse_args(argv))
     unsupported = sorted(k.split(".", 1)[1] for k in ns if k.startswith("unsupported."))

@@ -144,7 +144,7 @@ def test_diffsynth_split_training_command_lines(world, tmp_path):
     dit = "diffsynth-tiny/Qwen-Image:transformer/diffusion_pytorch_model*.safetensors"
     common = ("--tokenizer_path diffsynth-tiny/Qwen-Image:tokenizer/ "
               "--lora_base_model dit --lora_target_modules to_q,to_k,to_v --lora_rank 4 --max_pixels 4096 "
-              f"--torch_dtype float32")
+              "--torch_dtype float32")
     step1 = config_from_args(shlex.split(
         f"--task sft:data_process --dataset_base_path {metadata.parent} --dataset_metadata_path {metadata} "
         f"--output_path {tmp_path / 'cache'} --model_id_with_origin_paths {encoders} {common}"))

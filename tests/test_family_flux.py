@@ -183,7 +183,7 @@ def test_opensource_format_fuses_qkv_exactly():
     state["transformer_blocks.0.ff.net.2.lora_A.default.weight"], state["transformer_blocks.0.ff.net.2.lora_B.default.weight"] = _lora(r, 4 * hidden, hidden, 20)
     state["proj_out.lora_A.default.weight"], state["proj_out.lora_B.default.weight"] = _lora(r, hidden, 4, 30)
 
-    to_opensource_lora = opensource_converter(flux.SPEC)
+    to_opensource_lora = opensource_converter(flux.Flux)
     out = to_opensource_lora(state)
     assert sorted(out) == sorted(f"lora_unet_{m}.{s}" for m in ("double_blocks_0_img_attn_qkv", "double_blocks_0_img_mlp_2",
                                                                "single_blocks_1_linear1", "final_layer_linear")

@@ -85,6 +85,6 @@ def test_diffsynth_dmd2_recipe_as_written_names_its_trainer(command, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = the_one_line(proc.stdout + proc.stderr)
-    assert line == ("error: --dmd2_fake_score_learning_rate belongs to DiffSynth's FLUX.2 DMD2 trainer; this project "
-                    "does not train FLUX.2 DMD2 yet (remove the flag)")
+    # the model ids are judged first: the recipe's FLUX.2 id names the family it belongs to
+    assert line.startswith("error: model id 'black-forest-labs/FLUX.2-klein-base-4B'") and "flux2 family" in line
     assert not any(tmp_path.iterdir())  # refused before anything is written

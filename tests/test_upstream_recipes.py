@@ -179,7 +179,7 @@ def test_coverage_adds_up_and_names_its_presets(rows):
 
 
 def test_diffsynth_families_prints_the_coverage_per_family(rows, monkeypatch, capsys):
-    monkeypatch.setattr(upstream, "coverage", lambda presets_dir=None: rows)
+    monkeypatch.setattr(recipe_coverage, "coverage", lambda presets_dir=None: rows)
     assert cli_main(["families"]) == 0
     printed = capsys.readouterr().out
     for row in rows:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from ..models.components import load_component
-from ..models.model_config import ModelConfig, fetch
+from ..models.model_config import ModelConfig, fetch, parse_model_configs
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,15 @@ class Family(torch.nn.Module):
                       role: str = "full") -> "Family":
         """Fetch and detect every model entry of ``config.model`` and load the parts ``role`` holds."""
         raise NotImplementedError
+
+    @classmethod
+    def load_models(cls, config, dtype: torch.dtype, role: str, required: tuple[str, ...],
+                    encode_needs_dit: bool = False) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+        """``load_components`` over the model flags of ``config`` for this family (what ``load_pipeline`` calls)."""
+        m = config.model
+        return load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), cls.model_family,
+                               dtype, required=required, role=role, encoders=cls.encoders, offload=m.offload_models,
+                               encode_needs_dit=encode_needs_dit)
 
     @staticmethod
     def train_sigmas(n: int) -> torch.Tensor:

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from ...models.components import load_tokenizer
-from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
-from ..base import Family, load_components
+from ..base import Family
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
 from . import blocks, checkpoints, real_configs, tiny
 from .convert import (diffusers_to_bfl_dit, diffusers_to_diffsynth_dit, lora_names_without_model, lora_to_bfl,
@@ -141,10 +141,8 @@ class Flux(Family):
                       role: str = "full") -> "Flux":
         """Fetch and detect every model entry of ``config.model``; load DiT, VAE, CLIP, T5 and both tokenizers."""
         m = config.model
-        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                           cls.model_family, dtype,
-                                           required=("dit", "vae", "text_encoder", "text_encoder_2"),
-                                           role=role, encoders=cls.encoders, offload=m.offload_models)
+        modules, sources = cls.load_models(config, dtype, role,
+                                           required=("dit", "vae", "text_encoder", "text_encoder_2"))
         tokenizer_1 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_1_path, DEFAULT_TOKENIZER_1)))
         tokenizer_2 = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_2_path, DEFAULT_TOKENIZER_2)))
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], modules["text_encoder_2"],

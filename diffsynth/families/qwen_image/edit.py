@@ -26,8 +26,7 @@ from PIL import Image
 
 from ...errors import ConfigError
 from ...models.components import load_tokenizer
-from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
-from ..base import load_components
+from ...models.model_config import fetch, parse_path_or_model_id
 from ..images import SampleReference, as_image_list, check_image_column, first_row_images
 from . import tiny
 from .pipeline import DEFAULT_TOKENIZER, QwenImage, set_zero_cond_t
@@ -110,9 +109,7 @@ class QwenImageEdit(QwenImage):
         """The Qwen-Image models (edit DiT), tokenizer and the Qwen2-VL image processor of ``model.processor_path``."""
         _check_edit_config(config)
         m = config.model
-        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                           cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                           role=role, encoders=cls.encoders, offload=m.offload_models)
+        modules, sources = cls.load_models(config, dtype, role, required=("dit", "vae", "text_encoder"))
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
         processor = load_image_processor(fetch(parse_path_or_model_id(m.processor_path, DEFAULT_PROCESSOR)).files()[0])
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, processor, dtype,

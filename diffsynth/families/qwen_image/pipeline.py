@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from ...models.components import load_tokenizer
-from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
-from ..base import Family, load_components
+from ..base import Family
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
 from . import blocks, checkpoints, real_configs, tiny
 
@@ -162,9 +162,7 @@ class QwenImage(Family):
                       role: str = "full") -> "QwenImage":
         """Fetch and detect every model entry of ``config.model``; load DiT, VAE, text encoder and tokenizer."""
         m = config.model
-        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                           cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                           role=role, encoders=cls.encoders, offload=m.offload_models)
+        modules, sources = cls.load_models(config, dtype, role, required=("dit", "vae", "text_encoder"))
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, dtype)
         pipe.component_sources = sources

@@ -25,9 +25,9 @@ from PIL import Image
 
 from ...errors import ConfigError
 from ...models.components import load_tokenizer
-from ...models.model_config import fetch, parse_model_configs, parse_path_or_model_id
+from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
-from ..base import DataRules, Family, load_components
+from ..base import DataRules, Family
 from . import blocks, checkpoints, real_configs, tiny
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 
@@ -163,10 +163,9 @@ class Wan(Family):
         """Fetch and detect every model entry of ``config.model``; load DiT, VAE, UMT5, (CLIP) and the tokenizer."""
         m = config.model
         wanted = tuple(k.strip() for k in (m.extra_inputs or "").split(",") if k.strip())
-        modules, sources = load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths),
-                                           cls.model_family, dtype, required=("dit", "vae", "text_encoder"),
-                                           role=role, encoders=cls.encoders, offload=m.offload_models,
-                                           encode_needs_dit=True)  # in_channels/image_dim: the image inputs
+        # the encoding step reads the DiT's in_channels / image_dim (its image inputs): file header only
+        modules, sources = cls.load_models(config, dtype, role, required=("dit", "vae", "text_encoder"),
+                                           encode_needs_dit=True)
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer,
                    image_encoder=modules.get("image_encoder"), dtype=dtype, wanted_inputs=wanted,
