@@ -122,6 +122,16 @@ class TrainConfig:
                      ours=True, choices=["auto", "never"])
     min_timestep_boundary: float = _f(0.0, "lower end of the sampled timestep range, as a fraction of the grid")
     max_timestep_boundary: float = _f(1.0, "upper end of the sampled timestep range (Wan2.2 experts)")
+    timestep_sampling: str = _f("diffsynth", "how a step draws its noise level: diffsynth (uniform grid index with "
+                                "DiffSynth's bell-curve loss weights) | uniform | logit_normal | sigmoid | shifted "
+                                "(continuous sigma as SD3/kohya/musubi, loss weight 1: a change from DiffSynth)",
+                                ours=True, choices=["diffsynth", "uniform", "logit_normal", "sigmoid", "shifted"])
+    timestep_logit_mean: float = _f(0.0, "logit_normal: mean of the normal whose sigmoid is sigma", ours=True)
+    timestep_logit_std: float = _f(1.0, "logit_normal: std of the normal whose sigmoid is sigma", ours=True)
+    timestep_sigmoid_scale: float = _f(1.0, "sigmoid / shifted: sigma = sigmoid(scale * N(0,1)) (kohya sigmoid_scale)",
+                                       ours=True)
+    timestep_shift: float = _f(3.0, "shifted: sigma = shift*s / (1 + (shift-1)*s) (kohya discrete_flow_shift)",
+                               ours=True)
 
 
 @dataclass
@@ -277,6 +287,9 @@ class Config:
         if not 0 <= self.train.min_timestep_boundary < self.train.max_timestep_boundary <= 1:
             raise ConfigError(f"timestep boundaries must satisfy 0 <= min ({self.train.min_timestep_boundary}) "
                               f"< max ({self.train.max_timestep_boundary}) <= 1")
+        for key in ("timestep_logit_std", "timestep_sigmoid_scale", "timestep_shift"):
+            if not getattr(self.train, key) > 0:
+                raise ConfigError(f"train.{key} = {getattr(self.train, key)}: must be > 0")
         if bool(self.lora.preset_lora_path) != bool(self.lora.preset_lora_model):
             raise ConfigError("lora.preset_lora_path and lora.preset_lora_model go together: set both or neither")
         if self.lora.lora_rank < 1:

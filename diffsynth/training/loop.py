@@ -31,7 +31,7 @@ from .optim import Schedule, build_optimizer, total_optimizer_steps
 from .run_log import RunLog, peak_memory_mb
 from .run_state import Position, RunState, StateStore, TrainResult, fingerprint
 from .sampler import BucketBatchSampler
-from .schedule import FlowMatchSchedule
+from .schedule import FlowMatchSchedule, TimestepSampling
 from .validation import FixedNoiseValidator
 
 
@@ -81,7 +81,9 @@ class Trainer:
         load_device = "cpu" if config.model.initialize_model_on_cpu else self.accelerator.device
         role = "train_cached" if self.cache_dir else "full"
         self.pipe = self.family.load_pipeline(config, dtype, load_device, role)
-        self.schedule = FlowMatchSchedule.for_family(self.family.name)
+        self.schedule = FlowMatchSchedule.for_family(self.family.name).with_sampling(TimestepSampling.from_config(config.train))
+        if self.main:
+            print(f"[train] {self.schedule.sampling.describe()}", flush=True)
         self.generator = torch.Generator().manual_seed(config.train.seed + 1000 * self.rank)
         module = TrainingModule(self.pipe, self.schedule, self.generator,
                                 (config.train.min_timestep_boundary, config.train.max_timestep_boundary),
