@@ -104,6 +104,11 @@ class TrainConfig:
                    choices=["sft", "sft:data_process", "sft:train"])
     customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
     fused_optimizer: bool = _f(True, "AdamW's fused kernel (same update up to rounding, ~4x faster step)", ours=True)
+    optimizer: str = _f("adamw", "adamw (torch, DiffSynth's) | adamw8bit (bitsandbytes, extra [bitsandbytes]) | prodigy "
+                        "(prodigyopt, extra [prodigy]; set learning_rate 1.0) | adafactor (transformers, fixed lr)",
+                        ours=True, choices=["adamw", "adamw8bit", "prodigy", "adafactor"])
+    loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: LoRA B matrices train at learning_rate x this ratio "
+                                            "(kohya's loraplus_lr_ratio, e.g. 16); None: off", ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
     seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
     max_steps: Optional[int] = _f(None, "stop after this many micro-steps, i.e. batches (None: run all epochs)",
@@ -287,6 +292,11 @@ class Config:
         if not 0 <= self.train.min_timestep_boundary < self.train.max_timestep_boundary <= 1:
             raise ConfigError(f"timestep boundaries must satisfy 0 <= min ({self.train.min_timestep_boundary}) "
                               f"< max ({self.train.max_timestep_boundary}) <= 1")
+        if self.train.loraplus_lr_ratio is not None and not self.train.loraplus_lr_ratio > 0:
+            raise ConfigError(f"train.loraplus_lr_ratio = {self.train.loraplus_lr_ratio}: must be > 0, or empty for off")
+        if self.train.loraplus_lr_ratio is not None and self.train.optimizer == "prodigy":
+            raise ConfigError("train.loraplus_lr_ratio cannot be used with train.optimizer prodigy (Prodigy adapts "
+                              "one step size and refuses different lrs per group): leave loraplus_lr_ratio empty")
         for key in ("timestep_logit_std", "timestep_sigmoid_scale", "timestep_shift"):
             if not getattr(self.train, key) > 0:
                 raise ConfigError(f"train.{key} = {getattr(self.train, key)}: must be > 0")

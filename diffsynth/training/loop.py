@@ -103,7 +103,7 @@ class Trainer:
     def _prepare(self, module: TrainingModule) -> None:
         """Optimizer, LR schedule and the accelerate-wrapped model."""
         config, accelerator = self.config, self.accelerator
-        optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
+        optimizer = build_optimizer(config, [(n, p) for n, p in module.named_parameters() if p.requires_grad])
         # micro-steps per epoch on this rank (the sampler's length) and in the whole run: decay length, progress total
         self.batches_per_epoch = self.sampler(0, 0).per_rank
         self.total_micro_steps = min(self.batches_per_epoch * config.train.num_epochs,
