@@ -107,6 +107,8 @@ class TrainConfig:
     optimizer: str = _f("adamw", "adamw (torch, DiffSynth's) | adamw8bit (bitsandbytes, extra [bitsandbytes]) | prodigy "
                         "(prodigyopt, extra [prodigy]; set learning_rate 1.0) | adafactor (transformers, fixed lr)",
                         ours=True, choices=["adamw", "adamw8bit", "prodigy", "adafactor"])
+    ema_decay: float = _f(0.0, "EMA of the trained weights, updated each optimizer step (e.g. 0.999), saved beside each "
+                          "checkpoint as <name>.ema.safetensors and in the resumable state; 0: off", ours=True)
     loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: LoRA B matrices train at learning_rate x this ratio "
                                             "(kohya's loraplus_lr_ratio, e.g. 16); None: off", ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
@@ -292,6 +294,8 @@ class Config:
         if not 0 <= self.train.min_timestep_boundary < self.train.max_timestep_boundary <= 1:
             raise ConfigError(f"timestep boundaries must satisfy 0 <= min ({self.train.min_timestep_boundary}) "
                               f"< max ({self.train.max_timestep_boundary}) <= 1")
+        if not 0 <= self.train.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay = {self.train.ema_decay}: must be in [0, 1) (0: no EMA)")
         if self.train.loraplus_lr_ratio is not None and not self.train.loraplus_lr_ratio > 0:
             raise ConfigError(f"train.loraplus_lr_ratio = {self.train.loraplus_lr_ratio}: must be > 0, or empty for off")
         if self.train.loraplus_lr_ratio is not None and self.train.optimizer == "prodigy":

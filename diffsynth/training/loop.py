@@ -24,6 +24,7 @@ from ..progress import progress
 from . import distributed
 from .checkpoint import Checkpointer
 from .data import bucket_keys, open_training_data
+from .ema import EMA
 from .evaluation import Evaluator
 from .module import (TrainingModule, apply_fp8, cache_source, configure_trainable, item_list, load_full_checkpoint,
                      trains_unused)
@@ -63,7 +64,7 @@ class Trainer:
         self._open_dataset()
         self._prepare(module)
         self.result = TrainResult(world_size=self.world)
-        self.checkpointer = Checkpointer(self.output, self.trainable, config, self.family, self.log.tracker)
+        self.checkpointer = Checkpointer(self.output, self.trainable, config, self.family, self.log.tracker, self.ema)
         self.evaluator = Evaluator(self.pipe, self.schedule, config, FixedNoiseValidator(
             [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],
             config.validation.sigmas, config.validation.seed, encode=module.encode),
@@ -121,6 +122,7 @@ class Trainer:
                 print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = EMA.from_config(config, accelerator.unwrap_model(self.model), self.sharded)  # None: ema_decay 0
 
     def _open_state(self, store: StateStore | None) -> None:
         """The resumable state: in ``<output_path>/state``, or where the caller's store keeps it. Machines with their
@@ -184,6 +186,8 @@ class Trainer:
             self.optimizer.zero_grad()
         if accelerator.sync_gradients:
             self.lr_schedule.step()
+            if self.ema is not None:
+                self.ema.update()
         self.result.samples_seen += samples
         if self.main:
             value, elapsed = loss.detach().float().item(), time.perf_counter() - started
