@@ -134,6 +134,13 @@ class TrainConfig:
                    choices=["sft", "sft:data_process", "sft:train"])
     customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
     fused_optimizer: bool = _f(True, "AdamW's fused kernel (same update up to rounding, ~4x faster step)", ours=True)
+    optimizer: str = _f("adamw", "adamw (torch, DiffSynth's) | adamw8bit (bitsandbytes, extra [bitsandbytes]) | prodigy "
+                        "(prodigyopt, extra [prodigy]; set learning_rate 1.0) | adafactor (transformers, fixed lr)",
+                        ours=True, choices=["adamw", "adamw8bit", "prodigy", "adafactor"])
+    ema_decay: float = _f(0.0, "EMA of the trained weights, updated each optimizer step (e.g. 0.999), saved beside each "
+                          "checkpoint as <name>.ema.safetensors and in the resumable state; 0: off", ours=True)
+    loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: LoRA B matrices train at learning_rate x this ratio "
+                                            "(kohya's loraplus_lr_ratio, e.g. 16); None: off", ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
     seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
     max_steps: Optional[int] = _f(None, "stop after this many micro-steps, i.e. batches (None: run all epochs)",
@@ -161,6 +168,16 @@ class TrainConfig:
     cpu_offload_split_threshold: Optional[int] = _f(None, "with enable_model_cpu_offload: a module above this many "
                                                     "2**20 parameters is split into its children (None: every leaf "
                                                     "module is a unit)")
+    timestep_sampling: str = _f("diffsynth", "how a step draws its noise level: diffsynth (uniform grid index with "
+                                "DiffSynth's bell-curve loss weights) | uniform | logit_normal | sigmoid | shifted "
+                                "(continuous sigma as SD3/kohya/musubi, loss weight 1: a change from DiffSynth)",
+                                ours=True, choices=["diffsynth", "uniform", "logit_normal", "sigmoid", "shifted"])
+    timestep_logit_mean: float = _f(0.0, "logit_normal: mean of the normal whose sigmoid is sigma", ours=True)
+    timestep_logit_std: float = _f(1.0, "logit_normal: std of the normal whose sigmoid is sigma", ours=True)
+    timestep_sigmoid_scale: float = _f(1.0, "sigmoid / shifted: sigma = sigmoid(scale * N(0,1)) (kohya sigmoid_scale)",
+                                       ours=True)
+    timestep_shift: float = _f(3.0, "shifted: sigma = shift*s / (1 + (shift-1)*s) (kohya discrete_flow_shift)",
+                               ours=True)
 
 
 @dataclass
@@ -316,6 +333,16 @@ class Config:
         if not 0 <= self.train.min_timestep_boundary < self.train.max_timestep_boundary <= 1:
             raise ConfigError(f"timestep boundaries must satisfy 0 <= min ({self.train.min_timestep_boundary}) "
                               f"< max ({self.train.max_timestep_boundary}) <= 1")
+        if not 0 <= self.train.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay = {self.train.ema_decay}: must be in [0, 1) (0: no EMA)")
+        if self.train.loraplus_lr_ratio is not None and not self.train.loraplus_lr_ratio > 0:
+            raise ConfigError(f"train.loraplus_lr_ratio = {self.train.loraplus_lr_ratio}: must be > 0, or empty for off")
+        if self.train.loraplus_lr_ratio is not None and self.train.optimizer == "prodigy":
+            raise ConfigError("train.loraplus_lr_ratio cannot be used with train.optimizer prodigy (Prodigy adapts "
+                              "one step size and refuses different lrs per group): leave loraplus_lr_ratio empty")
+        for key in ("timestep_logit_std", "timestep_sigmoid_scale", "timestep_shift"):
+            if not getattr(self.train, key) > 0:
+                raise ConfigError(f"train.{key} = {getattr(self.train, key)}: must be > 0")
         if bool(self.lora.preset_lora_path) != bool(self.lora.preset_lora_model):
             raise ConfigError("lora.preset_lora_path and lora.preset_lora_model go together: set both or neither")
         if self.lora.lora_rank < 1:

@@ -51,12 +51,21 @@ class Checkpointer:
     """DiffSynth's checkpoint at a save point: the trainable tensors, ``remove_prefix_in_ckpt`` removed, a LoRA in
     the open-source format when asked, else the DiT's LoRA in DiffSynth-Studio's own DiT names."""
 
-    def __init__(self, output: Path, trainable: set[str], config: Config, family, tracker):
+    def __init__(self, output: Path, trainable: set[str], config: Config, family, tracker, ema=None):
         self.output, self.trainable, self.config, self.family, self.tracker = output, trainable, config, family, tracker
         self.convert = checkpoint_converter(family, config)  # checked before training starts
+        self.ema = ema  # train.ema_decay: its weights are written beside each checkpoint
 
     def save(self, state: dict, at: int, epoch: int | None) -> Path:
-        """Write ``state``'s trainable tensors as ``epoch-K`` (``epoch`` given) or ``step-N``; log it to MLflow."""
+        """Write ``state``'s trainable tensors as ``epoch-K`` (``epoch`` given) or ``step-N``; log it to MLflow.
+        With an EMA, its weights go beside it in the same format as ``epoch-K.ema.safetensors`` (not exported)."""
+        path = self.output / checkpoint_name(epoch=epoch, step=None if epoch is not None else at)
+        self._write(state, path)
+        if self.ema is not None:
+            self._write(self.ema.weights(), path.with_suffix(".ema.safetensors"))
+        return path
+
+    def _write(self, state: dict, path: Path) -> None:
         prefix, lora = self.config.output.remove_prefix_in_ckpt, self.config.lora
         ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
                 for k, v in state.items() if k in self.trainable}
@@ -66,6 +75,5 @@ class Checkpointer:
             dit = "pipe.dit."
             dit = dit[len(prefix):] if prefix and dit.startswith(prefix) else dit
             ckpt = to_diffsynth_checkpoint(ckpt, self.family, dit, alpha=lora.lora_alpha)
-        path = save_checkpoint(ckpt, self.output / checkpoint_name(epoch=epoch, step=None if epoch is not None else at))
+        save_checkpoint(ckpt, path)
         self.tracker.log_artifact(path, "checkpoints")
-        return path

@@ -26,6 +26,7 @@ from . import distributed
 from .block_swap import install_block_swap
 from .checkpoint import Checkpointer
 from .data import bucket_keys, open_training_data
+from .ema import EMA
 from .evaluation import Evaluator
 from .memory import apply_memory_modes
 from .module import (TrainingModule, apply_fp8, cache_source, configure_trainable, item_list, load_full_checkpoint,
@@ -34,7 +35,7 @@ from .optim import Schedule, build_optimizer, total_optimizer_steps
 from .run_log import RunLog, peak_memory_mb
 from .run_state import Position, RunState, StateStore, TrainResult, fingerprint
 from .sampler import BucketBatchSampler
-from .schedule import FlowMatchSchedule
+from .schedule import FlowMatchSchedule, TimestepSampling
 from .validation import FixedNoiseValidator
 
 
@@ -66,7 +67,7 @@ class Trainer:
         self._open_dataset()
         self._prepare(module)
         self.result = TrainResult(world_size=self.world)
-        self.checkpointer = Checkpointer(self.output, self.trainable, config, self.family, self.log.tracker)
+        self.checkpointer = Checkpointer(self.output, self.trainable, config, self.family, self.log.tracker, self.ema)
         self.evaluator = Evaluator(self.pipe, self.schedule, config, FixedNoiseValidator(
             [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],
             config.validation.sigmas, config.validation.seed, encode=module.encode),
@@ -85,7 +86,9 @@ class Trainer:
         load_device = "cpu" if offload else self.accelerator.device
         role = "train_cached" if self.cache_dir else "full"
         self.pipe = self.family.load_pipeline(config, dtype, load_device, role)
-        self.schedule = FlowMatchSchedule.for_family(self.family.name)
+        self.schedule = FlowMatchSchedule.for_family(self.family.name).with_sampling(TimestepSampling.from_config(config.train))
+        if self.main:
+            print(f"[train] {self.schedule.sampling.describe()}", flush=True)
         self.generator = torch.Generator().manual_seed(config.train.seed + 1000 * self.rank)
         module = TrainingModule(self.pipe, self.schedule, self.generator,
                                 (config.train.min_timestep_boundary, config.train.max_timestep_boundary),
@@ -106,7 +109,7 @@ class Trainer:
     def _prepare(self, module: TrainingModule) -> None:
         """Optimizer, LR schedule and the accelerate-wrapped model."""
         config, accelerator = self.config, self.accelerator
-        optimizer = build_optimizer(config, [p for p in module.parameters() if p.requires_grad])
+        optimizer = build_optimizer(config, [(n, p) for n, p in module.named_parameters() if p.requires_grad])
         # micro-steps per epoch on this rank (the sampler's length) and in the whole run: decay length, progress total
         self.batches_per_epoch = self.sampler(0, 0).per_rank
         self.total_micro_steps = min(self.batches_per_epoch * config.train.num_epochs,
@@ -125,6 +128,7 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
         self.block_swap = install_block_swap(accelerator, self.pipe, config)  # train.blocks_to_swap
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = EMA.from_config(config, accelerator.unwrap_model(self.model), self.sharded)  # None: ema_decay 0
 
     def _open_state(self, store: StateStore | None) -> None:
         """The resumable state: in ``<output_path>/state``, or where the caller's store keeps it. Machines with their
@@ -190,6 +194,8 @@ class Trainer:
             self.optimizer.zero_grad()
         if accelerator.sync_gradients:
             self.lr_schedule.step()
+            if self.ema is not None:
+                self.ema.update()
         self.result.samples_seen += samples
         if self.main:
             value, elapsed = loss.detach().float().item(), time.perf_counter() - started

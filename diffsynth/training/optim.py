@@ -10,25 +10,77 @@ from ..config import Config
 from ..errors import ConfigError
 
 
+# train.optimizer -> (module, class, pyproject extra that installs it); adamw is torch's own
+OPTIMIZERS = {
+    "adamw8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes"),
+    "prodigy": ("prodigyopt", "Prodigy", "prodigy"),
+    "adafactor": ("transformers.optimization", "Adafactor", None),  # transformers is a core dependency
+}
+
+
+def _named(params) -> list[tuple[str, torch.nn.Parameter]]:
+    """``params``: parameters, or (name, parameter) pairs (names are needed for LoRA+)."""
+    return [item if isinstance(item, tuple) else ("", item) for item in params]
+
+
+def param_groups(config: Config, named: list[tuple[str, torch.nn.Parameter]]) -> list:
+    """A plain parameter list (one group, as DiffSynth), or with ``train.loraplus_lr_ratio`` two groups: LoRA B
+    matrices at ``learning_rate * ratio`` (LoRA+, Hayou et al. 2024, as kohya's ``loraplus_lr_ratio``), the rest at
+    ``learning_rate``."""
+    ratio = config.train.loraplus_lr_ratio
+    if ratio is None:
+        return [p for _, p in named]
+    b = [p for n, p in named if ".lora_B." in n]
+    if not b:
+        raise ConfigError("train.loraplus_lr_ratio scales the LoRA B matrices' learning rate, but nothing trained is "
+                          "a LoRA B matrix: set lora.lora_base_model, or leave loraplus_lr_ratio empty")
+    lr = config.train.learning_rate
+    return [{"params": [p for n, p in named if ".lora_B." not in n], "lr": lr},
+            {"params": b, "lr": lr * ratio}]
+
+
+def optimizer_class(name: str):
+    """The class behind ``train.optimizer`` (a missing optional package is a one-line error naming the extra)."""
+    module_name, class_name, extra = OPTIMIZERS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        how = f"pip install 'diffsynth-pipeline[{extra}]'" if extra else f"pip install {module_name.split('.')[0]}"
+        raise ConfigError(f"train.optimizer {name} needs the {module_name.split('.')[0]} package, which cannot be "
+                          f"imported ({e}): {how}") from None
+    return getattr(module, class_name)
+
+
 def build_optimizer(config: Config, params) -> torch.optim.Optimizer:
-    """AdamW (torch defaults for betas/eps, as DiffSynth), or ``train.customized_optimizer``.
+    """``train.optimizer``: AdamW (torch defaults for betas/eps, as DiffSynth), AdamW 8-bit (bitsandbytes),
+    Prodigy (prodigyopt) or Adafactor (transformers); or ``train.customized_optimizer`` (DiffSynth's flag), a
+    dotted class called as ``cls(params, lr=, weight_decay=)``.
 
     AdamW runs its fused kernel where torch has one (CPU and CUDA): the same update up to float rounding, ~4x
     faster per step (benchmarks/optimizer_step.py), which matters for full fine-tuning.
     """
-    params = list(params)
-    if not config.train.customized_optimizer:
+    named = _named(params)
+    groups = param_groups(config, named)
+    lr, wd, name = config.train.learning_rate, config.train.weight_decay, config.train.optimizer
+    if config.train.customized_optimizer:
+        if name != "adamw":
+            raise ConfigError(f"train.customized_optimizer ({config.train.customized_optimizer}) and train.optimizer "
+                              f"({name}) both choose the optimizer: set one (optimizer: adamw with a customized one)")
+        module_name, _, class_name = config.train.customized_optimizer.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ConfigError(f"train.customized_optimizer {config.train.customized_optimizer!r} cannot be "
+                              f"imported ({e}); give a dotted class path like bitsandbytes.optim.Adam8bit") from None
+        return cls(groups, lr=lr, weight_decay=wd)
+    if name == "adamw":
         fused = config.train.fused_optimizer and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
-                                                     for p in params)
-        return torch.optim.AdamW(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay,
-                                 fused=fused or None)
-    module_name, _, class_name = config.train.customized_optimizer.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"train.customized_optimizer {config.train.customized_optimizer!r} cannot be "
-                          f"imported ({e}); give a dotted class path like bitsandbytes.optim.Adam8bit") from None
-    return cls(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
+                                                     for _, p in named)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd, fused=fused or None)
+    cls = optimizer_class(name)
+    if name == "adafactor":  # a fixed lr (kohya's recommended settings), not Adafactor's relative step
+        return cls(groups, lr=lr, weight_decay=wd, scale_parameter=False, relative_step=False, warmup_init=False)
+    return cls(groups, lr=lr, weight_decay=wd)
 
 
 DECAYING = ("cosine", "linear")

@@ -115,6 +115,8 @@ class RunState:
             for rank, generator in enumerate(rng):
                 save_file({"generator": generator}, str(folder / f"rng-rank{rank}.safetensors"))
             save_file(weights, str(folder / "trainable.safetensors"))
+            if getattr(t, "ema", None) is not None:
+                save_file(t.ema.state_dict(), str(folder / "ema.safetensors"))
             train_state.save_structure(optimizer, folder, "optimizer")
             train_state.save_structure(t.lr_schedule.state_dict(), folder, "scheduler")
             write_json(folder / "meta.json", {"step": at, "epoch": epoch, "offset": position, "finished": finished,
@@ -182,6 +184,8 @@ class RunState:
         distributed.load_optimizer_state(t.model, t.optimizer, train_state.load_structure(folder, "optimizer"),
                                          t.sharded)
         t.lr_schedule.load_state_dict(train_state.load_structure(folder, "scheduler"))
+        if getattr(t, "ema", None) is not None:
+            t.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
         t.generator.set_state(load_file(str(folder / f"rng-rank{t.rank}.safetensors"))["generator"])
         t.result.resumed_from_step = meta["step"]
         t.result.samples_seen = meta.get("samples_seen", meta["step"] * t.world)
