@@ -219,9 +219,9 @@ def per_sample_reference(config) -> dict[str, torch.Tensor]:
 
     from diffsynth.data.dataset import metadata_dataset
     from diffsynth.families import spec_for
-    from diffsynth.training.loop import DTYPES
+    from diffsynth.config import torch_dtype
 
-    t_cfg, dtype = config.train, DTYPES[config.model.torch_dtype]
+    t_cfg, dtype = config.train, torch_dtype(config.model.torch_dtype)
     assert (t_cfg.lr_scheduler, t_cfg.max_grad_norm, config.gradient.gradient_accumulation_steps) == \
         ("constant", None, 1), "the loop below is written for these params"
     torch.manual_seed(t_cfg.seed)  # LoRA's initialisation draws from it, as in the trainer

@@ -154,7 +154,7 @@ def cmd_vae(name: str, out: Path) -> None:
     gen = torch.Generator().manual_seed(SEED)
     config = dict(case["config"])
     if config.get("z_dim") == 48:  # the Wan2.2 VAE's latent statistics, as our loader sets them
-        from diffsynth.models.real_configs import WAN22_VAE_LATENTS_MEAN, WAN22_VAE_LATENTS_STD
+        from diffsynth.families.wan.real_configs import WAN22_VAE_LATENTS_MEAN, WAN22_VAE_LATENTS_STD
         config.update(latents_mean=WAN22_VAE_LATENTS_MEAN, latents_std=WAN22_VAE_LATENTS_STD)
     vae = getattr(diffusers, case["cls"]).from_config(config).eval()
     randomise(vae, gen)
