@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, gather_object
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, gather_object
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DiffSynthError
 
 
 def _env_flag(name: str) -> bool:
@@ -184,6 +184,10 @@ def check_ranks_agree(accelerator: Accelerator, model: torch.nn.Module) -> None:
                            "synchronised across processes.")
 
 
+class TrainingInterrupted(DiffSynthError, RuntimeError):
+    """SIGTERM/SIGINT arrived; a resumable state was written. Run again with train.resume: auto."""
+
+
 class StopRequest:
     """SIGTERM/SIGINT while training: noted, and acted on at the next optimizer step by every rank at once."""
 
@@ -205,3 +209,12 @@ class StopRequest:
     def close(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def find_unused_if_needed(accelerator: Accelerator, trains_unused: bool, asked: bool) -> None:
+    """A multi-process full fine-tune that trains modules the loss never reaches needs DDP's
+    ``find_unused_parameters`` (DiffSynth: a crash); switch it on and say so."""
+    if accelerator.num_processes > 1 and not is_sharded(accelerator) and not asked and trains_unused:
+        accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        if accelerator.is_main_process:
+            print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")

@@ -1,9 +1,6 @@
-"""The training loop on accelerate, with DiffSynth's semantics (its ``launch_training_task``): load, make trainable,
-iterate the data, step the optimizer, and hand each save point to the components beside it — checkpoints
-(``checkpoint.py``), validation and samples (``evaluation.py``), tracking (``run_log.py``), the resumable state
-(``run_state.py``) and the progress bar. What DiffSynth lacks (a seed, exact resume, validation loss, samples,
-MLflow) lives in those components; the loop only calls them at fixed points.
-"""
+"""The training loop on accelerate, with DiffSynth's semantics (its ``launch_training_task``). Each save point goes
+to the components beside it: checkpoints (``checkpoint.py``), validation and samples (``evaluation.py``), tracking
+(``run_log.py``), the resumable state (``run_state.py``); the loop only calls them at fixed points."""
 from __future__ import annotations
 
 import contextlib
@@ -19,10 +16,10 @@ from torch.utils.data import DataLoader
 from ..config import Config, torch_dtype
 from ..data.buckets import bucket_stats
 from ..data.recipe import set_epoch
-from ..errors import DiffSynthError
 from ..families import spec_for
 from ..progress import progress
 from . import distributed
+from .distributed import TrainingInterrupted
 from .block_swap import install_block_swap
 from .checkpoint import Checkpointer
 from .data import bucket_keys, open_training_data
@@ -31,16 +28,12 @@ from .evaluation import Evaluator
 from .memory import apply_memory_modes
 from .module import (TrainingModule, apply_fp8, cache_source, configure_trainable, item_list, load_full_checkpoint,
                      trains_unused)
-from .optim import Schedule, build_optimizer, total_optimizer_steps
+from .optim import build_optimizer, run_schedule
 from .run_log import RunLog, peak_memory_mb
 from .run_state import Position, RunState, StateStore, TrainResult, fingerprint
 from .sampler import BucketBatchSampler
 from .schedule import FlowMatchSchedule, TimestepSampling
 from .validation import FixedNoiseValidator
-
-
-class TrainingInterrupted(DiffSynthError, RuntimeError):
-    """SIGTERM/SIGINT arrived; a resumable state was written. Run again with train.resume: auto."""
 
 
 class Trainer:
@@ -68,10 +61,9 @@ class Trainer:
         self._prepare(module)
         self.result = TrainResult(world_size=self.world)
         self.checkpointer = Checkpointer(self.output, self.trainable, config, self.family, self.log.tracker, self.ema)
-        self.evaluator = Evaluator(self.pipe, self.schedule, config, FixedNoiseValidator(
-            [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))],
-            config.validation.sigmas, config.validation.seed, encode=module.encode),
-            self.prompt_inputs, self.log.tracker, self.log.log, self.main)
+        validation_rows = [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))]
+        self.evaluator = Evaluator(self.pipe, self.schedule, config, FixedNoiseValidator.for_config(
+            validation_rows, config, module.encode), self.prompt_inputs, self.log.tracker, self.log.log, self.main)
         self._open_state(state_store)
 
     # ------------------------------------------------------------------ setup
@@ -114,17 +106,9 @@ class Trainer:
         self.batches_per_epoch = self.sampler(0, 0).per_rank
         self.total_micro_steps = min(self.batches_per_epoch * config.train.num_epochs,
                                      config.train.max_steps or float("inf"))
-        self.lr_schedule = Schedule(optimizer, config.train.lr_scheduler, config.train.lr_warmup_steps, self.world,
-                                    total_optimizer_steps(self.batches_per_epoch, config.train.num_epochs,
-                                                          config.gradient.gradient_accumulation_steps,
-                                                          config.train.max_steps),
-                                    config.train.lr_min_ratio)
-        if (self.world > 1 and not self.sharded and not config.train.find_unused_parameters
-                and trains_unused(module, self.trainable)):
-            # a full fine-tune includes modules the loss never reaches; DDP must be told (DiffSynth: a crash)
-            accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
-            if self.main:
-                print("[train] find_unused_parameters enabled: trained modules include some that get no gradient")
+        self.lr_schedule = run_schedule(optimizer, config, self.batches_per_epoch, self.world)
+        distributed.find_unused_if_needed(accelerator, trains_unused(module, self.trainable),
+                                          config.train.find_unused_parameters)
         self.model, self.optimizer = accelerator.prepare(module, optimizer)
         self.block_swap = install_block_swap(accelerator, self.pipe, config)  # train.blocks_to_swap
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -299,12 +283,9 @@ class Trainer:
 
 def run_training(config: Config, metadata_path: str | None = None, tags: dict | None = None,
                  log_files: list[str] | None = None, state_store: StateStore | None = None) -> TrainResult:
-    """Train as ``config`` says. ``metadata_path`` overrides the dataset's (the validated copy in DVC runs).
-    ``state_store``: where the resumable state lives (default ``<output_path>/state``); a store that carries the
-    outputs leaves ``result.state_dir`` for the caller to release once it has written them.
-
-    ``--task sft:data_process`` only encodes: the encoder cache is written to ``output.output_path`` (main
-    process), for a later ``--task sft:train --dataset_base_path <that folder>``."""
+    """Train as ``config`` says; ``metadata_path`` overrides the dataset's (the validated copy in DVC runs).
+    ``state_store``: where the resumable state lives (default ``<output_path>/state``). ``--task sft:data_process``
+    only writes the encoder cache to ``output.output_path``, for a later ``--task sft:train``."""
     if config.train.task == "sft:data_process":
         from ..encoding import build_data_cache
         if int(os.environ.get("RANK", "0")) == 0:

@@ -164,3 +164,11 @@ class Schedule:
         # torch's schedulers restore their counters but not the optimizer's lr, which ConstantLR reads back
         for group, lr in zip(self.scheduler.optimizer.param_groups, self.scheduler.get_last_lr()):
             group["lr"] = lr
+
+
+def run_schedule(optimizer, config, batches_per_epoch: int, world_size: int) -> Schedule:
+    """The learning-rate schedule ``config.train`` asks for, over the optimizer steps of the whole run."""
+    t = config.train
+    total = total_optimizer_steps(batches_per_epoch, t.num_epochs, config.gradient.gradient_accumulation_steps,
+                                  t.max_steps)
+    return Schedule(optimizer, t.lr_scheduler, t.lr_warmup_steps, world_size, total, t.lr_min_ratio)

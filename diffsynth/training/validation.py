@@ -19,6 +19,11 @@ class FixedNoiseValidator:
         self.sigmas = [float(s) for s in sigmas]
         self.seed = seed
 
+    @classmethod
+    def for_config(cls, items: list[dict], config, encode=None) -> "FixedNoiseValidator":
+        """The validator ``config.validation`` describes, over ``items`` (the first dataset rows)."""
+        return cls(items, config.validation.sigmas, config.validation.seed, encode=encode)
+
     @torch.no_grad()
     def evaluate(self, pipe: Family, schedule: FlowMatchSchedule) -> dict[str, float]:
         """Unweighted MSE per fixed sigma (averaged over the rows) and their mean, as ``val_loss``."""
