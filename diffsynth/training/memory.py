@@ -75,8 +75,29 @@ def _refuse_distributed(accelerator, what: str) -> None:
 def apply_memory_modes(module: torch.nn.Module, config, dtype: torch.dtype, accelerator) -> MemoryModes:
     """Quantize, then install the offload hooks, on ``module`` (the TrainingModule; its ``pipe`` holds the models)."""
     pipe, modes, device = module.pipe, MemoryModes(), accelerator.device
-    m, t = config.model, config.train
+    t = config.train
+    _quantize(pipe, config, dtype, accelerator, modes)
+    if not t.enable_model_cpu_offload and (t.enable_optimizer_cpu_offload or t.cpu_offload_split_threshold):
+        # DiffSynth reads both only under --enable_model_cpu_offload and ignores them otherwise
+        if accelerator.is_main_process:
+            print("[train] enable_optimizer_cpu_offload / cpu_offload_split_threshold take effect only with "
+                  "enable_model_cpu_offload; ignored", flush=True)
+    if t.enable_model_cpu_offload:
+        _refuse_distributed(accelerator, "train.enable_model_cpu_offload")
+        if modes.quantized:
+            raise ConfigError("train.enable_model_cpu_offload with model.quant_options: the offloader moves plain "
+                              "tensors and quantized weights are packed tensor subclasses; use one of the two")
+        accelerator.device_placement = False  # accelerate must not move the offloaded model onto the device
+        modes.managers.append(OffloadManager(module, device, t.enable_optimizer_cpu_offload,
+                                             t.cpu_offload_split_threshold))
+        return modes  # every model is offloaded already
+    _offload_frozen(pipe, config, accelerator, modes)
+    return modes
 
+
+def _quantize(pipe, config, dtype: torch.dtype, accelerator, modes: MemoryModes) -> None:
+    """``model.quant_options``: the named models' frozen Linear weights quantized in place."""
+    m, t, device = config.model, config.train, accelerator.device
     quant = parse_quant_options(m.quant_options)
     trained_fully = set(split_keys(t.trainable_models))
     fp8 = fp8_entries(m.fp8_models)
@@ -93,29 +114,18 @@ def apply_memory_modes(module: torch.nn.Module, config, dtype: torch.dtype, acce
                               " or drop the quant option")
         probe(spec.method, device, dtype)
         # DiffSynth's module names for the excludes -> this pipeline's names (as for LoRA targets)
-        exclude = [mapped for p in spec.exclude for mapped in pipe.map_lora_targets(name, [p])]
+        exclude = [mapped for p in spec.exclude
+                   for mapped in type(pipe).lora_targets_for(name, getattr(pipe, name), [p])]
         names = quantize_model(getattr(pipe, name), spec, device, exclude)
         modes.quantized[name] = len(names)
         if accelerator.is_main_process:
             print(f"[train] quant_options: {len(names)} Linear layers of {name} quantized ({spec.method}; "
                   f"{len(spec.exclude)} exclude patterns)", flush=True)
 
-    if not t.enable_model_cpu_offload and (t.enable_optimizer_cpu_offload or t.cpu_offload_split_threshold):
-        # DiffSynth reads both only under --enable_model_cpu_offload and ignores them otherwise
-        if accelerator.is_main_process:
-            print("[train] enable_optimizer_cpu_offload / cpu_offload_split_threshold take effect only with "
-                  "enable_model_cpu_offload; ignored", flush=True)
-    if t.enable_model_cpu_offload:
-        _refuse_distributed(accelerator, "train.enable_model_cpu_offload")
-        if modes.quantized:
-            raise ConfigError("train.enable_model_cpu_offload with model.quant_options: the offloader moves plain "
-                              "tensors and quantized weights are packed tensor subclasses; use one of the two")
-        accelerator.device_placement = False  # accelerate must not move the offloaded model onto the device
-        modes.managers.append(OffloadManager(module, device, t.enable_optimizer_cpu_offload,
-                                             t.cpu_offload_split_threshold))
-        return modes  # every model is offloaded already
 
-    for key in split_keys(m.offload_models):
+def _offload_frozen(pipe, config, accelerator, modes: MemoryModes) -> None:
+    """``model.offload_models``: the named frozen models kept in CPU memory, loaded per layer for each use."""
+    for key in split_keys(config.model.offload_models):
         name = _resolve(pipe, key, "model.offload_models", config)
         if name is None:
             continue  # this stage does not hold it: nothing to offload
@@ -126,5 +136,4 @@ def apply_memory_modes(module: torch.nn.Module, config, dtype: torch.dtype, acce
         if name in modes.quantized:
             raise ConfigError(f"model.offload_models and model.quant_options both name {name!r}: use one of the two")
         _refuse_distributed(accelerator, "model.offload_models")
-        modes.managers.append(OffloadManager(model, device, only_frozen=True))
-    return modes
+        modes.managers.append(OffloadManager(model, accelerator.device, only_frozen=True))
