@@ -48,6 +48,7 @@ def child(image_tokens: int, text_tokens: int) -> dict:
     from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
 
     from diffsynth.models.activations import saved_tensor_bytes
+    import diffsynth.families  # noqa: F401  (registers each family's block input tables)
     from diffsynth.models.block_shapes import block_inputs
     from diffsynth.models.real_configs import REAL_MODELS
 

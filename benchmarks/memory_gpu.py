@@ -38,6 +38,7 @@ def planned(plan: dict, checkpointing: bool, base: str, swap: int) -> int | None
 
 
 def measure(preset: str, frames: int | None, checkpointing: bool, base: str, swap: int) -> tuple[int, int, float]:
+    import diffsynth.families  # noqa: F401  (registers each family's block input tables)
     from diffsynth.models.block_shapes import block_inputs
     from diffsynth.models.block_swap import enable_block_swap, swap_chain
     from diffsynth.models.fp8 import enable_fp8

@@ -75,6 +75,7 @@ def write_weights(path: Path, blocks: int, dtype: str) -> None:
 def child(mode: str, path: str, blocks: int, tokens: int, dtype: str, steps: int) -> dict:
     import torch
     from safetensors.torch import load_file
+    import diffsynth.families  # noqa: F401  (registers each family's block input tables)
     from diffsynth.models.block_shapes import block_inputs
     from diffsynth.models.disk_offload import enable_disk_offload
     dt = getattr(torch, dtype)
