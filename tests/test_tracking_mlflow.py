@@ -170,6 +170,7 @@ def test_dvc_exp_show_lists_both_with_losses(experiments):
     for name, data in found.items():
         params = data["params"]["params.yaml"]["data"]
         assert str(params["train"]["learning_rate"]) == RATES[name]
+        assert "data" in data["metrics"].get("outputs/train/metrics.json", {}), (name, data["metrics"])
         metrics = data["metrics"]["outputs/train/metrics.json"]["data"]
         assert {"final_loss", "val_loss"} <= set(metrics)
         assert data["metrics"]["reports/lora_compat.json"]["data"]["unmatched_keys"] == 0
