@@ -56,15 +56,3 @@ def tiny_env(model_base, monkeypatch):
     """Model flags resolve against the session's tiny presets, never a hub."""
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(model_base))
     monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
-
-
-# Tests that run `dvc repro` / `dvc exp run` (and its queue) in cloned workspaces share DVC's user-level state; under
-# pytest-xdist (`make test` runs two workers with --dist loadgroup) they all run on one worker, one after another.
-DVC_MODULES = {"test_pipeline_dvc", "test_resume_dvc", "test_tracking_mlflow", "test_dvc_graph", "test_tests_own_params",
-               "test_data_recipe"}
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.module is not None and item.module.__name__ in DVC_MODULES:
-            item.add_marker(pytest.mark.xdist_group("dvc"))

@@ -81,7 +81,7 @@ def server(experiments):
                             stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 240  # a loaded machine starts it slowly
         while True:
             try:
                 if get(base, "/health") == b"OK":
