@@ -45,6 +45,14 @@ def shapes_dataset(tmp_path_factory) -> Path:
     return build_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes")
 
 
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> tuple[Path, str]:
+    """A clone of the committed tree after `dvc repro` (test_pipeline_dvc.reproduce_clone): (root, log)."""
+    from test_pipeline_dvc import reproduce_clone
+
+    return reproduce_clone(tmp_path_factory.mktemp("reproduced"))
+
+
 TINY_QWEN_MODELS = ("diffsynth-tiny/Qwen-Image:transformer/diffusion_pytorch_model*.safetensors,"
                     "diffsynth-tiny/Qwen-Image:text_encoder/model*.safetensors,"
                     "diffsynth-tiny/Qwen-Image:vae/diffusion_pytorch_model.safetensors")

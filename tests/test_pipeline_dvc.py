@@ -2,6 +2,7 @@
 records the run, and a second `dvc repro` has nothing to do."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,14 +105,33 @@ def test_no_stage_output_is_tracked_by_git_and_all_are_ignored(tmp_path):
     assert ignored == set(outs), f"stage outputs git would not ignore: {sorted(set(outs) - ignored)}"
 
 
-@pytest.fixture(scope="module")
-def repro(tmp_path_factory):
-    root = copy_repo(tmp_path_factory.mktemp("repo"))
+def reproduce_clone(root: Path) -> tuple[Path, str]:
+    """A clone (:func:`copy_repo`) reproduced by `dvc repro` as `make run` does, with its dvc.lock committed as a
+    user commits it: the baseline the DVC experiment tests copy (:func:`copy_workspace`) instead of each running
+    every stage again. Returns the root and the log of the repro."""
+    copy_repo(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["num_epochs"] = 2  # 64 steps: enough for the assertions, half the default time
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    first = dvc(root, "repro")
-    return root, first
+    log = dvc(root, "repro")
+    git = lambda *cmd: subprocess.run(["git", *cmd], cwd=root, check=True, env=pipeline_env(root), capture_output=True)
+    git("add", "params.yaml", "dvc.lock")
+    git("commit", "-qm", "reproduced")
+    return root, log
+
+
+def copy_workspace(src: Path, dst: Path) -> Path:
+    """A copy of a reproduced workspace (git history, dvc.lock, outputs, DVC cache and run-cache), so experiments
+    on it re-run only the stages their params change. DVC's temporary state, and the MLflow and resume stores
+    (their records hold the source's absolute paths), are left behind: the copy starts its own."""
+    skip = {src / ".dvc" / "tmp", src / "mlflow.db", src / "mlruns", src / ".resume"}
+    shutil.copytree(src, dst, symlinks=True, ignore=lambda d, names: [n for n in names if Path(d) / n in skip])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def repro(reproduced):
+    return reproduced
 
 
 @pytest.mark.slow
@@ -203,11 +223,12 @@ def test_second_repro_runs_no_stage(repro):
 
 
 @pytest.mark.slow
-def test_experiments_reuse_the_encoder_cache_until_the_encoding_changes(repro):
-    root, _ = repro
-    log = dvc(root, "exp", "run", "-S", "train.learning_rate=0.001", "-S", "train.num_epochs=1")
+def test_experiments_reuse_the_encoder_cache_until_the_encoding_changes(repro, tmp_path):
+    root = copy_workspace(repro[0], tmp_path / "repo")
+    short = ("-S", "train.num_epochs=1", "-S", "train.max_steps=2")  # which stages run is the point, not training
+    log = dvc(root, "exp", "run", "-S", "train.learning_rate=0.001", *short)
     assert "Running stage 'train'" in log and "Running stage 'export'" in log
     assert "Running stage 'cache'" not in log and "Running stage 'cache_prompts'" not in log
-    log = dvc(root, "exp", "run", "-S", "resolution.max_pixels=2304", "-S", "train.num_epochs=1")
+    log = dvc(root, "exp", "run", "-S", "resolution.max_pixels=2304", *short)
     assert "Running stage 'cache'" in log and "Running stage 'train'" in log
     assert json.loads((root / "outputs/cache/data/index.json").read_text())["fingerprint"]["max_pixels"] == 2304

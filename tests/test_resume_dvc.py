@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from _state_store import Slot, run_key
 from helpers import tiny_config
-from test_pipeline_dvc import copy_repo, dvc, pipeline_env
+from test_pipeline_dvc import copy_workspace, dvc, pipeline_env
 
 
 def tensors_equal(a: Path, b: Path) -> bool:
@@ -63,9 +63,10 @@ SMALL = {"validation": {"num_samples": 1}, "sample": {"prompts": ["a red circle"
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A fresh copy whose train stage already ran once: DVC's cache holds finished outputs to check out."""
-    root = copy_repo(tmp_path_factory.mktemp("repo"))
+def repo(reproduced, tmp_path_factory):
+    """A reproduced copy whose train stage ran once more on small params: DVC's cache holds finished outputs to
+    check out."""
+    root = copy_workspace(reproduced[0], tmp_path_factory.mktemp("repo") / "repo")
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in SMALL.items():
         params[section].update(values)

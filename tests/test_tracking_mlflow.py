@@ -15,7 +15,7 @@ import pytest
 import yaml
 from safetensors.torch import load
 
-from test_pipeline_dvc import copy_repo, dvc, pipeline_env
+from test_pipeline_dvc import copy_workspace, dvc, pipeline_env
 
 RATES = {"lr-high": "0.002", "lr-low": "0.0005"}
 STEPS = 6
@@ -53,8 +53,8 @@ def wait_for_queue(root: Path, name: str, timeout: float = 240) -> None:
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory):
-    root = copy_repo(tmp_path_factory.mktemp("repo"))
+def experiments(reproduced, tmp_path_factory):
+    root = copy_workspace(reproduced[0], tmp_path_factory.mktemp("repo") / "repo")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"].update(num_epochs=1, max_steps=STEPS)
     params["validation"]["num_samples"] = 2
