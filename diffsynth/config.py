@@ -186,6 +186,12 @@ class LoraConfigSection:
     lora_target_modules: str = _f("q,k,v,o,ffn.0,ffn.2", "comma list of module-name suffixes")
     lora_rank: int = _f(32, "LoRA rank")
     lora_alpha: Optional[float] = _f(None, "LoRA alpha (None: = rank, DiffSynth's fixed choice)", ours=True)
+    adapter: str = _f("lora", "adapter trained on lora_target_modules: lora (DiffSynth's) | dora (LoRA with a learned "
+                      "per-row magnitude) | loha (Hadamard product of two rank-r pairs) | lokr (Kronecker product), "
+                      "all through peft with lora_rank and lora_alpha", ours=True,
+                      choices=["lora", "dora", "loha", "lokr"])
+    lokr_factor: int = _f(-1, "lokr: the Kronecker factor's size (peft decompose_factor; -1: as square as the layer "
+                          "allows)", ours=True)
     lora_checkpoint: Optional[str] = _f(None, "LoRA file to continue training from")
     preset_lora_path: Optional[str] = _f(None, "LoRA fused into the base weights before training")
     preset_lora_model: Optional[str] = _f(None, "model the preset LoRA is fused into, e.g. dit")
@@ -347,6 +353,16 @@ class Config:
             raise ConfigError("lora.preset_lora_path and lora.preset_lora_model go together: set both or neither")
         if self.lora.lora_rank < 1:
             raise ConfigError(f"lora.lora_rank = {self.lora.lora_rank}: must be >= 1")
+        if self.lora.adapter != "lora":
+            if self.output.align_to_opensource_format:
+                raise ConfigError(f"output.align_to_opensource_format writes kohya LoRA pairs, not a {self.lora.adapter}"
+                                  ": turn it off (export.formats kohya/comfyui carries the adapter instead)")
+            if self.lora.adapter != "dora" and self.train.loraplus_lr_ratio is not None:
+                raise ConfigError(f"train.loraplus_lr_ratio scales LoRA B matrices; lora.adapter {self.lora.adapter} "
+                                  "has none: leave loraplus_lr_ratio empty, or use lora/dora")
+            if "diffsynth" in self.export.formats:
+                raise ConfigError(f"export.formats diffsynth cannot carry a {self.lora.adapter}: DiffSynth-Studio's "
+                                  "LoRA loader reads only lora_A/lora_B pairs; export diffusers, comfyui or kohya")
         if self.output.align_to_opensource_format and not self.lora.lora_base_model:
             raise ConfigError("output.align_to_opensource_format converts LoRA checkpoints: set lora.lora_base_model, "
                               "or turn the flag off for full fine-tuning")

@@ -14,7 +14,9 @@ from ..errors import ConfigError
 from ..families import Family
 from ..models.fp8 import enable_fp8, fp8_entries
 from ..models.safetensors_io import read_tensors
-from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
+from ..models.adapters import adapter_scale
+from .lora import (add_lora, fuse_lora, load_adapter_checkpoint, load_lora_checkpoint,
+                   parse_target_modules)
 from .loss import flow_match_loss
 from .schedule import FlowMatchSchedule
 
@@ -113,8 +115,12 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         name = config.lora.lora_base_model
         targets = type(pipe).lora_targets_for(name, base, parse_target_modules(config.lora.lora_target_modules, base))
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
-                 exclude=type(pipe).modules_without_gradient(name, base))
-        if config.lora.lora_checkpoint:
+                 exclude=type(pipe).modules_without_gradient(name, base), adapter=config.lora.adapter,
+                 lokr_factor=config.lora.lokr_factor)
+        if config.lora.lora_checkpoint and config.lora.adapter != "lora":
+            load_adapter_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"),
+                                    config.lora.adapter, adapter_scale(config), source=config.lora.lora_checkpoint)
+        elif config.lora.lora_checkpoint:
             load_lora_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"), type(pipe),
                                  source=config.lora.lora_checkpoint)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
