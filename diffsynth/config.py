@@ -141,6 +141,11 @@ class TrainConfig:
                           "checkpoint as <name>.ema.safetensors and in the resumable state; 0: off", ours=True)
     loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: LoRA B matrices train at learning_rate x this ratio "
                                             "(kohya's loraplus_lr_ratio, e.g. 16); None: off", ours=True)
+    dop_weight: float = _f(0.0, "differential output preservation (ai-toolkit's): weight of the MSE between the "
+                           "prediction with and without the LoRA on each prompt with its trigger word replaced by "
+                           "dop_class; 0: off", ours=True)
+    dop_class: str = _f("", "dop_weight: the class word replacing the trigger word (e.g. 'person' for trigger 'sks')",
+                        ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
     seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
     max_steps: Optional[int] = _f(None, "stop after this many micro-steps, i.e. batches (None: run all epochs)",
@@ -346,6 +351,8 @@ class Config:
         if self.train.loraplus_lr_ratio is not None and self.train.optimizer == "prodigy":
             raise ConfigError("train.loraplus_lr_ratio cannot be used with train.optimizer prodigy (Prodigy adapts "
                               "one step size and refuses different lrs per group): leave loraplus_lr_ratio empty")
+        if self.train.dop_weight:
+            self._check_dop()
         for key in ("timestep_logit_std", "timestep_sigmoid_scale", "timestep_shift"):
             if not getattr(self.train, key) > 0:
                 raise ConfigError(f"train.{key} = {getattr(self.train, key)}: must be > 0")
@@ -373,6 +380,26 @@ class Config:
         from .families import check_extra_inputs  # the family decides which extra inputs exist
         check_extra_inputs(self)
         return self
+
+
+    def _check_dop(self) -> None:
+        """train.dop_weight needs a class word, a trigger word to replace, adapters to switch off, and online
+        encoding (the class prompts are not in the encoder cache)."""
+        if self.train.dop_weight < 0:
+            raise ConfigError(f"train.dop_weight = {self.train.dop_weight}: must be >= 0 (0: off)")
+        if not self.train.dop_class.strip():
+            raise ConfigError("train.dop_weight needs train.dop_class: the class word that replaces the trigger word")
+        triggers = [self.dataset.trigger_word] + [d.get("trigger_word", "") for d in self.dataset.datasets
+                                                  if isinstance(d, dict)]
+        if not any(triggers):
+            raise ConfigError("train.dop_weight replaces the trigger word by train.dop_class: set "
+                              "dataset.trigger_word (or a dataset's trigger_word in dataset.datasets)")
+        if not self.lora.lora_base_model:
+            raise ConfigError("train.dop_weight compares the model with and without its adapter: it needs "
+                              "lora.lora_base_model (it cannot be used for full fine-tuning)")
+        if self.cache.enabled or self.train.task == "sft:train":
+            raise ConfigError("train.dop_weight encodes each class prompt online; the encoder cache does not hold "
+                              "them: set cache.enabled false (and train.task sft)")
 
 
 def _coerce(value, annotation, where: str):
