@@ -141,6 +141,11 @@ class TrainConfig:
                           "checkpoint as <name>.ema.safetensors and in the resumable state; 0: off", ours=True)
     loraplus_lr_ratio: Optional[float] = _f(None, "LoRA+: LoRA B matrices train at learning_rate x this ratio "
                                             "(kohya's loraplus_lr_ratio, e.g. 16); None: off", ours=True)
+    dop_weight: float = _f(0.0, "differential output preservation (ai-toolkit's): weight of the MSE between the "
+                           "prediction with and without the LoRA on each prompt with its trigger word replaced by "
+                           "dop_class; 0: off", ours=True)
+    dop_class: str = _f("", "dop_weight: the class word replacing the trigger word (e.g. 'person' for trigger 'sks')",
+                        ours=True)
     resume_from_checkpoint: Optional[str] = _f(None, "full fine-tune checkpoint loaded before training (weights only)")
     seed: int = _f(0, "seed for data order, noise and timesteps (DiffSynth has none)", ours=True)
     max_steps: Optional[int] = _f(None, "stop after this many micro-steps, i.e. batches (None: run all epochs)",
@@ -186,6 +191,12 @@ class LoraConfigSection:
     lora_target_modules: str = _f("q,k,v,o,ffn.0,ffn.2", "comma list of module-name suffixes")
     lora_rank: int = _f(32, "LoRA rank")
     lora_alpha: Optional[float] = _f(None, "LoRA alpha (None: = rank, DiffSynth's fixed choice)", ours=True)
+    adapter: str = _f("lora", "adapter trained on lora_target_modules: lora (DiffSynth's) | dora (LoRA with a learned "
+                      "per-row magnitude) | loha (Hadamard product of two rank-r pairs) | lokr (Kronecker product), "
+                      "all through peft with lora_rank and lora_alpha", ours=True,
+                      choices=["lora", "dora", "loha", "lokr"])
+    lokr_factor: int = _f(-1, "lokr: the Kronecker factor's size (peft decompose_factor; -1: as square as the layer "
+                          "allows)", ours=True)
     lora_checkpoint: Optional[str] = _f(None, "LoRA file to continue training from")
     preset_lora_path: Optional[str] = _f(None, "LoRA fused into the base weights before training")
     preset_lora_model: Optional[str] = _f(None, "model the preset LoRA is fused into, e.g. dit")
@@ -340,6 +351,8 @@ class Config:
         if self.train.loraplus_lr_ratio is not None and self.train.optimizer == "prodigy":
             raise ConfigError("train.loraplus_lr_ratio cannot be used with train.optimizer prodigy (Prodigy adapts "
                               "one step size and refuses different lrs per group): leave loraplus_lr_ratio empty")
+        if self.train.dop_weight:
+            self._check_dop()
         for key in ("timestep_logit_std", "timestep_sigmoid_scale", "timestep_shift"):
             if not getattr(self.train, key) > 0:
                 raise ConfigError(f"train.{key} = {getattr(self.train, key)}: must be > 0")
@@ -347,6 +360,16 @@ class Config:
             raise ConfigError("lora.preset_lora_path and lora.preset_lora_model go together: set both or neither")
         if self.lora.lora_rank < 1:
             raise ConfigError(f"lora.lora_rank = {self.lora.lora_rank}: must be >= 1")
+        if self.lora.adapter != "lora":
+            if self.output.align_to_opensource_format:
+                raise ConfigError(f"output.align_to_opensource_format writes kohya LoRA pairs, not a {self.lora.adapter}"
+                                  ": turn it off (export.formats kohya/comfyui carries the adapter instead)")
+            if self.lora.adapter != "dora" and self.train.loraplus_lr_ratio is not None:
+                raise ConfigError(f"train.loraplus_lr_ratio scales LoRA B matrices; lora.adapter {self.lora.adapter} "
+                                  "has none: leave loraplus_lr_ratio empty, or use lora/dora")
+            if "diffsynth" in self.export.formats:
+                raise ConfigError(f"export.formats diffsynth cannot carry a {self.lora.adapter}: DiffSynth-Studio's "
+                                  "LoRA loader reads only lora_A/lora_B pairs; export diffusers, comfyui or kohya")
         if self.output.align_to_opensource_format and not self.lora.lora_base_model:
             raise ConfigError("output.align_to_opensource_format converts LoRA checkpoints: set lora.lora_base_model, "
                               "or turn the flag off for full fine-tuning")
@@ -357,6 +380,26 @@ class Config:
         from .families import check_extra_inputs  # the family decides which extra inputs exist
         check_extra_inputs(self)
         return self
+
+
+    def _check_dop(self) -> None:
+        """train.dop_weight needs a class word, a trigger word to replace, adapters to switch off, and online
+        encoding (the class prompts are not in the encoder cache)."""
+        if self.train.dop_weight < 0:
+            raise ConfigError(f"train.dop_weight = {self.train.dop_weight}: must be >= 0 (0: off)")
+        if not self.train.dop_class.strip():
+            raise ConfigError("train.dop_weight needs train.dop_class: the class word that replaces the trigger word")
+        triggers = [self.dataset.trigger_word] + [d.get("trigger_word", "") for d in self.dataset.datasets
+                                                  if isinstance(d, dict)]
+        if not any(triggers):
+            raise ConfigError("train.dop_weight replaces the trigger word by train.dop_class: set "
+                              "dataset.trigger_word (or a dataset's trigger_word in dataset.datasets)")
+        if not self.lora.lora_base_model:
+            raise ConfigError("train.dop_weight compares the model with and without its adapter: it needs "
+                              "lora.lora_base_model (it cannot be used for full fine-tuning)")
+        if self.cache.enabled or self.train.task == "sft:train":
+            raise ConfigError("train.dop_weight encodes each class prompt online; the encoder cache does not hold "
+                              "them: set cache.enabled false (and train.task sft)")
 
 
 def _coerce(value, annotation, where: str):

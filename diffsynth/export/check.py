@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.adapters import ADAPTER_KEY, _missing, check_shapes
 from ..models.lora_names import LORA_KEY, PREFIXES, kohya_name
 from .lora_formats import family_spec
 
@@ -81,3 +82,42 @@ def check_against_model(state: dict, model: torch.nn.Module, fmt: str = "diffuse
     shapes = (original_weight_shapes(model, family) if fmt in ("comfyui", "kohya") else
               diffsynth_weight_shapes(model, family) if fmt == "diffsynth" else weight_shapes(model))
     return check_lora(state, fmt, shapes)
+
+
+def check_adapter(state: dict, fmt: str, shapes: dict[str, tuple], kind: str) -> dict:
+    """:func:`check_lora` for a DoRA/LoHa/LoKr file: the tensors of each module are grouped, must all address one
+    layer of ``shapes`` (in ``fmt``'s naming) and compose to an update of its shape."""
+    kohya = {kohya_name(name): name for name in shapes}
+    prefix = {"diffusers": "transformer.", "comfyui": "diffusion_model."}.get(fmt, "")
+    groups: dict[str, dict] = {}
+    unmatched = {}
+    for key, value in sorted(state.items()):
+        if key.endswith(".alpha"):
+            base, slot = key[: -len(".alpha")], "alpha"
+        elif (m := LORA_KEY.match(key)) and m.group("kind") in ("lora_down", "lora_up"):
+            base, slot = m.group("module"), "lora_A" if m.group("kind") == "lora_down" else "lora_B"
+        elif m := ADAPTER_KEY.match(key):
+            base, slot = m.group("module"), m.group("slot")
+        else:
+            unmatched[key] = f"not a {kind} tensor name"
+            continue
+        module = kohya.get(base) if fmt == "kohya" else base[len(prefix):] if base.startswith(prefix) else None
+        if module is None or module not in shapes:
+            unmatched[key] = "no such module in the base model"
+            continue
+        groups.setdefault(module, {})[slot] = (key, value)
+    for module, slots in groups.items():
+        scale = slots.pop("dora_scale", None)
+        slots.pop("alpha", None)
+        if scale is not None:  # ComfyUI's DoRA magnitude
+            if scale[1].shape[0] != shapes[module][0]:
+                unmatched[scale[0]] = f"dora_scale has {scale[1].shape[0]} rows, the layer {shapes[module][0]}"
+            slots.setdefault("lora_magnitude_vector", scale)
+        why = check_shapes({module: {s: v for s, (_, v) in slots.items()}}, kind, shapes).get(module)
+        if why is None and (missing := _missing(kind, slots)):
+            why = f"lacks {missing}"
+        if why:
+            unmatched.update({k: why for k, _ in slots.values()})
+    bad = {m for m, slots in groups.items() if any(k in unmatched for k, _ in slots.values())}
+    return {"tensors": len(state), "matched_modules": len(set(groups) - bad), "unmatched_modules": len(bad),
+            "unmatched_keys": len(unmatched), "unmatched": dict(list(unmatched.items())[:50])}

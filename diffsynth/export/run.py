@@ -10,9 +10,10 @@ from safetensors.torch import save_file
 
 from ..files import atomic_path
 from ..models.safetensors_io import read_tensors
-from .check import check_lora, diffsynth_weight_shapes, original_weight_shapes, weight_shapes
+from .check import check_adapter, check_lora, diffsynth_weight_shapes, original_weight_shapes, weight_shapes
 from .full import load_full_weights, merge_lora, save_model_folder
-from ..models.lora_names import FORMATS, from_original_names, is_lora_key, layouts_of, lora_modules
+from ..models.adapters import adapter_modules, check_shapes, is_adapter_key, kind_of, merged_weight, write_adapter
+from ..models.lora_names import FORMATS, from_original_names, layouts_of, lora_modules
 from .lora_formats import ExportError, family_spec, loaded_names_without_model, write_format
 
 # diffusers' own file name, so `pipe.load_lora_weights(out_dir)` finds it without weight_name=
@@ -67,11 +68,14 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
     state = read_tensors(checkpoint, "the training checkpoint")
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
-    lora_state = {k: v for k, v in state.items() if is_lora_key(k)}
-    full_state = {k: v for k, v in state.items() if not is_lora_key(k)}
+    lora_state = {k: v for k, v in state.items() if is_adapter_key(k)}
+    full_state = {k: v for k, v in state.items() if not is_adapter_key(k)}
     result = ExportResult(compat={"checkpoint": str(checkpoint), "family": spec.name, "formats": {}})
     shapes = {"native": weight_shapes(base)}
-    if lora_state:
+    kind = kind_of(lora_state)
+    if lora_state and kind != "lora":
+        modules = _export_adapter(result, lora_state, kind, formats, spec, base, load_base, out_dir, shapes)
+    elif lora_state:
         # a checkpoint saved with align_to_opensource_format (kohya names) comes back to the trained names first
         # checkpoints in DiffSynth's DiT names or kohya names (align_to_opensource_format) come back to the loaded names
         modules = from_original_names(lora_modules(lora_state, lora_alpha), base, layouts_of(spec))
@@ -94,7 +98,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
         record = {}
         if full_state:
             record["full_tensors"] = load_full_weights(model, full_state, str(checkpoint))
-        if merge and lora_state:
+        if merge and lora_state and kind != "lora":
+            with torch.no_grad():
+                for name, slots in modules.items():
+                    layer = model.get_submodule(name)
+                    layer.weight.data = merged_weight(kind, slots, layer.weight.data)
+            record["merged_lora_modules"] = len(modules)
+        elif merge and lora_state:
             record["merged_lora_modules"] = merge_lora(model, modules)
         folder = save_model_folder(model, out_dir / MODEL_FOLDER, max_shard_size)
         result.files["model"] = folder
@@ -107,6 +117,35 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
     return result
 
 
+def _export_adapter(result: ExportResult, state: dict, kind: str, formats: list[str], spec, base: torch.nn.Module,
+                    load_base, out_dir: Path, shapes: dict) -> dict:
+    """The DoRA/LoHa/LoKr side of :func:`export_checkpoint` (checkpoints hold the loaded names, scale folded)."""
+    modules = adapter_modules(state, kind)
+    bad = check_shapes(modules, kind, shapes["native"])
+    if bad:
+        name, why = next(iter(bad.items()))
+        raise ExportError(f"The {kind} checkpoint does not fit the base model: {name!r}: {why}")
+    result.compat.update(adapter=kind, matched_modules=len(modules))
+    weights = None
+    if kind == "dora" and {"comfyui", "kohya"} & set(formats):
+        if load_base is None:
+            raise ExportError("A DoRA in comfyui/kohya names needs the base model's weights (load_base): ComfyUI "
+                              "normalises by the base weight's norm; export diffusers without them")
+        model = load_base()
+        weights = {n: model.get_submodule(n).weight.detach() for n in modules}
+    for fmt in formats:
+        naming = {"comfyui": "original", "kohya": "original"}.get(fmt, "native")
+        if naming not in shapes:
+            shapes[naming] = original_weight_shapes(base, spec)
+        exported = write_adapter(modules, kind, fmt, spec, shapes["native"], weights)
+        record = check_adapter(exported, fmt, shapes[naming], kind)
+        path = out_dir / FILE_NAMES[fmt]
+        _save(exported, path)
+        result.files[fmt] = path
+        result.compat["formats"][fmt] = {"file": str(path), **record}
+    return modules
+
+
 def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffusers", family=None,
                 lora_alpha: float | None = None, shapes: dict | None = None) -> dict[str, torch.Tensor]:
     """One LoRA file in ``fmt`` (no base-model check: ``diffsynth export`` without the model at hand)."""
@@ -114,6 +153,14 @@ def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffus
     state = read_tensors(checkpoint, "--checkpoint")
     if not state:
         raise ExportError(f"{checkpoint} holds no tensors")
+    kind = kind_of(state)
+    if kind != "lora":  # DoRA/LoHa/LoKr checkpoints are in the loaded names already, scale folded
+        if fmt != "diffusers" and shapes is None:
+            raise ExportError(f"A {kind} in {fmt} names needs the base model (its layer shapes, and a DoRA its "
+                              "weights): run the export stage, or export --format diffusers")
+        exported = write_adapter(adapter_modules(state, kind), kind, fmt, family_spec(family), shapes)
+        _save(exported, Path(out_file))
+        return exported
     modules = loaded_names_without_model(lora_modules(state, lora_alpha), family)
     exported = write_format(modules, fmt, family_spec(family), shapes)
     _save(exported, Path(out_file))

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from ..config import Config
 from ..errors import ConfigError
 from ..files import atomic_path
+from ..models.adapters import adapter_scale, checkpoint_state
 from ..models.lora_names import opensource_converter, to_diffsynth_checkpoint
 
 
@@ -69,7 +70,9 @@ class Checkpointer:
         prefix, lora = self.config.output.remove_prefix_in_ckpt, self.config.lora
         ckpt = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v.detach().to("cpu").contiguous()
                 for k, v in state.items() if k in self.trainable}
-        if self.convert:
+        if lora.adapter != "lora":  # DoRA/LoHa/LoKr: peft's names, scale folded (DiffSynth loads none of them)
+            ckpt = checkpoint_state(ckpt, lora.adapter, adapter_scale(self.config))
+        elif self.convert:
             ckpt = self.convert(ckpt, alpha=lora.lora_alpha)
         elif lora.lora_base_model == "dit":  # the DiT's LoRA in DiffSynth's own DiT names
             dit = "pipe.dit."

@@ -3,8 +3,9 @@ given, suffix-matched target lists, a single target treated as a regex full-matc
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
+from peft import LoHaConfig, LoKrConfig, LoraConfig, inject_adapter_in_model
 
+from ..models.adapters import FOLD, adapter_modules
 from ..models.lora_names import from_original_names, layouts_of, lora_modules
 
 
@@ -42,11 +43,27 @@ def auto_detect_targets(model: torch.nn.Module, min_features: int = 512) -> list
     return names
 
 
+def adapter_config(kind: str, rank: int, alpha: float | None, targets, exclude: list[str] | None,
+                   lokr_factor: int = -1):
+    """The peft config of ``lora.adapter``: LoRA (DiffSynth's), DoRA (LoRA with ``use_dora``), LoHa or LoKr, each
+    with ``rank`` and ``alpha`` (= rank unless given) and the same targets."""
+    alpha = alpha if alpha is not None else rank
+    common = dict(r=rank, target_modules=targets, exclude_modules=exclude or None)
+    if kind in ("lora", "dora"):
+        return LoraConfig(lora_alpha=alpha, use_dora=kind == "dora", **common)
+    if kind == "loha":
+        return LoHaConfig(alpha=alpha, **common)
+    if kind == "lokr":
+        return LoKrConfig(alpha=alpha, decompose_factor=lokr_factor, **common)
+    raise ValueError(f"lora.adapter = {kind!r} is not one of lora, dora, loha, lokr")
+
+
 def add_lora(model: torch.nn.Module, targets: list[str] | str, rank: int, alpha: float | None = None,
-             dtype: torch.dtype | None = None, exclude: list[str] | None = None) -> torch.nn.Module:
-    """Inject adapter ``default``; ``exclude`` lists full module names that must not get LoRA."""
-    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=targets,
-                        exclude_modules=exclude or None)
+             dtype: torch.dtype | None = None, exclude: list[str] | None = None, adapter: str = "lora",
+             lokr_factor: int = -1) -> torch.nn.Module:
+    """Inject adapter ``default`` (``adapter``: lora, dora, loha or lokr); ``exclude`` lists full module names that
+    must not get one."""
+    config = adapter_config(adapter, rank, alpha, targets, exclude, lokr_factor)
     try:
         inject_adapter_in_model(config, model)
     except ValueError as e:
@@ -100,6 +117,29 @@ def fuse_lora(model: torch.nn.Module, state: dict[str, torch.Tensor], spec, sour
                              f"layer is {linear.in_features}->{linear.out_features}")
         delta = (b.float() @ a.float()) * scale
         linear.weight.data = (linear.weight.data.float() + delta.to(linear.weight.device)).to(linear.weight.dtype)
+    return len(modules)
+
+
+@torch.no_grad()
+def load_adapter_checkpoint(model: torch.nn.Module, state: dict[str, torch.Tensor], kind: str, scale: float,
+                            source: str = "lora_checkpoint") -> int:
+    """``--lora_checkpoint`` for a DoRA/LoHa/LoKr: a checkpoint of this trainer (or its diffusers export) in the
+    loaded module names, its folded scale taken out again. Returns the number of modules loaded."""
+    modules = adapter_modules(state, kind)
+    params = dict(model.named_parameters())
+    for name, slots in modules.items():
+        fold = next(s for s in FOLD[kind] if s in slots)
+        for slot, tensor in slots.items():
+            key = f"{name}.{slot}.default" + (".weight" if slot in ("lora_A", "lora_B", "lora_magnitude_vector")
+                                              else "")
+            if key not in params:
+                raise ValueError(f"{source}: {name}.{slot} has no trained tensor here; lora.adapter, "
+                                 "lora.lora_target_modules and lora.lokr_factor must match the checkpoint's run")
+            value = tensor.float() / scale if slot == fold else tensor
+            if params[key].shape != value.shape:
+                raise ValueError(f"{source}: {name}.{slot} has shape {tuple(value.shape)} in the file but "
+                                 f"{tuple(params[key].shape)} here; lora.lora_rank must match the checkpoint")
+            params[key].data.copy_(value.to(params[key].dtype))
     return len(modules)
 
 

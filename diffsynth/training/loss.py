@@ -62,14 +62,20 @@ def draw(schedule: FlowMatchSchedule, generator: torch.Generator, shape: torch.S
 
 
 def flow_match_loss(pipe: Family, schedule: FlowMatchSchedule, inputs: dict, generator: torch.Generator,
-                    min_boundary: float = 0.0, max_boundary: float = 1.0) -> torch.Tensor:
+                    min_boundary: float = 0.0, max_boundary: float = 1.0, extra=None) -> torch.Tensor:
     """Mean over the batch of each sample's weighted velocity MSE, each at its own grid point drawn uniformly
     within the timestep boundaries and with its own noise. ``loss_weight`` (B,) in ``inputs`` (a dataset's
-    ``weight``) multiplies each sample's loss."""
+    ``weight``) multiplies each sample's loss. ``extra(noisy, t)`` (differential output preservation) adds a term
+    computed on the same noisy latents and timesteps."""
     latents = inputs["latents"]
     t, sigma, weight, noise = draw(schedule, generator, latents.shape, min_boundary, max_boundary)
     noise = noise.to(latents.device, latents.dtype)
     loss = per_sample_mse(pipe, inputs, noise, t, sigma) * weight.to(latents.device)
     if "loss_weight" in inputs:
         loss = loss * inputs["loss_weight"].to(loss.device, loss.dtype)
-    return loss.mean()
+    if extra is None:
+        return loss.mean()
+    noisy = noised(latents, noise, sigma.to(latents.device))
+    if inputs.get("first_frame_latents") is not None:
+        noisy[:, :, 0:1] = inputs["first_frame_latents"]
+    return loss.mean() + extra(noisy, t.to(latents.device))

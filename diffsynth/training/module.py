@@ -14,8 +14,11 @@ from ..errors import ConfigError
 from ..families import Family
 from ..models.fp8 import enable_fp8, fp8_entries
 from ..models.safetensors_io import read_tensors
-from .lora import add_lora, fuse_lora, load_lora_checkpoint, parse_target_modules
+from ..models.adapters import adapter_scale
+from .lora import (add_lora, fuse_lora, load_adapter_checkpoint, load_lora_checkpoint,
+                   parse_target_modules)
 from .loss import flow_match_loss
+from .preservation import Preservation
 from .schedule import FlowMatchSchedule
 
 
@@ -35,6 +38,7 @@ class TrainingModule(torch.nn.Module):
         self.generator = generator
         self.boundaries = boundaries
         self.offload_activations = offload_activations
+        self.preservation = None  # train.dop_weight (configure_trainable sets it)
 
     def train(self, mode: bool = True) -> "TrainingModule":
         """Train mode for the trained models only: frozen encoders stay in eval mode, as in DiffSynth (T5/UMT5
@@ -69,7 +73,17 @@ class TrainingModule(torch.nn.Module):
         batch = self.pipe.collate([self.encode(item) for item in items])
         ctx = torch.autograd.graph.save_on_cpu() if self.offload_activations else contextlib.nullcontext()
         with ctx:
-            return flow_match_loss(self.pipe, self.schedule, batch, self.generator, *self.boundaries)
+            return flow_match_loss(self.pipe, self.schedule, batch, self.generator, *self.boundaries,
+                                   extra=self._preservation(items, batch))
+
+    def _preservation(self, items: list[dict], batch: dict):
+        """train.dop_weight: the DOP term on the items' class prompts (encoded online), or None."""
+        if self.preservation is None:
+            return None
+        encoded = self.pipe.collate([self.encode(self.preservation.class_item(item)) for item in items])
+        # the class prompt's conditioning on the main batch's latents (its own encode saw the same image)
+        class_inputs = {**encoded, **{k: batch[k] for k in ("latents", "first_frame_latents") if k in batch}}
+        return lambda noisy, t: self.preservation.loss(self.pipe, self.pipe, noisy, t, class_inputs)
 
 
 def to_device(inputs: dict, device) -> dict:
@@ -113,10 +127,15 @@ def configure_trainable(module: TrainingModule, config: Config, dtype: torch.dty
         name = config.lora.lora_base_model
         targets = type(pipe).lora_targets_for(name, base, parse_target_modules(config.lora.lora_target_modules, base))
         add_lora(base, targets, config.lora.lora_rank, alpha=config.lora.lora_alpha, dtype=dtype,
-                 exclude=type(pipe).modules_without_gradient(name, base))
-        if config.lora.lora_checkpoint:
+                 exclude=type(pipe).modules_without_gradient(name, base), adapter=config.lora.adapter,
+                 lokr_factor=config.lora.lokr_factor)
+        if config.lora.lora_checkpoint and config.lora.adapter != "lora":
+            load_adapter_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"),
+                                    config.lora.adapter, adapter_scale(config), source=config.lora.lora_checkpoint)
+        elif config.lora.lora_checkpoint:
             load_lora_checkpoint(base, read_tensors(config.lora.lora_checkpoint, "lora.lora_checkpoint"), type(pipe),
                                  source=config.lora.lora_checkpoint)
+    module.preservation = Preservation.from_config(config)
     if config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload:
         for child in pipe.children():
             if hasattr(child, "enable_gradient_checkpointing") and any(p.requires_grad for p in child.parameters()):
