@@ -284,8 +284,9 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
         from .plan_fit import activation_estimate, evaluate_modes
         video = bool(spec_for(config).data_rules(config).video_keys)
         activations = activation_estimate(config, entries, targets if lora.get("model") == "dit" else {}, full, video)
-        gc = config.gradient.use_gradient_checkpointing or config.gradient.use_gradient_checkpointing_offload
-        key = "checkpointing" if gc else "no_checkpointing"
+        g = config.gradient
+        key = ("checkpointing_offload" if g.use_gradient_checkpointing_offload else
+               "checkpointing" if g.use_gradient_checkpointing else "no_checkpointing")
         act = activations["total_bytes"][key] + (activations["fp8_upcast_bytes"][key] if models["dit"]["fp8"] else 0)
         for stages in modes.values():
             stages["train"]["activation_bytes"] = act

@@ -7,13 +7,17 @@ autograd's saved tensors are counted (diffsynth/models/activations.py). From tha
 - without gradient checkpointing every block keeps what it saved: sum over blocks;
 - with it every block keeps only its hidden-state inputs, and the backward rematerialises one block at a time:
   sum of inputs + the largest block's saved tensors;
+- with its offload (gradient.use_gradient_checkpointing_offload: the forward runs under autograd's save_on_cpu)
+  the kept inputs live in host memory and come back one block at a time: one input + the largest block's saved
+  tensors, and the inputs cross the bus twice a step;
 - both add the backward's working gradients (2 x the largest block input), the shared timestep/rotary tensors,
   and 2 x the largest block input for the layers outside the blocks;
 - an fp8 DiT upcasts each weight per forward, and autograd keeps that copy for the input gradient: the blocks'
   Linear weights in model.torch_dtype, for every block without checkpointing, for one with it.
 
 Modes (each evaluated; the fit columns take the first that fits along LADDER, cheapest first):
-encoder cache, gradient checkpointing, fp8 / int8 / nf4 DiT base, block swap N, model + optimizer CPU offload.
+encoder cache, gradient checkpointing (and its offload), fp8 / int8 / nf4 DiT base, block swap N, model + optimizer
+CPU offload.
 """
 from __future__ import annotations
 
@@ -43,8 +47,8 @@ FIT_ASSUMPTIONS = [
     "per step = 2 x swapped bytes (forward and backward), host to device",
     "model + optimizer CPU offload: two blocks of weights and no optimizer state on the device; transfer per step "
     "= 2 x the DiT's weights + the trainable weights and their gradients",
-    "not modelled: sample rendering at save points (VAE decoding), the checkpointing offload mode "
-    "(gradient.use_gradient_checkpointing_offload), DDP buckets",
+    "checkpointing offload: the blocks' kept inputs in host memory; transfer per step = 2 x their bytes",
+    "not modelled: sample rendering at save points (VAE decoding), DDP buckets",
 ]
 
 
@@ -122,11 +126,14 @@ def activation_estimate(config, entries: dict, lora_targets: dict, full: list[st
     max_in = max(x["input_bytes"] for x in c)
     extra = 2 * max_in + 2 * max_in + max(x["shared_bytes"] for x in c)  # backward gradients, outside layers, shared
     no_gc = sum(x["count"] * x["saved_bytes"] for x in c) + extra
-    gc = sum(x["count"] * x["input_bytes"] for x in c) + max(x["saved_bytes"] for x in c) + extra
-    return {"tokens": tokens, "batch_size": batch, "blocks": classes,
-            "total_bytes": {"no_checkpointing": no_gc, "checkpointing": gc},
+    inputs = sum(x["count"] * x["input_bytes"] for x in c)
+    gc = inputs + max(x["saved_bytes"] for x in c) + extra
+    gc_offload = max_in + max(x["saved_bytes"] for x in c) + extra
+    return {"tokens": tokens, "batch_size": batch, "blocks": classes, "offloaded_input_bytes": inputs,
+            "total_bytes": {"no_checkpointing": no_gc, "checkpointing": gc, "checkpointing_offload": gc_offload},
             "fp8_upcast_bytes": {"no_checkpointing": sum(x["count"] * x["fp8_upcast_bytes"] for x in c),
-                                 "checkpointing": max(x["fp8_upcast_bytes"] for x in c)}}
+                                 "checkpointing": max(x["fp8_upcast_bytes"] for x in c),
+                                 "checkpointing_offload": max(x["fp8_upcast_bytes"] for x in c)}}
 
 
 # ---------------------------------------------------------------------------------------------- modes
@@ -135,6 +142,7 @@ def activation_estimate(config, entries: dict, lora_targets: dict, full: list[st
 class Mode:
     cache: bool = True
     checkpointing: bool = False
+    offload_checkpoints: bool = False  # gradient.use_gradient_checkpointing_offload
     base: str = "bf16"          # bf16 (model.torch_dtype) | fp8 | int8 | nf4: how the frozen DiT is stored
     swap: int = 0               # block swap N (-1: the smallest N that fits)
     cpu_offload: bool = False   # model + optimizer CPU offload
@@ -142,7 +150,7 @@ class Mode:
     def name(self) -> str:
         parts = ["encoder cache" if self.cache else "online encoders"]
         if self.checkpointing:
-            parts.append("checkpointing")
+            parts.append("checkpointing offload" if self.offload_checkpoints else "checkpointing")
         if self.base != "bf16":
             parts.append(f"{self.base} DiT")
         if self.swap:
@@ -154,7 +162,8 @@ class Mode:
 
 # cheapest first: what costs nothing, then compute (recompute), then precision, then transfers
 LADDER = (Mode(), Mode(checkpointing=True), Mode(checkpointing=True, base="fp8"),
-          Mode(checkpointing=True, base="fp8", swap=-1), Mode(checkpointing=True, base="nf4"),
+          Mode(checkpointing=True, base="fp8", swap=-1),
+          Mode(checkpointing=True, offload_checkpoints=True, base="fp8", swap=-1), Mode(checkpointing=True, base="nf4"),
           Mode(checkpointing=True, base="nf4", swap=-1), Mode(checkpointing=True, cpu_offload=True))
 EVALUATED = (Mode(cache=False), Mode(cache=False, checkpointing=True), Mode(checkpointing=True, base="int8"),
              Mode(checkpointing=True, base="int8", swap=-1))
@@ -216,18 +225,21 @@ def evaluate_modes(plan: dict, entries: dict, dtype_bytes: int, activations: dic
             dit_dev = 2 * max(block_bytes["bf16"])
             transfer = 2 * dit_bytes[mode.base] + 2 * stage["trainable_bytes"]
             optimizer = 0
-        gc = "checkpointing" if mode.checkpointing else "no_checkpointing"
+        gc = ("checkpointing_offload" if mode.offload_checkpoints else "checkpointing") if mode.checkpointing \
+            else "no_checkpointing"
         act = activations["total_bytes"][gc] + (activations["fp8_upcast_bytes"][gc] if mode.base == "fp8" else 0)
+        if mode.offload_checkpoints:
+            transfer += 2 * activations["offloaded_input_bytes"]
         parts = {"weights": others + dit_dev, "lora": stage["lora_bytes"], "gradients": stage["gradient_bytes"],
                  "optimizer": optimizer, "activations": act}
         total = sum(parts.values())
         return {"mode": mode.name(), "cache": mode.cache, "checkpointing": mode.checkpointing, "base": mode.base,
-                "blocks_to_swap": mode.swap, "cpu_offload": mode.cpu_offload, "device_bytes": parts,
+                "offload_checkpoints": mode.offload_checkpoints, "blocks_to_swap": mode.swap, "cpu_offload": mode.cpu_offload, "device_bytes": parts,
                 "total_bytes": total, "transfer_bytes_per_step": transfer,
                 "fits": {str(c): total <= c * GIB - RESERVE_BYTES for c in CARDS}}
 
     def smallest_swap(mode: Mode, card: int) -> dict | None:
-        for n in range(1, len(chain) + 1):
+        for n in range(len(chain) + 1):  # 0: the mode without swap may fit already
             r = row(replace(mode, swap=n))
             if r is None or r["total_bytes"] <= card * GIB - RESERVE_BYTES:
                 return r
@@ -271,7 +283,8 @@ def format_modes(plan: dict) -> list[str]:
         lines.append(f"| {cls} | {b['count']} | {gib(b['saved_bytes'])} | {gib(b['input_bytes'])} |")
     tb = a["total_bytes"]
     lines += ["", f"Activation peak: {gib(tb['no_checkpointing'])} GiB without gradient checkpointing, "
-                  f"{gib(tb['checkpointing'])} GiB with it.", "",
+                  f"{gib(tb['checkpointing'])} GiB with it, {gib(tb['checkpointing_offload'])} GiB with its offload "
+                  f"({gib(a['offloaded_input_bytes'])} GiB of block inputs in host memory).", "",
               "| train-stage mode | weights | LoRA+grads+optimizer | activations | total GiB | transfer/step GB | "
               + " | ".join(f"{c} GB" for c in CARDS) + " |",
               "|---|---:|---:|---:|---:|---:|" + "---|" * len(CARDS)]

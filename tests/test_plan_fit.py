@@ -85,7 +85,7 @@ def test_fit_columns_name_the_first_rung_that_fits(qwen_plan):
 
 
 def test_swap_rows_move_twice_the_swapped_bytes(qwen_plan):
-    swaps = [r for r in qwen_plan["memory_modes"] if r["blocks_to_swap"]]
+    swaps = [r for r in qwen_plan["memory_modes"] if r["blocks_to_swap"] and not r["offload_checkpoints"]]
     assert swaps
     no_swap = {(r["base"], r["checkpointing"], r["cache"]): r for r in qwen_plan["memory_modes"]
                if not r["blocks_to_swap"] and not r["cpu_offload"]}
@@ -96,6 +96,22 @@ def test_swap_rows_move_twice_the_swapped_bytes(qwen_plan):
         per_block = r["transfer_bytes_per_step"] // (2 * n)  # identical blocks
         assert r["transfer_bytes_per_step"] == 2 * n * per_block
         assert saved == n * per_block - min(n, 2) * per_block  # two blocks stay in flight on the device
+
+
+def test_checkpointing_offload_keeps_one_block_input_on_the_device_and_moves_the_rest(qwen_plan):
+    a = qwen_plan["activations"]
+    blocks = a["blocks"].values()
+    assert a["offloaded_input_bytes"] == sum(b["count"] * b["input_bytes"] for b in blocks)
+    t = a["total_bytes"]
+    assert t["checkpointing"] - t["checkpointing_offload"] == \
+        a["offloaded_input_bytes"] - max(b["input_bytes"] for b in blocks)
+    rows = [r for r in qwen_plan["memory_modes"] if r["offload_checkpoints"]]
+    assert rows and all(r["checkpointing"] for r in rows)
+    for r in rows:
+        upcast = a["fp8_upcast_bytes"]["checkpointing_offload"] if r["base"] == "fp8" else 0
+        assert r["device_bytes"]["activations"] == t["checkpointing_offload"] + upcast
+        swapped = r["transfer_bytes_per_step"] - 2 * a["offloaded_input_bytes"]  # what block swap moves
+        assert swapped >= 0 and (swapped > 0) == bool(r["blocks_to_swap"])
 
 
 def test_quantised_bases_order_by_bytes(qwen_plan):
