@@ -42,12 +42,13 @@ TINY = sorted(p for p in (PRESETS / "tiny").glob("*.yaml") if is_recipe(p))
 # Keys whose value changes numbers or names but no stage's code path on a tiny twin (one CPU process, built-in data),
 # and switches inside the training step that have their own tests (checkpointing and its offload: test_memory_modes,
 # test_block_swap; zero_cond_t: test_presets_qwen): two twins equal in every other key run the same stages the same
-# way, so one of them stands for both below (the suite's time stays what the distinct paths cost).
+# way, so one of them stands for both below (the suite's time stays what the distinct paths cost). quant_options
+# too: test_memory_modes trains nf4 and int8 LoRA on every family's twin, and its stage run costs ~2 min on a CPU.
 SAME_PATH_KEYS = {
     "gradient": {"use_gradient_checkpointing", "use_gradient_checkpointing_offload"},
     "dataset": {"dataset_repeat", "dataset_num_workers", "dataset_base_path", "dataset_metadata_path"},
     "model": {"model_id_with_origin_paths", "tokenizer_path", "tokenizer_1_path", "tokenizer_2_path",
-              "processor_path", "initialize_model_on_cpu", "zero_cond_t"},
+              "processor_path", "initialize_model_on_cpu", "zero_cond_t", "quant_options"},
     "train": {"learning_rate", "num_epochs", "max_steps", "min_timestep_boundary", "max_timestep_boundary"},
     "lora": {"lora_rank"}, "output": {"output_path"}, "tracking": {"experiment"},
     "sample": {"prompts", "height", "width", "num_frames"}, "accelerate": {"config", "num_processes"},

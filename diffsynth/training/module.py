@@ -157,7 +157,8 @@ def apply_fp8(pipe: Family, config: Config, dtype: torch.dtype) -> None:
         raise ConfigError(f"model.fp8_models entries {sorted(unknown)} are not model entries; write them exactly as "
                           f"in the model flags: {sorted(pipe.component_sources.values())}")
     for component, source in pipe.component_sources.items():
-        if source in wanted:
+        # a component this role does not hold (the encoders when training from the cache) has nothing to store
+        if source in wanted and getattr(pipe, component, None) is not None:
             enable_fp8(getattr(pipe, component), compute_dtype=dtype)  # computed in model.torch_dtype
 
 
