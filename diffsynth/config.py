@@ -48,7 +48,9 @@ class DatasetConfig:
                      ".txt caption, as kohya/ai-toolkit lay them out; dataset_metadata_path is not read)",
                      ours=True, choices=["builtin", "local", "modelscope", "folder"])
     builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes, "
-                           "or shapes_edit (reference images under the data_file_keys column beside image)", ours=True)
+                           "shapes_edit (reference images under the data_file_keys column beside image), or "
+                           "shapes_distill / moving_shapes_distill (with direct_distill's seed, rand_device, "
+                           "num_inference_steps, cfg_scale columns)", ours=True)
     modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
     modelscope_include: str = _f("", "comma list of file globs to download from the ModelScope dataset "
                                      "(modelscope download --include); empty: all files", ours=True)
@@ -130,8 +132,9 @@ class TrainConfig:
     find_unused_parameters: bool = _f(False, "DDP: tolerate parameters that get no gradient")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     task: str = _f("sft", "training task: sft; sft:data_process writes the encoder cache to output_path and stops; "
-                   "sft:train trains from the cache in dataset_base_path (DiffSynth's split training)",
-                   choices=["sft", "sft:data_process", "sft:train"])
+                   "sft:train trains from the cache in dataset_base_path (DiffSynth's split training); "
+                   "direct_distill: the few-step student's sample from each row's seed against the row's image",
+                   choices=["sft", "sft:data_process", "sft:train", "direct_distill"])
     customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
     fused_optimizer: bool = _f(True, "AdamW's fused kernel (same update up to rounding, ~4x faster step)", ours=True)
     optimizer: str = _f("adamw", "adamw (torch, DiffSynth's) | adamw8bit (bitsandbytes, extra [bitsandbytes]) | prodigy "
@@ -286,8 +289,11 @@ PASSTHROUGH_SECTIONS = {"accelerate"}
 
 # Why a DiffSynth value of a choice flag is refused, appended to the error.
 UNSUPPORTED_CHOICES = {
-    ("train", "task"): ": direct_distill and trajectory_imitation are not supported yet",
+    ("train", "task"): ": direct_distill:data_process / direct_distill:train (split distillation: its rows' seeds "
+                       "are not in the encoder cache; use direct_distill) and trajectory_imitation are not supported yet",
 }
+# Extra inputs a task reads from each row, whatever the family (DiffSynth: its loss reads them from the inputs).
+TASK_EXTRA_INPUTS = {"direct_distill": ("seed", "rand_device", "num_inference_steps", "cfg_scale")}
 
 
 @dataclass
@@ -375,6 +381,15 @@ class Config:
                               "or turn the flag off for full fine-tuning")
         if not self.lora.lora_base_model and not self.train.trainable_models:
             raise ConfigError("Nothing to train: set lora.lora_base_model (e.g. dit) or train.trainable_models")
+        if self.train.task in TASK_EXTRA_INPUTS:
+            missing = [k for k in ("num_inference_steps",) if k not in str(self.model.extra_inputs or "").split(",")]
+            if missing:
+                raise ConfigError(f"train.task {self.train.task} reads each row's {missing[0]}: add it to "
+                                  "model.extra_inputs (DiffSynth: --extra_inputs seed,rand_device,num_inference_steps,"
+                                  "cfg_scale) with a metadata column of that name")
+            if self.cache.enabled:
+                raise ConfigError(f"train.task {self.train.task} encodes online (the encoder cache does not keep the "
+                                  "rows' seeds and step counts): set cache.enabled: false")
         from .data.recipe import check_recipe
         check_recipe(self)
         from .families import check_extra_inputs  # the family decides which extra inputs exist

@@ -47,6 +47,40 @@ def preset_recipes(presets_dir: str | Path | None = None) -> dict[str, list[str]
     return out
 
 
+def _flag(args: list[str], name: str) -> str | None:
+    return next((args[i + 1] for i, a in enumerate(args[:-1]) if a == f"--{name}"), None)
+
+
+def is_split(recipe: dict) -> bool:
+    """DiffSynth's split training: ``<task>:data_process`` (encoders) then ``<task>:train`` on its cache."""
+    tasks = [c.get("task") or "" for c in recipe["commands"]]
+    return len(tasks) == 2 and tasks[0].endswith(":data_process") and tasks[1].endswith(":train")
+
+
+def recipe_argv(recipe: dict, command: int = 0) -> list[str]:
+    """The flags a preset reproduces: command ``command`` as written, or for a split recipe the one run our cache
+    and train stages make of its two commands: the second's flags with the first's data, the model entries of
+    both (encoders, then the DiT) and the plain task (``sft``)."""
+    if not is_split(recipe):
+        return list(recipe["commands"][command]["args"])
+    first, second = (list(c["args"]) for c in recipe["commands"])
+    entries = f"{_flag(first, 'model_id_with_origin_paths') or ''},{_flag(second, 'model_id_with_origin_paths') or ''}"
+    models = ",".join(dict.fromkeys(e for e in entries.split(",") if e))  # each entry once, in order
+    out, skip = [], False
+    for i, a in enumerate(second):
+        if skip:
+            skip = False
+            continue
+        if a in ("--task", "--dataset_base_path", "--dataset_repeat", "--model_id_with_origin_paths"):
+            skip = True
+            continue
+        out.append(a)
+    task = recipe["commands"][1]["task"].split(":")[0]
+    return ["--dataset_base_path", _flag(first, "dataset_base_path"), "--dataset_metadata_path",
+            _flag(first, "dataset_metadata_path"), "--dataset_repeat", _flag(second, "dataset_repeat") or "1",
+            "--model_id_with_origin_paths", models, *out, "--task", task]
+
+
 def _presets_dir() -> Path | None:
     # presets/ is relative to the project root; the package's checkout is the fallback
     for folder in (PRESETS_DIR, Path(__file__).resolve().parents[1] / "presets"):

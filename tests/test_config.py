@@ -117,6 +117,8 @@ def test_shipped_accelerate_configs_load():
 
 
 def test_unsupported_task_says_what_is_missing():
-    with pytest.raises(ConfigError, match="direct_distill and trajectory_imitation are not supported"):
-        config_from_args(["--lora_base_model", "dit", "--task", "direct_distill"])
+    with pytest.raises(ConfigError, match="trajectory_imitation are not supported"):
+        config_from_args(["--lora_base_model", "dit", "--task", "trajectory_imitation"])
+    with pytest.raises(ConfigError, match="direct_distill:data_process / direct_distill:train"):
+        config_from_args(["--lora_base_model", "dit", "--task", "direct_distill:data_process"])
     assert config_from_args(["--lora_base_model", "dit", "--task", "sft:data_process"]).train.task == "sft:data_process"

@@ -27,7 +27,7 @@ TINY_ID = "diffsynth-tiny/FLUX.1-Kontext-dev"
 TARGETS = ("a_to_qkv,b_to_qkv,ff_a.0,ff_a.2,ff_b.0,ff_b.2,a_to_out,b_to_out,proj_out,norm.linear,norm1_a.linear,"
            "norm1_b.linear,to_qkv_mlp")
 MODELS = ("black-forest-labs/FLUX.1-Kontext-dev:flux1-kontext-dev.safetensors,black-forest-labs/FLUX.1-dev:text_encoder/"
-          "model.safetensors,black-forest-labs/FLUX.1-dev:text_encoder_2/,black-forest-labs/FLUX.1-dev:ae.safetensors")
+          "model.safetensors,black-forest-labs/FLUX.1-dev:text_encoder_2/*.safetensors,black-forest-labs/FLUX.1-dev:ae.safetensors")
 # DiffSynth's examples/flux/model_training/{lora,full}/FLUX.1-Kontext-dev.sh
 COMMON = ('--dataset_base_path data/example_image_dataset --dataset_metadata_path '
           'data/example_image_dataset/metadata_kontext.csv --data_file_keys "image,kontext_images" --max_pixels 1048576 '

@@ -3,6 +3,7 @@ the family comes from the model ids, a recipe is never read as another family, a
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import yaml
 
 from diffsynth.cli import main as cli_main
 from diffsynth.command_line import config_from_args
+from diffsynth.config import config_from_dict
 from diffsynth.errors import ConfigError
 from diffsynth import coverage as recipe_coverage
 from diffsynth.families import all_specs, upstream
+from diffsynth.presets import preset_params
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE = upstream.table()
@@ -234,3 +237,44 @@ def test_the_recipe_reader_reads_a_diffsynth_checkout(tmp_path):
                                              "org/Model-A:dit/*.safetensors,org/Enc:te.safetensors"]
     assert "121" in a["commands"][0]["args"] and b["commands"] == [] and b["note"] == "inference only"
     assert table["model_ids"] == {"org/Enc": ["fam"], "org/Model-A": ["fam"]}
+
+
+def test_every_upstream_recipe_has_a_preset_or_is_refused_by_name(rows):
+    """DiffSynth's recipe names, walked from the table: each one a preset reproduces, or a one-line refusal that
+    names what it is (its model id, input, flag or task); none left that runs by flags without a preset."""
+    for row in rows:
+        assert not row.flags, f"{row.family}: recipes that run as written but have no preset: {row.flags}"
+        for path, why in row.refused.items():
+            recipe = next(r for r in TABLE["recipes"] if r["path"] == path)
+            args = [a for c in recipe["commands"] for a in c["args"]]
+            named = [*recipe["model_ids"], *recipe["extra_inputs"], *recipe["tasks"],
+                     *(a for a in args if a.startswith("--")), "no training command", "Nothing to train"]
+            assert any(n and n.lstrip("-") in why for n in named), (path, why)
+    assert sum(len(r.preset) for r in rows) >= 47
+
+
+COMMAND = re.compile(r"\(command (\d+) of \d+\)")
+PLACES = {"dataset_base_path", "dataset_metadata_path", "output_path"}
+TRAINING = ("dataset", "resolution", "model", "train", "lora", "gradient", "output")
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "presets").glob("*.yaml") if p.stem != "base"))
+def test_each_preset_is_its_recipe_as_written(preset, capsys):
+    """`diffsynth params --from-args <the recipe's flags>` gives the preset's training sections (the command its
+    header names; a split recipe's two commands as our cache and train stages run them)."""
+    path = REPO / "presets" / f"{preset}.yaml"
+    (recipe_path,) = [p for p, names in recipe_coverage.preset_recipes(REPO / "presets").items() if preset in names]
+    recipe = next(r for r in TABLE["recipes"] if r["path"] == recipe_path)
+    header = " ".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    found = COMMAND.search(header)
+    argv = recipe_coverage.recipe_argv(recipe, int(found.group(1)) - 1 if found else 0)
+    assert cli_main(["params", "--from-args", *argv]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    ours = config_from_dict(preset_params(path)).to_dict()
+    if not ours["lora"]["lora_base_model"]:  # a full fine-tune: LoRA targets unused
+        ours["lora"]["lora_target_modules"] = printed["lora"]["lora_target_modules"]
+    # where the data and the checkpoints live is the user's; the presets written before the table name DiffSynth's
+    # older example folders (data/example_image_dataset)
+    differ = [f"{s}.{k}: {ours[s][k]!r} != {printed[s][k]!r}" for s in TRAINING for k in printed[s]
+              if ours[s][k] != printed[s][k] and k not in PLACES]
+    assert not differ, differ

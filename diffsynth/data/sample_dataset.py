@@ -56,9 +56,25 @@ def _moving_shapes(out_dir):
     return build_moving_shapes_dataset(out_dir)
 
 
+def with_distill_columns(metadata: Path, num_inference_steps: int = 4, cfg_scale: float = 4.0) -> Path:
+    """Add the columns DiffSynth's direct_distill recipes read through ``--extra_inputs`` to a metadata.csv: each
+    row's ``seed`` (its index), ``rand_device`` (cpu), the student's ``num_inference_steps`` and the teacher's
+    ``cfg_scale``. DiffSynth's distill data holds teacher samples made from those seeds; here the images stand in."""
+    with open(metadata, newline="") as f:
+        rows = list(csv.reader(f))
+    rows[0] += ["seed", "rand_device", "num_inference_steps", "cfg_scale"]
+    for i, row in enumerate(rows[1:]):
+        row += [str(i), "cpu", str(num_inference_steps), str(cfg_scale)]
+    with open(metadata, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return metadata
+
+
 # name -> builder(out_dir) returning the written metadata file
 BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes,
-                    "shapes_edit": build_shapes_edit_dataset}
+                    "shapes_edit": build_shapes_edit_dataset,
+                    "shapes_distill": lambda out_dir: with_distill_columns(build_shapes_dataset(out_dir)),
+                    "moving_shapes_distill": lambda out_dir: with_distill_columns(_moving_shapes(out_dir))}
 
 
 def build_builtin(name: str, out_dir: str | Path, data_file_keys: str = "") -> Path:

@@ -157,6 +157,7 @@ class Family(torch.nn.Module):
     data: DataRules = DataRules()
     encoders: tuple[str, ...] = ("text_encoder",)  # components only encoding needs (not held when training cached)
     extra_inputs: tuple[str, ...] = ()  # model.extra_inputs values the family implements
+    noise_in_model_dtype: bool = False  # DiffSynth draws seeded noise in the model dtype (else float32), then casts
     required_extra_inputs: tuple[str, ...] = ()
     # ---- LoRA and checkpoint names
     lora_targets: str = ""              # DiffSynth's default --lora_target_modules of the recipe

@@ -7,6 +7,7 @@ the engines below it too (checkpoint kinds, real architectures, tiny twins, redi
 """
 from __future__ import annotations
 
+from ..config import TASK_EXTRA_INPUTS
 from ..errors import ConfigError
 from ..models import block_shapes, components, model_config, real_configs, tiny
 
@@ -87,7 +88,8 @@ def check_extra_inputs(config) -> type:
     """Every extra input must be one the family implements: anything else would be silently ignored."""
     spec = spec_for(config)
     wanted = split_inputs(config.model.extra_inputs)
-    unknown = [k for k in wanted if k not in spec.extra_inputs]
+    task_inputs = TASK_EXTRA_INPUTS.get(config.train.task, ())  # read by the task's loss, in every family
+    unknown = [k for k in wanted if k not in spec.extra_inputs and k not in task_inputs]
     if unknown:
         supported = ", ".join(spec.extra_inputs) or "none"
         them = "it" if len(unknown) == 1 else "them"

@@ -33,7 +33,7 @@ from .run_log import RunLog, peak_memory_mb
 from .run_state import Position, RunState, StateStore, TrainResult, fingerprint
 from .sampler import BucketBatchSampler
 from .schedule import FlowMatchSchedule, TimestepSampling
-from .validation import FixedNoiseValidator
+from .validation import validator_for
 
 
 class Trainer:
@@ -62,7 +62,7 @@ class Trainer:
         self.result = TrainResult(world_size=self.world)
         self.checkpointer = Checkpointer(self.output, self.trainable, config, self.family, self.log.tracker, self.ema)
         validation_rows = [self.dataset[i] for i in range(min(config.validation.num_samples, len(self.dataset.rows)))]
-        self.evaluator = Evaluator(self.pipe, self.schedule, config, FixedNoiseValidator.for_config(
+        self.evaluator = Evaluator(self.pipe, self.schedule, config, validator_for(
             validation_rows, config, module.encode), self.prompt_inputs, self.log.tracker, self.log.log, self.main)
         self._open_state(state_store)
 
@@ -84,7 +84,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.train.seed + 1000 * self.rank)
         module = TrainingModule(self.pipe, self.schedule, self.generator,
                                 (config.train.min_timestep_boundary, config.train.max_timestep_boundary),
-                                config.gradient.use_gradient_checkpointing_offload)
+                                config.gradient.use_gradient_checkpointing_offload, config.train.task)
         if config.train.resume_from_checkpoint:
             load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
         self.trainable = set(configure_trainable(module, config, dtype))

@@ -15,6 +15,7 @@ from ..families import Family
 from ..models.fp8 import enable_fp8, fp8_entries
 from ..models.safetensors_io import read_tensors
 from ..models.adapters import adapter_scale
+from . import distill
 from .lora import (add_lora, fuse_lora, load_adapter_checkpoint, load_lora_checkpoint,
                    parse_target_modules)
 from .loss import flow_match_loss
@@ -31,8 +32,10 @@ class TrainingModule(torch.nn.Module):
     """Wraps the family pipeline as ``self.pipe`` so parameter names read ``pipe.dit.<...>`` as in DiffSynth."""
 
     def __init__(self, pipe: Family, schedule: FlowMatchSchedule, generator: torch.Generator,
-                 boundaries: tuple[float, float] = (0.0, 1.0), offload_activations: bool = False):
+                 boundaries: tuple[float, float] = (0.0, 1.0), offload_activations: bool = False,
+                 task: str = "sft"):
         super().__init__()
+        self.distill = task == distill.TASK  # DiffSynth's DirectDistillLoss instead of its FlowMatchSFTLoss
         self.pipe = pipe
         self.schedule = schedule
         self.generator = generator
@@ -70,9 +73,14 @@ class TrainingModule(torch.nn.Module):
         """The loss of one batch: the items' dataset rows (one shape bucket); a single item is a batch of one."""
         if isinstance(items, dict):
             items = [items]
-        batch = self.pipe.collate([self.encode(item) for item in items])
+        encoded = [self.encode(item) for item in items]
+        if self.distill:  # each row's own seeded noise and step count
+            encoded = [distill.attach(inputs, item, self.pipe, self.generator) for inputs, item in zip(encoded, items)]
+        batch = self.pipe.collate(encoded)
         ctx = torch.autograd.graph.save_on_cpu() if self.offload_activations else contextlib.nullcontext()
         with ctx:
+            if self.distill:
+                return distill.direct_distill_loss(self.pipe, batch)
             return flow_match_loss(self.pipe, self.schedule, batch, self.generator, *self.boundaries,
                                    extra=self._preservation(items, batch))
 
@@ -168,7 +176,8 @@ def apply_fp8(pipe: Family, config: Config, dtype: torch.dtype) -> None:
         raise ConfigError(f"model.fp8_models entries {sorted(unknown)} are not model entries; write them exactly as "
                           f"in the model flags: {sorted(pipe.component_sources.values())}")
     for component, source in pipe.component_sources.items():
-        if source in wanted:
+        # a component this role does not hold (the encoders when training from the cache) has nothing to store
+        if source in wanted and getattr(pipe, component, None) is not None:
             enable_fp8(getattr(pipe, component), compute_dtype=dtype)  # computed in model.torch_dtype
 
 

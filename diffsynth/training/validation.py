@@ -6,6 +6,8 @@ import torch
 
 from ..families.base import Family
 from ..progress import progress
+from . import distill
+from .distill import DistillValidator
 from .loss import velocity_mse
 from .schedule import FlowMatchSchedule
 
@@ -39,3 +41,9 @@ class FixedNoiseValidator:
         metrics = {f"val_loss/sigma_{s:g}": v for s, v in per_sigma.items()}
         metrics["val_loss"] = sum(per_sigma.values()) / len(per_sigma)
         return metrics
+
+
+def validator_for(items: list[dict], config, encode):
+    """The run's validation loss: the distillation loss for direct_distill, else the fixed-noise velocity MSE."""
+    validator = DistillValidator if config.train.task == distill.TASK else FixedNoiseValidator
+    return validator.for_config(items, config, encode)

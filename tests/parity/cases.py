@@ -6,6 +6,7 @@ embedding), so a case runs on a CPU in seconds.
 """
 SEED = 0
 RANK = 4
+DISTILL_STEPS = 2  # student steps of the direct_distill row (DiffSynth's DirectDistillLoss)
 TIMESTEP_ID = 437  # one grid point of the 1000-step training grid, away from both ends
 
 DIT_CASES = {

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import DIT_CASES, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402
+from cases import DISTILL_STEPS, DIT_CASES, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402
 
 import diffsynth  # noqa: E402,F401  (our package, not DiffSynth-Studio's: this venv's)
 
@@ -27,6 +27,7 @@ from diffsynth.families.flux import Flux  # noqa: E402
 from diffsynth.families.qwen_image import QwenImage  # noqa: E402
 from diffsynth.families.wan import Wan  # noqa: E402
 from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
+from diffsynth.training import distill  # noqa: E402
 from diffsynth.training.loss import velocity_mse  # noqa: E402
 from diffsynth.training.schedule import FlowMatchSchedule  # noqa: E402
 
@@ -90,6 +91,13 @@ def predict_and_loss(case: dict, pipe, tensors: dict) -> tuple[torch.Tensor, tor
     return captured["pred"], loss.reshape(1)
 
 
+def distill_loss(case: dict, pipe, tensors: dict) -> torch.Tensor:
+    """Our direct_distill loss: DISTILL_STEPS student steps from the case's noise, against its latents."""
+    inputs = {**model_inputs(case, tensors), distill.NOISE: tensors["noise"], distill.STEPS: DISTILL_STEPS}
+    with torch.no_grad():
+        return distill.direct_distill_loss(pipe, inputs).reshape(1)
+
+
 def lora_targets(case: dict, pipe) -> list[str] | str:
     targets = case["targets"].split(",")
     return type(pipe).lora_targets_for("dit", pipe.dit, targets)
@@ -111,7 +119,7 @@ def cmd_dit(name: str, out: Path) -> None:
     save_file(tensors, str(out / "inputs.safetensors"))
     pipe = bare_pipeline(case, dit)
     pred, loss = predict_and_loss(case, pipe, tensors)
-    results = {"pred": pred, "loss": loss}
+    results = {"pred": pred, "loss": loss, "distill_loss": distill_loss(case, pipe, tensors)}
 
     add_lora(dit, lora_targets(case, pipe), RANK)
     lora_gen = torch.Generator().manual_seed(SEED + 1)

@@ -20,14 +20,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import DIT_CASES, RANK, TIMESTEP_ID, VAE_CASES  # noqa: E402
+from cases import DISTILL_STEPS, DIT_CASES, RANK, TIMESTEP_ID, VAE_CASES  # noqa: E402
 
 import diffsynth  # noqa: E402
 
 if not Path(diffsynth.__file__).parts[-3:-1] == ("site-packages", "diffsynth"):
     sys.exit(f"reference.py must import DiffSynth-Studio from the parity venv, not {diffsynth.__file__}")
 
-from diffsynth.diffusion.loss import FlowMatchSFTLoss  # noqa: E402
+from diffsynth.diffusion.loss import DirectDistillLoss, FlowMatchSFTLoss  # noqa: E402
 from diffsynth.diffusion.training_module import DiffusionTrainingModule  # noqa: E402
 from diffsynth.utils.lora.general import GeneralLoRALoader  # noqa: E402
 
@@ -98,6 +98,18 @@ def loss_and_pred(pipe, case: dict, tensors: dict) -> tuple[torch.Tensor, torch.
     return captured["pred"], loss.reshape(1).float()
 
 
+def distill_loss(pipe, case: dict, tensors: dict) -> torch.Tensor:
+    """DiffSynth's DirectDistillLoss: DISTILL_STEPS steps from the case's noise (with the clean first frame its
+    ImageEmbedderFused unit puts in, TI2V), against the case's latents. It leaves its few-step grid set."""
+    inputs = {**inputs_for(case, tensors), "latents": tensors["noise"].clone(), "num_inference_steps": DISTILL_STEPS}
+    if "first_frame_latents" in tensors:
+        inputs["latents"][:, :, 0:1] = tensors["first_frame_latents"]
+    with torch.no_grad():
+        loss = DirectDistillLoss(pipe, **inputs).reshape(1).float()
+    pipe.scheduler.set_timesteps(1000, training=True)
+    return loss
+
+
 def consumed(pipe, module, state: dict, loader_cls) -> tuple[int, int]:
     """(LoRA modules of the file that ``loader_cls`` fuses into ``module``, LoRA modules in the file)."""
     loader = loader_cls(torch_dtype=pipe.torch_dtype, device=pipe.device)
@@ -125,6 +137,7 @@ def cmd_dit(name: str, folder: Path) -> None:
                                                                                          approximate="tanh")
         suffix = "_tanh_gelu"
     results["pred"], results["loss"] = loss_and_pred(pipe, case, tensors)
+    results["distill_loss"] = distill_loss(pipe, case, tensors)
     for label in ("our_ckpt", "our_export"):
         state = load_file(str(folder / f"{label}.safetensors"))
         if label == "our_ckpt":  # its trainer's own names (`.default.`): the general loader reads them

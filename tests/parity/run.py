@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from cases import DIT_CASES, VAE_CASES  # noqa: E402
+from cases import DISTILL_STEPS, DIT_CASES, VAE_CASES  # noqa: E402
 
 # Qwen-Image's MLP: DiffSynth uses x*sigmoid(1.702x), diffusers (and the official model) tanh-GELU. The gap grows
 # with the activations' size (~1.5e-4 relative measured on a realistic block, ~2e-3 on these random weights); the
@@ -83,6 +83,7 @@ def dit_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -
     tol = DEFAULT_TOLERANCE
     table.add(name, "DiT prediction (training forward)", ours["pred"], ref["pred"], tol)
     table.add(name, "training loss (weighted MSE)", ours["loss"], ref["loss"], tol)
+    table.add(name, f"direct_distill loss ({DISTILL_STEPS} student steps)", ours["distill_loss"], ref["distill_loss"], tol)
     for label, title in (("our_ckpt", "our training ckpt"), ("our_export", "our `diffsynth` export")):
         found, total = (int(x) for x in ref[f"{label}_found"].tolist())
         loader = "GeneralLoRALoader" if label == "our_ckpt" else "pipe.load_lora"

@@ -53,6 +53,7 @@ class QwenImage(Family):
     # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
     lora_targets = LORA_TARGETS
     train_sigmas = staticmethod(train_sigmas)
+    noise_in_model_dtype = True  # DiffSynth's QwenImageUnit_NoiseInitializer: rand_torch_dtype=pipe.torch_dtype
 
     # prompts (and edit prompts, whose length depends on the edit image) differ in length: a batch pads them,
     # and the DiT's joint attention ignores the padded text tokens (encoder_hidden_states_mask)
