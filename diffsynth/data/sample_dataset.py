@@ -56,9 +56,16 @@ def _moving_shapes(out_dir):
     return build_moving_shapes_dataset(out_dir)
 
 
+def _moving_shapes_conditioned(out_dir):
+    from .sample_video import build_moving_shapes_conditioned_dataset
+
+    return build_moving_shapes_conditioned_dataset(out_dir)
+
+
 # name -> builder(out_dir) returning the written metadata file
 BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes,
-                    "shapes_edit": build_shapes_edit_dataset}
+                    "shapes_edit": build_shapes_edit_dataset,
+                    "moving_shapes_conditioned": _moving_shapes_conditioned}
 
 
 def build_builtin(name: str, out_dir: str | Path, data_file_keys: str = "") -> Path:

@@ -58,6 +58,11 @@ class WanFirstLastFrame(Wan):
         "wan2.1-fun-inp": ("PAI/Wan2.1-Fun-1.3B-InP", tiny.write_tiny_i2v),
     }
 
+    @classmethod
+    def data_rules(cls, config=None):
+        rules = super().data_rules(config)
+        return replace(rules, derived_inputs=(*rules.derived_inputs, "end_image"))  # the video's last frame
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         embedder = self.dit.condition_embedder.image_embedder
@@ -221,6 +226,11 @@ class WanFunCamera(Wan):
         "wan2.1-fun-v1.1-control-camera": ("PAI/Wan2.1-Fun-V1.1-1.3B-Control-Camera", tiny.write_tiny_fun_camera),
         "wan2.2-fun-a14b-control-camera": ("PAI/Wan2.2-Fun-A14B-Control-Camera", tiny.write_tiny_fun_camera_a14b),
     }
+
+    @classmethod
+    def data_rules(cls, config=None):
+        return replace(super().data_rules(config), value_inputs=(("camera_control_direction", DIRECTIONS),
+                                                                 ("camera_control_speed", "number")))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -10,6 +10,8 @@ The motion controller is the pipeline's ``motion_controller`` (``--trainable_mod
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -63,6 +65,10 @@ class WanSpeedControl(Wan):
     component_kinds = (*Wan.component_kinds, KIND)
     extra_components = ("motion_controller",)
     tiny_twins = {"wan2.1-speedcontrol": ("DiffSynth-Studio/Wan2.1-1.3b-speedcontrol-v1", tiny.write_tiny_speed)}
+
+    @classmethod
+    def data_rules(cls, config=None):
+        return replace(super().data_rules(config), value_inputs=(("motion_bucket_id", "number"),))
 
     def __init__(self, *args, motion_controller=None, **kwargs):
         super().__init__(*args, **kwargs)
