@@ -10,7 +10,8 @@ Module names are DiffSynth's (``ref_conv.*``, ``control_adapter.conv.*``, ``cont
 which are also the released checkpoints' names, so conversion leaves them unchanged. Everything else is diffusers'
 DiT: a model without ``reference_latents`` / ``control_camera`` runs diffusers' own forward.
 
-``build_dit`` picks the class from the config (the checkpoint kinds' builder).
+``build_dit`` picks the class from the config (the checkpoint kinds' builder). ``WanMotionController`` is
+DiffSynth's speed-control module (``speed.py``).
 """
 from __future__ import annotations
 
@@ -106,6 +107,26 @@ class WanFunTransformer3DModel(WanTransformer3DModel):
         x = x.reshape(b, f, h, w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         out = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
         return (out,) if not return_dict else {"sample": out}
+
+
+def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N, dim): cos then sin of position · 10000^(-k/(dim/2)), in float64, cast back to the input's dtype."""
+    half = dim // 2
+    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=position.device).div(half))
+    angles = torch.outer(position.to(torch.float64), freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).to(position.dtype)
+
+
+class WanMotionController(nn.Module):
+    def __init__(self, freq_dim: int = 256, dim: int = 1536):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.linear = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(),
+                                    nn.Linear(dim, dim * 6))
+
+    def forward(self, motion_bucket_id: torch.Tensor) -> torch.Tensor:
+        emb = sinusoidal_embedding(self.freq_dim, motion_bucket_id * 10)
+        return self.linear(emb.to(self.linear[0].weight.dtype))
 
 
 def build_dit(config: dict) -> nn.Module:

@@ -13,35 +13,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from torch import nn
 
 from ...errors import ConfigError
 from ...models.components import ComponentKind
 from . import tiny
+from .fun_dit import WanMotionController
 from .pipeline import Wan
 
 ENTRY = "DiffSynth-Studio/Wan2.1-1.3b-speedcontrol-v1:model.safetensors"
 KEYS = {f"linear.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")}
-
-
-def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
-    """(N,) -> (N, dim): cos then sin of position · 10000^(-k/(dim/2)), in float64, cast back to the input's dtype."""
-    half = dim // 2
-    freqs = torch.pow(10000, -torch.arange(half, dtype=torch.float64, device=position.device).div(half))
-    angles = torch.outer(position.to(torch.float64), freqs)
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).to(position.dtype)
-
-
-class WanMotionController(nn.Module):
-    def __init__(self, freq_dim: int = 256, dim: int = 1536):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.linear = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU(),
-                                    nn.Linear(dim, dim * 6))
-
-    def forward(self, motion_bucket_id: torch.Tensor) -> torch.Tensor:
-        emb = sinusoidal_embedding(self.freq_dim, motion_bucket_id * 10)
-        return self.linear(emb.to(self.linear[0].weight.dtype))
 
 
 def motion_controller_config(shapes: dict, beside) -> dict:

@@ -147,7 +147,7 @@ def write_tiny_fun_camera_a14b(out_dir: Path, seed: int = 0) -> None:
 def write_tiny_speed(out_dir: Path, seed: int = 0) -> None:
     """The speed-control recipe's files in one folder: the Wan2.1-T2V-1.3B layout plus ``model.safetensors``, the
     motion controller (DiffSynth's ``linear.{0,2,4}``; random, so its effect shows)."""
-    from .speed import WanMotionController
+    from .fun_dit import WanMotionController
     write_tiny_t2v(out_dir, seed)
     controller = WanMotionController(freq_dim=256, dim=32)
     save_model(controller.state_dict(), out_dir, "model")
