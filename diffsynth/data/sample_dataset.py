@@ -70,11 +70,18 @@ def with_distill_columns(metadata: Path, num_inference_steps: int = 4, cfg_scale
     return metadata
 
 
+def _moving_shapes_conditioned(out_dir):
+    from .sample_video import build_moving_shapes_conditioned_dataset
+
+    return build_moving_shapes_conditioned_dataset(out_dir)
+
+
 # name -> builder(out_dir) returning the written metadata file
 BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes,
                     "shapes_edit": build_shapes_edit_dataset,
                     "shapes_distill": lambda out_dir: with_distill_columns(build_shapes_dataset(out_dir)),
-                    "moving_shapes_distill": lambda out_dir: with_distill_columns(_moving_shapes(out_dir))}
+                    "moving_shapes_distill": lambda out_dir: with_distill_columns(_moving_shapes(out_dir)),
+                    "moving_shapes_conditioned": _moving_shapes_conditioned}
 
 
 def build_builtin(name: str, out_dir: str | Path, data_file_keys: str = "") -> Path:

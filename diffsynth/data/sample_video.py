@@ -66,3 +66,36 @@ def build_moving_shapes_dataset(out_dir: str | Path, size: int = 64) -> Path:
             writer.writerow(["video", "prompt"])
             writer.writerows(rows)
     return out_dir / "metadata.csv"
+
+
+CAMERA_MOVES = ("Left", "Right", "Up", "Down")
+
+
+def build_moving_shapes_conditioned_dataset(out_dir: str | Path, size: int = 64) -> Path:
+    """The moving_shapes clips with the conditioning columns of video-conditioning recipes beside them:
+    ``control_video`` (the clip's silhouette: the shape white on black, same frames), ``reference_image`` (the
+    shape alone on its background, a png), ``camera_control_direction`` / ``camera_control_speed`` (a camera move
+    per row) and ``motion_bucket_id`` (the shape's speed: frames per crossing). The moving_shapes rows are unchanged."""
+    out_dir = Path(out_dir)
+    shapes = ("circle", "square", "triangle", "cross")
+    with staged_dir(out_dir) as tmp:
+        rows, k = [], 0
+        for motion_name, motion in MOTIONS.items():
+            for colour_name, colour in COLOURS.items():
+                shape, n = shapes[k % len(shapes)], CLIP_FRAMES[k % len(CLIP_FRAMES)]
+                bg_name = "white" if k % 2 == 0 else "black"
+                stem = f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}"
+                write_mp4(tmp / f"{stem}.mp4", moving_shape_frames(shape, colour, BACKGROUNDS[bg_name], motion, n, size))
+                write_mp4(tmp / f"{stem}_control.mp4",
+                          moving_shape_frames(shape, (255, 255, 255), (0, 0, 0), motion, n, size))
+                draw_shape(shape, colour, BACKGROUNDS[bg_name], size).save(tmp / f"{stem}_reference.png")
+                rows.append((f"{stem}.mp4", f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background",
+                             f"{stem}_control.mp4", f"{stem}_reference.png", CAMERA_MOVES[k % len(CAMERA_MOVES)],
+                             round(1 / 54 * (1 + k % 2), 6), n))
+                k += 1
+        with open(tmp / "metadata.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["video", "prompt", "control_video", "reference_image", "camera_control_direction",
+                             "camera_control_speed", "motion_bucket_id"])
+            writer.writerows(rows)
+    return out_dir / "metadata.csv"

@@ -114,8 +114,21 @@ def _check_columns(report, records, data_file_keys, rules) -> None:
                                                    "this model family needs; pick a multiple or leave it empty")
 
 
+def _value_problem(key: str, value, kind) -> str | None:
+    """Why a plain-value extra input cannot be used (a number, or one of a few words), or None."""
+    if kind == "number":
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{key} must be a number, got {value!r}"
+        return None if number == number and abs(number) != float("inf") else f"{key} must be finite, got {value!r}"
+    if value not in kind:
+        return f"{key} must be one of {', '.join(map(str, kind))}, got {value!r}"
+    return None
+
+
 def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived,
-               entry: DatasetEntry | None = None) -> bool:
+               entry: DatasetEntry | None = None, value_inputs=()) -> bool:
     """Add this row's problems to the report; True when the row is usable."""
     before = len(report.problems)
     if record.error:
@@ -139,6 +152,11 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
     for key in extra_inputs:
         if key not in derived and (key not in row or is_missing(row[key])):
             report.add(record, key, f"extra_inputs column {key!r} is " + ("missing" if key not in row else "empty"))
+    for key, kind in value_inputs:
+        if key in extra_inputs and key in row and not is_missing(row[key]):
+            problem = _value_problem(key, row[key], kind)
+            if problem:
+                report.add(record, key, problem)
     shapes, frames, parts = [], [], []
     for key in data_file_keys:
         if key not in row:
@@ -152,6 +170,11 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         shapes += cell_shapes
         parts.append((key, cell_shapes))
         frames += [int(s.split("x")[2]) for s in cell_shapes if key in video_keys]
+    counts = {key: int(s.split("x")[2]) for key, cell in parts if key in video_keys for s in cell}
+    if len(set(counts.values())) > 1:  # a control clip conditions the video frame by frame
+        report.add(record, ",".join(counts), "the row's videos give different frame counts (" + ", ".join(
+            f"{k}: {n}" for k, n in counts.items()) + f") at num_frames {rules.num_frames}: they must be equal; "
+            "trim the clips to one length")
     if entry is not None and entry.masked_loss and not len(report.problems) > before:
         problem, mask = check_mask(row, base_path, data_file_keys, set(video_keys), entry.mask_column)
         if problem:
@@ -178,7 +201,8 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
 def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file_keys: list[str] | str,
                      rules: ImageRules, extra_inputs: Iterable[str] | None = None, *,
                      video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
-                     derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None) -> ValidationReport:
+                     derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None,
+                     value_inputs=()) -> ValidationReport:
     """Check every row: files exist and decode, sizes fit the family, videos have a valid frame count,
     prompt is a non-empty string, extra inputs are present. ``derived_inputs`` are extra inputs the family
     computes from other columns (Wan's ``input_image`` = first video frame), so no column is required.
@@ -202,7 +226,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
     _check_columns(report, records, data_file_keys, rules)
     for record in progress(records, desc="data check", unit="row"):  # decoding every file takes a while
         if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
-                      set(derived_inputs), entry):
+                      set(derived_inputs), entry, value_inputs):
             report.valid_records.append(record)
     report.valid_rows = len(report.valid_records)
     return report
@@ -229,7 +253,7 @@ def write_resolution_plot(report: ValidationReport, path: str | Path) -> None:
 def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out: str | Path,
                   plot_out: str | Path, *, width_factor: int | None = None, time_division_factor: int = 4,
                   time_division_remainder: int = 1, video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
-                  derived_inputs: Iterable[str] = ()) -> ValidationReport:
+                  derived_inputs: Iterable[str] = (), value_inputs=()) -> ValidationReport:
     """The validation stage's work: validate, write the metadata training uses, the report and the plot.
 
     ``size_factor`` (and ``width_factor``, default the same) and the time division come from the model
@@ -249,7 +273,8 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
                                 "metadata.csv/.json/.jsonl (or set source: folder)")
         report = validate_dataset(entry.dataset_base_path, entry.dataset_metadata_path,
                                   config.dataset.data_file_keys, rules, config.model.extra_inputs,
-                                  video_keys=video_keys, derived_inputs=derived_inputs, entry=entry)
+                                  video_keys=video_keys, derived_inputs=derived_inputs, entry=entry,
+                                  value_inputs=value_inputs)
         if multi:
             for record in report.valid_records:
                 record.row[DATASET_KEY] = k

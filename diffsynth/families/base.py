@@ -28,13 +28,16 @@ class DataRules:
     time_division_remainder: int = 1
     video_keys: tuple[str, ...] = ()
     derived_inputs: tuple[str, ...] = ()
+    # extra inputs that are plain values, and what they must be: ("name", "number") or ("name", (choices...))
+    value_inputs: tuple = ()
 
     def as_kwargs(self) -> dict:
         """Keyword arguments of ``diffsynth.data.validate.check_dataset``."""
         return {"size_factor": self.size_factor, "width_factor": self.width_factor,
                 "time_division_factor": self.time_division_factor,
                 "time_division_remainder": self.time_division_remainder,
-                "video_keys": self.video_keys, "derived_inputs": self.derived_inputs}
+                "video_keys": self.video_keys, "derived_inputs": self.derived_inputs,
+                **({"value_inputs": self.value_inputs} if self.value_inputs else {})}
 
 
 # What each kind of process holds. "full": everything (online training); "train_cached": training from the

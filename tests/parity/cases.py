@@ -61,6 +61,60 @@ DIT_CASES = {
     },
 }
 
+
+def _wan(heads, ffn, in_ch, image=False, **extra):
+    return {"patch_size": [1, 2, 2], "num_attention_heads": heads, "attention_head_dim": 128, "in_channels": in_ch,
+            "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": ffn, "num_layers": 1,
+            "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
+            "image_dim": 1280 if image else None, "added_kv_proj_dim": heads * 128 if image else None,
+            "rope_max_seq_len": 1024, **extra}
+
+
+def _wan_ref(heads, ffn, in_ch, image=False, **extra):
+    return {"has_image_input": image, "patch_size": [1, 2, 2], "in_dim": in_ch, "dim": heads * 128, "ffn_dim": ffn,
+            "freq_dim": 256, "text_dim": 4096, "out_dim": 16, "num_heads": heads, "num_layers": 1, "eps": 1e-6, **extra}
+
+
+# Wan's conditioning variants (a DiT with CLIP features splits its context as image tokens + 512 prompt tokens, so
+# those cases give a full-length prompt) (diffsynth/families/wan/fun.py, speed.py): the DiT gets its extra inputs (``y``, CLIP
+# features, reference latents, a camera move, a motion bucket) as random tensors of the real shapes; DiffSynth's
+# side loads the weights in the original Wan names (our converter), as its loader reads the released files.
+DIT_CASES.update({
+    "wan2.1-flf2v": {  # Wan2.1-FLF2V-14B-720P: two images' CLIP features with positions (514 tokens)
+        "family": "wan", "variant": "end_image", "original_names": True,
+        "ours": {"cls": "WanTransformer3DModel", "config": _wan(40, 13824, 36, image=True, pos_embed_seq_len=514)},
+        "reference": _wan_ref(40, 13824, 36, image=True, has_image_pos_emb=True),
+        # DiffSynth's cross-attention takes the first 257 context tokens as the image's (one image), the official Wan
+        # code and diffusers all but the last 512 (both images); its side runs with the official split (see run.py)
+        "official_image_split": True,
+        "latents": [1, 16, 3, 4, 4], "prompt": [1, 512, 4096], "y": [1, 20, 3, 4, 4], "clip_feature": [1, 514, 1280],
+        "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+    "wan2.1-fun-v1.1-control": {  # Wan2.1-Fun-V1.1-1.3B-Control: control latents in y, a reference image
+        "family": "wan", "variant": "control_video", "original_names": True,
+        "ours": {"cls": "WanFunTransformer3DModel", "config": _wan(12, 8960, 48, image=True, has_ref_conv=True)},
+        "reference": _wan_ref(12, 8960, 48, image=True, has_ref_conv=True),
+        "latents": [1, 16, 3, 4, 4], "prompt": [1, 512, 4096], "y": [1, 32, 3, 4, 4], "clip_feature": [1, 257, 1280],
+        "reference_latents": [1, 16, 1, 4, 4], "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+    "wan2.1-fun-v1.1-control-camera": {  # Wan2.1-Fun-V1.1-1.3B-Control-Camera: a camera move through its adapter
+        "family": "wan", "variant": "camera_control_direction", "original_names": True,
+        "ours": {"cls": "WanFunTransformer3DModel",
+                 "config": _wan(12, 8960, 32, image=True, control_adapter_in_dim=24)},
+        "reference": _wan_ref(12, 8960, 32, image=True, has_ref_conv=False, add_control_adapter=True,
+                              in_dim_control_adapter=24),
+        "latents": [1, 16, 3, 4, 4], "prompt": [1, 512, 4096], "y": [1, 16, 3, 4, 4], "clip_feature": [1, 257, 1280],
+        "camera": ["LeftUp", 0.03], "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+    "wan2.1-speedcontrol": {  # Wan2.1-T2V-1.3B + DiffSynth's motion controller
+        "family": "wan", "variant": "motion_bucket_id", "original_names": True,
+        "ours": {"cls": "WanTransformer3DModel", "config": _wan(12, 8960, 16)},
+        "reference": _wan_ref(12, 8960, 16),
+        "latents": [1, 16, 3, 4, 4], "prompt": [1, 7, 4096], "motion_bucket_id": 7.0,
+        "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+})
+
 # VAEs at their real configs (diffusers classes on our side); small inputs in [-1, 1]
 WAN21_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
              "temperal_downsample": [False, True, True]}

@@ -22,7 +22,7 @@ import diffsynth  # noqa: E402,F401  (our package, not DiffSynth-Studio's: this 
 
 from diffsynth.export.lora_formats import (from_original_names, lora_modules, to_diffsynth_checkpoint,  # noqa: E402
                                            write_format)
-from diffsynth.families import get_spec  # noqa: E402
+from diffsynth.families import get_spec, select_variant  # noqa: E402
 from diffsynth.families.flux import Flux  # noqa: E402
 from diffsynth.families.qwen_image import QwenImage  # noqa: E402
 from diffsynth.families.wan import Wan  # noqa: E402
@@ -49,17 +49,32 @@ def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
 
 def build_dit(case: dict) -> torch.nn.Module:
     import diffusers
+    if case["ours"]["cls"] == "WanFunTransformer3DModel":
+        from diffsynth.families.wan.fun_dit import WanFunTransformer3DModel
+        return WanFunTransformer3DModel.from_config(case["ours"]["config"]).eval()
     return getattr(diffusers, case["ours"]["cls"]).from_config(case["ours"]["config"]).eval()
 
 
-def bare_pipeline(case: dict, dit: torch.nn.Module):
-    """The family pipeline with only its DiT: ``predict`` is what training calls; encoders are not needed."""
-    cls = PIPELINES[case["family"]]
+# Wan's conditioning inputs a case may give its DiT (random tensors of the real shapes)
+WAN_CONDITIONING = ("y", "clip_feature", "reference_latents")
+
+
+def bare_pipeline(case: dict, dit: torch.nn.Module, folder: Path | None = None):
+    """The family pipeline (or the variant the case's extra input selects) with only its DiT: ``predict`` is what
+    training calls; encoders are not needed."""
+    cls = select_variant(case["family"], case["variant"]) if case.get("variant") else PIPELINES[case["family"]]
     pipe = cls.__new__(cls)
     torch.nn.Module.__init__(pipe)
     pipe.dit, pipe.torch_dtype = dit, torch.float32
     if case["family"] == "wan":
         pipe.patch_size = tuple(dit.config.patch_size)
+        pipe.spatial_factor, pipe.temporal_factor, pipe.z_dim = 8, 4, 16  # the Wan2.1 VAE's
+        embedder = dit.condition_embedder.image_embedder
+        pipe.two_image_clip = embedder is not None and embedder.pos_embed is not None
+    if "motion_bucket_id" in case:
+        from diffsynth.families.wan.speed import WanMotionController
+        pipe.motion_controller = WanMotionController(256, dit.config.num_attention_heads * 128)
+        pipe.motion_controller.load_state_dict(load_file(str(folder / "motion_controller.safetensors")))
     return pipe
 
 
@@ -69,6 +84,13 @@ def model_inputs(case: dict, tensors: dict) -> dict:
         inputs["pooled_prompt_emb"] = tensors["pooled"]
     if "first_frame_latents" in tensors:
         inputs["first_frame_latents"] = tensors["first_frame_latents"]
+    for key in (*WAN_CONDITIONING, "motion_bucket_id"):
+        if key in tensors:
+            inputs[key] = tensors[key]
+    if "camera" in case:  # what WanFunCamera.encode stores: (direction index, speed)
+        from diffsynth.families.wan.camera import DIRECTIONS
+        direction, speed = case["camera"]
+        inputs["camera"] = torch.tensor([[DIRECTIONS.index(direction), speed]], dtype=torch.float64)
     return inputs
 
 
@@ -116,10 +138,29 @@ def cmd_dit(name: str, out: Path) -> None:
         tensors["pooled"] = torch.randn(case["pooled"], generator=gen)
     if case.get("first_frame"):
         tensors["first_frame_latents"] = tensors["latents"][:, :, 0:1].clone()
+    for key in WAN_CONDITIONING:
+        if key in case:
+            tensors[key] = torch.randn(case[key], generator=gen)
+    if case.get("original_names"):  # the released files' names, which DiffSynth's WanModel loads as they are
+        from diffsynth.families.wan.convert import diffusers_to_wan_dit
+        save_file({k: v.contiguous() for k, v in diffusers_to_wan_dit(dit.state_dict()).items()},
+                  str(out / "dit_original.safetensors"))
+    if "motion_bucket_id" in case:
+        from diffsynth.families.wan.speed import WanMotionController
+        controller = WanMotionController(256, dit.config.num_attention_heads * 128)
+        randomise(controller, gen)
+        save_file(dict(controller.state_dict()), str(out / "motion_controller.safetensors"))
+        tensors["motion_bucket_id"] = torch.tensor([case["motion_bucket_id"]])
     save_file(tensors, str(out / "inputs.safetensors"))
-    pipe = bare_pipeline(case, dit)
+    pipe = bare_pipeline(case, dit, out)
     pred, loss = predict_and_loss(case, pipe, tensors)
     results = {"pred": pred, "loss": loss, "distill_loss": distill_loss(case, pipe, tensors)}
+    # conditioning tensors built from the case's plain inputs (no encoder involved)
+    if "camera" in case:
+        results["camera_embedding"] = pipe.dit_inputs(model_inputs(case, tensors))["control_camera"]
+    if "motion_bucket_id" in case:
+        with torch.no_grad():
+            results["motion_embedding"] = pipe.motion_controller(tensors["motion_bucket_id"])
 
     add_lora(dit, lora_targets(case, pipe), RANK)
     lora_gen = torch.Generator().manual_seed(SEED + 1)
@@ -143,7 +184,7 @@ def cmd_load(name: str, out: Path) -> None:
     case = DIT_CASES[name]
     dit = build_dit(case)
     dit.load_state_dict(load_file(str(out / "dit.safetensors")))
-    pipe = bare_pipeline(case, dit)
+    pipe = bare_pipeline(case, dit, out)
     add_lora(dit, lora_targets(case, pipe), RANK)
     state = load_file(str(out / "ds_ckpt.safetensors"))
     loaded = load_lora_checkpoint(dit, state, get_spec(case["family"]), source="ds_ckpt.safetensors")

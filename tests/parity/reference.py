@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import types
 import os
 import sys
 from pathlib import Path
@@ -57,8 +58,11 @@ def build(name: str):
     return case, pipe, dit, convert
 
 
-def load_weights(dit, convert, folder: Path) -> dict:
-    state = convert(load_file(str(folder / "dit.safetensors")))
+def load_weights(dit, convert, folder: Path, case: dict | None = None) -> dict:
+    if case is not None and case.get("original_names"):  # Wan variants: the released files' names, no converter
+        state = load_file(str(folder / "dit_original.safetensors"))
+    else:
+        state = convert(load_file(str(folder / "dit.safetensors")))
     missing, unexpected = dit.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise SystemExit(f"DiffSynth's converter left missing={missing[:5]} unexpected={unexpected[:5]}")
@@ -77,9 +81,43 @@ def inputs_for(case: dict, tensors: dict) -> dict:
         return {"input_latents": latents, "prompt_emb": tensors["prompt_emb"], "pooled_prompt_emb": tensors["pooled"],
                 "text_ids": torch.zeros(1, tensors["prompt_emb"].shape[1], 3), "guidance": torch.Tensor([1.0])}
     out = {"input_latents": latents, "context": tensors["prompt_emb"]}
+    for key in ("y", "clip_feature", "reference_latents", "motion_bucket_id"):  # what its units hand on
+        if key in tensors:
+            out[key] = tensors[key]
+    if "camera" in case:
+        out["control_camera_latents_input"] = camera_unit(case, latents)
     if "first_frame_latents" in tensors:  # what its ImageEmbedderFused unit outputs (TI2V with an input image)
         out.update(first_frame_latents=tensors["first_frame_latents"], fuse_vae_embedding_in_latents=True)
     return out
+
+
+def camera_unit(case: dict, latents: torch.Tensor) -> torch.Tensor:
+    """Its WanVideoUnit_FunCameraControl on the case's direction and speed (the VAE it also calls for the input
+    image is a stand-in: only the camera tensor is read)."""
+    from PIL import Image
+    from diffsynth.models.wan_video_camera_controller import SimpleAdapter
+    from diffsynth.pipelines.wan_video import WanVideoUnit_FunCameraControl
+
+    class StubVAE:
+        def encode(self, videos, device=None, **kwargs):
+            return torch.zeros(1, 16, 1, latents.shape[3], latents.shape[4])
+
+    class StubPipe:
+        device, torch_dtype, vae = "cpu", torch.float32, StubVAE()
+        dit = types.SimpleNamespace(control_adapter=SimpleAdapter(24, 8, (2, 2), (2, 2)), in_dim=32)
+
+        def load_models_to_device(self, names):
+            pass
+
+        def preprocess_video(self, frames):
+            return frames
+
+    frames = (latents.shape[2] - 1) * 4 + 1
+    h, w = latents.shape[3] * 8, latents.shape[4] * 8
+    direction, speed = case["camera"]
+    out = WanVideoUnit_FunCameraControl().process(StubPipe(), h, w, frames, direction, speed, None, latents,
+                                                  Image.new("RGB", (w, h)), False, None, None)
+    return out["control_camera_latents_input"]
 
 
 def loss_and_pred(pipe, case: dict, tensors: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,12 +160,37 @@ def consumed(pipe, module, state: dict, loader_cls) -> tuple[int, int]:
 
 def cmd_dit(name: str, folder: Path) -> None:
     case, pipe, dit, convert = build(name)
-    base = load_weights(dit, convert, folder)
+    base = load_weights(dit, convert, folder, case)
     dit.eval()
     pipe.dit = dit
     pipe.scheduler.set_timesteps(1000, training=True)
     tensors = load_file(str(folder / "inputs.safetensors"))
     results = {}
+    if case.get("official_image_split"):
+        # FLF2V: its CrossAttention hard-codes 257 image tokens (so the second image's 257 go to the text keys);
+        # the official Wan code and diffusers take all but the last 512 context tokens as image tokens
+        from diffsynth.models import wan_video_dit
+        shipped = wan_video_dit.CrossAttention.forward
+
+        def official(self, x, y):
+            if not self.has_image_input:
+                return shipped(self, x, y)
+            split = y.shape[1] - 512
+            q = self.norm_q(self.q(x))
+            out = self.attn(q, self.norm_k(self.k(y[:, split:])), self.v(y[:, split:]))
+            img = y[:, :split]
+            out = out + wan_video_dit.flash_attention(q, self.norm_k_img(self.k_img(img)), self.v_img(img),
+                                                      num_heads=self.num_heads)
+            return self.o(out)
+        wan_video_dit.CrossAttention.forward = official
+    if "motion_bucket_id" in case:
+        from diffsynth.models.wan_video_motion_controller import WanMotionControllerModel
+        pipe.motion_controller = WanMotionControllerModel(dim=case["reference"]["dim"])
+        _strict_load(pipe.motion_controller, load_file(str(folder / "motion_controller.safetensors")))
+        with torch.no_grad():
+            results["motion_embedding"] = pipe.motion_controller(tensors["motion_bucket_id"])
+    if "camera" in case:
+        results["camera_embedding"] = camera_unit(case, tensors["latents"])
     suffix = ""
     if os.environ.get("PARITY_TANH_GELU"):
         # the one known difference: DiffSynth's Qwen-Image MLP uses x*sigmoid(1.702x) where diffusers (and the
@@ -148,7 +211,7 @@ def cmd_dit(name: str, folder: Path) -> None:
             pipe.load_lora(pipe.dit, state_dict=dict(state), verbose=0)  # fused: W += B @ A
         results[f"{label}_found"] = torch.tensor([float(found), float(total)])
         results[f"pred_{label}"], results[f"loss_{label}"] = loss_and_pred(pipe, case, tensors)
-        load_weights(dit, lambda sd: convert(sd), folder)  # back to the base weights
+        load_weights(dit, lambda sd: convert(sd), folder, case)  # back to the base weights
     # a checkpoint as DiffSynth's trainer writes it: LoRA injected by its own code, random B, trainable tensors
     trainer = DiffusionTrainingModule()
     trainer.add_lora_to_model(dit, target_modules=case["targets"].split(","), lora_rank=RANK)

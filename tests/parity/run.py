@@ -81,6 +81,10 @@ def dit_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -
     run(ours_py, "ours.py", "load", name.split()[0], str(folder))
     load = load_file(str(folder / "ours_load.safetensors"))
     tol = DEFAULT_TOLERANCE
+    for key, what in (("camera_embedding", "conditioning: camera embedding (Plücker, 24 ch)"),
+                      ("motion_embedding", "conditioning: motion controller output")):
+        if key in ours:
+            table.add(name, what, ours[key], ref[key], tol)
     table.add(name, "DiT prediction (training forward)", ours["pred"], ref["pred"], tol)
     table.add(name, "training loss (weighted MSE)", ours["loss"], ref["loss"], tol)
     table.add(name, f"direct_distill loss ({DISTILL_STEPS} student steps)", ours["distill_loss"], ref["distill_loss"], tol)

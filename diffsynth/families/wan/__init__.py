@@ -1,11 +1,19 @@
 """The Wan family (DiffSynth's examples/wanvideo): Wan2.1 / Wan2.2 text-, image- and text-image-to-video.
 
-Files: ``pipeline.py`` (the family class), ``convert.py`` (Wan-AI's original names), ``checkpoints.py`` (checkpoint
-kinds), ``real_configs.py`` (real architectures), ``tiny.py`` (tiny twins).
+Files: ``pipeline.py`` (the family class), ``fun.py`` (first-last frame and Wan-Fun variants), ``speed.py`` (speed
+control), ``fun_dit.py`` (the Wan-Fun DiT additions), ``camera.py`` (camera embeddings), ``convert.py`` (Wan-AI's
+original names), ``checkpoints.py`` (checkpoint kinds), ``real_configs.py`` (real architectures), ``tiny.py``
+(tiny twins).
 """
 from ..registry import register
+from .fun import WanFirstLastFrame, WanFunCamera, WanFunControl
 from .pipeline import Wan
+from .speed import WanSpeedControl
 
 register(Wan)
+register(WanFirstLastFrame)
+register(WanFunControl)
+register(WanFunCamera)
+register(WanSpeedControl)
 
-__all__ = ["Wan"]
+__all__ = ["Wan", "WanFirstLastFrame", "WanFunControl", "WanFunCamera", "WanSpeedControl"]

@@ -7,6 +7,7 @@ import torch
 from ...models.components import (ComponentKind, beside_or, diffusers_class, is_5d, is_umt5, t5_config,
                                   transformers_class)
 from . import convert
+from .fun_dit import build_dit
 
 FAMILY = "wan"
 
@@ -17,7 +18,7 @@ def _hf_clip_vision_config(shapes: dict) -> dict:
 
 
 def dit_config(shapes: dict, beside: dict | None) -> dict:
-    if beside is not None and beside.get("_class_name") == "WanTransformer3DModel":
+    if beside is not None and beside.get("_class_name") in ("WanTransformer3DModel", "WanFunTransformer3DModel"):
         return beside
     return convert.wan_dit_config(shapes, beside)  # beside may be Wan-AI's own config.json (dim, num_heads, ...)
 
@@ -35,10 +36,10 @@ KINDS = (
     ComponentKind("wan_dit_original", FAMILY, "dit", "wan",
                   (r"^(model\.diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.",
                    r"^(model\.diffusion_model\.)?head\.head\.", r"^(model\.diffusion_model\.)?time_projection\."),
-                  dit_config, diffusers_class("WanTransformer3DModel"), lambda sd, c: convert.wan_dit_to_diffusers(sd)),
+                  dit_config, build_dit, lambda sd, c: convert.wan_dit_to_diffusers(sd)),
     ComponentKind("wan_dit", FAMILY, "dit", "diffusers",
                   (r"^blocks\.\d+\.attn[12]\.", r"^condition_embedder\."),
-                  dit_config, diffusers_class("WanTransformer3DModel")),
+                  dit_config, build_dit),
     # the video VAE in diffusers names (2.1 or 2.2)
     ComponentKind("wan_vae", FAMILY, "vae", "diffusers",
                   (r"^(en|de)coder\.(down|up)_blocks\.\d+\..*gamma$", r"^(en|de)coder\.mid_block\.resnets\.\d+\.norm1\.gamma"),

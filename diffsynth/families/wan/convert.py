@@ -15,6 +15,7 @@ import re
 import torch
 
 from ...models.components import video_vae_config
+from .fun_dit import fun_dit_config
 
 # ----------------------------------------------------------------------------------------------- DiT
 _DIT = [  # (original, diffusers) substrings, applied in order on the dotted name
@@ -27,6 +28,7 @@ _DIT = [  # (original, diffusers) substrings, applied in order on the dotted nam
     ("img_emb.proj.1.", "condition_embedder.image_embedder.ff.net.0.proj."),
     ("img_emb.proj.3.", "condition_embedder.image_embedder.ff.net.2."),
     ("img_emb.proj.4.", "condition_embedder.image_embedder.norm2."),
+    ("img_emb.emb_pos", "condition_embedder.image_embedder.pos_embed"),  # FLF2V: two images' CLIP positions
     ("head.head.", "proj_out."),
 ]
 _BLOCK = {"self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
@@ -104,7 +106,10 @@ def wan_dit_config(shapes: dict, original_config: dict | None = None) -> dict:
     image_dim = s["condition_embedder.image_embedder.norm1.weight"][0] \
         if "condition_embedder.image_embedder.norm1.weight" in s else None
     prod = patch[0] * patch[1] * patch[2]
-    return {"patch_size": list(patch), "num_attention_heads": heads, "attention_head_dim": dim // heads,
+    extra = fun_dit_config(s)  # Wan-Fun's reference convolution / camera adapter (none in other releases)
+    if "condition_embedder.image_embedder.pos_embed" in s:  # FLF2V: 2 x 257 image tokens with positions
+        extra["pos_embed_seq_len"] = s["condition_embedder.image_embedder.pos_embed"][1]
+    return {**extra, "patch_size": list(patch), "num_attention_heads": heads, "attention_head_dim": dim // heads,
             "in_channels": in_ch, "out_channels": s["proj_out.weight"][0] // prod,
             "text_dim": s["condition_embedder.text_embedder.linear_1.weight"][1],
             "freq_dim": s["condition_embedder.time_embedder.linear_1.weight"][1],

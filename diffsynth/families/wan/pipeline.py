@@ -143,6 +143,7 @@ class Wan(Family):
     command_line_defaults = {"gradient": {"use_gradient_checkpointing": True}}
     diffsynth_cache_keys = {"input_latents": "latents", "context": "prompt_emb"}
     train_sigmas = staticmethod(train_sigmas)
+    extra_components: tuple[str, ...] = ()  # a variant's own models (speed control: motion_controller), by attribute
 
     @classmethod
     def data_rules(cls, config=None) -> DataRules:
@@ -169,7 +170,8 @@ class Wan(Family):
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer,
                    image_encoder=modules.get("image_encoder"), dtype=dtype, wanted_inputs=wanted,
-                   text_encoder_cached=role == "train_cached")
+                   text_encoder_cached=role == "train_cached",
+                   **{name: modules.get(name) for name in cls.extra_components})
         pipe.component_sources = sources
         expected = data_rules(config).size_factor
         if pipe.vae is not None and pipe.height_factor != expected:
@@ -206,11 +208,7 @@ class Wan(Family):
         self.require_vae_embedding = in_ch == 2 * z + 4
         self.require_clip_embedding = dit.config.image_dim is not None
         self.fuse_first_frame = in_ch == z and residual  # TI2V-5B: Wan2.2 VAE, 48-ch DiT
-        if in_ch not in (z, 2 * z + 4):
-            raise ConfigError(f"The Wan DiT takes {in_ch} input channels, which fits neither the VAE's {z} latent "
-                             f"channels (text-to-video, TI2V) nor {2 * z + 4} (image-to-video): the DiT and the VAE "
-                             "entries belong to different Wan releases (Wan2.2-TI2V-5B needs Wan2.2_VAE.pth, the "
-                             "others Wan2.1_VAE.pth)")
+        self.check_dit_channels(in_ch, z)
         if self.require_clip_embedding and image_encoder is None and not text_encoder_cached:
             raise ConfigError("This Wan DiT takes CLIP image features (Wan2.1 image-to-video): add "
                              "<model_id>:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth to "
@@ -219,6 +217,14 @@ class Wan(Family):
             raise ConfigError("This Wan DiT is an image-to-video model: set model.extra_inputs: input_image "
                              "(--extra_inputs input_image); the first frame of each video is the conditioning image")
         self._sample_image: Image.Image | None = None
+
+    def check_dit_channels(self, in_ch: int, z: int) -> None:
+        """The DiT's input channels must fit the latents plus what this pipeline concatenates (variants add theirs)."""
+        if in_ch not in (z, 2 * z + 4):
+            raise ConfigError(f"The Wan DiT takes {in_ch} input channels, which fits neither the VAE's {z} latent "
+                             f"channels (text-to-video, TI2V) nor {2 * z + 4} (image-to-video): the DiT and the VAE "
+                             "entries belong to different Wan releases (Wan2.2-TI2V-5B needs Wan2.2_VAE.pth, the "
+                             "others Wan2.1_VAE.pth)")
 
     # ---------------------------------------------------------------- encoders (no gradient)
     @torch.no_grad()
@@ -296,12 +302,21 @@ class Wan(Family):
         if len(video) % self.temporal_factor != 1:
             raise ValueError(f"video has {len(video)} frames; Wan needs 4k+1 (resolution.num_frames)")
         inputs = {"latents": self.encode_video(frames_to_tensor(video)), "prompt_emb": self.encode_prompt(prompt)}
-        if "input_image" in self.wanted_inputs:
-            image = video[0]  # DiffSynth's Wan override: input_image is the video's first frame
-            if self._sample_image is None:
-                self._sample_image = image.copy()  # conditioning image of image-to-video samples
-            inputs.update(self.image_inputs(image, len(video), height, width))
+        inputs.update(self.conditioning_inputs(item, video, height, width))
         return inputs
+
+    def conditioning_inputs(self, item: dict, video: list, height: int, width: int) -> dict:
+        """A row's inputs beyond latents and prompt (image-to-video: the first frame's); variants add theirs."""
+        if "input_image" not in self.wanted_inputs:
+            return {}
+        image = video[0]  # DiffSynth's Wan override: input_image is the video's first frame
+        if self._sample_image is None:
+            self._sample_image = image.copy()  # conditioning image of image-to-video samples
+        return self.image_inputs(image, len(video), height, width)
+
+    def dit_inputs(self, inputs: dict) -> dict:
+        """DiT keyword arguments a variant adds or replaces (reference latents, camera embedding)."""
+        return {}
 
     # ---------------------------------------------------------------- denoiser
     def predict(self, noisy_latents: torch.Tensor, timestep: torch.Tensor, inputs: dict) -> torch.Tensor:
@@ -316,8 +331,9 @@ class Wan(Family):
             t = per_frame.repeat_interleave(tokens, dim=1)
         if "y" in inputs:
             x = torch.cat([x, inputs["y"].to(x.dtype)], dim=1)
-        return self.dit(hidden_states=x, timestep=t, encoder_hidden_states=inputs["prompt_emb"],
-                        encoder_hidden_states_image=inputs.get("clip_feature"), return_dict=False)[0]
+        kwargs = {"encoder_hidden_states_image": inputs.get("clip_feature"), **self.dit_inputs(inputs)}
+        return self.dit(hidden_states=x, timestep=t, encoder_hidden_states=inputs["prompt_emb"], return_dict=False,
+                        **kwargs)[0]
 
     @torch.no_grad()
     def _check_sample_size(self, height: int, width: int, num_frames: int) -> None:

@@ -10,12 +10,13 @@ from ...models.tokenizers import train_sentencepiece_tokenizer
 from .convert import diffusers_to_wan_dit, diffusers_to_wan_vae, hf_to_wan_clip, hf_to_wan_t5
 
 
-def tiny_dit(in_ch: int = 16, out_ch: int = 16, image_dim: int | None = None):
-    from diffusers import WanTransformer3DModel
-    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=in_ch,
-                                 out_channels=out_ch, text_dim=32, freq_dim=256, ffn_dim=64, num_layers=2,
-                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=image_dim,
-                                 added_kv_proj_dim=32 if image_dim else None, rope_max_seq_len=32)
+def tiny_dit(in_ch: int = 16, out_ch: int = 16, image_dim: int | None = None, **fun):
+    """``fun``: ``pos_embed_seq_len`` (FLF2V), ``has_ref_conv`` / ``control_adapter_in_dim`` (Wan-Fun)."""
+    from .fun_dit import build_dit
+    return build_dit(dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=in_ch,
+                          out_channels=out_ch, text_dim=32, freq_dim=256, ffn_dim=64, num_layers=2,
+                          cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=image_dim,
+                          added_kv_proj_dim=32 if image_dim else None, rope_max_seq_len=32, **fun))
 
 
 def save_dit(dit, folder: Path, model_type: str) -> None:
@@ -55,14 +56,17 @@ def write_tiny_t2v(out_dir: Path, seed: int = 0) -> None:
     write_common(out_dir, "2.1")
 
 
-def write_tiny_i2v(out_dir: Path, seed: int = 0) -> None:
-    """``Wan-AI/Wan2.1-I2V-14B-480P`` layout: as T2V, DiT with image conditioning, plus the CLIP image encoder."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-
+def write_tiny_i2v(out_dir: Path, seed: int = 0, in_ch: int = 36, **fun) -> None:
+    """``Wan-AI/Wan2.1-I2V-14B-480P`` layout: as T2V, DiT with image conditioning, plus the CLIP image encoder
+    (also the Wan2.1-Fun and FLF2V layouts: ``in_ch`` and ``fun`` as :func:`tiny_dit` takes them)."""
     torch.manual_seed(seed)
-    save_dit(tiny_dit(in_ch=36, image_dim=32), out_dir, "i2v")
+    save_dit(tiny_dit(in_ch=in_ch, image_dim=32, **fun), out_dir, "i2v")
     write_common(out_dir, "2.1")
+    write_tiny_clip(out_dir)
+
+
+def write_tiny_clip(out_dir: Path) -> None:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     clip = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                           num_attention_heads=2, patch_size=14, image_size=28,
                                                           projection_dim=16, hidden_act="gelu", layer_norm_eps=1e-5))
@@ -97,3 +101,53 @@ def write_tiny_i2v_a14b(out_dir: Path, seed: int = 0) -> None:
     write_common(out_dir, "2.1")
 
 
+
+
+# the tiny CLIP gives (28/14)^2 + 1 = 5 tokens; FLF2V's image embedder has positions for two images
+TINY_CLIP_TOKENS = 5
+
+
+def write_tiny_flf2v(out_dir: Path, seed: int = 0) -> None:
+    """``Wan-AI/Wan2.1-FLF2V-14B-720P`` layout: the I2V layout, image embedder with positions for two images."""
+    write_tiny_i2v(out_dir, seed, pos_embed_seq_len=2 * TINY_CLIP_TOKENS)
+
+
+def write_tiny_fun_control(out_dir: Path, seed: int = 0) -> None:
+    """``PAI/Wan2.1-Fun-1.3B-Control`` layout: DiT on latents + control latents + 16 more channels, CLIP."""
+    write_tiny_i2v(out_dir, seed, in_ch=48)
+
+
+def write_tiny_fun_control_v11(out_dir: Path, seed: int = 0) -> None:
+    """``PAI/Wan2.1-Fun-V1.1-1.3B-Control`` layout: as V1.0 plus the reference-image convolution."""
+    write_tiny_i2v(out_dir, seed, in_ch=48, has_ref_conv=True)
+
+
+def write_tiny_fun_camera(out_dir: Path, seed: int = 0) -> None:
+    """``PAI/Wan2.1-Fun-V1.1-1.3B-Control-Camera`` layout: 32-channel DiT with the camera adapter, CLIP."""
+    write_tiny_i2v(out_dir, seed, in_ch=32, control_adapter_in_dim=24)
+
+
+def _write_fun_a14b(out_dir: Path, seed: int, in_ch: int, **fun) -> None:
+    torch.manual_seed(seed)
+    save_dit(tiny_dit(in_ch=in_ch, **fun), out_dir / "high_noise_model", "i2v")
+    save_dit(tiny_dit(in_ch=in_ch, **fun), out_dir / "low_noise_model", "i2v")
+    write_common(out_dir, "2.1")
+
+
+def write_tiny_fun_control_a14b(out_dir: Path, seed: int = 0) -> None:
+    """``PAI/Wan2.2-Fun-A14B-Control`` layout: two experts on 52 channels with the reference convolution, no CLIP."""
+    _write_fun_a14b(out_dir, seed, 52, has_ref_conv=True)
+
+
+def write_tiny_fun_camera_a14b(out_dir: Path, seed: int = 0) -> None:
+    """``PAI/Wan2.2-Fun-A14B-Control-Camera`` layout: two 36-channel experts with the camera adapter, no CLIP."""
+    _write_fun_a14b(out_dir, seed, 36, control_adapter_in_dim=24)
+
+
+def write_tiny_speed(out_dir: Path, seed: int = 0) -> None:
+    """The speed-control recipe's files in one folder: the Wan2.1-T2V-1.3B layout plus ``model.safetensors``, the
+    motion controller (DiffSynth's ``linear.{0,2,4}``; random, so its effect shows)."""
+    from .fun_dit import WanMotionController
+    write_tiny_t2v(out_dir, seed)
+    controller = WanMotionController(freq_dim=256, dim=32)
+    save_model(controller.state_dict(), out_dir, "model")
