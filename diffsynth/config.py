@@ -48,7 +48,9 @@ class DatasetConfig:
                      ".txt caption, as kohya/ai-toolkit lay them out; dataset_metadata_path is not read)",
                      ours=True, choices=["builtin", "local", "modelscope", "folder"])
     builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes, "
-                           "or shapes_edit (reference images under the data_file_keys column beside image)", ours=True)
+                           "shapes_edit (reference images under the data_file_keys column beside image) or "
+                           "moving_shapes_control (control videos / reference images under the data_file_keys "
+                           "columns beside video)", ours=True)
     modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
     modelscope_include: str = _f("", "comma list of file globs to download from the ModelScope dataset "
                                      "(modelscope download --include); empty: all files", ours=True)

@@ -5,7 +5,9 @@ kinds), ``real_configs.py`` (real architectures), ``tiny.py`` (tiny twins).
 """
 from ..registry import register
 from .pipeline import Wan
+from .vace import WanVace
 
 register(Wan)
+register(WanVace)
 
-__all__ = ["Wan"]
+__all__ = ["Wan", "WanVace"]
