@@ -217,6 +217,17 @@ class Family(torch.nn.Module):
         return []
 
     @classmethod
+    def split_module(cls, component: str, module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The pipeline models one loaded model entry holds (the memory plan asks, on the meta device): itself,
+        except where one file holds two of DiffSynth's models (Wan VACE: ``dit`` and ``vace``)."""
+        return {component: module}
+
+    @classmethod
+    def component_of(cls, model_name: str) -> str:
+        """The model entry (detected component) a pipeline model is loaded from: exports check against it."""
+        return model_name
+
+    @classmethod
     def lora_targets_for(cls, model_name: str, model: torch.nn.Module, targets) -> "str | list[str]":
         """``lora.lora_target_modules`` (parsed) of ``model_name`` as module names of the loaded model: the DiT's
         DiffSynth names are mapped (a single target stays one string: DiffSynth's regex full-match); other models

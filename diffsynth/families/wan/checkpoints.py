@@ -32,10 +32,11 @@ def _not_another_vae(shapes, beside) -> bool:
 
 
 KINDS = (
-    # a VACE DiT file (Wan2.1-VACE, Wan2.2-VACE-Fun): the DiT and its VACE branch, loaded as one container that the
-    # VACE pipeline splits into pipe.dit and pipe.vace (vace_model.py); before the plain DiT, which it also matches
+    # a VACE DiT file (Wan2.1-VACE, Wan2.2-VACE-Fun): the DiT and its VACE branch, loaded as diffusers' VACE model,
+    # which the VACE pipeline splits into pipe.dit and pipe.vace (vace_model.py); before the plain DiT kind, which
+    # matches it too
     ComponentKind("wan_vace_dit_original", FAMILY, "dit", "wan", (vace_model.VACE_KEY.pattern,),
-                  vace_model.make_config, vace_model.build, vace_model.to_model_keys),
+                  vace_model.make_config, diffusers_class("WanVACETransformer3DModel"), vace_model.to_model_keys),
     ComponentKind("wan_dit_original", FAMILY, "dit", "wan",
                   (r"^(model\.diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.",
                    r"^(model\.diffusion_model\.)?head\.head\.", r"^(model\.diffusion_model\.)?time_projection\."),

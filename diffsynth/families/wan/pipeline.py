@@ -181,7 +181,7 @@ class Wan(Family):
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32,
                  wanted_inputs: tuple[str, ...] = (), text_encoder_cached: bool = False):
-        if hasattr(dit, "vace"):  # a VACE DiT file (vace.py splits it; a plain Wan run would ignore the branch)
+        if hasattr(dit, "vace_blocks"):  # a VACE DiT file (vace.py splits it; a plain Wan run would ignore the branch)
             raise ConfigError("This Wan DiT file holds VACE blocks: set model.extra_inputs: vace_video,"
                               "vace_reference_image (DiffSynth's VACE recipes) to train it")
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,

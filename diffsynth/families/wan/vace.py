@@ -65,7 +65,19 @@ class WanVace(Wan):
     extra_inputs = (VIDEO_KEY, REFERENCE_KEY)
     data = replace(Wan.data, video_keys=("video", VIDEO_KEY))
     component_kinds = ()  # the VACE DiT file's kind is Wan's (checkpoints.py), so plain Wan runs detect it too
-    tiny_twins = {"wan2.1-vace-1.3b": ("Wan-AI/Wan2.1-VACE-1.3B", write_tiny_vace)}
+    tiny_twins = {"wan2.1-vace-1.3b": ("Wan-AI/Wan2.1-VACE-1.3B", write_tiny_vace),
+                  "wan2.1-vace-1.3b-preview": ("iic/VACE-Wan2.1-1.3B-Preview", write_tiny_vace),
+                  "wan2.1-vace-14b": ("Wan-AI/Wan2.1-VACE-14B", write_tiny_vace)}  # one tiny architecture
+
+    @classmethod
+    def split_module(cls, component: str, module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        if component == "dit" and hasattr(module, "vace_blocks"):
+            return dict(zip(("dit", "vace"), vace_model.split(module)))
+        return {component: module}
+
+    @classmethod
+    def component_of(cls, model_name: str) -> str:
+        return "dit" if model_name == "vace" else model_name  # exports check against diffusers' whole VACE model
 
     @classmethod
     def data_rules(cls, config=None) -> DataRules:
@@ -74,8 +86,8 @@ class WanVace(Wan):
 
     def __init__(self, dit, *args, **kwargs):
         vace = None
-        if isinstance(dit, vace_model.WanWithVace):
-            dit, vace = dit.dit, dit.vace
+        if hasattr(dit, "vace_blocks"):  # diffusers' WanVACETransformer3DModel, as the VACE DiT file loads
+            dit, vace = vace_model.split(dit)
         super().__init__(dit, *args, **kwargs)
         if vace is None:
             raise ConfigError("model.extra_inputs names vace_video / vace_reference_image, but the DiT file has no "
@@ -193,12 +205,10 @@ class WanVace(Wan):
 
 # ------------------------------------------------------------------------------------------------ real sizes
 def _vace_real(heads: int, ffn: int, layers: int, vace_layers: list[int]) -> dict:
-    dit = real_configs._wan_dit(heads, ffn, layers)
-    return {"dit": dit, "vace": {"vace_layers": vace_layers, "vace_in_dim": 96, "patch_size": [1, 2, 2],
-                                 "dim": heads * 128, "num_heads": heads, "ffn_dim": ffn, "eps": 1e-6}}
+    return {**real_configs._wan_dit(heads, ffn, layers), "vace_layers": vace_layers, "vace_in_channels": 96}
 
 
-_CLS = "diffsynth.families.wan.vace_model.WanWithVace"
+_CLS = "diffusers.WanVACETransformer3DModel"
 WanVace.real_models = {
     "wan2.1-vace-1.3b-dit": {"cls": _CLS, "family": "wan", "component": "dit",
                              "files": "Wan-AI/Wan2.1-VACE-1.3B:diffusion_pytorch_model*.safetensors",

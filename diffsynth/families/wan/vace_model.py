@@ -7,8 +7,9 @@ A VACE block is a Wan DiT block (computed as diffusers' ``WanTransformerBlock`` 
 branch share one numerical path) plus ``before_proj`` (block 0: the VACE tokens + the DiT's patch tokens) and
 ``after_proj`` (the hint added after DiT block ``vace_layers[n]``, times ``vace_scale``).
 
-The DiT file holds both models; :class:`WanWithVace` is what the checkpoint kind builds and loads (``dit.*`` in
-diffusers names, ``vace.*`` as in the file); the VACE pipeline splits it into ``pipe.dit`` and ``pipe.vace``.
+The DiT file holds both; it is detected and loaded as diffusers' ``WanVACETransformer3DModel`` (so exports and the
+memory plan see diffusers' VACE model), and the VACE pipeline splits it (:func:`split`, same tensors) into
+``pipe.dit`` and ``pipe.vace``.
 """
 from __future__ import annotations
 
@@ -114,51 +115,42 @@ class WanVaceModel(nn.Module):
         return out
 
 
-class WanWithVace(nn.Module):
-    """The VACE DiT file as loaded: ``dit`` (diffusers ``WanTransformer3DModel``) and ``vace`` (:class:`WanVaceModel`).
-    Built from ``{"dit": <diffusers config>, "vace": <WanVaceModel kwargs>}``."""
-
-    config_class = dict  # the memory plan builds real entries as cls(cls.config_class(**config))
-
-    def __init__(self, config: dict):
-        super().__init__()
-        from diffusers import WanTransformer3DModel
-        self.dit = WanTransformer3DModel.from_config(config["dit"])
-        self.vace = WanVaceModel(**config["vace"])
-
-
-def vace_config(shapes: dict, dit: dict) -> dict:
-    """``WanVaceModel`` kwargs from the file's shapes (either prefix): the blocks are spread evenly over the DiT's
-    layers from layer 0 (1.3B: 15 of 30, every 2nd; 14B: 8 of 40, every 5th), as DiffSynth's configs list them."""
+def make_config(shapes: dict, beside: dict | None) -> dict:
+    """diffusers ``WanVACETransformer3DModel`` config from the file's shapes (either name prefix): the DiT's, plus
+    the VACE layers (Wan-AI's config.json lists them; else the blocks are spread evenly over the DiT's layers from
+    layer 0, as DiffSynth's configs have them: 1.3B 15 of 30, every 2nd; 14B 8 of 40, every 5th)."""
     s = {re.sub(r"^model\.diffusion_model\.", "", k): tuple(v.shape) if hasattr(v, "shape") else tuple(v)
          for k, v in shapes.items()}
+    config = convert.wan_dit_config({k: v for k, v in s.items() if not VACE_KEY.match(k)},
+                                    beside if beside and "num_heads" in beside else None)
     count = 1 + max(int(m[1]) for k in s if (m := re.match(r"vace_blocks\.(\d+)\.", k)))
-    dim, in_dim, *patch = s["vace_patch_embedding.weight"]
-    step = dit["num_layers"] // count
-    return {"vace_layers": list(range(0, step * count, step)), "vace_in_dim": in_dim, "patch_size": list(patch),
-            "dim": dim, "num_heads": dit["num_attention_heads"], "ffn_dim": s["vace_blocks.0.ffn.0.weight"][0],
-            "eps": dit.get("eps", 1e-6)}
-
-
-def make_config(shapes: dict, beside: dict | None) -> dict:
-    """The container's config: the DiT's (the VACE keys left out) and the VACE branch's."""
-    dit_shapes = {k: v for k, v in shapes.items() if not VACE_KEY.match(k)}
-    dit = convert.wan_dit_config(dit_shapes, beside if beside and "num_heads" in beside else None)
-    vace = vace_config(shapes, dit)
-    if beside and beside.get("vace_layers"):  # Wan-AI's config.json lists them
-        vace["vace_layers"] = list(beside["vace_layers"])
-    return {"dit": dit, "vace": vace}
+    step = config["num_layers"] // count
+    layers = list((beside or {}).get("vace_layers") or range(0, step * count, step))
+    return {**config, "vace_layers": layers, "vace_in_channels": s["vace_patch_embedding.weight"][1]}
 
 
 def to_model_keys(sd: dict, config: dict) -> dict:
-    """File keys -> container keys: ``dit.<diffusers names>``, ``vace.<the file's names>``."""
-    vace = {re.sub(r"^model\.diffusion_model\.", "", k): v for k, v in sd.items() if VACE_KEY.match(k)}
-    dit = convert.wan_dit_to_diffusers({k: v for k, v in sd.items() if not VACE_KEY.match(k)})
-    return {**{f"dit.{k}": v for k, v in dit.items()}, **{f"vace.{k}": v for k, v in vace.items()}}
+    return convert.wan_dit_to_diffusers(sd)
 
 
-def build(config: dict) -> WanWithVace:
-    return WanWithVace(config)
+def split(model) -> tuple[nn.Module, WanVaceModel]:
+    """A loaded ``WanVACETransformer3DModel`` -> (``WanTransformer3DModel``, :class:`WanVaceModel`) holding the same
+    tensors (no copy; meta stays meta): DiffSynth's ``pipe.dit`` and ``pipe.vace``."""
+    from accelerate import init_empty_weights
+    from diffusers import WanTransformer3DModel
+
+    c = dict(model.config)
+    dit_config = {k: v for k, v in c.items() if k not in ("vace_layers", "vace_in_channels") and not k.startswith("_")}
+    with init_empty_weights(include_buffers=False):
+        dit = WanTransformer3DModel.from_config(dit_config)
+        vace = WanVaceModel(c["vace_layers"], c["vace_in_channels"], c["patch_size"],
+                            c["num_attention_heads"] * c["attention_head_dim"], c["num_attention_heads"], c["ffn_dim"],
+                            c["eps"])
+    state = model.state_dict()
+    dit.load_state_dict({k: v for k, v in state.items() if not k.startswith("vace_")}, strict=True, assign=True)
+    vace.load_state_dict(convert.diffusers_to_wan_dit({k: v for k, v in state.items() if k.startswith("vace_")}),
+                         strict=True, assign=True)
+    return dit.eval(), vace.eval()
 
 
 def forward_with_vace(dit, vace: WanVaceModel, hidden_states: torch.Tensor, timestep: torch.Tensor,
