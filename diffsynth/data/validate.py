@@ -115,7 +115,7 @@ def _check_columns(report, records, data_file_keys, rules) -> None:
 
 
 def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived,
-               entry: DatasetEntry | None = None) -> bool:
+               entry: DatasetEntry | None = None, frame_matched: Iterable[str] = ()) -> bool:
     """Add this row's problems to the report; True when the row is usable."""
     before = len(report.problems)
     if record.error:
@@ -152,6 +152,12 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         shapes += cell_shapes
         parts.append((key, cell_shapes))
         frames += [int(s.split("x")[2]) for s in cell_shapes if key in video_keys]
+    kept = {key: int(shapes_[0].split("x")[2]) for key, shapes_ in parts if key in video_keys and len(shapes_) == 1}
+    for key in frame_matched:
+        if key in kept and "video" in kept and kept[key] < kept["video"]:
+            report.add(record, key, f"keeps {kept[key]} frames, video {kept['video']}: only the first frames are "
+                                    "conditioned (DiffSynth cuts this clip to the video's length and leaves the rest "
+                                    "unconditioned); give it at least as many frames", warning=True)
     if entry is not None and entry.masked_loss and not len(report.problems) > before:
         problem, mask = check_mask(row, base_path, data_file_keys, set(video_keys), entry.mask_column)
         if problem:
@@ -178,7 +184,8 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
 def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file_keys: list[str] | str,
                      rules: ImageRules, extra_inputs: Iterable[str] | None = None, *,
                      video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
-                     derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None) -> ValidationReport:
+                     derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None,
+                     frame_matched_keys: Iterable[str] = ()) -> ValidationReport:
     """Check every row: files exist and decode, sizes fit the family, videos have a valid frame count,
     prompt is a non-empty string, extra inputs are present. ``derived_inputs`` are extra inputs the family
     computes from other columns (Wan's ``input_image`` = first video frame), so no column is required.
@@ -202,7 +209,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
     _check_columns(report, records, data_file_keys, rules)
     for record in progress(records, desc="data check", unit="row"):  # decoding every file takes a while
         if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
-                      set(derived_inputs), entry):
+                      set(derived_inputs), entry, tuple(frame_matched_keys)):
             report.valid_records.append(record)
     report.valid_rows = len(report.valid_records)
     return report
@@ -229,7 +236,7 @@ def write_resolution_plot(report: ValidationReport, path: str | Path) -> None:
 def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out: str | Path,
                   plot_out: str | Path, *, width_factor: int | None = None, time_division_factor: int = 4,
                   time_division_remainder: int = 1, video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
-                  derived_inputs: Iterable[str] = ()) -> ValidationReport:
+                  derived_inputs: Iterable[str] = (), frame_matched_keys: Iterable[str] = ()) -> ValidationReport:
     """The validation stage's work: validate, write the metadata training uses, the report and the plot.
 
     ``size_factor`` (and ``width_factor``, default the same) and the time division come from the model
@@ -249,7 +256,8 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
                                 "metadata.csv/.json/.jsonl (or set source: folder)")
         report = validate_dataset(entry.dataset_base_path, entry.dataset_metadata_path,
                                   config.dataset.data_file_keys, rules, config.model.extra_inputs,
-                                  video_keys=video_keys, derived_inputs=derived_inputs, entry=entry)
+                                  video_keys=video_keys, derived_inputs=derived_inputs, entry=entry,
+                                  frame_matched_keys=frame_matched_keys)
         if multi:
             for record in report.valid_records:
                 record.row[DATASET_KEY] = k

@@ -28,13 +28,17 @@ class DataRules:
     time_division_remainder: int = 1
     video_keys: tuple[str, ...] = ()
     derived_inputs: tuple[str, ...] = ()
+    # control videos whose frames condition the target's frame for frame (Wan VACE's vace_video): the data check
+    # warns about a row where one keeps fewer frames than ``video``
+    frame_matched_keys: tuple[str, ...] = ()
 
     def as_kwargs(self) -> dict:
         """Keyword arguments of ``diffsynth.data.validate.check_dataset``."""
         return {"size_factor": self.size_factor, "width_factor": self.width_factor,
                 "time_division_factor": self.time_division_factor,
                 "time_division_remainder": self.time_division_remainder,
-                "video_keys": self.video_keys, "derived_inputs": self.derived_inputs}
+                "video_keys": self.video_keys, "derived_inputs": self.derived_inputs,
+                **({"frame_matched_keys": self.frame_matched_keys} if self.frame_matched_keys else {})}
 
 
 # What each kind of process holds. "full": everything (online training); "train_cached": training from the
@@ -158,6 +162,7 @@ class Family(torch.nn.Module):
     encoders: tuple[str, ...] = ("text_encoder",)  # components only encoding needs (not held when training cached)
     extra_inputs: tuple[str, ...] = ()  # model.extra_inputs values the family implements
     required_extra_inputs: tuple[str, ...] = ()
+    refused_inputs: dict = {}           # extra input -> why it is refused (what is missing): named in the error
     # ---- LoRA and checkpoint names
     lora_targets: str = ""              # DiffSynth's default --lora_target_modules of the recipe
     opensource_lora_format: str | None = None  # output.align_to_opensource_format writes this export format

@@ -28,7 +28,7 @@ from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import DataRules, Family
-from . import blocks, checkpoints, real_configs, tiny
+from . import animate, blocks, checkpoints, real_configs, tiny
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 
 # Image sides are floored to this multiple: VAE 8 x DiT patch 2. The Wan2.2 VAE (TI2V-5B) downsamples by 16,
@@ -131,6 +131,7 @@ class Wan(Family):
     text_tokens = blocks.TEXT_TOKENS
     data = DATA_RULES
     extra_inputs = ("input_image",)
+    refused_inputs = animate.REFUSED  # Wan2.2-Animate / Animate-2: named, with what they lack
     encoders = ("text_encoder", "image_encoder")
     lora_targets = LORA_TARGETS
     lora_to_original = staticmethod(lora_to_wan_names)

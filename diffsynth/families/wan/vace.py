@@ -63,7 +63,7 @@ class WanVace(Wan):
     variant_of = "wan"
     selected_by = VIDEO_KEY
     extra_inputs = (VIDEO_KEY, REFERENCE_KEY)
-    data = replace(Wan.data, video_keys=("video", VIDEO_KEY))
+    data = replace(Wan.data, video_keys=("video", VIDEO_KEY), frame_matched_keys=(VIDEO_KEY,))
     component_kinds = ()  # the VACE DiT file's kind is Wan's (checkpoints.py), so plain Wan runs detect it too
     tiny_twins = {"wan2.1-vace-1.3b": ("Wan-AI/Wan2.1-VACE-1.3B", write_tiny_vace),
                   "wan2.1-vace-1.3b-preview": ("iic/VACE-Wan2.1-1.3B-Preview", write_tiny_vace),
@@ -82,7 +82,7 @@ class WanVace(Wan):
     @classmethod
     def data_rules(cls, config=None) -> DataRules:
         base = data_rules(config) if config is not None else Wan.data
-        return replace(base, video_keys=("video", VIDEO_KEY))
+        return replace(base, video_keys=("video", VIDEO_KEY), frame_matched_keys=(VIDEO_KEY,))
 
     def __init__(self, dit, *args, **kwargs):
         vace = None
