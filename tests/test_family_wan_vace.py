@@ -60,9 +60,13 @@ def item(reference=True, vace_video=True):
     return out
 
 
-def test_vace_dit_splits_and_runs_as_diffusers_vace_model(vace_base):
+@pytest.fixture(scope="module")
+def pipe(vace_base):
+    return WanVace.load_pipeline(config(), torch.float32)
+
+
+def test_vace_dit_splits_and_runs_as_diffusers_vace_model(pipe):
     import diffusers
-    pipe = WanVace.load_pipeline(config(), torch.float32)
     assert type(pipe.dit).__name__ == "WanTransformer3DModel" and isinstance(pipe.vace, vace_model.WanVaceModel)
     assert pipe.vace.vace_layers == (0, 1)
     names = set(pipe.vace.state_dict())  # DiffSynth's VaceWanModel names
@@ -87,8 +91,7 @@ def test_vace_dit_splits_and_runs_as_diffusers_vace_model(vace_base):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_vace_conditioning_layout(vace_base):
-    pipe = WanVace.load_pipeline(config(), torch.float32)
+def test_vace_conditioning_layout(pipe):
     with_ref = pipe.encode(item())
     assert with_ref["latents"].shape == (1, 16, 4, 4, 4)  # the reference frame, then 3 video latent frames
     assert with_ref["vace_context"].shape == (1, 96, 4, 4, 4)  # 2 x 16 VAE channels + 64 mask channels
@@ -110,6 +113,7 @@ def pipe_frames(image):
     return frames_to_tensor([image])
 
 
+@pytest.mark.slow  # a short training run (tests/test_every_preset.py runs the twins through every stage)
 def test_vace_lora_trains_with_diffsynth_checkpoint_names(vace_base, clips, tmp_path):
     data = preset_params(REPO / "presets" / "tiny" / "wan2.1-vace-1.3b-lora.yaml")
     data["dataset"].update(source="local", dataset_base_path=str(clips.parent), dataset_metadata_path=str(clips))
@@ -133,30 +137,30 @@ def test_vace_lora_trains_with_diffsynth_checkpoint_names(vace_base, clips, tmp_
     assert all(k.endswith((".lora_A.default.weight", ".lora_B.default.weight")) for k in state)
 
 
-def test_data_check_knows_vace_video(vace_base, clips, tmp_path):
+def test_data_check_knows_vace_video(clips, tmp_path):
     import csv
     import shutil
 
-    from diffsynth.data.validate import validate_dataset
     from diffsynth.data.dataset import ImageRules
+    from diffsynth.data.validate import validate_dataset
     folder = tmp_path / "data"
     shutil.copytree(clips.parent, folder)
     rows = list(csv.DictReader(open(folder / "metadata.csv")))
-    rows[1]["vace_video"] = "missing.mp4"
-    short = next(r for r in rows if r is not rows[1] and "13" not in r["video"])
+    rows[1]["vace_video"] = "missing.mp4"                 # a bad row: named before training
+    rows[3]["vace_video"] = rows[0]["vace_video"]         # 17-frame target, 9-frame control: a warning
     with open(folder / "metadata.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     rules = WanVace.data_rules(config())
     assert rules.video_keys == ("video", "vace_video") and rules.frame_matched_keys == ("vace_video",)
-    report = validate_dataset(folder, folder / "metadata.csv", KEYS, ImageRules(None, 32, 32, 16, 16, 9, 4, 1),
+    report = validate_dataset(folder, folder / "metadata.csv", KEYS, ImageRules(None, 32, 32, 16, 16, 17, 4, 1),
                               "vace_video,vace_reference_image", video_keys=rules.video_keys,
                               frame_matched_keys=rules.frame_matched_keys)
     assert [(p["row"], p["column"]) for p in report.problems] == [(1, "vace_video")]
     assert report.valid_rows == len(rows) - 1
-    assert short is not None  # the built-in rows are valid and frame-matched: no warning about them
-    assert not [w for w in report.warnings if "frames" in w["reason"]]
+    short = [(w["row"], w["column"]) for w in report.warnings if "frames" in w["reason"]]
+    assert short == [(3, "vace_video")]
 
 
 def test_animate_variants_are_refused_by_name():
