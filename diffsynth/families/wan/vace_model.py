@@ -119,6 +119,8 @@ def make_config(shapes: dict, beside: dict | None) -> dict:
     """diffusers ``WanVACETransformer3DModel`` config from the file's shapes (either name prefix): the DiT's, plus
     the VACE layers (Wan-AI's config.json lists them; else the blocks are spread evenly over the DiT's layers from
     layer 0, as DiffSynth's configs have them: 1.3B 15 of 30, every 2nd; 14B 8 of 40, every 5th)."""
+    if beside and beside.get("_class_name") == "WanVACETransformer3DModel":  # diffusers' own config.json
+        return beside
     s = {re.sub(r"^model\.diffusion_model\.", "", k): tuple(v.shape) if hasattr(v, "shape") else tuple(v)
          for k, v in shapes.items()}
     config = convert.wan_dit_config({k: v for k, v in s.items() if not VACE_KEY.match(k)},
