@@ -103,6 +103,10 @@ def test_vace_conditioning_layout(pipe):
     plain = pipe.encode(item(reference=False))
     assert plain["latents"].shape == (1, 16, 3, 4, 4) and plain["vace_context"].shape == (1, 96, 3, 4, 4)
     assert torch.allclose(plain["latents"], with_ref["latents"][:, :, 1:])
+    batch = pipe.collate([with_ref, pipe.encode(item())])  # one shape bucket: a batch of two
+    assert batch["vace_context"].shape == (2, 96, 4, 4, 4)
+    with torch.no_grad():
+        assert pipe.predict(batch["latents"], torch.tensor([200.0, 700.0]), batch).shape == (2, 16, 4, 4, 4)
     no_video = pipe.encode(item(reference=False, vace_video=False))  # DiffSynth: a zero control video
     zeros = pipe.encode_video(torch.zeros(1, 3, 9, 32, 32))
     assert torch.allclose(no_video["vace_context"][:, 16:32], zeros)

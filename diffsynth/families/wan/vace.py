@@ -64,6 +64,8 @@ class WanVace(Wan):
     selected_by = VIDEO_KEY
     extra_inputs = (VIDEO_KEY, REFERENCE_KEY)
     data = replace(Wan.data, video_keys=("video", VIDEO_KEY), frame_matched_keys=(VIDEO_KEY,))
+    # DiffSynth's sft:data_process cache holds the VACE unit's output under the same name
+    diffsynth_cache_keys = {**Wan.diffsynth_cache_keys, "vace_context": "vace_context"}
     component_kinds = ()  # the VACE DiT file's kind is Wan's (checkpoints.py), so plain Wan runs detect it too
     tiny_twins = {"wan2.1-vace-1.3b": ("Wan-AI/Wan2.1-VACE-1.3B", write_tiny_vace),
                   "wan2.1-vace-1.3b-preview": ("iic/VACE-Wan2.1-1.3B-Preview", write_tiny_vace),
