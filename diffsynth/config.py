@@ -50,8 +50,10 @@ class DatasetConfig:
     builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes, "
                            "shapes_edit (reference images under the data_file_keys column beside image), "
                            "shapes_distill / moving_shapes_distill (with direct_distill's seed, rand_device, "
-                           "num_inference_steps, cfg_scale columns), or moving_shapes_conditioned (clips with "
-                           "control clips, reference images, camera moves and motion buckets)", ours=True)
+                           "num_inference_steps, cfg_scale columns), moving_shapes_conditioned (clips with "
+                           "control clips, reference images, camera moves and motion buckets), or "
+                           "moving_shapes_control (control videos / reference images under the data_file_keys "
+                           "columns beside video)", ours=True)
     modelscope_dataset_id: str = _f("", "ModelScope dataset id when source=modelscope", ours=True)
     modelscope_include: str = _f("", "comma list of file globs to download from the ModelScope dataset "
                                      "(modelscope download --include); empty: all files", ours=True)

@@ -146,6 +146,9 @@ def model_entries(config: Config) -> list[Entry]:
             entries.append(Entry(c.source_string, name, REAL_MODELS[name]["component"], build_meta(name)))
     if not entries:
         raise ConfigError("No models given: set model.model_paths and/or model.model_id_with_origin_paths")
+    spec = spec_for(config)  # one file may hold two pipeline models (Wan VACE: dit and vace)
+    entries = [Entry(e.source, e.architecture, part, module) for e in entries
+               for part, module in spec.split_module(e.component, e.module).items()]
     seen: dict[str, str] = {}
     for e in entries:
         if e.component in seen:

@@ -285,11 +285,27 @@ def as_checkpoint(name: str, shapes: dict) -> dict:
     return shapes
 
 
+def wan_vace_dit(c: dict) -> dict:
+    """The Wan-AI VACE file: the DiT plus vace_blocks.N (a DiT block, before_proj on block 0, after_proj) and
+    vace_patch_embedding, in the original names."""
+    s = wan_dit(c)
+    dim = c["num_attention_heads"] * c["attention_head_dim"]
+    block = {k[len("blocks.0."):]: v for k, v in wan_dit({**c, "num_layers": 1}).items() if k.startswith("blocks.0.")}
+    for n in range(len(c["vace_layers"])):
+        s.update({f"vace_blocks.{n}.{k}": v for k, v in block.items()})
+        for proj in ("before_proj", "after_proj") if n == 0 else ("after_proj",):
+            s[f"vace_blocks.{n}.{proj}.weight"], s[f"vace_blocks.{n}.{proj}.bias"] = (dim, dim), (dim,)
+    s["vace_patch_embedding.weight"] = (dim, c["vace_in_channels"], *c["patch_size"])
+    s["vace_patch_embedding.bias"] = (dim,)
+    return s
+
+
 ORIGINAL = {"flux.1-dev-dit": ("bfl", bfl_flux_dit), "flux.1-dev-vae": ("bfl", bfl_ae),
             "wan2.1-t2v-1.3b-dit": ("wan", wan_dit), "wan2.1-t2v-14b-dit": ("wan", wan_dit),
             "wan2.1-i2v-14b-dit": ("wan", wan_dit), "wan2.2-ti2v-5b-dit": ("wan", wan_dit),
             "wan2.2-t2v-a14b-dit": ("wan", wan_dit), "wan2.1-vae": ("wan", wan_vae), "wan2.2-vae": ("wan", wan_vae),
-            "umt5-xxl": ("wan", wan_t5), "wan2.1-clip": ("wan", wan_clip)}
+            "umt5-xxl": ("wan", wan_t5), "wan2.1-clip": ("wan", wan_clip),
+            "wan2.1-vace-1.3b-dit": ("wan", wan_vace_dit), "wan2.1-vace-14b-dit": ("wan", wan_vace_dit)}
 # released only in original names (Wan-AI .pth / DiffSynth's converted safetensors) or only in HF names
 ONLY_ORIGINAL = {"wan2.1-vae", "wan2.2-vae", "umt5-xxl", "wan2.1-clip"}
 

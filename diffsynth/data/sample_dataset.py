@@ -76,12 +76,19 @@ def _moving_shapes_conditioned(out_dir):
     return build_moving_shapes_conditioned_dataset(out_dir)
 
 
+def _moving_shapes_control(out_dir, keys=("control_video",)):
+    from .sample_video import build_moving_shapes_control_dataset
+
+    return build_moving_shapes_control_dataset(out_dir, keys)
+
+
 # name -> builder(out_dir) returning the written metadata file
 BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes,
                     "shapes_edit": build_shapes_edit_dataset,
                     "shapes_distill": lambda out_dir: with_distill_columns(build_shapes_dataset(out_dir)),
                     "moving_shapes_distill": lambda out_dir: with_distill_columns(_moving_shapes(out_dir)),
-                    "moving_shapes_conditioned": _moving_shapes_conditioned}
+                    "moving_shapes_conditioned": _moving_shapes_conditioned,
+                    "moving_shapes_control": _moving_shapes_control}
 
 
 def build_builtin(name: str, out_dir: str | Path, data_file_keys: str = "") -> Path:
@@ -93,4 +100,7 @@ def build_builtin(name: str, out_dir: str | Path, data_file_keys: str = "") -> P
     if name == "shapes_edit":
         keys = [k.strip() for k in str(data_file_keys or "").split(",") if k.strip() not in ("", "image", "video")]
         return build_shapes_edit_dataset(out_dir, key=keys[0] if keys else "edit_image")
+    if name == "moving_shapes_control":  # its conditioning columns are the file keys beside video
+        keys = [k.strip() for k in str(data_file_keys or "").split(",") if k.strip() not in ("", "image", "video")]
+        return _moving_shapes_control(out_dir, tuple(keys) or ("control_video",))
     return BUILTIN_DATASETS[name](out_dir)

@@ -99,3 +99,39 @@ def build_moving_shapes_conditioned_dataset(out_dir: str | Path, size: int = 64)
                              "camera_control_speed", "motion_bucket_id"])
             writer.writerows(rows)
     return out_dir / "metadata.csv"
+
+
+def build_moving_shapes_control_dataset(out_dir: str | Path, keys: tuple[str, ...] = ("control_video",),
+                                        size: int = 64) -> Path:
+    """The moving-shapes clips with conditioning columns beside ``video`` (Wan's control/reference variants): a
+    column named ``*video`` gets the clip's silhouette (white shape on black, same frames: a control video), any
+    other column a still of the shape on the clip's background (a reference image). ``metadata.csv``:
+    video,<keys...>,prompt; the target clips and prompts are those of :func:`build_moving_shapes_dataset`."""
+    out_dir = Path(out_dir)
+    shapes = ("circle", "square", "triangle", "cross")
+    with staged_dir(out_dir) as tmp:
+        rows, k = [], 0
+        for motion_name, motion in MOTIONS.items():
+            for colour_name, colour in COLOURS.items():
+                shape, n = shapes[k % len(shapes)], CLIP_FRAMES[k % len(CLIP_FRAMES)]
+                bg_name = "white" if k % 2 == 0 else "black"
+                stem = f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}"
+                write_mp4(tmp / f"{stem}.mp4", moving_shape_frames(shape, colour, BACKGROUNDS[bg_name], motion, n, size))
+                row = [f"{stem}.mp4"]
+                for key in keys:
+                    if key.endswith("video"):
+                        write_mp4(tmp / f"{stem}_{key}.mp4", moving_shape_frames(
+                            shape, (255, 255, 255), (0, 0, 0), motion, n, size))
+                        row.append(f"{stem}_{key}.mp4")
+                    else:
+                        still = Image.new("RGB", (size, size), BACKGROUNDS[bg_name])
+                        still.paste(draw_shape(shape, colour, BACKGROUNDS[bg_name], size // 2), (size // 4, size // 4))
+                        still.save(tmp / f"{stem}_{key}.png")
+                        row.append(f"{stem}_{key}.png")
+                rows.append((*row, f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background"))
+                k += 1
+        with open(tmp / "metadata.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["video", *keys, "prompt"])
+            writer.writerows(rows)
+    return out_dir / "metadata.csv"

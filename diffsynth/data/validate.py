@@ -128,7 +128,7 @@ def _value_problem(key: str, value, kind) -> str | None:
 
 
 def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived,
-               entry: DatasetEntry | None = None, value_inputs=()) -> bool:
+               entry: DatasetEntry | None = None, value_inputs=(), frame_matched: Iterable[str] = ()) -> bool:
     """Add this row's problems to the report; True when the row is usable."""
     before = len(report.problems)
     if record.error:
@@ -171,6 +171,12 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         parts.append((key, cell_shapes))
         frames += [int(s.split("x")[2]) for s in cell_shapes if key in video_keys]
     counts = {key: int(s.split("x")[2]) for key, cell in parts if key in video_keys for s in cell}
+    for key in frame_matched:  # DiffSynth cuts such a clip to the video's length: fewer frames only warn
+        if key in counts and "video" in counts and counts[key] < counts["video"]:
+            report.add(record, key, f"keeps {counts[key]} frames, video {counts['video']}: only the first frames are "
+                                    "conditioned (DiffSynth cuts this clip to the video's length and leaves the rest "
+                                    "unconditioned); give it at least as many frames", warning=True)
+    counts = {k: n for k, n in counts.items() if k not in frame_matched}
     if len(set(counts.values())) > 1:  # a control clip conditions the video frame by frame
         report.add(record, ",".join(counts), "the row's videos give different frame counts (" + ", ".join(
             f"{k}: {n}" for k, n in counts.items()) + f") at num_frames {rules.num_frames}: they must be equal; "
@@ -202,7 +208,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
                      rules: ImageRules, extra_inputs: Iterable[str] | None = None, *,
                      video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
                      derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None,
-                     value_inputs=()) -> ValidationReport:
+                     value_inputs=(), frame_matched_keys: Iterable[str] = ()) -> ValidationReport:
     """Check every row: files exist and decode, sizes fit the family, videos have a valid frame count,
     prompt is a non-empty string, extra inputs are present. ``derived_inputs`` are extra inputs the family
     computes from other columns (Wan's ``input_image`` = first video frame), so no column is required.
@@ -226,7 +232,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
     _check_columns(report, records, data_file_keys, rules)
     for record in progress(records, desc="data check", unit="row"):  # decoding every file takes a while
         if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
-                      set(derived_inputs), entry, value_inputs):
+                      set(derived_inputs), entry, value_inputs, tuple(frame_matched_keys)):
             report.valid_records.append(record)
     report.valid_rows = len(report.valid_records)
     return report
@@ -253,7 +259,8 @@ def write_resolution_plot(report: ValidationReport, path: str | Path) -> None:
 def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out: str | Path,
                   plot_out: str | Path, *, width_factor: int | None = None, time_division_factor: int = 4,
                   time_division_remainder: int = 1, video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
-                  derived_inputs: Iterable[str] = (), value_inputs=()) -> ValidationReport:
+                  derived_inputs: Iterable[str] = (), value_inputs=(),
+                  frame_matched_keys: Iterable[str] = ()) -> ValidationReport:
     """The validation stage's work: validate, write the metadata training uses, the report and the plot.
 
     ``size_factor`` (and ``width_factor``, default the same) and the time division come from the model
@@ -274,7 +281,7 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
         report = validate_dataset(entry.dataset_base_path, entry.dataset_metadata_path,
                                   config.dataset.data_file_keys, rules, config.model.extra_inputs,
                                   video_keys=video_keys, derived_inputs=derived_inputs, entry=entry,
-                                  value_inputs=value_inputs)
+                                  value_inputs=value_inputs, frame_matched_keys=frame_matched_keys)
         if multi:
             for record in report.valid_records:
                 record.row[DATASET_KEY] = k

@@ -35,7 +35,8 @@ class ExportResult:
 def base_model(configs: list, family, component: str, dtype: torch.dtype = torch.float32):
     """(the trained component on meta, a function loading it with its weights) among fetched model entries."""
     from ..models.components import detect, empty_component, load_component
-    family = family_spec(family).model_family
+    spec = family_spec(family)
+    family, component = spec.model_family, spec.component_of(component)  # the entry holding the trained model
     meta = empty_component(configs, family, component)
 
     def load() -> torch.nn.Module:  # reads only the trained component, and only when an export needs weights
@@ -97,6 +98,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
         model = load_base()
         record = {}
         if full_state:
+            full_state = to_loaded_names(full_state, model, layouts_of(spec))
             record["full_tensors"] = load_full_weights(model, full_state, str(checkpoint))
         if merge and lora_state and kind != "lora":
             with torch.no_grad():
@@ -144,6 +146,22 @@ def _export_adapter(result: ExportResult, state: dict, kind: str, formats: list[
         result.files[fmt] = path
         result.compat["formats"][fmt] = {"file": str(path), **record}
     return modules
+
+
+def to_loaded_names(state: dict, model: torch.nn.Module, layouts) -> dict:
+    """A full fine-tune's tensors in an original / DiffSynth layout (Wan VACE: ``vace_blocks.N.self_attn.q``) back
+    to ``model``'s names, by the family's pure renames; tensors already in the loaded names pass unchanged."""
+    own = model.state_dict()
+    if all(k in own for k in state):
+        return state
+    names = {}
+    for layout in layouts:
+        try:
+            names.update({str(orig): loaded for orig, loaded in layout({k: k for k in own}).items()
+                          if isinstance(loaded, str)})
+        except (TypeError, AttributeError, ValueError, RuntimeError):  # a converter that reshapes tensors
+            continue
+    return {names.get(k, k) if k not in own else k: v for k, v in state.items()}
 
 
 def export_lora(checkpoint: str | Path, out_file: str | Path, fmt: str = "diffusers", family=None,

@@ -30,6 +30,9 @@ class DataRules:
     derived_inputs: tuple[str, ...] = ()
     # extra inputs that are plain values, and what they must be: ("name", "number") or ("name", (choices...))
     value_inputs: tuple = ()
+    # control videos whose frames condition the target's frame for frame (Wan VACE's vace_video): the data check
+    # warns about a row where one keeps fewer frames than ``video``
+    frame_matched_keys: tuple[str, ...] = ()
 
     def as_kwargs(self) -> dict:
         """Keyword arguments of ``diffsynth.data.validate.check_dataset``."""
@@ -37,7 +40,8 @@ class DataRules:
                 "time_division_factor": self.time_division_factor,
                 "time_division_remainder": self.time_division_remainder,
                 "video_keys": self.video_keys, "derived_inputs": self.derived_inputs,
-                **({"value_inputs": self.value_inputs} if self.value_inputs else {})}
+                **({"value_inputs": self.value_inputs} if self.value_inputs else {}),
+                **({"frame_matched_keys": self.frame_matched_keys} if self.frame_matched_keys else {})}
 
 
 # What each kind of process holds. "full": everything (online training); "train_cached": training from the
@@ -162,6 +166,7 @@ class Family(torch.nn.Module):
     extra_inputs: tuple[str, ...] = ()  # model.extra_inputs values the family implements
     noise_in_model_dtype: bool = False  # DiffSynth draws seeded noise in the model dtype (else float32), then casts
     required_extra_inputs: tuple[str, ...] = ()
+    refused_inputs: dict = {}           # extra input -> why it is refused (what is missing): named in the error
     # ---- LoRA and checkpoint names
     lora_targets: str = ""              # DiffSynth's default --lora_target_modules of the recipe
     opensource_lora_format: str | None = None  # output.align_to_opensource_format writes this export format
@@ -219,6 +224,17 @@ class Family(torch.nn.Module):
         """Modules of ``model`` (the pipeline's ``model_name``) whose output the loss never uses: they get no
         gradient and make DDP fail without ``find_unused_parameters``, so LoRA is not put on them."""
         return []
+
+    @classmethod
+    def split_module(cls, component: str, module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """The pipeline models one loaded model entry holds (the memory plan asks, on the meta device): itself,
+        except where one file holds two of DiffSynth's models (Wan VACE: ``dit`` and ``vace``)."""
+        return {component: module}
+
+    @classmethod
+    def component_of(cls, model_name: str) -> str:
+        """The model entry (detected component) a pipeline model is loaded from: exports check against it."""
+        return model_name
 
     @classmethod
     def lora_targets_for(cls, model_name: str, model: torch.nn.Module, targets) -> "str | list[str]":

@@ -90,6 +90,9 @@ def check_extra_inputs(config) -> type:
     wanted = split_inputs(config.model.extra_inputs)
     task_inputs = TASK_EXTRA_INPUTS.get(config.train.task, ())  # read by the task's loss, in every family
     unknown = [k for k in wanted if k not in spec.extra_inputs and k not in task_inputs]
+    refused = dict.fromkeys(spec.refused_inputs[k] for k in unknown if k in spec.refused_inputs)
+    if refused:  # a variant of the family that is not implemented: say which, and what it lacks
+        raise ConfigError(" ".join(refused))
     if unknown:
         supported = ", ".join(spec.extra_inputs) or "none"
         them = "it" if len(unknown) == 1 else "them"

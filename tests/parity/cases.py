@@ -135,3 +135,20 @@ VAE_CASES = {
                           "is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2,
                           "scale_factor_spatial": 16, "scale_factor_temporal": 4}},
 }
+
+# Wan VACE (Wan2.1-VACE-1.3B): the DiT at real width with two blocks, the VACE branch with two blocks (hints after DiT
+# blocks 0 and 1), the Wan2.1 VAE at its real config for the conditioning tensors; 5-frame 32x32 clips
+VACE_CASES = {
+    "wan2.1-vace-1.3b": {
+        "ours": {"patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128, "in_channels": 16,
+                 "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960, "num_layers": 2,
+                 "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": None,
+                 "added_kv_proj_dim": None, "rope_max_seq_len": 1024, "vace_layers": [0, 1], "vace_in_channels": 96},
+        "reference": {"has_image_input": False, "patch_size": [1, 2, 2], "in_dim": 16, "dim": 1536, "ffn_dim": 8960,
+                      "freq_dim": 256, "text_dim": 4096, "out_dim": 16, "num_heads": 12, "num_layers": 2,
+                      "eps": 1e-6},
+        "vace": {"vace_layers": [0, 1], "vace_in_dim": 96, "patch_size": [1, 2, 2], "has_image_input": False,
+                 "dim": 1536, "num_heads": 12, "ffn_dim": 8960, "eps": 1e-6},
+        "frames": 5, "size": 32, "prompt": [1, 7, 4096], "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+}

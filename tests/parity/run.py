@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from cases import DISTILL_STEPS, DIT_CASES, VAE_CASES  # noqa: E402
+from cases import DISTILL_STEPS, DIT_CASES, VACE_CASES, VAE_CASES  # noqa: E402
 
 # Qwen-Image's MLP: DiffSynth uses x*sigmoid(1.702x), diffusers (and the official model) tanh-GELU. The gap grows
 # with the activations' size (~1.5e-4 relative measured on a realistic block, ~2e-3 on these random weights); the
@@ -29,7 +29,7 @@ DEFAULT_TOLERANCE = 1e-4
 
 
 def run(python: str, script: str, *args: str, **extra_env: str) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO) if script == "ours.py" else "", **extra_env)
+    env = dict(os.environ, PYTHONPATH=str(REPO) if script.startswith("ours") else "", **extra_env)
     done = subprocess.run([python, str(HERE / script), *args], env=env, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{script} {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
@@ -100,6 +100,43 @@ def dit_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -
     table.add(name, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], tol)
 
 
+def vace_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """Wan VACE: the conditioning its units build from the same clips, the DiT + VACE forward and loss on them,
+    and DiffSynth's loaders on our LoRA on pipe.vace (ours_vace.py / reference_vace.py)."""
+    import json
+    run(ours_py, "ours_vace.py", "vace", name, str(folder))
+    run(ref_py, "reference_vace.py", "vace", name, str(folder))
+    run(ours_py, "ours_vace.py", "load", name, str(folder))
+    ours, ref = load_file(str(folder / "ours.safetensors")), load_file(str(folder / "reference.safetensors"))
+    load = load_file(str(folder / "ours_load.safetensors"))
+    tol, case = DEFAULT_TOLERANCE, f"vace {name}"
+    table.add(case, "target latents [reference frame, video] (encode)", ours["latents"], ref["latents"], tol)
+    table.add(case, "vace_context (VAE of inactive/reactive video, mask, reference)", ours["vace_context"],
+              ref["vace_context"], tol)
+    table.add(case, "DiT + VACE prediction (training forward)", ours["pred"], ref["pred"], tol)
+    table.add(case, "training loss (weighted MSE)", ours["loss"], ref["loss"], tol)
+    for label, title in (("our_ckpt", "our training ckpt"), ("our_export", "our `diffsynth` export")):
+        found, total = (int(x) for x in ref[f"{label}_found"].tolist())
+        loader = "GeneralLoRALoader" if label == "our_ckpt" else "pipe.load_lora(pipe.vace)"
+        table.count(case, f"{title}: modules its {loader} fuses", found, total)
+        table.add(case, f"{title}: output change", ref[f"pred_{label}"] - ref["pred"], ours["pred_lora"] - ours["pred"],
+                  tol)
+    ours_names = json.loads((folder / "our_full_names.json").read_text())
+    ref_names = json.loads((folder / "reference_full_names.json").read_text())
+    same = sum(1 for k, v in ref_names.items() if ours_names.get(k) == v)
+    table.count(case, "full fine-tune: its VaceWanModel tensors named and shaped as ours", same,
+                max(len(ref_names), len(ours_names)))
+    compat = json.loads((folder / "our_export_compat.json").read_text())
+    for fmt, record in compat["formats"].items():
+        table.count(case, f"export {fmt}: modules matched on WanVACETransformer3DModel", record["matched_modules"],
+                    record["matched_modules"] + record["unmatched_modules"])
+    table.count(case, f"DiffSynth-trained ckpt: modules we read (into {int(load['loaded_modules'].item())} of ours)",
+                int(load["read_modules"].item()), int(ref["ds_modules"].item()))
+    table.add(case, "DiffSynth-trained ckpt: prediction (lora_checkpoint)", load["pred_ds_lora"], ref["pred_ds_lora"],
+              tol)
+    table.add(case, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], tol)
+
+
 def vae_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
     run(ours_py, "ours.py", "vae", name, str(folder))
     run(ref_py, "reference.py", "vae", name, str(folder))
@@ -155,6 +192,10 @@ def main() -> None:
             if not args.only or name in args.only:
                 (Path(tmp) / name).mkdir()
                 dit_case(name, args.python, args.reference_python, Path(tmp) / name, table)
+        for name in VACE_CASES:
+            if not args.only or f"vace-{name}" in args.only or "vace" in args.only:
+                (Path(tmp) / f"vace-{name}").mkdir()
+                vace_case(name, args.python, args.reference_python, Path(tmp) / f"vace-{name}", table)
         for name in VAE_CASES:
             if not args.only or f"vae-{name}" in args.only:
                 (Path(tmp) / f"vae-{name}").mkdir()

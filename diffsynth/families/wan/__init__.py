@@ -9,11 +9,13 @@ from ..registry import register
 from .fun import WanFirstLastFrame, WanFunCamera, WanFunControl
 from .pipeline import Wan
 from .speed import WanSpeedControl
+from .vace import WanVace
 
 register(Wan)
 register(WanFirstLastFrame)
 register(WanFunControl)
 register(WanFunCamera)
 register(WanSpeedControl)
+register(WanVace)
 
-__all__ = ["Wan", "WanFirstLastFrame", "WanFunControl", "WanFunCamera", "WanSpeedControl"]
+__all__ = ["Wan", "WanFirstLastFrame", "WanFunControl", "WanFunCamera", "WanSpeedControl", "WanVace"]

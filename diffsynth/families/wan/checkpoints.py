@@ -6,7 +6,7 @@ import torch
 
 from ...models.components import (ComponentKind, beside_or, diffusers_class, is_5d, is_umt5, t5_config,
                                   transformers_class)
-from . import convert
+from . import convert, vace_model
 from .fun_dit import build_dit
 
 FAMILY = "wan"
@@ -33,6 +33,14 @@ def _not_another_vae(shapes, beside) -> bool:
 
 
 KINDS = (
+    # a VACE DiT file (Wan2.1-VACE, Wan2.2-VACE-Fun): the DiT and its VACE branch, loaded as diffusers' VACE model,
+    # which the VACE pipeline splits into pipe.dit and pipe.vace (vace_model.py); before the plain DiT kind, which
+    # matches it too
+    ComponentKind("wan_vace_dit_original", FAMILY, "dit", "wan",
+                  (r"^(model\.diffusion_model\.)?vace_blocks\.\d+\.(self_attn|cross_attn)\.",),
+                  vace_model.make_config, diffusers_class("WanVACETransformer3DModel"), vace_model.to_model_keys),
+    ComponentKind("wan_vace_dit", FAMILY, "dit", "diffusers", (r"^vace_blocks\.\d+\.attn[12]\.",),
+                  vace_model.make_config, diffusers_class("WanVACETransformer3DModel")),
     ComponentKind("wan_dit_original", FAMILY, "dit", "wan",
                   (r"^(model\.diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.",
                    r"^(model\.diffusion_model\.)?head\.head\.", r"^(model\.diffusion_model\.)?time_projection\."),

@@ -38,6 +38,8 @@ _BLOCK = {"self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v
           "cross_attn.k_img": "attn2.add_k_proj", "cross_attn.v_img": "attn2.add_v_proj",
           "cross_attn.norm_k_img": "attn2.norm_added_k", "norm3": "norm2", "ffn.0": "ffn.net.0.proj",
           "ffn.2": "ffn.net.2"}
+# VACE blocks (``vace_blocks.N.``: a DiT block plus these; diffusers' WanVACETransformerBlock names them proj_in/out)
+_VACE_PROJ = {"before_proj": "proj_in", "after_proj": "proj_out"}
 
 
 def _strip(sd: dict) -> dict:
@@ -48,11 +50,11 @@ def wan_dit_to_diffusers(sd: dict) -> dict:
     out = {}
     for key, value in _strip(sd).items():
         new = key
-        if m := re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", key):
-            if m[2] in _BLOCK:
-                new = f"blocks.{m[1]}.{_BLOCK[m[2]]}.{m[3]}"
-        elif m := re.match(r"blocks\.(\d+)\.modulation$", key):
-            new = f"blocks.{m[1]}.scale_shift_table"
+        if m := re.match(r"((?:vace_)?blocks)\.(\d+)\.(.+)\.(weight|bias)$", key):
+            if m[3] in _BLOCK or m[3] in _VACE_PROJ:
+                new = f"{m[1]}.{m[2]}.{_BLOCK.get(m[3]) or _VACE_PROJ[m[3]]}.{m[4]}"
+        elif m := re.match(r"((?:vace_)?blocks)\.(\d+)\.modulation$", key):
+            new = f"{m[1]}.{m[2]}.scale_shift_table"
         elif key == "head.modulation":
             new = "scale_shift_table"
         else:
@@ -65,15 +67,15 @@ def wan_dit_to_diffusers(sd: dict) -> dict:
 
 
 def diffusers_to_wan_dit(sd: dict) -> dict:
-    inv_block = {v: k for k, v in _BLOCK.items()}
+    inv_block = {v: k for k, v in {**_BLOCK, **_VACE_PROJ}.items()}
     out = {}
     for key, value in sd.items():
         new = key
-        if m := re.match(r"blocks\.(\d+)\.(.+)\.(weight|bias)$", key):
-            if m[2] in inv_block:
-                new = f"blocks.{m[1]}.{inv_block[m[2]]}.{m[3]}"
-        elif m := re.match(r"blocks\.(\d+)\.scale_shift_table$", key):
-            new = f"blocks.{m[1]}.modulation"
+        if m := re.match(r"((?:vace_)?blocks)\.(\d+)\.(.+)\.(weight|bias)$", key):
+            if m[3] in inv_block:
+                new = f"{m[1]}.{m[2]}.{inv_block[m[3]]}.{m[4]}"
+        elif m := re.match(r"((?:vace_)?blocks)\.(\d+)\.scale_shift_table$", key):
+            new = f"{m[1]}.{m[2]}.modulation"
         elif key == "scale_shift_table":
             new = "head.modulation"
         else:

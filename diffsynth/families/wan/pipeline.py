@@ -28,7 +28,7 @@ from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import DataRules, Family
-from . import blocks, checkpoints, real_configs, tiny
+from . import animate, blocks, checkpoints, real_configs, tiny
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 
 # Image sides are floored to this multiple: VAE 8 x DiT patch 2. The Wan2.2 VAE (TI2V-5B) downsamples by 16,
@@ -131,6 +131,7 @@ class Wan(Family):
     text_tokens = blocks.TEXT_TOKENS
     data = DATA_RULES
     extra_inputs = ("input_image",)
+    refused_inputs = animate.REFUSED  # Wan2.2-Animate / Animate-2: named, with what they lack
     encoders = ("text_encoder", "image_encoder")
     lora_targets = LORA_TARGETS
     lora_to_original = staticmethod(lora_to_wan_names)
@@ -183,6 +184,9 @@ class Wan(Family):
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32,
                  wanted_inputs: tuple[str, ...] = (), text_encoder_cached: bool = False):
+        if hasattr(dit, "vace_blocks"):  # a VACE DiT file (vace.py splits it; a plain Wan run would ignore the branch)
+            raise ConfigError("This Wan DiT file holds VACE blocks: set model.extra_inputs: vace_video,"
+                              "vace_reference_image (DiffSynth's VACE recipes) to train it")
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
                          tokenizer=tokenizer)
         self.wanted_inputs = tuple(wanted_inputs)  # the configured extra inputs

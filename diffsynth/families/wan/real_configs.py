@@ -88,10 +88,12 @@ WEIGHT_FILES: dict[str, tuple[str, ...]] = {
                             "Wan-AI/Wan2.2-T2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors"),
     "wan2.2-i2v-a14b-dit": ("Wan-AI/Wan2.2-I2V-A14B:high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors",
                             "Wan-AI/Wan2.2-I2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors"),
-    "wan2.1-vae": ("Wan-AI/*:Wan2.1_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors"),
+    "wan2.1-vae": ("Wan-AI/*:Wan2.1_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors",
+                   "iic/*:Wan2.1_VAE.pth"),  # iic/VACE-Wan2.1-1.3B-Preview ships the same files
     "wan2.2-vae": ("Wan-AI/*:Wan2.2_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.2_VAE.safetensors"),
     "umt5-xxl": ("Wan-AI/*:models_t5_umt5-xxl-enc-bf16.pth",
-                 "DiffSynth-Studio/Wan-Series-Converted-Safetensors:models_t5_umt5-xxl-enc-bf16.safetensors"),
+                 "DiffSynth-Studio/Wan-Series-Converted-Safetensors:models_t5_umt5-xxl-enc-bf16.safetensors",
+                 "iic/*:models_t5_umt5-xxl-enc-bf16.pth"),
     "wan2.1-clip": ("Wan-AI/*:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
                     "DiffSynth-Studio/Wan-Series-Converted-Safetensors:"
                     "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors"),

@@ -1,0 +1,121 @@
+"""DiffSynth-Studio's side of the Wan VACE parity rows (``python reference_vace.py CASE DIR``, parity venv only).
+
+Loads the files ours_vace.py wrote through DiffSynth's own converters into its ``WanModel`` and ``VaceWanModel``
+and its ``WanVideoVAE``; runs its ``WanVideoUnit_VACE`` and ``WanVideoUnit_InputVideoEmbedder`` on the same PNG
+clips (the conditioning tensors and the target latents with the reference frame), then ``FlowMatchSFTLoss`` /
+``model_fn_wan_video`` at our grid point and noise; fuses our LoRA checkpoint (``GeneralLoRALoader``) and our
+``diffsynth`` export (``pipe.load_lora(pipe.vace, ...)``) into its pipe.vace; writes a LoRA checkpoint as its trainer
+does (``add_lora_to_model`` on pipe.vace) for ours_vace.py to load; and its VaceWanModel's tensor names.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cases import RANK, TIMESTEP_ID, VACE_CASES  # noqa: E402
+from reference import consumed  # noqa: E402  (also checks that this is DiffSynth-Studio's diffsynth)
+
+from diffsynth.diffusion.loss import FlowMatchSFTLoss  # noqa: E402
+from diffsynth.diffusion.training_module import DiffusionTrainingModule  # noqa: E402
+from diffsynth.models.wan_video_dit import WanModel  # noqa: E402
+from diffsynth.models.wan_video_vace import VaceWanModel  # noqa: E402
+from diffsynth.models.wan_video_vae import WanVideoVAE  # noqa: E402
+from diffsynth.pipelines.wan_video import (WanVideoPipeline, WanVideoUnit_InputVideoEmbedder,  # noqa: E402
+                                           WanVideoUnit_VACE)
+from diffsynth.utils.lora.general import GeneralLoRALoader  # noqa: E402
+from diffsynth.utils.state_dict_converters.wan_video_dit import WanVideoDiTStateDictConverter  # noqa: E402
+from diffsynth.utils.state_dict_converters.wan_video_vace import VaceWanModelDictConverter  # noqa: E402
+from diffsynth.utils.state_dict_converters.wan_video_vae import WanVideoVAEStateDictConverter  # noqa: E402
+
+
+def strict(model, state: dict, what: str) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise SystemExit(f"{what}: missing={missing[:5]} unexpected={unexpected[:5]}")
+
+
+def build(case: dict, folder: Path) -> WanVideoPipeline:
+    pipe = WanVideoPipeline(device="cpu", torch_dtype=torch.float32)
+    file = load_file(str(folder / "vace_dit.safetensors"))
+    dit, vace = WanModel(**case["reference"]), VaceWanModel(**{**case["vace"],
+                                                                 "vace_layers": tuple(case["vace"]["vace_layers"])})
+    strict(dit, WanVideoDiTStateDictConverter(file), "its DiT converter")
+    strict(vace, VaceWanModelDictConverter(file), "its VACE converter")
+    vae = WanVideoVAE()
+    own = vae.state_dict()
+    converted = WanVideoVAEStateDictConverter(load_file(str(folder / "vae.safetensors")))
+    vae.load_state_dict({k: v for k, v in converted.items() if k in own}, strict=False)
+    pipe.dit, pipe.vace, pipe.vae = dit.eval(), vace.eval(), vae.eval()
+    pipe.scheduler.set_timesteps(1000, training=True)
+    return pipe
+
+
+def loss_and_pred(pipe, inputs: dict, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    captured, model_fn = {}, pipe.model_fn
+
+    def spy(**kwargs):
+        captured["pred"] = result = model_fn(**kwargs)
+        return result
+    pipe.model_fn = spy
+    with torch.no_grad(), mock.patch("torch.randint", lambda *a, **k: torch.tensor([TIMESTEP_ID])), \
+            mock.patch("torch.randn_like", lambda x: noise.clone()):
+        loss = FlowMatchSFTLoss(pipe, **dict(inputs))
+    pipe.model_fn = model_fn
+    return captured["pred"], loss.reshape(1).float()
+
+
+def cmd_vace(name: str, folder: Path) -> None:
+    case = VACE_CASES[name]
+    pipe = build(case, folder)
+    n, size = case["frames"], case["size"]
+    frames = lambda key: [Image.open(folder / f"{key}_{i}.png").convert("RGB") for i in range(n)]  # noqa: E731
+    reference = Image.open(folder / "vace_reference_image.png").convert("RGB")
+    with torch.no_grad():
+        vace = WanVideoUnit_VACE().process(pipe, frames("vace_video"), None, reference, 1.0, size, size, n,
+                                           False, (34, 34), (18, 16))
+        embedded = WanVideoUnit_InputVideoEmbedder().process(pipe, frames("video"), None, False, (34, 34), (18, 16),
+                                                             reference, False, None, None)
+    ours = load_file(str(folder / "ours.safetensors"))
+    prompt_emb = load_file(str(folder / "prompt.safetensors"))["prompt_emb"]
+    results = {"latents": embedded["input_latents"], "vace_context": vace["vace_context"]}
+    inputs = {"input_latents": embedded["input_latents"], "context": prompt_emb, "vace_context": vace["vace_context"],
+              "vace_scale": 1.0}
+    results["pred"], results["loss"] = loss_and_pred(pipe, inputs, ours["noise"])
+    base = {k: v.clone() for k, v in pipe.vace.state_dict().items()}
+    for label, file in (("our_ckpt", folder / "our_ckpt.safetensors"),
+                        ("our_export", folder / "export" / "lora_diffsynth.safetensors")):
+        state = load_file(str(file))
+        if label == "our_ckpt":  # its trainer's names (`.default.`): the general loader, as --lora_checkpoint reads it
+            found, total = consumed(pipe, pipe.vace, state, GeneralLoRALoader)
+            GeneralLoRALoader(torch_dtype=pipe.torch_dtype, device=pipe.device).fuse_lora_to_base_model(pipe.vace, state)
+        else:  # the export, as `pipe.load_lora(pipe.vace, file)` at inference
+            found, total = consumed(pipe, pipe.vace, state, pipe.lora_loader)
+            pipe.load_lora(pipe.vace, state_dict=dict(state), verbose=0)
+        results[f"{label}_found"] = torch.tensor([float(found), float(total)])
+        results[f"pred_{label}"], _ = loss_and_pred(pipe, inputs, ours["noise"])
+        pipe.vace.load_state_dict(base)
+    names = {k: list(v.shape) for k, v in pipe.vace.state_dict().items()}
+    (folder / "reference_full_names.json").write_text(json.dumps(names))
+    # a LoRA checkpoint as its trainer writes one for --lora_base_model vace (prefix pipe.vace. removed)
+    DiffusionTrainingModule().add_lora_to_model(pipe.vace, target_modules=case["targets"].split(","), lora_rank=RANK)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for k, p in pipe.vace.named_parameters():
+            if ".lora_" in k:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, inputs, ours["noise"])
+    ckpt = {k: p.detach().contiguous() for k, p in pipe.vace.named_parameters() if p.requires_grad}
+    save_file(ckpt, str(folder / "ds_ckpt.safetensors"))
+    results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
+    save_file({k: v.float().contiguous() for k, v in results.items()}, str(folder / "reference.safetensors"))
+
+
+if __name__ == "__main__":
+    cmd_vace(sys.argv[2], Path(sys.argv[3]))
