@@ -117,6 +117,21 @@ class Flux2(Family):
     encoders = ("text_encoder", "text_encoder_qwen3")
     lora_targets = LORA_TARGETS
     train_sigmas = staticmethod(train_sigmas)
+    # DiffSynth's FLUX.2 recipes that train something other than the DiT, refused by name (`diffsynth families`)
+    refused_recipes = {
+        r"/Template-KleinBase4B-[^/]+\.sh$":
+            "template-model training: a Template-KleinBase4B adapter (`pipe.template_model`, --template_model_id_or_path) "
+            "learns to turn `template_inputs` into conditioning for the frozen klein-base DiT; not supported yet",
+        r"/KleinBase4B-i2L-v2\.sh$":
+            "i2L (image-to-LoRA): a template model that generates a klein-base LoRA from input images, hot-loaded every "
+            "step (--enable_lora_hot_loading); not supported yet",
+        r"/TreeAdapter-KleinBase4B\.sh$":
+            "TreeAdapter: a multi-LoRA system for klein-base that DiffSynth supports for inference only (no training "
+            "command)",
+        r"/special/dmd2/":
+            "DMD2: distribution-matching distillation of klein-base into a few-step student (teacher, fake-score and "
+            "discriminator models, DiffSynth's special/dmd2/train.py); not supported yet",
+    }
 
     # modules_without_gradient: none. The single blocks see text and image tokens with shared layers, and the
     # double blocks' text stream feeds them (tests/test_family_flux2.py checks every parameter gets a gradient).
