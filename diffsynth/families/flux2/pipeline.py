@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from ...errors import ConfigError
+from ...models.lora_names import LoraFormatError
 from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid
 from ..base import Family
@@ -68,6 +69,14 @@ def empirical_mu(image_seq_len: int, num_steps: int) -> float:
 def inference_sigmas(num_steps: int, image_seq_len: int) -> torch.Tensor:
     s = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
     return sampling_grid(_exponential_shift(s, empirical_mu(image_seq_len, num_steps)))
+
+
+def no_original_names(modules: dict, shapes: dict | None = None) -> dict:
+    """comfyui/kohya name a LoRA by the original checkpoint's modules (BFL's ``double_blocks.N.img_attn.qkv``...).
+    ComfyUI's FLUX.2 key rules could not be read here (its snapshot predates FLUX.2), so none is written."""
+    raise LoraFormatError("FLUX.2: the comfyui and kohya formats (BFL's original module names) are not written yet: "
+                          "ComfyUI's own FLUX.2 key rules could not be checked; use export.formats diffusers or "
+                          "diffsynth")
 
 
 def image_ids(height: int, width: int, device=None) -> torch.Tensor:
@@ -116,6 +125,8 @@ class Flux2(Family):
     # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches), DiffSynth's division factor 16
     encoders = ("text_encoder", "text_encoder_qwen3")
     lora_targets = LORA_TARGETS
+    # DiffSynth's Flux2DiT has diffusers' module names: its LoRA format is the loaded names (no converters)
+    lora_to_original = staticmethod(no_original_names)
     train_sigmas = staticmethod(train_sigmas)
     # DiffSynth's FLUX.2 recipes that train something other than the DiT, refused by name (`diffsynth families`)
     refused_recipes = {
