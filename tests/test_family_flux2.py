@@ -32,6 +32,16 @@ TWINS = {"klein": ("flux.2-klein-4b", "FLUX.2-klein-4B", "flux.2-klein-4b-lora")
          "dev": ("flux.2-dev", "FLUX.2-dev", "flux.2-dev-lora")}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread: the CI machine's 2 cores are shared, and OpenMP threads spinning under load cost ~1000x here on
+    these tiny matmuls (as tests/test_every_preset.py measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def flux2_base(tmp_path_factory):
     from diffsynth.models.tiny import write_tiny_model
