@@ -108,7 +108,7 @@ def unpatchify(latents: torch.Tensor) -> torch.Tensor:
 class Flux2(Family):
     name = "flux2"
     model_family = "flux2"
-    aliases = ("flux_2",)
+    aliases = ("flux.2",)  # the releases' own spelling (FLUX.2-dev)
     summary = ("FLUX.2-dev (32B DiT, Mistral-Small-3 text encoder) and FLUX.2-klein 4B/9B, klein-base 4B/9B "
                "(Qwen3 text encoder)")
     model_id_patterns = ("flux.2-", "flux2-")
