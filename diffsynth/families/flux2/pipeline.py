@@ -125,6 +125,9 @@ class Flux2(Family):
     # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches), DiffSynth's division factor 16
     encoders = ("text_encoder", "text_encoder_qwen3")
     lora_targets = LORA_TARGETS
+    # DiffSynth's own sft:data_process files hold latents as tokens (B, H·W, 128) without their grid: not read (its
+    # `input_latents` is left unmapped, so such a cache is refused as having no target latents); ours is read
+    diffsynth_cache_keys = {"prompt_embeds": "prompt_emb"}
     # DiffSynth's Flux2DiT has diffusers' module names: its LoRA format is the loaded names (no converters)
     lora_to_original = staticmethod(no_original_names)
     train_sigmas = staticmethod(train_sigmas)
