@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .command_line import build_arg_parser, config_from_args
 from .errors import ConfigError
-from .families.upstream import (PRESET_RECIPE, diffsynth_family, our_families, recognise_argv, table)
+from .families.upstream import (PRESET_RECIPE, diffsynth_family, our_families, recognise_argv, refused_by_name,
+                                 table)
 from .presets import PRESETS_DIR
 
 
@@ -111,6 +112,10 @@ def coverage(presets_dir: str | Path | None = None) -> list[FamilyCoverage]:
         row = rows.setdefault(recipe["family"], FamilyCoverage(recipe["family"]))
         if recipe["path"] in presets:
             row.preset[recipe["path"]] = presets[recipe["path"]]
+            continue
+        by_name = refused_by_name(recipe)
+        if by_name:
+            row.refused[recipe["path"]] = by_name
             continue
         if not recipe["commands"]:
             row.refused[recipe["path"]] = "no training command: " + (recipe.get("note") or "inference only")[:120]

@@ -272,10 +272,12 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
                                 + stage["optimizer_bytes"])
         return stage
 
-    encoders = {c: models[c]["bytes"] for c in entries if c in ENCODERS and c not in trained}
+    # cache-stage models: the generic encoder names plus the family's own (FLUX.2's text_encoder_qwen3)
+    encoder_names = set(ENCODERS) | set(spec_for(config).encoders)
+    encoders = {c: models[c]["bytes"] for c in entries if c in encoder_names and c not in trained}
     if "vae" in entries:
         encoders["vae.encoder"] = parts["vae.encoder"]["bytes"]
-    train_cached = {c: models[c]["bytes"] for c in entries if (c not in ENCODERS and c != "vae") or c in trained}
+    train_cached = {c: models[c]["bytes"] for c in entries if (c not in encoder_names and c != "vae") or c in trained}
     if "vae" in entries and "vae" not in trained:
         train_cached["vae.decoder"] = parts["vae.decoder"]["bytes"]
     cache = held(encoders)

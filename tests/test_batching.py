@@ -104,7 +104,7 @@ def twins(tmp_path_factory):
     base = tmp_path_factory.mktemp("twins")
     for preset, folder in (("qwen-image", "Qwen-Image"), ("qwen-image-edit", "Qwen-Image-Edit"),
                            ("flux.1-dev", "FLUX.1-dev"), ("wan2.2-ti2v-5b", "Wan2.2-TI2V-5B"),
-                           ("wan2.1-i2v-14b", "Wan2.1-I2V-14B-480P")):
+                           ("wan2.1-i2v-14b", "Wan2.1-I2V-14B-480P"), ("flux.2-klein-4b", "FLUX.2-klein-4B")):
         write_tiny_model(preset, base / "diffsynth-tiny" / folder)
     return base
 
@@ -149,7 +149,7 @@ RTOL, ATOL = 1e-4, 1e-6
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["qwen-image-lora", "qwen-image-edit-lora", "flux.1-dev-lora",
-                                    "wan2.2-ti2v-5b-lora", "wan2.1-i2v-14b-lora"])
+                                    "wan2.2-ti2v-5b-lora", "wan2.1-i2v-14b-lora", "flux.2-klein-4b-lora"])
 def test_a_batch_is_the_mean_of_its_single_sample_steps(preset, twins, monkeypatch):
     """Same rows, same generator: sample i of the batch draws the timestep and noise the i-th single step
     draws, so loss and gradients must agree with the mean of the single steps up to float rounding."""

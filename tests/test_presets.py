@@ -34,7 +34,7 @@ def test_preset_and_tiny_twin(preset):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["qwen-image-edit-lora", "flux.1-dev-lora", "flux.1-kontext-dev-lora",
-                                  "wan2.1-i2v-14b-lora"])
+                                  "wan2.1-i2v-14b-lora", "flux.2-klein-4b-lora", "flux.2-dev-lora"])
 def test_models_stage_pins_weights_and_tokenizers(name, tmp_path):
     write_preset(REPO / "presets" / "tiny" / f"{name}.yaml", tmp_path / "params.yaml")
     env = dict(os.environ, DIFFSYNTH_MODEL_BASE_PATH=str(tmp_path / "models"), PYTHONPATH=str(REPO))

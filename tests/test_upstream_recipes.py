@@ -28,7 +28,7 @@ ID_PER_FAMILY = {
     "flux": ("black-forest-labs/FLUX.1-dev", "flux"),
     "wanvideo": ("Wan-AI/Wan2.1-T2V-1.3B", "wan"),
     "z_image": ("Tongyi-MAI/Z-Image-Turbo", None),
-    "flux2": ("black-forest-labs/FLUX.2-dev", None),
+    "flux2": ("black-forest-labs/FLUX.2-dev", "flux2"),
     "ltx2": ("DiffSynth-Studio/LTX-2-Repackage", None),
     "minimax_h3": ("MiniMax/MiniMax-H3", None),
     "lingbot_video": ("Robbyant/lingbot-video-dense-1.3b", None),

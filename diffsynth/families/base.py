@@ -180,6 +180,9 @@ class Family(torch.nn.Module):
     command_line_defaults: dict = {}    # {section: {key: value}} DiffSynth's script forces
     # DiffSynth's sft:data_process file keys -> our input names (its `.pth` cache read by --task sft:train)
     diffsynth_cache_keys: dict = {"input_latents": "latents"}
+    # DiffSynth recipes of this family we refuse by name: {regex on the recipe path: one line saying what it is}
+    # (`diffsynth families` reports them; their flags are refused on the command line as well)
+    refused_recipes: dict = {}
 
     role = "full"  # which parts an instance holds (base.ROLES)
 

@@ -203,3 +203,15 @@ def recognise_argv(argv: list[str]) -> str | None:
 
 
 # --- coverage: which upstream recipes we run, and how ------------------------------------------------------
+
+
+def refused_by_name(recipe: dict) -> str | None:
+    """The one line a family of ours declares for an upstream recipe it refuses by name (``refused_recipes``:
+    template models, adapters, distillation schemes we do not train), or None."""
+    for spec in all_specs():
+        if spec.variant_of or diffsynth_family(spec.name) != recipe["family"]:
+            continue
+        for pattern, why in vars(spec).get("refused_recipes", {}).items():
+            if re.search(pattern, recipe["path"]):
+                return why
+    return None

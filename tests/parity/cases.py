@@ -9,6 +9,15 @@ RANK = 4
 DISTILL_STEPS = 2  # student steps of the direct_distill row (DiffSynth's DirectDistillLoss)
 TIMESTEP_ID = 437  # one grid point of the 1000-step training grid, away from both ends
 
+FLUX2_KLEIN_4B_1_BLOCK = {"patch_size": 1, "in_channels": 128, "out_channels": None, "num_layers": 1,
+                          "num_single_layers": 1, "attention_head_dim": 128, "num_attention_heads": 24,
+                          "joint_attention_dim": 7680, "timestep_guidance_channels": 256, "mlp_ratio": 3.0,
+                          "axes_dims_rope": [32, 32, 32, 32], "rope_theta": 2000, "eps": 1e-6, "guidance_embeds": False}
+FLUX2_GUIDANCE_1_BLOCK = {**FLUX2_KLEIN_4B_1_BLOCK, "joint_attention_dim": 15360, "guidance_embeds": True}
+# DiffSynth's FLUX.2 LoRA recipe (klein-4B's list, cut to the one single block)
+FLUX2_TARGETS = ("to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out,linear_in,linear_out,"
+                 "to_qkv_mlp_proj,single_transformer_blocks.0.attn.to_out")
+
 DIT_CASES = {
     "qwen_image": {
         "family": "qwen_image",
@@ -58,6 +67,22 @@ DIT_CASES = {
                       "require_vae_embedding": False, "fuse_vae_embedding_in_latents": True},
         "latents": [1, 48, 3, 4, 4], "prompt": [1, 7, 4096], "first_frame": True,
         "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+    "flux2": {  # FLUX.2-klein-4B's width (3072 = 24 x 128) and text width (3 x Qwen3-4B's 2560)
+        "family": "flux2",
+        "ours": {"cls": "Flux2Transformer2DModel", "config": FLUX2_KLEIN_4B_1_BLOCK},
+        "reference": FLUX2_KLEIN_4B_1_BLOCK,
+        "latents": [1, 128, 4, 4], "prompt": [1, 7, 7680],
+        "targets": FLUX2_TARGETS,
+    },
+    # FLUX.2-dev's guidance embedding and text width (3 x Mistral's 5120) at klein-4B's width: dev's own 6144-wide
+    # block pair is 1.5B parameters, too large for the CPU this suite runs on
+    "flux2-guidance": {
+        "family": "flux2",
+        "ours": {"cls": "Flux2Transformer2DModel", "config": FLUX2_GUIDANCE_1_BLOCK},
+        "reference": FLUX2_GUIDANCE_1_BLOCK,
+        "latents": [1, 128, 4, 4], "prompt": [1, 7, 15360],
+        "targets": FLUX2_TARGETS,
     },
 }
 
@@ -134,6 +159,12 @@ VAE_CASES = {
                           "num_res_blocks": 2, "attn_scales": [], "temperal_downsample": [False, True, True],
                           "is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2,
                           "scale_factor_spatial": 16, "scale_factor_temporal": 4}},
+    "flux2": {"family": "flux2", "cls": "AutoencoderKLFlux2", "layout": "diffusers", "pixels": [1, 3, 32, 32],
+              "config": {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                         "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+                         "layers_per_block": 2, "act_fn": "silu", "latent_channels": 32, "norm_num_groups": 32,
+                         "sample_size": 1024, "use_quant_conv": True, "use_post_quant_conv": True,
+                         "mid_block_add_attention": True, "batch_norm_eps": 1e-4, "patch_size": [2, 2]}},
 }
 
 # Wan VACE (Wan2.1-VACE-1.3B): the DiT at real width with two blocks, the VACE branch with two blocks (hints after DiT
@@ -152,3 +183,9 @@ VACE_CASES = {
         "frames": 5, "size": 32, "prompt": [1, 7, 4096], "targets": "q,k,v,o,ffn.0,ffn.2",
     },
 }
+
+
+# The FLUX.2 prompt path: text -> the DiT's text input, on the tiny twins' tokenizers and text encoders (their
+# chat templates and layer picks are the real ones; the hub's tokenizers cannot be downloaded here)
+PROMPT_FLUX2 = {"klein": "flux.2-klein-4b", "dev": "flux.2-dev"}
+PROMPT_TEXT = "a red cube on a table [IMG]"

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import DISTILL_STEPS, DIT_CASES, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402
+from cases import DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, PROMPT_TEXT, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402,E501
 
 import diffsynth  # noqa: E402,F401  (our package, not DiffSynth-Studio's: this venv's)
 
@@ -24,6 +24,7 @@ from diffsynth.export.lora_formats import (from_original_names, lora_modules, to
                                            write_format)
 from diffsynth.families import get_spec, select_variant  # noqa: E402
 from diffsynth.families.flux import Flux  # noqa: E402
+from diffsynth.families.flux2 import Flux2  # noqa: E402
 from diffsynth.families.qwen_image import QwenImage  # noqa: E402
 from diffsynth.families.wan import Wan  # noqa: E402
 from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
@@ -31,8 +32,8 @@ from diffsynth.training import distill  # noqa: E402
 from diffsynth.training.loss import velocity_mse  # noqa: E402
 from diffsynth.training.schedule import FlowMatchSchedule  # noqa: E402
 
-PIPELINES = {"qwen_image": QwenImage, "flux": Flux, "wan": Wan}
-SCHEDULES = {"qwen_image": "qwen_image", "flux": "flux", "wan": "wan"}
+PIPELINES = {"qwen_image": QwenImage, "flux": Flux, "wan": Wan, "flux2": Flux2}
+SCHEDULES = {"qwen_image": "qwen_image", "flux": "flux", "wan": "wan", "flux2": "flux2"}
 
 
 def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -207,6 +208,10 @@ def cmd_vae(name: str, out: Path) -> None:
         config.update(latents_mean=WAN22_VAE_LATENTS_MEAN, latents_std=WAN22_VAE_LATENTS_STD)
     vae = getattr(diffusers, case["cls"]).from_config(config).eval()
     randomise(vae, gen)
+    if case["family"] == "flux2":  # its latent statistics are buffers: random too, so the normalisation counts
+        with torch.no_grad():
+            vae.bn.running_mean.copy_(0.1 * torch.randn(vae.bn.num_features, generator=gen))
+            vae.bn.running_var.copy_(0.5 + torch.rand(vae.bn.num_features, generator=gen))
     state = {k: v.contiguous() for k, v in vae.state_dict().items()}
     if case["layout"] == "wan":  # the original layout DiffSynth reads (Wan2.1_VAE.pth / Wan2.2_VAE.pth)
         from diffsynth.families.wan.convert import diffusers_to_wan_vae
@@ -228,6 +233,8 @@ def cmd_vae(name: str, out: Path) -> None:
 
 def bare_vae_pipeline(case: dict, vae):
     cls = PIPELINES[case["family"]]
+    if case["family"] == "flux2":  # its constructor takes the latent statistics from the VAE
+        return Flux2(torch.nn.Linear(1, 1), vae, None, None, None, torch.float32)
     pipe = cls.__new__(cls)
     torch.nn.Module.__init__(pipe)
     pipe.vae, pipe.torch_dtype = vae, torch.float32
@@ -254,6 +261,25 @@ def cmd_prompt(name: str, out: Path) -> None:
     from diffsynth.families.qwen_image.pipeline import MAX_PROMPT_TOKENS, PROMPT_TEMPLATE
     (out / "ours_prompt.json").write_text(json.dumps({"text": PROMPT_TEMPLATE.format("a red cube"),
                                                       "max_length": MAX_PROMPT_TOKENS + 34}))
+
+
+def cmd_prompt_flux2(name: str, out: Path) -> None:
+    """Our FLUX.2 prompt path on a tiny twin written to DIR/<name>/ (the reference side loads the same files):
+    the DiT's text input (B, 512, 3·D), and the text position ids."""
+    from diffsynth.families.flux2.pipeline import load_flux2_tokenizer, text_ids
+    from diffsynth.models.components import load_component
+    from diffsynth.models.model_config import ModelConfig
+    from diffsynth.models.tiny import write_tiny_model
+    folder = out / name
+    write_tiny_model(PROMPT_FLUX2[name], folder)
+    files = sorted(str(f) for f in (folder / "text_encoder").glob("*.safetensors"))
+    component, encoder = load_component(ModelConfig(path=files), "flux2", torch.float32)
+    qwen3 = component == "text_encoder_qwen3"
+    tokenizer = load_flux2_tokenizer(str(folder / "tokenizer"), mistral=not qwen3)
+    pipe = Flux2(None, None, None if qwen3 else encoder, encoder if qwen3 else None, tokenizer, torch.float32)
+    emb = pipe.encode_prompt(PROMPT_TEXT)
+    save_file({"prompt_emb": emb.contiguous(), "text_ids": text_ids(emb.shape[1]).contiguous()},
+              str(out / f"ours_prompt_{name}.safetensors"))
 
 
 def quant_mlp(folder: Path) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -286,5 +312,5 @@ def cmd_quant(method: str, out: Path) -> None:
 
 if __name__ == "__main__":
     command, name, folder = sys.argv[1:4]
-    {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt,
+    {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt, "prompt_flux2": cmd_prompt_flux2,
      "quant": cmd_quant}[command](name, Path(folder))

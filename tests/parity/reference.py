@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import DISTILL_STEPS, DIT_CASES, RANK, TIMESTEP_ID, VAE_CASES  # noqa: E402
+from cases import DISTILL_STEPS, DIT_CASES, PROMPT_TEXT, RANK, TIMESTEP_ID, VAE_CASES  # noqa: E402
 
 import diffsynth  # noqa: E402
 
@@ -50,6 +50,11 @@ def build(name: str):
         with torch.device("meta"):  # FluxDiT hard-codes 38 single blocks: build on meta, keep one, then load
             dit = FluxDiT(num_blocks=1)
         dit.single_blocks = dit.single_blocks[:1]
+    elif family == "flux2":
+        from diffsynth.models.flux2_dit import Flux2DiT
+        from diffsynth.pipelines.flux2_image import Flux2ImagePipeline
+        pipe, dit = Flux2ImagePipeline(device="cpu", torch_dtype=torch.float32), Flux2DiT(**case["reference"])
+        convert = lambda sd: sd  # noqa: E731  (its Flux2DiT has diffusers' names; no converter registered)
     else:
         from diffsynth.models.wan_video_dit import WanModel
         from diffsynth.pipelines.wan_video import WanVideoPipeline
@@ -80,6 +85,12 @@ def inputs_for(case: dict, tensors: dict) -> dict:
     if family == "flux":
         return {"input_latents": latents, "prompt_emb": tensors["prompt_emb"], "pooled_prompt_emb": tensors["pooled"],
                 "text_ids": torch.zeros(1, tensors["prompt_emb"].shape[1], 3), "guidance": torch.Tensor([1.0])}
+    if family == "flux2":  # its units: latent tokens "B (H W) C", position ids (t, h, w, l), guidance 1 (train.py)
+        from diffsynth.pipelines.flux2_image import Flux2Unit_ImageIDs, Flux2Unit_PromptEmbedder
+        prompt = tensors["prompt_emb"]
+        return {"input_latents": tokens(latents), "prompt_embeds": prompt, "embedded_guidance": 1.0,
+                "text_ids": Flux2Unit_PromptEmbedder().prepare_text_ids(prompt),
+                "image_ids": Flux2Unit_ImageIDs().prepare_latent_ids(latents.shape[2], latents.shape[3])}
     out = {"input_latents": latents, "context": tensors["prompt_emb"]}
     for key in ("y", "clip_feature", "reference_latents", "motion_bucket_id"):  # what its units hand on
         if key in tensors:
@@ -120,8 +131,21 @@ def camera_unit(case: dict, latents: torch.Tensor) -> torch.Tensor:
     return out["control_camera_latents_input"]
 
 
+def tokens(latents: torch.Tensor) -> torch.Tensor:
+    return latents.flatten(2).transpose(1, 2)  # B C H W -> B (H W) C, as its FLUX.2 units hold latents
+
+
 def loss_and_pred(pipe, case: dict, tensors: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """DiffSynth's FlowMatchSFTLoss with its random draws pinned to our grid point and noise."""
+    if case["family"] != "flux2":
+        return _loss_and_pred(pipe, case, tensors, tensors["noise"])
+    # FLUX.2: its noise has its latents' token layout; its prediction goes back to ours (B, C, H, W)
+    b, c, h, w = tensors["latents"].shape
+    pred, loss = _loss_and_pred(pipe, case, tensors, tokens(tensors["noise"]))
+    return pred.transpose(1, 2).reshape(b, c, h, w), loss
+
+
+def _loss_and_pred(pipe, case: dict, tensors: dict, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     captured = {}
     model_fn = pipe.model_fn
 
@@ -130,7 +154,7 @@ def loss_and_pred(pipe, case: dict, tensors: dict) -> tuple[torch.Tensor, torch.
         return out
     pipe.model_fn = spy
     with torch.no_grad(), mock.patch("torch.randint", lambda *a, **k: torch.tensor([TIMESTEP_ID])), \
-            mock.patch("torch.randn_like", lambda x: tensors["noise"].clone()):
+            mock.patch("torch.randn_like", lambda x: noise.clone()):
         loss = FlowMatchSFTLoss(pipe, **inputs_for(case, tensors))
     pipe.model_fn = model_fn
     return captured["pred"], loss.reshape(1).float()
@@ -246,6 +270,11 @@ def cmd_vae(name: str, folder: Path) -> None:
             vae = FluxVAEEncoder()
             _strict_load(vae, FluxVAEEncoderStateDictConverter(state))
             latents = vae(pixels)
+        elif name == "flux2":
+            from diffsynth.models.flux2_vae import Flux2VAE
+            vae = Flux2VAE()  # its defaults are FLUX.2's VAE; diffusers names, batch-norm statistics in `bn`
+            _strict_load(vae, state)
+            latents = vae.encode(pixels)  # patchified and normalised inside its class
         else:
             from diffsynth.models.wan_video_vae import WanVideoVAE, WanVideoVAE38
             from diffsynth.utils.state_dict_converters.wan_video_vae import WanVideoVAEStateDictConverter
@@ -286,6 +315,37 @@ def cmd_prompt(name: str, folder: Path) -> None:
     except StopIteration:
         pass
     (folder / "reference_prompt.json").write_text(json.dumps(seen))
+
+
+def cmd_prompt_flux2(name: str, folder: Path) -> None:
+    """Its FLUX.2 prompt units on the tiny twin ours.py wrote (tokenizer loaded as its from_pretrained does, text
+    encoder weights through its own state-dict converter), for the same text."""
+    from transformers import AutoProcessor, AutoTokenizer
+    from diffsynth.pipelines.flux2_image import Flux2Unit_PromptEmbedder, Flux2Unit_Qwen3PromptEmbedder
+    twin = folder / name
+    config = json.loads((twin / "text_encoder" / "config.json").read_text())
+    state = {}
+    for f in sorted((twin / "text_encoder").glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    if config["model_type"] == "qwen3":
+        from transformers import Qwen3Config, Qwen3Model
+        from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
+        from diffsynth.utils.state_dict_converters.z_image_text_encoder import ZImageTextEncoderStateDictConverter
+        encoder = ZImageTextEncoder.__new__(ZImageTextEncoder)  # its class at the twin's size (it hard-codes 4B/8B)
+        torch.nn.Module.__init__(encoder)
+        encoder.model = Qwen3Model(Qwen3Config(**config))
+        _strict_load(encoder, ZImageTextEncoderStateDictConverter(state), partial=False)
+        tokenizer, unit = AutoTokenizer.from_pretrained(str(twin / "tokenizer")), Flux2Unit_Qwen3PromptEmbedder()
+    else:
+        from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+        from diffsynth.utils.state_dict_converters.flux2_text_encoder import Flux2TextEncoderStateDictConverter
+        encoder = Mistral3ForConditionalGeneration(Mistral3Config(**config))  # its Flux2TextEncoder's base class
+        _strict_load(encoder, Flux2TextEncoderStateDictConverter(state), partial=False)
+        tokenizer, unit = AutoProcessor.from_pretrained(str(twin / "tokenizer")), Flux2Unit_PromptEmbedder()
+    with torch.no_grad():
+        emb, ids = unit.encode_prompt(encoder.eval(), tokenizer, PROMPT_TEXT, dtype=torch.float32, device="cpu")
+    save_file({"prompt_emb": emb.float().contiguous(), "text_ids": ids[0].float().contiguous()},
+              str(folder / f"reference_prompt_{name}.safetensors"))
 
 
 def cmd_modules(out: str) -> None:
@@ -345,5 +405,5 @@ if __name__ == "__main__":
     if command == "modules":
         cmd_modules(sys.argv[2])
     else:
-        {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt,
+        {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt, "prompt_flux2": cmd_prompt_flux2,
          "quant": cmd_quant}[command](sys.argv[2], Path(sys.argv[3]))

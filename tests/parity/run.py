@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from cases import DISTILL_STEPS, DIT_CASES, VACE_CASES, VAE_CASES  # noqa: E402
+from cases import DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, VACE_CASES, VAE_CASES  # noqa: E402
 
 # Qwen-Image's MLP: DiffSynth uses x*sigmoid(1.702x), diffusers (and the official model) tanh-GELU. The gap grows
 # with the activations' size (~1.5e-4 relative measured on a realistic block, ~2e-3 on these random weights); the
@@ -163,6 +163,22 @@ def prompt_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
             table.failed.append(f"prompt {key}")
 
 
+def prompt_flux2_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """The FLUX.2 prompt path (chat template, padding to 512, the three hidden layers) on a tiny twin's tokenizer
+    and text encoder: our embedding and text ids against its prompt unit's."""
+    run(ours_py, "ours.py", "prompt_flux2", name, str(folder))
+    run(ref_py, "reference.py", "prompt_flux2", name, str(folder))
+    ours = load_file(str(folder / f"ours_prompt_{name}.safetensors"))
+    ref = load_file(str(folder / f"reference_prompt_{name}.safetensors"))
+    for key, what in (("prompt_emb", "DiT text input (1, 512, 3·D)"), ("text_ids", "text position ids")):
+        if ours[key].shape != ref[key].shape:
+            table.rows.append((f"prompt flux2 {name}", what, str(tuple(ours[key].shape)), str(tuple(ref[key].shape)),
+                               "", "FAIL"))
+            table.failed.append(f"prompt flux2 {name} {key} shape")
+        else:
+            table.add(f"prompt flux2 {name}", what, ours[key], ref[key], DEFAULT_TOLERANCE)
+
+
 # --quant_options methods compared (comfy-kitchen is in neither venv by default). Both sides call the same
 # bitsandbytes/torchao quantizers with DiffSynth's settings, so only the libraries' versions in the two venvs can
 # differ: one bf16 rounding step of the output (2**-8 relative) with margin.
@@ -208,6 +224,9 @@ def main() -> None:
         if not args.only or "prompt" in args.only:
             (Path(tmp) / "prompt").mkdir()
             prompt_case(args.python, args.reference_python, Path(tmp) / "prompt", table)
+        for name in PROMPT_FLUX2:
+            if not args.only or f"prompt-flux2-{name}" in args.only or "prompt-flux2" in args.only:
+                prompt_flux2_case(name, args.python, args.reference_python, Path(tmp), table)
     table.print()
     if table.failed:
         sys.exit(f"parity FAILED: {table.failed}")
