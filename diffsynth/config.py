@@ -275,7 +275,10 @@ PASSTHROUGH_SECTIONS = {"accelerate"}
 
 # Why a DiffSynth value of a choice flag is refused, appended to the error.
 UNSUPPORTED_CHOICES = {
-    ("train", "task"): ": direct_distill and trajectory_imitation are not supported yet",
+    ("train", "task"): (": direct_distill (DiffSynth's DirectDistillLoss: the loss backpropagates through a whole "
+                        "few-step sampling run) and trajectory_imitation (Z-Image-Turbo's distillation: an 8-step "
+                        "student matches a 50-step CFG-2 teacher trajectory plus an LPIPS image loss, which needs "
+                        "lpips' downloaded AlexNet weights) are not supported yet"),
 }
 
 

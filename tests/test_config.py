@@ -117,6 +117,9 @@ def test_shipped_accelerate_configs_load():
 
 
 def test_unsupported_task_says_what_is_missing():
-    with pytest.raises(ConfigError, match="direct_distill and trajectory_imitation are not supported"):
+    with pytest.raises(ConfigError, match="direct_distill .* and trajectory_imitation .* are not supported"):
         config_from_args(["--lora_base_model", "dit", "--task", "direct_distill"])
+    # Z-Image-Turbo's recipe writes --task trajectory_imitation: refused by name, saying what it is
+    with pytest.raises(ConfigError, match=r"trajectory_imitation \(Z-Image-Turbo's distillation.*LPIPS"):
+        config_from_args(["--lora_base_model", "dit", "--task", "trajectory_imitation"])
     assert config_from_args(["--lora_base_model", "dit", "--task", "sft:data_process"]).train.task == "sft:data_process"
