@@ -72,6 +72,8 @@ def token_counts(config, entries: dict, video: bool) -> dict:
     patch = d.get("patch_size", 1)
     if isinstance(patch, (list, tuple)):  # a 3-D patch embedding: (frames, rows, columns)
         pt, ps = patch[0], patch[-1]
+    elif d.get("all_patch_size"):  # 2-D patches cut inside the DiT, one size per patch embedder: the first
+        pt, ps = 1, d["all_patch_size"][0]
     else:  # latents packed into channels: in_channels = latent channels x p x p
         latent = vae.get("z_dim") or vae.get("latent_channels") or d.get("in_channels")
         pt, ps = 1, max(1, int(math.isqrt(max(1, d.get("in_channels", latent) // latent))))
