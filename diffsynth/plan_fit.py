@@ -34,7 +34,7 @@ FIT_ASSUMPTIONS = [
     "activations: the real blocks traced on the meta device at the recipe's resolution, frames and batch; fused "
     "attention (flash / memory-efficient SDPA: q, k, v, output and log-sum-exp saved, no score matrix); LoRA's "
     "rank-sized intermediates ignored",
-    "text tokens: Qwen-Image 256 (a long caption), FLUX 512 and Wan 512 (padded), Wan2.1 I2V + 257 CLIP tokens; "
+    "text tokens: Qwen-Image 256 (a long caption), FLUX 512 and Wan 512 (padded), Wan2.1 I2V + 257 CLIP tokens, Z-Image 256 (the prompt's own tokens); "
     "a reference image (edit, Kontext) adds one image's tokens (the family's reference_image_inputs)",
     "a card of N GB holds N GiB minus 1 GiB (CUDA context, fragmentation) of tensors",
     "int8 weight-only: 1 byte per frozen Linear weight + a bf16 scale per output row; nf4: 0.5 byte + a float32 "
