@@ -74,6 +74,9 @@ class ZImage(Family):
     lora_names_without_model = staticmethod(lora_names_without_model)
     train_sigmas = staticmethod(train_sigmas)
     padded_inputs = {"prompt_emb": "prompt_emb_mask"}
+    refused_models = {"Z-Image-Turbo-Fun-Controlnet": (
+        "PAI's Z-Image-Turbo Fun-ControlNet (Union/Tile: control blocks beside the frozen DiT, fed the VAE latents "
+        "of --extra_inputs controlnet_image) is not implemented yet; train the plain Z-Image-Turbo recipes instead")}
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32):
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
