@@ -292,8 +292,10 @@ PASSTHROUGH_SECTIONS = {"accelerate"}
 
 # Why a DiffSynth value of a choice flag is refused, appended to the error.
 UNSUPPORTED_CHOICES = {
-    ("train", "task"): ": direct_distill:data_process / direct_distill:train (split distillation: its rows' seeds "
-                       "are not in the encoder cache; use direct_distill) and trajectory_imitation are not supported yet",
+    ("train", "task"): (": direct_distill:data_process / direct_distill:train (split distillation: its rows' seeds "
+                        "are not in the encoder cache; use direct_distill) and trajectory_imitation (Z-Image-Turbo's "
+                        "distillation: an 8-step student matches a 50-step CFG-2 teacher trajectory plus an LPIPS "
+                        "image loss, which needs lpips' downloaded AlexNet weights) are not supported yet"),
 }
 # Extra inputs a task reads from each row, whatever the family (DiffSynth: its loss reads them from the inputs).
 TASK_EXTRA_INPUTS = {"direct_distill": ("seed", "rand_device", "num_inference_steps", "cfg_scale")}

@@ -38,7 +38,7 @@ FIT_ASSUMPTIONS = [
     "activations: the real blocks traced on the meta device at the recipe's resolution, frames and batch; fused "
     "attention (flash / memory-efficient SDPA: q, k, v, output and log-sum-exp saved, no score matrix); LoRA's "
     "rank-sized intermediates ignored",
-    "text tokens: Qwen-Image 256 (a long caption), FLUX 512 and Wan 512 (padded), Wan2.1 I2V + 257 CLIP tokens; "
+    "text tokens: Qwen-Image 256 (a long caption), FLUX 512 and Wan 512 (padded), Wan2.1 I2V + 257 CLIP tokens, Z-Image 256 (the prompt's own tokens); "
     "a reference image (edit, Kontext) adds one image's tokens (the family's reference_image_inputs)",
     "a card of N GB holds N GiB minus 1 GiB (CUDA context, fragmentation) of tensors",
     "int8 weight-only: 1 byte per frozen Linear weight + a bf16 scale per output row; nf4: 0.5 byte + a float32 "
@@ -76,6 +76,8 @@ def token_counts(config, entries: dict, video: bool) -> dict:
     patch = d.get("patch_size", 1)
     if isinstance(patch, (list, tuple)):  # a 3-D patch embedding: (frames, rows, columns)
         pt, ps = patch[0], patch[-1]
+    elif d.get("all_patch_size"):  # 2-D patches cut inside the DiT, one size per patch embedder: the first
+        pt, ps = 1, d["all_patch_size"][0]
     else:  # latents packed into channels: in_channels = latent channels x p x p
         latent = vae.get("z_dim") or vae.get("latent_channels") or d.get("in_channels")
         pt, ps = 1, max(1, int(math.isqrt(max(1, d.get("in_channels", latent) // latent))))

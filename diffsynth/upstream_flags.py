@@ -27,7 +27,6 @@ UPSTREAM_FAMILY_FLAGS: dict[str, tuple[str, ...]] = {
     "LTX-2": ("frame_rate",),
     "MiniMax-H3": ("silent_on_missing_audio",),
     "MOVA": ("frame_rate",),
-    "Z-Image": ("enable_npu_patch",),
 }
 
 

@@ -18,14 +18,26 @@ FAMILIES = PACKAGE / "families"
 
 def family_words(names) -> re.Pattern:
     """A pattern for a family's names and aliases in code (``qwen``, ``flux``, ``kontext``, ``wan``...): each name's
-    first word (before ``_``/``-``/digits), matched as a word start so ``swan`` or ``wanted`` stay unflagged."""
-    names = [n.lower() for n in names if n]
-    stems = sorted({re.split(r"[_\-.\d]", n)[0] for n in names}, key=len, reverse=True)
-    # a digit after the stem counts only where the family spells itself so (wan21, flux1): `qwen3` (an LLM FLUX.2
-    # uses) is not Qwen-Image
-    alts = [re.escape(st) + (r"(?![a-z])" if any(re.match(re.escape(st) + r"[_\-.]?\d", n) for n in names)
-                             else r"(?![a-z0-9])") for st in stems]
-    return re.compile(r"(?<![a-z])(" + "|".join(alts) + r")", re.IGNORECASE)
+    first word (before ``_``/``-``/digits), matched as a word start so ``swan`` or ``wanted`` stay unflagged.
+
+    A version number right after the word that none of the family's names has is another model (``Qwen3``, a
+    text encoder, is not Qwen-Image; ``FLUX.2`` is not FLUX.1), while ``Wan2.1`` or ``flux1`` stay flagged. A
+    one-letter first word (``z_image``) is no name on its own: it takes the next word along (``Z-Image``)."""
+    versions: dict[str, set[str]] = {}
+    for n in names:
+        n = n.lower()
+        words = [w for w in re.split(r"[_\-.\d]", n) if w]
+        if not words:
+            continue
+        stem = re.escape(words[0]) if len(words[0]) > 1 or len(words) == 1 \
+            else re.escape(words[0]) + r"[_\-]?" + re.escape(words[1])
+        digit = re.match(rf"{stem}\.?(\d)", n)
+        versions.setdefault(stem, set()).update({digit.group(1)} if digit else set())
+    parts = []
+    for stem in sorted(versions, key=len, reverse=True):
+        other = "".join(d for d in "0123456789" if d not in versions[stem])
+        parts.append(stem + (rf"(?!\.?[{other}])" if other else ""))
+    return re.compile(r"(?<![a-z])(" + "|".join(parts) + r")(?![a-z])", re.IGNORECASE)
 
 
 def whole_names(names) -> re.Pattern:
@@ -96,14 +108,18 @@ def test_no_module_outside_a_family_folder_names_that_family(folder):
 
 
 def test_the_checker_sees_family_names():
+    words = family_words(["wan", *get_spec("wan").aliases])  # wan21, wan22: versions of its own
+    assert family_names_in_code(FAMILIES / "wan" / "pipeline.py", words)  # it would catch one
+    assert not words.search("swan") and not words.search("wanted") and words.search("Wan2.1_VAE")
+    words = family_words(["z_image"])
+    assert words.search("Z-Image") and words.search("z_image_dit") and not words.search("z_dim")
+    words = family_words(["qwen_image", "qwen"])
+    assert words.search("Qwen-Image") and not words.search("Qwen3Model") and not words.search("qwen3")
+    words = family_words(["flux", "flux1", "flux_1"])
+    assert words.search("FLUX.1-dev") and words.search("flux1") and not words.search("FLUX.2-klein")
     theirs = whole_names(["flux2", "flux.2"])  # FLUX.2's names do not hide FLUX.1's
     assert theirs.search("Flux2Transformer2DModel") and theirs.search("FLUX.2-klein-4B")
     assert not theirs.search("flux1_dev") and not theirs.search("FluxTransformer2DModel")
-    words = family_words(["wan", "wan21"])  # Wan names itself with digits (wan21): Wan2.1_VAE is Wan
-    assert family_names_in_code(FAMILIES / "wan" / "pipeline.py", words)  # it would catch one
-    assert not words.search("swan") and not words.search("wanted") and words.search("Wan2.1_VAE")
-    qwen = family_words(["qwen_image", "qwen"])
-    assert qwen.search("QwenImage") is None and qwen.search("qwen_image") and not qwen.search("text_encoder_qwen3")
 
 
 def _imports(path: Path) -> set[str]:

@@ -21,14 +21,17 @@ ENTRIES = {
     "wan2.2-ti2v-5b": ["diffusion_pytorch_model*.safetensors", "models_t5_umt5-xxl-enc-bf16.pth", "Wan2.2_VAE.pth"],
     "wan2.2-a14b": ["high_noise_model/diffusion_pytorch_model*.safetensors", "models_t5_umt5-xxl-enc-bf16.pth",
                     "Wan2.1_VAE.pth"],
+    "z-image-omni-base": ["transformer/*.safetensors", "siglip/model.safetensors", "text_encoder/*.safetensors",
+                          "vae/diffusion_pytorch_model.safetensors"],
 }
 TOKENIZERS = {"qwen-image-edit": ["tokenizer/", "processor/"], "flux.1-dev": ["tokenizer/", "tokenizer_2/"],
-              "wan2.1-t2v-1.3b": ["google/umt5-xxl/"]}
+              "wan2.1-t2v-1.3b": ["google/umt5-xxl/"], "z-image-omni-base": ["tokenizer/"]}
 EXPECTED = {"qwen-image-edit": {"dit", "text_encoder", "vae"},
             "flux.1-dev": {"dit", "vae", "text_encoder", "text_encoder_2"},
             "wan2.1-t2v-1.3b": {"dit", "text_encoder", "vae"},
             "wan2.1-i2v-14b": {"dit", "text_encoder", "vae", "image_encoder"},
-            "wan2.2-ti2v-5b": {"dit", "text_encoder", "vae"}, "wan2.2-a14b": {"dit", "text_encoder", "vae"}}
+            "wan2.2-ti2v-5b": {"dit", "text_encoder", "vae"}, "wan2.2-a14b": {"dit", "text_encoder", "vae"},
+            "z-image-omni-base": {"dit", "text_encoder", "vae", "image_encoder"}}
 
 
 @pytest.fixture(scope="module")

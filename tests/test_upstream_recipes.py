@@ -27,7 +27,7 @@ ID_PER_FAMILY = {
     "qwen_image": ("Qwen/Qwen-Image", "qwen_image"),
     "flux": ("black-forest-labs/FLUX.1-dev", "flux"),
     "wanvideo": ("Wan-AI/Wan2.1-T2V-1.3B", "wan"),
-    "z_image": ("Tongyi-MAI/Z-Image-Turbo", None),
+    "z_image": ("Tongyi-MAI/Z-Image-Turbo", "z_image"),
     "flux2": ("black-forest-labs/FLUX.2-dev", "flux2"),
     "ltx2": ("DiffSynth-Studio/LTX-2-Repackage", None),
     "minimax_h3": ("MiniMax/MiniMax-H3", None),
@@ -88,8 +88,9 @@ def test_tiny_twins_are_their_real_models_family():
     assert upstream.recognise("diffsynth-tiny/Qwen-Image:transformer/*.safetensors") == "qwen_image"
     assert upstream.recognise("diffsynth-tiny/FLUX.1-dev:flux1-dev.safetensors") == "flux"
     assert upstream.recognise("diffsynth-tiny/Wan2.2-TI2V-5B:Wan2.2_VAE.pth") == "wan"
-    with pytest.raises(upstream.ForeignModelError, match="z_image"):
-        upstream.recognise("diffsynth-tiny/Z-Image-Turbo:transformer/*.safetensors")
+    assert upstream.recognise("diffsynth-tiny/Z-Image-Turbo:transformer/*.safetensors") == "z_image"
+    with pytest.raises(upstream.ForeignModelError, match="ltx2"):
+        upstream.recognise("diffsynth-tiny/LTX-2-Repackage:transformer/*.safetensors")
 
 
 def test_models_of_two_of_our_families_are_refused():

@@ -176,6 +176,8 @@ class Family(torch.nn.Module):
     lora_to_diffsynth = None            # ({module: (A, B)}, shapes) -> same in DiffSynth-Studio's DiT names
     diffsynth_state_dict = None         # diffusers DiT state dict -> DiffSynth's DiT names
     lora_names_without_model = None     # LoRA modules in foreign names -> loaded names, no model
+    # model-id substrings of DiffSynth recipes of this family that we refuse -> what the model is and why (one line)
+    refused_models: dict = {}
     # ---- DiffSynth's command line
     command_line_defaults: dict = {}    # {section: {key: value}} DiffSynth's script forces
     # DiffSynth's sft:data_process file keys -> our input names (its `.pth` cache read by --task sft:train)

@@ -141,6 +141,11 @@ def _refuse(model_id: str, fams: list[str]) -> ForeignModelError:
     ours = [f for f in fams if any(diffsynth_family(o) == f for o in our_families())]
     what = "/".join(fams)
     if ours:  # a family we have, a model of it we do not load (a ControlNet, an adapter, another base)
+        why = [text for spec in all_specs() if diffsynth_family(spec.name) in ours
+               for part, text in vars(spec).get("refused_models", {}).items() if part.lower() in model_id.lower()]
+        if why:
+            return ForeignModelError(f"model id {model_id!r} belongs to DiffSynth's {what} recipes: {why[0]}",
+                                     model_id, fams[0] if len(fams) == 1 else what)
         return ForeignModelError(
             f"model id {model_id!r} belongs to DiffSynth's {what} recipes, but none of our families loads it; "
             f"we train: {_supported()}. Remove it, or use a recipe of ours (`diffsynth families`).",

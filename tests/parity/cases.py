@@ -17,6 +17,11 @@ FLUX2_GUIDANCE_1_BLOCK = {**FLUX2_KLEIN_4B_1_BLOCK, "joint_attention_dim": 15360
 # DiffSynth's FLUX.2 LoRA recipe (klein-4B's list, cut to the one single block)
 FLUX2_TARGETS = ("to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out,linear_in,linear_out,"
                  "to_qkv_mlp_proj,single_transformer_blocks.0.attn.to_out")
+# Tongyi-MAI/Z-Image-Turbo:transformer/config.json at one block per list
+Z_IMAGE_DIT = {"all_patch_size": [2], "all_f_patch_size": [1], "in_channels": 16, "dim": 3840, "n_layers": 1,
+               "n_refiner_layers": 1, "n_heads": 30, "n_kv_heads": 30, "norm_eps": 1e-5, "qk_norm": True,
+               "cap_feat_dim": 2560, "rope_theta": 256.0, "t_scale": 1000.0, "axes_dims": [32, 48, 48],
+               "axes_lens": [1536, 512, 512]}
 
 DIT_CASES = {
     "qwen_image": {
@@ -83,6 +88,21 @@ DIT_CASES = {
         "reference": FLUX2_GUIDANCE_1_BLOCK,
         "latents": [1, 128, 4, 4], "prompt": [1, 7, 15360],
         "targets": FLUX2_TARGETS,
+    },
+    "z_image": {  # Z-Image / Z-Image-Turbo: one block per list (noise refiner, context refiner, layers)
+        "family": "z_image",
+        "ours": {"cls": "ZImageTransformer2DModel", "config": dict(Z_IMAGE_DIT)},
+        "reference": {"n_layers": 1, "n_refiner_layers": 1},
+        # 6x6 image tokens and 7 prompt tokens: both padded to 32 (the DiT's pad tokens take part)
+        "latents": [1, 16, 12, 12], "prompt": [1, 7, 2560],
+        "targets": "to_q,to_k,to_v,to_out.0,w1,w2,w3",
+    },
+    "z_image_omni": {  # Z-Image-Omni-Base: the omni path (the target as the only, noisy image; no SigLIP input)
+        "family": "z_image",
+        "ours": {"cls": "ZImageTransformer2DModel", "config": {**Z_IMAGE_DIT, "siglip_feat_dim": 1152}},
+        "reference": {"n_layers": 1, "n_refiner_layers": 1, "siglip_feat_dim": 1152},
+        "latents": [1, 16, 12, 12], "prompt": [1, 7, 2560], "omni": True,
+        "targets": "to_q,to_k,to_v,to_out.0,w1,w2,w3",
     },
 }
 
@@ -152,6 +172,13 @@ VAE_CASES = {
                         "layers_per_block": 2, "act_fn": "silu", "latent_channels": 16, "norm_num_groups": 32,
                         "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
                         "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True}},
+    # Z-Image ships the FLUX VAE architecture in diffusers names (vae/diffusion_pytorch_model.safetensors)
+    "z_image": {"family": "z_image", "cls": "AutoencoderKL", "layout": "diffusers", "pixels": [1, 3, 32, 32],
+                "config": {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                           "up_block_types": ["UpDecoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+                           "layers_per_block": 2, "act_fn": "silu", "latent_channels": 16, "norm_num_groups": 32,
+                           "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+                           "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True}},
     "wan2.1": {"family": "wan", "cls": "AutoencoderKLWan", "config": WAN21_VAE, "layout": "wan",
                "pixels": [1, 3, 5, 32, 32]},
     "wan2.2": {"family": "wan", "cls": "AutoencoderKLWan", "layout": "wan", "pixels": [1, 3, 5, 32, 32],
@@ -189,3 +216,12 @@ VACE_CASES = {
 # chat templates and layer picks are the real ones; the hub's tokenizers cannot be downloaded here)
 PROMPT_FLUX2 = {"klein": "flux.2-klein-4b", "dev": "flux.2-dev"}
 PROMPT_TEXT = "a red cube on a table [IMG]"
+
+
+# Z-Image's prompt path: Qwen3-4B's width and heads at two layers, the tiny twin's tokenizer (its chat template is
+# Qwen3's for one user turn); vocabulary cut to that tokenizer's
+Z_IMAGE_TEXT_ENCODER = {"vocab_size": 512, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 2,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                        "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+                        "tie_word_embeddings": True}
+Z_IMAGE_PROMPTS = ["a red cube", "A watercolour fox, sitting in tall grass at dusk; soft light."]

@@ -27,13 +27,14 @@ from diffsynth.families.flux import Flux  # noqa: E402
 from diffsynth.families.flux2 import Flux2  # noqa: E402
 from diffsynth.families.qwen_image import QwenImage  # noqa: E402
 from diffsynth.families.wan import Wan  # noqa: E402
+from diffsynth.families.z_image import ZImage  # noqa: E402
 from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
 from diffsynth.training import distill  # noqa: E402
 from diffsynth.training.loss import velocity_mse  # noqa: E402
 from diffsynth.training.schedule import FlowMatchSchedule  # noqa: E402
 
-PIPELINES = {"qwen_image": QwenImage, "flux": Flux, "wan": Wan, "flux2": Flux2}
-SCHEDULES = {"qwen_image": "qwen_image", "flux": "flux", "wan": "wan", "flux2": "flux2"}
+PIPELINES = {"qwen_image": QwenImage, "flux": Flux, "wan": Wan, "flux2": Flux2, "z_image": ZImage}
+SCHEDULES = {"qwen_image": "qwen_image", "flux": "flux", "wan": "wan", "flux2": "flux2", "z_image": "z_image"}
 
 
 def randomise(model: torch.nn.Module, gen: torch.Generator) -> None:
@@ -254,7 +255,31 @@ def encode_image_tensor(case: dict, pipe, pixels: torch.Tensor) -> torch.Tensor:
         return pipe.encode_image(None)
 
 
+def cmd_prompt_z_image(out: Path) -> None:
+    """Z-Image's prompt path end to end: the tiny twin's tokenizer (written to DIR/tokenizer for both sides), a
+    random Qwen3 at Qwen3-4B's width (DIR/text_encoder.safetensors, checkpoint names), our embeddings."""
+    from transformers import Qwen3Config, Qwen3Model
+    from cases import Z_IMAGE_PROMPTS, Z_IMAGE_TEXT_ENCODER
+    from diffsynth.families.z_image.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from diffsynth.models.tokenizers import train_bpe_tokenizer
+    tokenizer = train_bpe_tokenizer(out / "tokenizer", "Qwen2TokenizerFast", SPECIAL_TOKENS, "<|endoftext|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(out / "tokenizer"))
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(SEED)
+    encoder = Qwen3Model(Qwen3Config(**Z_IMAGE_TEXT_ENCODER, pad_token_id=pad, bos_token_id=pad,
+                                     eos_token_id=pad)).eval()
+    randomise(encoder, torch.Generator().manual_seed(SEED))
+    save_file({f"model.{k}": v.contiguous() for k, v in encoder.state_dict().items()},
+              str(out / "text_encoder.safetensors"))
+    pipe = ZImage(None, None, encoder, tokenizer)
+    save_file({f"emb{i}": pipe.encode_prompt(p)[0].contiguous() for i, p in enumerate(Z_IMAGE_PROMPTS)},
+              str(out / "ours_prompt.safetensors"))
+
+
 def cmd_prompt(name: str, out: Path) -> None:
+    if name == "z_image":
+        return cmd_prompt_z_image(out)
     """What our Qwen-Image prompt path hands the tokenizer, with the real tokenizer's prefix length (34 tokens:
     DiffSynth's drop_idx; ours is counted from the template by the loaded tokenizer)."""
     import json

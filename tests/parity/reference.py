@@ -55,6 +55,17 @@ def build(name: str):
         from diffsynth.pipelines.flux2_image import Flux2ImagePipeline
         pipe, dit = Flux2ImagePipeline(device="cpu", torch_dtype=torch.float32), Flux2DiT(**case["reference"])
         convert = lambda sd: sd  # noqa: E731  (its Flux2DiT has diffusers' names; no converter registered)
+    elif family == "z_image":
+        from diffsynth.models import z_image_dit
+        from diffsynth.models.z_image_dit import ZImageDiT
+        # its timestep embedder casts the sinusoid features to bf16 (its DiT always runs in bf16) and so cannot run
+        # in float32; cast to the weights' dtype instead: in a bf16 run that is the same bf16, and diffusers' (ours)
+        # does exactly this
+        z_image_dit.TimestepEmbedder.forward = lambda self, t: self.mlp(
+            self.timestep_embedding(t, self.frequency_embedding_size).to(self.mlp[0].weight.dtype))
+        from diffsynth.pipelines.z_image import ZImagePipeline
+        pipe, dit = ZImagePipeline(device="cpu", torch_dtype=torch.float32), ZImageDiT(**case["reference"])
+        convert = lambda sd: sd  # noqa: E731  (its ZImageDiT has diffusers' names)
     else:
         from diffsynth.models.wan_video_dit import WanModel
         from diffsynth.pipelines.wan_video import WanVideoPipeline
@@ -91,6 +102,9 @@ def inputs_for(case: dict, tensors: dict) -> dict:
         return {"input_latents": tokens(latents), "prompt_embeds": prompt, "embedded_guidance": 1.0,
                 "text_ids": Flux2Unit_PromptEmbedder().prepare_text_ids(prompt),
                 "image_ids": Flux2Unit_ImageIDs().prepare_latent_ids(latents.shape[2], latents.shape[3])}
+    if family == "z_image":  # its prompt unit's output: a list of (L, D) (Omni: a list of lists)
+        emb = tensors["prompt_emb"][0]
+        return {"input_latents": latents, "prompt_embeds": [[emb]] if case.get("omni") else [emb]}
     out = {"input_latents": latents, "context": tensors["prompt_emb"]}
     for key in ("y", "clip_feature", "reference_latents", "motion_bucket_id"):  # what its units hand on
         if key in tensors:
@@ -275,6 +289,12 @@ def cmd_vae(name: str, folder: Path) -> None:
             vae = Flux2VAE()  # its defaults are FLUX.2's VAE; diffusers names, batch-norm statistics in `bn`
             _strict_load(vae, state)
             latents = vae.encode(pixels)  # patchified and normalised inside its class
+        elif name == "z_image":  # model_configs.py: flux_vae_encoder, diffusers converter, no conv attention
+            from diffsynth.models.flux_vae import FluxVAEEncoder
+            from diffsynth.utils.state_dict_converters.flux_vae import FluxVAEEncoderStateDictConverterDiffusers
+            vae = FluxVAEEncoder(use_conv_attention=False)
+            _strict_load(vae, FluxVAEEncoderStateDictConverterDiffusers(state))
+            latents = vae(pixels)
         else:
             from diffsynth.models.wan_video_vae import WanVideoVAE, WanVideoVAE38
             from diffsynth.utils.state_dict_converters.wan_video_vae import WanVideoVAEStateDictConverter
@@ -297,7 +317,32 @@ def _strict_load(model, state: dict, partial: bool = False) -> None:
         raise SystemExit(f"VAE weights did not fit DiffSynth's class: missing={missing[:5]} unexpected={unexpected[:5]}")
 
 
+def cmd_prompt_z_image(folder: Path) -> None:
+    """Its Z-Image prompt unit (encode_prompt: chat template, 512-token padding, hidden_states[-2], mask) with the
+    same tokenizer folder and text-encoder weights ours.py wrote, in its ZImageTextEncoder class."""
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3Model
+    from cases import Z_IMAGE_PROMPTS, Z_IMAGE_TEXT_ENCODER
+    from diffsynth.models.z_image_text_encoder import ZImageTextEncoder
+    from diffsynth.pipelines.z_image import ZImagePipeline, ZImageUnit_PromptEmbedder
+    from diffsynth.utils.state_dict_converters.z_image_text_encoder import ZImageTextEncoderStateDictConverter
+    pipe = ZImagePipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    pad = pipe.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    with torch.device("meta"):
+        encoder = ZImageTextEncoder()  # its class; the model inside at the case's (reduced) config
+    encoder.model = Qwen3Model(Qwen3Config(**Z_IMAGE_TEXT_ENCODER, pad_token_id=pad, bos_token_id=pad,
+                                           eos_token_id=pad))
+    _strict_load(encoder, ZImageTextEncoderStateDictConverter(load_file(str(folder / "text_encoder.safetensors"))))
+    pipe.text_encoder = encoder.eval()
+    with torch.no_grad():
+        embs = ZImageUnit_PromptEmbedder().encode_prompt(pipe, list(Z_IMAGE_PROMPTS), device="cpu")
+    save_file({f"emb{i}": e.float().contiguous() for i, e in enumerate(embs)},
+              str(folder / "reference_prompt.safetensors"))
+
+
 def cmd_prompt(name: str, folder: Path) -> None:
+    if name == "z_image":
+        return cmd_prompt_z_image(folder)
     """What its Qwen-Image prompt unit hands the tokenizer (templated text, max_length): captured with a stand-in
     tokenizer, since no real tokenizer can be downloaded here."""
     from diffsynth.pipelines.qwen_image import QwenImagePipeline, QwenImageUnit_PromptEmbedder

@@ -179,6 +179,24 @@ def prompt_flux2_case(name: str, ours_py: str, ref_py: str, folder: Path, table:
             table.add(f"prompt flux2 {name}", what, ours[key], ref[key], DEFAULT_TOLERANCE)
 
 
+def z_image_prompt_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """Text to the DiT's input: the same tokenizer and Qwen3 weights through both prompt paths (template, its
+    512-token padding and mask, the second-to-last hidden state, pad tokens dropped)."""
+    from cases import Z_IMAGE_PROMPTS
+    run(ours_py, "ours.py", "prompt", "z_image", str(folder))
+    run(ref_py, "reference.py", "prompt", "z_image", str(folder))
+    ours = load_file(str(folder / "ours_prompt.safetensors"))
+    ref = load_file(str(folder / "reference_prompt.safetensors"))
+    for i in range(len(Z_IMAGE_PROMPTS)):
+        if ours[f"emb{i}"].shape != ref[f"emb{i}"].shape:
+            table.rows.append(("prompt z_image", f"prompt {i}: tokens kept", str(tuple(ours[f"emb{i}"].shape)),
+                               str(tuple(ref[f"emb{i}"].shape)), "", "FAIL"))
+            table.failed.append(f"prompt z_image {i} shape")
+            continue
+        table.add("prompt z_image", f"prompt {i}: embedding ({ours[f'emb{i}'].shape[0]} tokens)", ours[f"emb{i}"],
+                  ref[f"emb{i}"], DEFAULT_TOLERANCE)
+
+
 # --quant_options methods compared (comfy-kitchen is in neither venv by default). Both sides call the same
 # bitsandbytes/torchao quantizers with DiffSynth's settings, so only the libraries' versions in the two venvs can
 # differ: one bf16 rounding step of the output (2**-8 relative) with margin.
@@ -227,6 +245,9 @@ def main() -> None:
         for name in PROMPT_FLUX2:
             if not args.only or f"prompt-flux2-{name}" in args.only or "prompt-flux2" in args.only:
                 prompt_flux2_case(name, args.python, args.reference_python, Path(tmp), table)
+        if not args.only or "prompt" in args.only or "prompt-z_image" in args.only:
+            (Path(tmp) / "prompt-z_image").mkdir()
+            z_image_prompt_case(args.python, args.reference_python, Path(tmp) / "prompt-z_image", table)
     table.print()
     if table.failed:
         sys.exit(f"parity FAILED: {table.failed}")
