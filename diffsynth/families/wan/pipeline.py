@@ -140,7 +140,6 @@ class Wan(Family):
     text_tokens = blocks.TEXT_TOKENS
     data = DATA_RULES
     extra_inputs = ("input_image",)
-    sample_image_input = "input_image"  # a sample entry's image is its first frame
     encoders = ("text_encoder", "image_encoder")
     lora_targets = LORA_TARGETS
     lora_to_original = staticmethod(lora_to_wan_names)
@@ -148,6 +147,7 @@ class Wan(Family):
     # DiffSynth's own Wan DiT keeps the original Wan-AI names (its trainer's checkpoints use them)
     lora_to_diffsynth = staticmethod(lora_to_wan_names)
     diffsynth_state_dict = staticmethod(diffusers_to_wan_dit)
+    sample_image_input = "input_image"  # a sample entry's image is its first frame
     lora_names_without_model = staticmethod(lora_names_without_model)
     # DiffSynth's Wan train.py forces checkpointing on, so its command line means it is on
     command_line_defaults = {"gradient": {"use_gradient_checkpointing": True}}
