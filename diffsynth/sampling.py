@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,15 +144,18 @@ def check_samples(config) -> None:
     s = config.sample
     if s.num_inference_steps < 1:
         raise ConfigError(f"sample.num_inference_steps = {s.num_inference_steps}: must be >= 1")
-    if any(isinstance(p, dict) and ("images" in p or "embedded_guidance" in p) for p in s.prompts):
+    if any(isinstance(p, dict) for p in s.prompts) or s.cfg_scale != 1:
         from .families import spec_for
         spec = spec_for(config)
     else:
-        spec = None  # strings and settings only: no family needed
+        spec = None  # plain strings at cfg 1: today's samples, nothing family-specific
     for e in _entries(config, spec):
+        if e.guided and not accepts(spec.render, "negative_inputs"):
+            raise ConfigError(f"{_where(e.index)}: cfg_scale {e.cfg_scale}, but the {spec.name} family's samples have "
+                              "no classifier-free guidance yet; set cfg_scale: 1 (sample.cfg_scale or the entry's)")
         if not e.images:
             continue
-        take = getattr(spec, "sample_image_input", "")
+        take = getattr(spec, "sample_image_input", "") if accepts(spec.sample_inputs, "images") else ""
         wanted = [k.strip() for k in (config.model.extra_inputs or "").split(",") if k.strip()]
         if not take or take not in wanted:
             needs = (f"; they stand for its {take!r} input, so set model.extra_inputs: {take}" if take else
@@ -162,6 +166,14 @@ def check_samples(config) -> None:
             if not Path(path).is_file():
                 raise ConfigError(f"{_where(e.index)}.images: {path} does not exist (paths are relative to the "
                                   "project root, where params.yaml is): fix the path or add the file")
+
+
+def accepts(hook, name: str) -> bool:
+    """Whether a family hook takes the keyword ``name`` (a family, or a variant overriding a hook, may not yet)."""
+    try:
+        return name in inspect.signature(hook).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def image_digests(config) -> dict[str, str]:

@@ -298,3 +298,21 @@ def test_samples_table_has_the_entry_settings(pipes, world):
     assert t["cfg_scale"] == [1.0, 2.5] and t["negative_prompt"] == ["", "dark"]
     assert t["num_inference_steps"] == [2, 2] and t["embedded_guidance"] == [3.5, 2.0]
     assert t["images"] == ["", f"{world['red']},{world['blue']}"] and t["step"] == [3, 3]
+
+
+def test_families_without_the_hook_arguments_are_refused_by_name(world, monkeypatch):
+    """A family (or a variant overriding a hook) that does not take images= / negative_inputs= yet: refused at
+    config time, naming the entry, never a TypeError at the first save point."""
+    from diffsynth.families.qwen_image.edit import QwenImageEdit
+    from diffsynth.families.qwen_image.pipeline import QwenImage
+
+    monkeypatch.setattr(QwenImage, "render", lambda self, inputs, seed, height, width, steps, num_frames=1: None)
+    monkeypatch.setattr(QwenImageEdit, "sample_inputs", lambda self, prompt, height=0, width=0, num_frames=1: {})
+    with pytest.raises(ConfigError, match=r"sample\.prompts\[0\]: cfg_scale 4\.0, but the qwen_image family's "
+                                          "samples have no classifier-free guidance"):
+        config_from_dict({**qwen_params(["x"]), "sample": {**DEFAULT_PARAMS["sample"], "cfg_scale": 4}})
+    data = preset_params(REPO / "presets" / "tiny" / f"{PRESETS['edit']}.yaml")
+    data["sample"]["prompts"] = [{"prompt": "x", "images": world["red"]}]
+    with pytest.raises(ConfigError, match=r"sample\.prompts\[0\]\.images: the qwen_image_edit family's samples take "
+                                          "no images"):
+        config_from_dict(data)
