@@ -75,6 +75,12 @@ def fingerprint(config: Config, metadata_path: str | Path | None, what: str = "d
         s = config.sample
         out.update(prompts=list(s.prompts), sample_height=s.height, sample_width=s.width,
                    sample_num_frames=s.num_frames)
+        # keys only when set (the negative prompts encoded, the sample images' contents)
+        if s.cfg_scale != 1 or any(isinstance(p, dict) for p in s.prompts):
+            out.update(sample_negative_prompt=s.negative_prompt, sample_cfg_scale=s.cfg_scale)
+        from .sampling import image_digests
+        if image_digests(config):
+            out["sample_images"] = image_digests(config)
     return out
 
 
@@ -82,6 +88,10 @@ def _check_fingerprint(folder: Path, index: dict, expected: dict) -> None:
     """Every key of ``expected`` must match (a partial ``expected`` checks only what it names)."""
     found = index.get("fingerprint", {})
     changed = sorted(k for k in expected if found.get(k) != expected.get(k))
+    if changed == ["sample_images"]:  # the paths (params) are the same: DVC does not see a file replaced in place
+        raise CacheError(f"The prompt cache in {folder} was built from other sample images (sample.prompts images "
+                         "changed on disk since): rebuild it with `dvc repro --force --single-item cache_prompts`, "
+                         "or `python stages/cache.py prompts`")
     if changed:
         details = "; ".join("code: the encoding code changed since the cache was built" if k == "code" else
                             f"{k}: cache {found.get(k)!r} vs params {expected.get(k)!r}" for k in changed[:4])
@@ -186,14 +196,15 @@ def write_cache(out_dir: str | Path, encode: Callable[[dict], dict], items: Iter
     return index
 
 
-def write_prompt_cache(out_dir: str | Path, sample_inputs: Callable[[str], dict], prompts: list[str],
-                       fp: dict) -> dict:
+def write_prompt_cache(out_dir: str | Path, items: Iterable[tuple[str, str, Callable[[], dict]]], fp: dict) -> dict:
+    """``items``: (key, prompt, its encoding) per encoded prompt (a sample entry's prompt, and its negative
+    prompt when guided); read back as ``{key: inputs}``."""
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp)
-        for i, prompt in enumerate(prompts):
+        for key, prompt, encode in items:
             with torch.no_grad():
-                writer.add(f"prompt{i}", sample_inputs(prompt), prompt=prompt)
+                writer.add(key, encode(), prompt=prompt)
         writer.flush()
         index = {"version": VERSION, "kind": "prompts", "fingerprint": fp, "shards": writer.shards,
                  "samples": writer.entries}
@@ -316,10 +327,10 @@ class CachedDataset(torch.utils.data.Dataset):
 
 
 def read_prompt_cache(folder: str | Path, expected: dict | None = None) -> dict[str, dict]:
-    """``{prompt: sample inputs}`` from the prompt cache."""
+    """``{key: sample inputs}`` from the prompt cache (``SampleEntry.key`` / ``negative_key``)."""
     folder, index = _open(folder, "prompts", expected)
     shards = [_open_shard(folder / s["file"]) for s in index["shards"]]
-    return {entry["prompt"]: unflatten({n: shards[entry["shard"]].get_tensor(f"{entry['key']}/{n}")
+    return {entry["key"]: unflatten({n: shards[entry["shard"]].get_tensor(f"{entry['key']}/{n}")
                                         for n in _tensor_names(entry["layout"])}, entry["layout"])
             for entry in index["samples"]}
 

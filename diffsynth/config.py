@@ -241,11 +241,19 @@ class CacheConfig:
 
 @dataclass
 class SampleConfig:
-    prompts: list = _fl(["a red circle on a white background"], "prompts rendered at each save point", ours=True)
+    prompts: list = _fl(["a red circle on a white background"], "prompts rendered at each save point: a string, or "
+                        "{prompt, negative_prompt, cfg_scale, num_inference_steps, images, seeds} (images: the edit/"
+                        "Kontext reference/first-frame file(s), relative to the project root)", ours=True)
     seeds: list = _fl([0], "one sample per prompt and seed", ours=True)
     height: int = _f(1024, "sample height", ours=True)
     width: int = _f(1024, "sample width", ours=True)
     num_inference_steps: int = _f(30, "sampler steps", ours=True)
+    negative_prompt: str = _f("", "negative prompt of guided samples (cfg_scale != 1)", ours=True)
+    cfg_scale: float = _f(1.0, "classifier-free guidance scale (DiffSynth's cfg_scale; 1 = one prediction per step, "
+                          "no negative prompt; DiffSynth's pipelines default to 4 for Qwen-Image, 5 for Wan, 1 for "
+                          "FLUX.1)", ours=True)
+    embedded_guidance: float = _f(3.5, "FLUX.1's distilled guidance of samples (DiffSynth's embedded_guidance); "
+                                  "families without one ignore it", ours=True)
     num_frames: int = _f(1, "frames per sample for video families (4k+1)", ours=True)
     out_dir: str = _f("", "also save samples as PNG here (videos as a frame strip); empty: MLflow only", ours=True)
 
@@ -399,6 +407,8 @@ class Config:
         check_recipe(self)
         from .families import check_extra_inputs  # the family decides which extra inputs exist
         check_extra_inputs(self)
+        from .sampling import check_samples
+        check_samples(self)
         return self
 
 

@@ -14,6 +14,7 @@ from .data.dataset import UnifiedDataset, metadata_dataset
 from .data.masks import attach
 from .families import spec_for
 from .progress import progress as progress_bar
+from .sampling import load_images, sample_entries
 
 
 
@@ -65,13 +66,24 @@ def build_data_cache(config: Config, metadata_path: str, out_dir: str | Path, pi
 
 
 def build_prompt_cache(config: Config, metadata_path: str | None, out_dir: str | Path, pipe=None) -> dict:
-    """The save-point samples' conditioning for every ``sample.prompts`` entry. Families whose samples are
+    """The save-point samples' conditioning for every ``sample.prompts`` entry, and its negative prompt's when
+    the entry is guided (cfg_scale != 1), with the entry's images. Families whose samples are otherwise
     conditioned on the dataset (Wan image-to-video: the first frame; Qwen-Image-Edit: the edit image) see the
     first row first, as online training does (the validation rows are encoded before the first sample)."""
     pipe = pipe or load_encoders(config)
     if metadata_path:
         pipe.encode(encoding_dataset(config, metadata_path)[0])
     s = config.sample
-    return cache.write_prompt_cache(
-        out_dir, lambda prompt: pipe.sample_inputs(prompt, s.height, s.width, s.num_frames), list(s.prompts),
-        cache.fingerprint(config, None, what="prompts"))
+
+    def items():
+        for entry in sample_entries(config, type(pipe)):
+            images = load_images(config, entry, type(pipe))
+            extra = {} if images is None else {"images": images}
+
+            def encode(prompt, extra=extra):
+                return lambda: pipe.sample_inputs(prompt, s.height, s.width, s.num_frames, **extra)
+            yield entry.key, entry.prompt, encode(entry.prompt)
+            if entry.guided:
+                yield entry.negative_key, entry.negative_prompt, encode(entry.negative_prompt)
+
+    return cache.write_prompt_cache(out_dir, items(), cache.fingerprint(config, None, what="prompts"))

@@ -160,6 +160,9 @@ class Family(torch.nn.Module):
     block_inputs: dict = {}             # DiT block class name -> builder of its call's tensors (memory plan)
     text_tokens: dict = {}              # DiT class name -> text tokens it attends to (memory plan)
     reference_image_inputs: tuple = ()  # extra inputs whose images join the image tokens (memory plan)
+    # ---- save-point samples (diffsynth/sampling.py)
+    sample_image_input: str = ""        # the extra input a sample entry's `images` stand for ("": samples take none)
+    sample_options: tuple[str, ...] = ()  # render() keywords beyond cfg_scale/negative_inputs (embedded_guidance)
     # ---- data and inputs
     data: DataRules = DataRules()
     encoders: tuple[str, ...] = ("text_encoder",)  # components only encoding needs (not held when training cached)
@@ -328,13 +331,17 @@ class Family(torch.nn.Module):
 
     @torch.no_grad()
     def sample_inputs(self, prompt: str, height: int, width: int, num_frames: int = 1) -> dict:
-        """The conditioning of a save-point sample (the encoders' part: the cache stage computes it ahead)."""
+        """The conditioning of a save-point sample (the encoders' part: the cache stage computes it ahead). A family
+        with a ``sample_image_input`` also takes ``images=`` (a sample entry's image(s), loaded as a dataset cell);
+        it is passed only when the entry has images."""
         raise NotImplementedError
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
                num_frames: int = 1) -> Image.Image | list[Image.Image]:
-        """Denoise from seeded noise under ``inputs`` and decode (the DiT and the VAE decoder's part)."""
+        """Denoise from seeded noise under ``inputs`` and decode (the DiT and the VAE decoder's part). Guided
+        entries (cfg_scale != 1) also pass ``cfg_scale=`` and ``negative_inputs=`` (the negative prompt's
+        ``sample_inputs``): predict with ``sampling.guided_velocity``; ``sample_options`` are passed by name."""
         raise NotImplementedError
 
     @torch.no_grad()

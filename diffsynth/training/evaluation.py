@@ -6,23 +6,32 @@ from pathlib import Path
 from ..config import Config
 from ..families import Family
 from ..progress import progress
+from ..sampling import SampleEntry, entry_inputs, render_options, sample_entries
 from .module import to_device
 from .schedule import FlowMatchSchedule
 from .validation import FixedNoiseValidator
 
 
-def render_samples(pipe: Family, config: Config, prompt_inputs: dict | None) -> list[tuple[int, str, int, object]]:
-    """(prompt index, prompt, seed, image or list of frames) for every prompt × seed; conditioned on the prompt
-    cache when training from the encoder cache."""
+def render_samples(pipe: Family, config: Config, prompt_inputs: dict | None) -> list[tuple[SampleEntry, int, object]]:
+    """(entry, seed, image or list of frames) for every ``sample.prompts`` entry × its seeds; conditioned on the
+    prompt cache when training from the encoder cache. A plain prompt string renders as it always has: its
+    conditioning, then ``render`` with the section's steps and no other argument."""
     s, out = config.sample, []
-    pairs = [(i, prompt, int(seed)) for i, prompt in enumerate(s.prompts) for seed in s.seeds]
-    for i, prompt, seed in progress(pairs, desc="samples", unit="image"):
-        if prompt_inputs is not None:
-            image = pipe.render(to_device(prompt_inputs[prompt], pipe.device), seed, s.height, s.width,
-                                s.num_inference_steps, num_frames=s.num_frames)
-        else:
-            image = pipe.sample(prompt, seed, s.height, s.width, s.num_inference_steps, num_frames=s.num_frames)
-        out.append((i, prompt, seed, image))
+    entries = sample_entries(config, type(pipe))
+    pairs = [(entry, int(seed)) for entry in entries for seed in entry.seeds]
+    conditioning: dict[int, tuple] = {}
+    for entry, seed in progress(pairs, desc="samples", unit="image"):
+        if entry.index not in conditioning:  # once per entry, for all its seeds
+            if prompt_inputs is not None:
+                negative = prompt_inputs.get(entry.negative_key)
+                conditioning[entry.index] = (to_device(prompt_inputs[entry.key], pipe.device),
+                                             None if negative is None else to_device(negative, pipe.device))
+            else:
+                conditioning[entry.index] = entry_inputs(pipe, config, entry)
+        inputs, negative = conditioning[entry.index]
+        image = pipe.render(inputs, seed, s.height, s.width, entry.num_inference_steps, num_frames=s.num_frames,
+                            **render_options(pipe, entry, negative))
+        out.append((entry, seed, image))
     return out
 
 
@@ -62,8 +71,10 @@ class Evaluator:
         return metrics
 
     def _log_samples(self, at: int) -> None:
-        table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": []}
-        for i, prompt, seed, image in render_samples(self.pipe, self.config, self.prompt_inputs):
+        table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": [], "negative_prompt": [],
+                 "cfg_scale": [], "num_inference_steps": [], "images": [], "embedded_guidance": []}
+        for entry, seed, image in render_samples(self.pipe, self.config, self.prompt_inputs):
+            i, prompt = entry.index, entry.prompt
             key = f"sample/p{i}_s{seed}"  # one image key per prompt × seed; the step slider walks the save points
             shown = self.tracker.log_sample(image, key=key, step=at)
             if self.config.sample.out_dir:  # also on disk: a DVC image plot, and kept when MLflow is down
@@ -71,6 +82,6 @@ class Evaluator:
                 folder.mkdir(parents=True, exist_ok=True)
                 shown.save(folder / f"step{at:06d}_p{i}_s{seed}.png")
             for column, value in (("prompt", prompt), ("seed", seed), ("step", at), ("image", shown),
-                                  ("image_key", key)):
+                                  ("image_key", key), *entry.settings().items()):
                 table[column].append(value)
         self.tracker.log_table(table, "samples.json")

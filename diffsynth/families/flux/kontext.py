@@ -32,6 +32,7 @@ class FluxKontext(Flux):
     selected_by = KEY
     tiny_twins = {"flux.1-kontext-dev": ("black-forest-labs/FLUX.1-Kontext-dev", tiny.write_tiny_kontext)}
     reference_image_inputs = (KEY,)
+    sample_image_input = KEY
 
     @classmethod
     def load_pipeline(cls, config, dtype: torch.dtype, device: torch.device | str = "cpu",
@@ -59,7 +60,8 @@ class FluxKontext(Flux):
     def conditioning_latents(self, inputs: dict) -> list[torch.Tensor]:
         return list(inputs.get("kontext_latents") or [])
 
-    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
+    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1, images=None) -> dict:
+        """A sample entry's reference image(s) (``images``), else the dataset's first row's."""
         inputs = super().sample_inputs(prompt)
-        references = self.sample_reference.get()
+        references = self.sample_reference.get() if images is None else images
         return inputs if references is None else {**inputs, "kontext_latents": self.encode_references(references)}

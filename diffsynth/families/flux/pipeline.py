@@ -19,6 +19,7 @@ from PIL import Image
 
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
+from ...sampling import guided_velocity
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import Family
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
@@ -117,6 +118,7 @@ class Flux(Family):
     text_tokens = blocks.TEXT_TOKENS
     # data: the default DataRules (sides of multiples of 16: VAE 8 x 2x2 patches)
     encoders = ("text_encoder", "text_encoder_2")
+    sample_options = ("embedded_guidance",)  # sample.embedded_guidance: FLUX.1's distilled guidance
     lora_targets = LORA_TARGETS
     opensource_lora_format = "kohya"
     lora_to_original = staticmethod(lora_to_bfl)
@@ -227,16 +229,21 @@ class Flux(Family):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1) -> Image.Image:
-        """Euler sampling with embedded guidance 3.5 (no CFG), as FLUX.1-dev is run."""
+               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None,
+               embedded_guidance: float = SAMPLE_GUIDANCE) -> Image.Image:
+        """Euler sampling with embedded guidance (3.5: no CFG, as FLUX.1-dev is run; DiffSynth's defaults), and
+        true CFG with the negative prompt when cfg_scale != 1."""
         step = 2 * self.vae_factor  # latent sides must be even for the 2x2 packing
         h, w = max(step, height // step * step) // self.vae_factor, max(step, width // step * step) // self.vae_factor
         generator = torch.Generator().manual_seed(seed)
         channels = self.vae.config.latent_channels
         latents = torch.randn((1, channels, h, w), generator=generator).to(self.device, self.torch_dtype)
-        inputs = {**inputs, "guidance": SAMPLE_GUIDANCE}
+        inputs = {**inputs, "guidance": embedded_guidance}
+        if negative_inputs is not None:
+            negative_inputs = {**negative_inputs, "guidance": embedded_guidance}
         sigmas = inference_sigmas(num_inference_steps)
         for i in range(num_inference_steps):
-            velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
+            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
+                                       negative_inputs)
             latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
         return self.decode(latents)

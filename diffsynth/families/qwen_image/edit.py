@@ -97,6 +97,7 @@ class QwenImageEdit(QwenImage):
     selected_by = "edit_image"
     tiny_twins = {"qwen-image-edit": ("Qwen/Qwen-Image-Edit", tiny.write_tiny_edit)}
     reference_image_inputs = ("edit_image",)
+    sample_image_input = "edit_image"
 
     @classmethod
     def auxiliary_entries(cls, config) -> dict[str, str]:
@@ -182,8 +183,9 @@ class QwenImageEdit(QwenImage):
     def conditioning_latents(self, inputs: dict) -> list[torch.Tensor]:
         return list(inputs.get("edit_latents") or [])
 
-    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
-        edit = self.sample_edit_image
+    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1, images=None) -> dict:
+        """A sample entry's edit image(s) (``images``), else the dataset's first row's."""
+        edit = self.sample_edit_image if images is None else images
         return super().sample_inputs(prompt) if edit is None else self.edit_inputs(prompt, edit)
 
 

@@ -7,6 +7,7 @@ from PIL import Image
 
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
+from ...sampling import guided_velocity
 from ...sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
 from ..base import Family
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
@@ -139,15 +140,17 @@ class QwenImage(Family):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1) -> Image.Image:
-        """Euler sampling of the flow (cfg 1), as DiffSynth's pipeline does at cfg_scale=1."""
+               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None) -> Image.Image:
+        """Euler sampling of the flow, as DiffSynth's pipeline does (cfg_scale != 1: guided by the negative
+        prompt's inputs)."""
         factor = 2 ** len(self.vae.config.temperal_downsample)
         h, w = height // factor, width // factor
         generator = torch.Generator().manual_seed(seed)
         latents = torch.randn((1, self.vae.config.z_dim, h, w), generator=generator).to(self.device, self.torch_dtype)
         sigmas = inference_sigmas(num_inference_steps, (h // 2) * (w // 2))
         for i in range(num_inference_steps):
-            velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
+            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
+                                       negative_inputs)
             latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
         return self.decode(latents)
 

@@ -27,6 +27,7 @@ from ...errors import ConfigError
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
+from ...sampling import guided_velocity
 from ..base import DataRules, Family
 from . import animate, blocks, checkpoints, real_configs, tiny
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
@@ -91,6 +92,14 @@ def tensor_to_frames(video: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(frame) for frame in array]
 
 
+def first_frame(images) -> Image.Image:
+    """A sample entry's first frame: one image (a list of one is accepted)."""
+    frames = images if isinstance(images, list) else [images]
+    if len(frames) != 1:
+        raise ValueError(f"a Wan sample entry's images is its first frame: give one image, not {len(frames)}")
+    return frames[0]
+
+
 def train_sigmas(n: int) -> torch.Tensor:
     return shifted_grid(n, SHIFT)
 
@@ -139,6 +148,7 @@ class Wan(Family):
     # DiffSynth's own Wan DiT keeps the original Wan-AI names (its trainer's checkpoints use them)
     lora_to_diffsynth = staticmethod(lora_to_wan_names)
     diffsynth_state_dict = staticmethod(diffusers_to_wan_dit)
+    sample_image_input = "input_image"  # a sample entry's image is its first frame
     lora_names_without_model = staticmethod(lora_names_without_model)
     # DiffSynth's Wan train.py forces checkpointing on, so its command line means it is on
     command_line_defaults = {"gradient": {"use_gradient_checkpointing": True}}
@@ -348,13 +358,15 @@ class Wan(Family):
             raise ValueError(f"sample.num_frames = {num_frames}: Wan needs 4k+1 frames (1, 5, 9, ...)")
 
     @torch.no_grad()
-    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1) -> dict:
-        """Image-to-video variants condition on the first frame of the first video this pipeline encoded (the
-        validation rows at step 0); TI2V without one samples text-to-video."""
+    def sample_inputs(self, prompt: str, height: int = 0, width: int = 0, num_frames: int = 1,
+                      images=None) -> dict:
+        """Image-to-video variants condition on ``images`` (a sample entry's first frame), else on the first frame
+        of the first video this pipeline encoded (the validation rows at step 0); TI2V without one samples
+        text-to-video."""
         self._check_sample_size(height, width, num_frames)
         inputs = {"prompt_emb": self.encode_prompt(prompt)}
         if self.require_vae_embedding or self.require_clip_embedding or self.fuse_first_frame:
-            image = self._sample_image
+            image = self._sample_image if images is None else first_frame(images)
             if image is None and not self.fuse_first_frame:
                 image = Image.new("RGB", (width, height), (127, 127, 127))  # nothing encoded yet: a neutral frame
             if image is not None:
@@ -363,8 +375,9 @@ class Wan(Family):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1) -> list[Image.Image]:
-        """Euler sampling of the flow at cfg 1 (no negative prompt), one expert for the whole trajectory."""
+               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None) -> list[Image.Image]:
+        """Euler sampling of the flow, one expert for the whole trajectory; cfg_scale != 1: guided by the
+        negative prompt's inputs (same image conditioning)."""
         self._check_sample_size(height, width, num_frames)
         shape = (1, self.z_dim, (num_frames - 1) // self.temporal_factor + 1, height // self.spatial_factor,
                  width // self.spatial_factor)
@@ -375,7 +388,8 @@ class Wan(Family):
         for i in range(num_inference_steps):
             if first is not None:
                 latents[:, :, 0:1] = first
-            velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
+            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
+                                       negative_inputs)
             latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
         if first is not None:
             latents[:, :, 0:1] = first
