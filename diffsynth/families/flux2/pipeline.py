@@ -143,8 +143,9 @@ class Flux2(Family):
             "TreeAdapter: a multi-LoRA system for klein-base that DiffSynth supports for inference only (no training "
             "command)",
         r"/special/dmd2/":
-            "DMD2: distribution-matching distillation of klein-base into a few-step student (teacher, fake-score and "
-            "discriminator models, DiffSynth's special/dmd2/train.py); not supported yet",
+            "DMD2: distribution-matching distillation of black-forest-labs/FLUX.2-klein-base-4B into a few-step student "
+            "(teacher, fake-score and discriminator models, --dmd2_* flags, DiffSynth's special/dmd2/train.py); "
+            "not supported yet",
     }
 
     # modules_without_gradient: none. The single blocks see text and image tokens with shared layers, and the
