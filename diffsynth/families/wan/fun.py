@@ -56,6 +56,8 @@ class WanFirstLastFrame(Wan):
     tiny_twins = {
         "wan2.1-flf2v-14b": ("Wan-AI/Wan2.1-FLF2V-14B-720P", tiny.write_tiny_flf2v),
         "wan2.1-fun-inp": ("PAI/Wan2.1-Fun-1.3B-InP", tiny.write_tiny_i2v),
+        # the Wan2.2-I2V-A14B architecture (36-channel experts, no CLIP), trained on first and last frames
+        "wan2.2-fun-a14b-inp": ("PAI/Wan2.2-Fun-A14B-InP", tiny.write_tiny_i2v_a14b),
     }
 
     @classmethod
