@@ -231,8 +231,11 @@ class WanFunCamera(Wan):
 
     @classmethod
     def data_rules(cls, config=None):
-        return replace(super().data_rules(config), value_inputs=(("camera_control_direction", DIRECTIONS),
-                                                                 ("camera_control_speed", "number")))
+        rules = super().data_rules(config)
+        # Wan2.2-Fun-A14B-Control-Camera's recipe lists control_video in --data_file_keys; DiffSynth's loader routes
+        # a file by its extension, so that column is a clip (loaded, and unused by the camera units)
+        return replace(rules, video_keys=tuple(dict.fromkeys((*rules.video_keys, "control_video"))),
+                       value_inputs=(("camera_control_direction", DIRECTIONS), ("camera_control_speed", "number")))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
