@@ -77,14 +77,9 @@ def build_meta(name: str) -> torch.nn.Module:
     """REAL_MODELS[name] on the meta device (cached: a 20B DiT builds in seconds, but only once per process)."""
     from accelerate import init_empty_weights
 
-    from .models.real_configs import REAL_MODELS, build_class
-    entry = REAL_MODELS[name]
-    cls = build_class(entry["cls"])
+    from .models.real_configs import REAL_MODELS, build_real
     with init_empty_weights(include_buffers=False):
-        if entry["cls"].startswith("diffusers."):
-            module = cls.from_config(entry["config"])
-        else:
-            module = cls(cls.config_class(**entry["config"]))
+        module = build_real(REAL_MODELS[name])
     return tie_as_loaded(module)
 
 

@@ -19,7 +19,10 @@ def main() -> int:
     os.environ["DIFFSYNTH_SKIP_DOWNLOAD"] = "true"  # the models stage fetched and pinned every file
     config = load_params()
     checkpoint = json.loads(TRAIN_METRICS.read_text())["last_checkpoint"]
-    family, component = spec_for(config), config.lora.lora_base_model or "dit"
+    # the trained model: the LoRA's base, or a full fine-tune's one trainable model (speed control: motion_controller)
+    trained = [m.strip() for m in (config.train.trainable_models or "").split(",") if m.strip()]
+    family = spec_for(config)
+    component = config.lora.lora_base_model or (trained[0] if len(trained) == 1 else "dit")
     configs = [fetch(c) for c in parse_model_configs(config.model.model_paths, config.model.model_id_with_origin_paths)]
     meta, load_base = base_model(configs, family, component, torch_dtype(config.model.torch_dtype))
     result = export_checkpoint(checkpoint, config.export.out_dir, config.export.formats, family, meta,

@@ -266,3 +266,88 @@ def test_standalone_export_of_fused_flux_names_says_what_to_do(tmp_path):
     save_file(to_diffsynth_checkpoint(trained_lora("flux"), "flux"), str(tmp_path / "c.safetensors"))
     with pytest.raises(ExportError, match="base model"):
         export_lora(tmp_path / "c.safetensors", tmp_path / "d.safetensors", "diffusers", "flux")
+
+
+# ---- Wan variants: FLF2V's image positions, Wan-Fun's reference convolution and camera adapter ------------------
+# ComfyUI's Wan model (comfy/ldm/wan/model.py, read at 075e17041b2f: CameraWanModel.control_adapter = WanCamAdapter
+# with .conv and .residual_blocks.N.conv1/.conv2, MLPProj.emb_pos; a later revision adds WanModel.ref_conv, a Conv2d
+# of the patch size) keeps the original Wan / DiffSynth names, and comfy/lora.py (41444b5236c6) maps a LoRA name
+# `diffusion_model.<module>` onto `diffusion_model.<module>.weight` of that model's state dict.
+FUN_DITS = {  # tiny DiT keyword arguments (diffsynth.families.wan.tiny.tiny_dit)
+    "flf2v": dict(in_ch=36, image_dim=32, pos_embed_seq_len=10),
+    "fun-control": dict(in_ch=48, image_dim=32),
+    "fun-v1.1-control": dict(in_ch=48, image_dim=32, has_ref_conv=True),
+    "fun-control-camera": dict(in_ch=32, image_dim=32, control_adapter_in_dim=24),
+    "wan2.2-fun-a14b-control": dict(in_ch=52, has_ref_conv=True),
+    "wan2.2-fun-a14b-control-camera": dict(in_ch=36, control_adapter_in_dim=24),
+}
+
+
+def comfyui_fun_names(kwargs: dict, dim: int = 32) -> dict:
+    """The Fun / FLF2V parameters ComfyUI's Wan model holds, by its module code (patch 2x2, 16 latent channels)."""
+    names = {}
+    if kwargs.get("pos_embed_seq_len"):
+        names["img_emb.emb_pos"] = (1, kwargs["pos_embed_seq_len"], kwargs["image_dim"])
+    if kwargs.get("has_ref_conv"):
+        names.update({"ref_conv.weight": (dim, 16, 2, 2), "ref_conv.bias": (dim,)})
+    if kwargs.get("control_adapter_in_dim"):
+        names.update({"control_adapter.conv.weight": (dim, kwargs["control_adapter_in_dim"] * 64, 2, 2),
+                      "control_adapter.conv.bias": (dim,)})
+        for conv in ("conv1", "conv2"):
+            names.update({f"control_adapter.residual_blocks.0.{conv}.weight": (dim, dim, 3, 3),
+                          f"control_adapter.residual_blocks.0.{conv}.bias": (dim,)})
+    return names
+
+
+@pytest.mark.parametrize("variant", list(FUN_DITS))
+def test_wan_variant_dits_export_every_module_in_comfyui_names(variant):
+    from diffsynth.families.wan.tiny import tiny_dit as wan_dit
+    torch.manual_seed(0)
+    base = wan_dit(**FUN_DITS[variant])
+    # the additions keep ComfyUI's names and shapes in the original layout, and come back unchanged
+    sd = base.state_dict()
+    original = convert_wan.diffusers_to_wan_dit(sd)
+    expected = comfyui_fun_names(FUN_DITS[variant])
+    added = {k: tuple(v.shape) for k, v in original.items() if k.startswith(("ref_conv.", "control_adapter.",
+                                                                               "img_emb.emb_pos"))}
+    assert added == expected
+    back = convert_wan.wan_dit_to_diffusers(original)
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+    # a LoRA on every Linear of the variant's DiT (image embedder and condition embedders too), key by key
+    linears = [n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)]
+    lora = wan_dit(**FUN_DITS[variant])
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=linears), lora)
+    gen = torch.Generator().manual_seed(1)
+    state = {n: torch.randn(p.shape, generator=gen) * 0.1 for n, p in lora.named_parameters() if ".lora_" in n}
+    modules = lora_modules(state)
+    assert len(modules) == len(linears)
+    exported = write_format(modules, "comfyui", "wan", weight_shapes(base))
+    record = check_lora(exported, "comfyui", original_weight_shapes(base, "wan"))
+    assert record["unmatched_keys"] == 0 and record["matched_modules"] == len(linears), record["unmatched"]
+    merged = {k: v + (modules[k[:-len(".weight")]][1] @ modules[k[:-len(".weight")]][0]
+                      if k[:-len(".weight")] in modules else 0) for k, v in sd.items()}
+    want = convert_wan.diffusers_to_wan_dit(merged)
+    got = dict(original)
+    for key, a in exported.items():
+        if key.endswith(".lora_A.weight"):
+            name = key[len("diffusion_model."):-len(".lora_A.weight")]
+            assert f"{name}.weight" in original, name  # a module of ComfyUI's Wan model
+            b = exported[f"diffusion_model.{name}.lora_B.weight"]
+            got[f"{name}.weight"] = got[f"{name}.weight"] + b @ a
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_full_finetune_of_the_speed_control_motion_controller_exports_its_own_file(tmp_path):
+    """trainable_models motion_controller: the checkpoint is the controller (DiffSynth's linear.* names), written
+    as model.safetensors in the layout of DiffSynth-Studio/Wan2.1-1.3b-speedcontrol-v1."""
+    from diffsynth.families.wan.fun_dit import WanMotionController
+    torch.manual_seed(0)
+    base = WanMotionController(freq_dim=16, dim=8)
+    trained = {k: v + 1.0 for k, v in base.state_dict().items()}
+    save_file(trained, str(tmp_path / "epoch-0.safetensors"))
+    result = export_checkpoint(tmp_path / "epoch-0.safetensors", tmp_path / "out", ["diffusers"], "wan_speed_control",
+                               WanMotionController(freq_dim=16, dim=8), load_base=lambda: base)
+    assert result.compat["model"]["full_tensors"] == len(trained) == 6
+    written = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
+    assert written.keys() == trained.keys() and all(torch.equal(written[k], trained[k]) for k in trained)

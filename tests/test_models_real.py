@@ -11,17 +11,12 @@ from accelerate import init_empty_weights
 
 from diffsynth.families.qwen_image.checkpoints import vl_model_to_checkpoint
 from diffsynth.models.components import detect_shapes, plan_shapes
-from diffsynth.models.real_configs import REAL_MODELS, build_class
+from diffsynth.models.real_configs import REAL_MODELS, build_real
 
 
 def meta_shapes(name: str) -> dict:
-    entry = REAL_MODELS[name]
-    cls = build_class(entry["cls"])
     with init_empty_weights():
-        if entry["cls"].startswith("diffusers."):
-            module = cls.from_config(entry["config"])
-        else:
-            module = cls(cls.config_class(**entry["config"]))
+        module = build_real(REAL_MODELS[name])
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
@@ -149,6 +144,26 @@ def wan_dit(c: dict) -> dict:
         lin("img_emb.proj.1", e, e)
         lin("img_emb.proj.3", dim, e)
         s["img_emb.proj.4.weight"] = s["img_emb.proj.4.bias"] = (dim,)
+        if c.get("pos_embed_seq_len"):  # FLF2V (DiffSynth's MLP(has_pos_emb=True)): positions of two images
+            s["img_emb.emb_pos"] = (1, c["pos_embed_seq_len"], e)
+    # Wan-Fun (DiffSynth's WanModel(has_ref_conv, add_control_adapter) and SimpleAdapter)
+    if c.get("has_ref_conv"):
+        s["ref_conv.weight"], s["ref_conv.bias"] = (dim, 16, ph, pw), (dim,)
+    if c.get("control_adapter_in_dim"):
+        s["control_adapter.conv.weight"] = (dim, c["control_adapter_in_dim"] * 64, ph, pw)
+        s["control_adapter.conv.bias"] = (dim,)
+        for conv in ("conv1", "conv2"):
+            s[f"control_adapter.residual_blocks.0.{conv}.weight"] = (dim, dim, 3, 3)
+            s[f"control_adapter.residual_blocks.0.{conv}.bias"] = (dim,)
+    return s
+
+
+def motion_controller(c: dict) -> dict:
+    """DiffSynth's WanMotionControllerModel: linear = Sequential(Linear, SiLU, Linear, SiLU, Linear(dim, 6 dim))."""
+    dim, f = c["dim"], c["freq_dim"]
+    s = {}
+    for i, (out, inp) in ((0, (dim, f)), (2, (dim, dim)), (4, (6 * dim, dim))):
+        s[f"linear.{i}.weight"], s[f"linear.{i}.bias"] = (out, inp), (out,)
     return s
 
 
@@ -305,9 +320,11 @@ ORIGINAL = {"flux.1-dev-dit": ("bfl", bfl_flux_dit), "flux.1-dev-vae": ("bfl", b
             "wan2.1-i2v-14b-dit": ("wan", wan_dit), "wan2.2-ti2v-5b-dit": ("wan", wan_dit),
             "wan2.2-t2v-a14b-dit": ("wan", wan_dit), "wan2.1-vae": ("wan", wan_vae), "wan2.2-vae": ("wan", wan_vae),
             "umt5-xxl": ("wan", wan_t5), "wan2.1-clip": ("wan", wan_clip),
-            "wan2.1-vace-1.3b-dit": ("wan", wan_vace_dit), "wan2.1-vace-14b-dit": ("wan", wan_vace_dit)}
+            "wan2.1-vace-1.3b-dit": ("wan", wan_vace_dit), "wan2.1-vace-14b-dit": ("wan", wan_vace_dit),
+            "wan2.1-speedcontrol-motion-controller": ("diffsynth", motion_controller),
+            **{n: ("wan", wan_dit) for n in REAL_MODELS if n.startswith(("wan2.1-flf2v", "wan2.1-fun", "wan2.2-fun"))}}
 # released only in original names (Wan-AI .pth / DiffSynth's converted safetensors) or only in HF names
-ONLY_ORIGINAL = {"wan2.1-vae", "wan2.2-vae", "umt5-xxl", "wan2.1-clip"}
+ONLY_ORIGINAL = {"wan2.1-vae", "wan2.2-vae", "umt5-xxl", "wan2.1-clip", "wan2.1-speedcontrol-motion-controller"}
 
 CASES = [(n, "diffusers") for n in REAL_MODELS if n not in ONLY_ORIGINAL] + [(n, ORIGINAL[n][0]) for n in ORIGINAL]
 
@@ -356,3 +373,14 @@ def test_dit_configs_are_inferred_from_shapes_alone():
         real = REAL_MODELS[name]["config"]
         for key in ("num_layers", "in_channels", "num_attention_heads", "attention_head_dim"):
             assert d.config[key] == real[key], (name, key)
+
+
+def test_wan_releases_that_differ_in_one_addition_are_told_apart():
+    """FLF2V's image positions, Fun's reference convolution and camera adapter: a DiT with or without one of them
+    is named alone, never as the release of the same size without (or with) it."""
+    names = [n for n in REAL_MODELS if n.startswith(("wan2.1-flf2v", "wan2.1-fun", "wan2.2-fun"))]
+    assert len(names) == 10
+    for name in [*names, "wan2.1-i2v-14b-dit", "wan2.2-i2v-a14b-dit"]:
+        assert detect_shapes(meta_shapes(name), "wan").variant == name
+        assert detect_shapes(wan_dit(REAL_MODELS[name]["config"]), "wan").variant == name
+

@@ -43,10 +43,15 @@ def load_full_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], so
 
 
 def save_model_folder(model: torch.nn.Module, folder: str | Path, max_shard_size: str = "5GB") -> Path:
-    """diffusers ``save_pretrained`` layout; a model over ``max_shard_size`` is sharded with an index."""
-    if not hasattr(model, "save_pretrained"):
-        raise ExportError(f"{type(model).__name__} has no save_pretrained; only diffusers models are exported as folders")
+    """diffusers ``save_pretrained`` layout; a model over ``max_shard_size`` is sharded with an index. A plain
+    module without ``save_pretrained`` (Wan's speed-control motion controller) is written as ``model.safetensors``
+    in its own key names, the layout its released file has."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if not hasattr(model, "save_pretrained"):
+        from safetensors.torch import save_file
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+                  str(folder / "model.safetensors"))
+        return folder
     model.save_pretrained(str(folder), safe_serialization=True, max_shard_size=max_shard_size)
     return folder

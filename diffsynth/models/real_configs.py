@@ -37,3 +37,14 @@ def build_class(path: str):
     module, name = path.rsplit(".", 1)
     import importlib
     return getattr(importlib.import_module(module), name)
+
+
+def build_real(entry: dict):
+    """An entry's module from its config (call under ``init_empty_weights`` for the meta device): a diffusers
+    model (``from_config``), a transformers model (its config class) or a plain module (keyword arguments)."""
+    cls = build_class(entry["cls"])
+    if hasattr(cls, "from_config"):
+        return cls.from_config(entry["config"])
+    if hasattr(cls, "config_class"):
+        return cls(cls.config_class(**entry["config"]))
+    return cls(**entry["config"])

@@ -8,11 +8,17 @@ from ...models.block_shapes import linear_in
 CLIP_IMAGE_TOKENS = 257  # Wan2.1 image-to-video: CLIP ViT-H tokens appended to the text context
 
 
-def _text_tokens(dit) -> int:  # UMT5 context padded to 512, plus the CLIP image context of Wan2.1 I2V
-    return 512 + (CLIP_IMAGE_TOKENS if getattr(getattr(dit, "config", None), "image_dim", None) else 0)
+def _text_tokens(dit) -> int:
+    """UMT5 context padded to 512, plus the CLIP image context of Wan2.1 I2V / Fun (257 tokens), or of FLF2V's two
+    images (its image embedder's positions: 514)."""
+    config = getattr(dit, "config", None)
+    if not getattr(config, "image_dim", None):
+        return 512
+    return 512 + (getattr(config, "pos_embed_seq_len", None) or CLIP_IMAGE_TOKENS)
 
 
-TEXT_TOKENS = {"WanTransformer3DModel": _text_tokens}
+# the Wan-Fun DiT (fun_dit.py) is diffusers' with a reference convolution / camera adapter: the same context
+TEXT_TOKENS = {"WanTransformer3DModel": _text_tokens, "WanFunTransformer3DModel": _text_tokens}
 
 
 def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand) -> dict:

@@ -109,8 +109,9 @@ def wan_dit_config(shapes: dict, original_config: dict | None = None) -> dict:
         if "condition_embedder.image_embedder.norm1.weight" in s else None
     prod = patch[0] * patch[1] * patch[2]
     extra = fun_dit_config(s)  # Wan-Fun's reference convolution / camera adapter (none in other releases)
-    if "condition_embedder.image_embedder.pos_embed" in s:  # FLF2V: 2 x 257 image tokens with positions
-        extra["pos_embed_seq_len"] = s["condition_embedder.image_embedder.pos_embed"][1]
+    # FLF2V: 2 x 257 image tokens with positions (None in every other release)
+    pos = s.get("condition_embedder.image_embedder.pos_embed")
+    extra["pos_embed_seq_len"] = pos[1] if pos is not None else None
     return {**extra, "patch_size": list(patch), "num_attention_heads": heads, "attention_head_dim": dim // heads,
             "in_channels": in_ch, "out_channels": s["proj_out.weight"][0] // prod,
             "text_dim": s["condition_embedder.text_embedder.linear_1.weight"][1],

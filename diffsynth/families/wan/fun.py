@@ -56,6 +56,8 @@ class WanFirstLastFrame(Wan):
     tiny_twins = {
         "wan2.1-flf2v-14b": ("Wan-AI/Wan2.1-FLF2V-14B-720P", tiny.write_tiny_flf2v),
         "wan2.1-fun-inp": ("PAI/Wan2.1-Fun-1.3B-InP", tiny.write_tiny_i2v),
+        # the Wan2.2-I2V-A14B architecture (36-channel experts, no CLIP), trained on first and last frames
+        "wan2.2-fun-a14b-inp": ("PAI/Wan2.2-Fun-A14B-InP", tiny.write_tiny_i2v_a14b),
     }
 
     @classmethod
@@ -229,8 +231,11 @@ class WanFunCamera(Wan):
 
     @classmethod
     def data_rules(cls, config=None):
-        return replace(super().data_rules(config), value_inputs=(("camera_control_direction", DIRECTIONS),
-                                                                 ("camera_control_speed", "number")))
+        rules = super().data_rules(config)
+        # Wan2.2-Fun-A14B-Control-Camera's recipe lists control_video in --data_file_keys; DiffSynth's loader routes
+        # a file by its extension, so that column is a clip (loaded, and unused by the camera units)
+        return replace(rules, video_keys=tuple(dict.fromkeys((*rules.video_keys, "control_video"))),
+                       value_inputs=(("camera_control_direction", DIRECTIONS), ("camera_control_speed", "number")))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -137,10 +137,8 @@ def build_dit(config: dict) -> nn.Module:
 
 
 def fun_dit_config(shapes: dict) -> dict:
-    """The Fun additions' config entries from the (diffusers-named) shapes; empty for other Wan DiTs."""
-    out = {}
-    if "ref_conv.weight" in shapes:
-        out["has_ref_conv"] = True
-    if "control_adapter.conv.weight" in shapes:
-        out["control_adapter_in_dim"] = tuple(shapes["control_adapter.conv.weight"])[1] // 64
-    return out
+    """The Fun additions' config entries from the (diffusers-named) shapes, False / None for other Wan DiTs (named
+    either way, so a DiT without them is never taken for a Fun release of the same size)."""
+    adapter = shapes.get("control_adapter.conv.weight")
+    return {"has_ref_conv": "ref_conv.weight" in shapes,
+            "control_adapter_in_dim": tuple(adapter)[1] // 64 if adapter is not None else None}

@@ -24,11 +24,31 @@ WAN22_VAE = {"base_dim": 160, "decoder_base_dim": 256, "z_dim": 48, "dim_mult": 
              "scale_factor_temporal": 4, "latents_mean": WAN22_VAE_LATENTS_MEAN, "latents_std": WAN22_VAE_LATENTS_STD}
 
 
-def _wan_dit(heads, ffn, layers, in_ch=16, out_ch=16, image_dim=None, added_kv=None):
+def _wan_dit(heads, ffn, layers, in_ch=16, out_ch=16, image_dim=None, added_kv=None, pos_embed_seq_len=None):
+    # pos_embed_seq_len (FLF2V's two-image positions) is named in every entry, so an I2V DiT is never taken for
+    # FLF2V's or the other way round (detection names every entry whose keys agree)
     return {"patch_size": [1, 2, 2], "num_attention_heads": heads, "attention_head_dim": 128, "in_channels": in_ch,
             "out_channels": out_ch, "text_dim": 4096, "freq_dim": 256, "ffn_dim": ffn, "num_layers": layers,
             "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "image_dim": image_dim,
-            "added_kv_proj_dim": added_kv, "rope_max_seq_len": 1024}
+            "added_kv_proj_dim": added_kv, "rope_max_seq_len": 1024, "pos_embed_seq_len": pos_embed_seq_len}
+
+
+FUN_DIT = "diffsynth.families.wan.fun_dit.WanFunTransformer3DModel"
+
+
+def _fun_dit(size: str, in_ch: int, clip: bool = True, ref_conv: bool = False, camera: int | None = None):
+    """A Wan-Fun DiT (PAI's releases; DiffSynth's model_configs.py): the 1.3B or 14B Wan DiT on ``in_ch`` channels,
+    with CLIP image cross-attention (Wan2.1-Fun) or without (Wan2.2-Fun-A14B), the reference convolution
+    (Fun-V1.1 / Wan2.2-Fun Control) and the camera adapter (Control-Camera, 24 Plücker channels)."""
+    heads, ffn, layers = (12, 8960, 30) if size == "1.3b" else (40, 13824, 40)
+    dim = heads * 128
+    return {**_wan_dit(heads, ffn, layers, in_ch=in_ch, image_dim=1280 if clip else None,
+                       added_kv=dim if clip else None),
+            "has_ref_conv": ref_conv, "control_adapter_in_dim": camera}
+
+
+def _fun(files: str, config: dict) -> dict:
+    return {"cls": FUN_DIT, "family": "wan", "component": "dit", "files": files, "config": config}
 
 
 
@@ -52,10 +72,49 @@ REAL_MODELS: dict[str, dict] = {
         "files": "Wan-AI/Wan2.2-T2V-A14B:high_noise_model/diffusion_pytorch_model*.safetensors",
         "config": _wan_dit(40, 13824, 40)},
     # image-to-video experts: the A14B DiT with the mask + first-frame latents concatenated (36 channels), no CLIP
+    # (its config names the Fun additions as absent, as Wan2.2-Fun-A14B-Control-Camera is this DiT plus a camera
+    # adapter; our Fun class, which builds exactly diffusers' DiT without them, takes those keys)
     "wan2.2-i2v-a14b-dit": {
-        "cls": "diffusers.WanTransformer3DModel", "family": "wan", "component": "dit",
+        "cls": FUN_DIT, "family": "wan", "component": "dit",
         "files": "Wan-AI/Wan2.2-I2V-A14B:high_noise_model/diffusion_pytorch_model*.safetensors",
-        "config": _wan_dit(40, 13824, 40, in_ch=36)},
+        "config": {**_wan_dit(40, 13824, 40, in_ch=36), "has_ref_conv": False, "control_adapter_in_dim": None}},
+    # first-last-frame: the I2V-14B DiT whose image embedder has positions for two images (2 x 257 tokens)
+    "wan2.1-flf2v-14b-dit": {
+        "cls": "diffusers.WanTransformer3DModel", "family": "wan", "component": "dit",
+        "files": "Wan-AI/Wan2.1-FLF2V-14B-720P:diffusion_pytorch_model*.safetensors",
+        "config": _wan_dit(40, 13824, 40, in_ch=36, image_dim=1280, added_kv=5120, pos_embed_seq_len=514)},
+    # Wan-Fun (PAI): InP is the I2V architecture (the 14B InP releases are wan2.1-i2v-14b-dit's; Wan2.2-Fun-A14B-InP
+    # is wan2.2-i2v-a14b-dit's), Control adds 16 control-latent channels, V1.1 the reference convolution,
+    # Control-Camera the camera adapter; Wan2.2-Fun-A14B has no CLIP image encoder
+    "wan2.1-fun-1.3b-inp-dit": _fun("PAI/Wan2.1-Fun-1.3B-InP:diffusion_pytorch_model*.safetensors",
+                                    _fun_dit("1.3b", 36)),
+    "wan2.1-fun-1.3b-control-dit": _fun("PAI/Wan2.1-Fun-1.3B-Control:diffusion_pytorch_model*.safetensors",
+                                        _fun_dit("1.3b", 48)),
+    "wan2.1-fun-14b-control-dit": _fun("PAI/Wan2.1-Fun-14B-Control:diffusion_pytorch_model*.safetensors",
+                                       _fun_dit("14b", 48)),
+    "wan2.1-fun-v1.1-1.3b-control-dit": _fun(
+        "PAI/Wan2.1-Fun-V1.1-1.3B-Control:diffusion_pytorch_model*.safetensors",
+        _fun_dit("1.3b", 48, ref_conv=True)),
+    "wan2.1-fun-v1.1-14b-control-dit": _fun(
+        "PAI/Wan2.1-Fun-V1.1-14B-Control:diffusion_pytorch_model*.safetensors",
+        _fun_dit("14b", 48, ref_conv=True)),
+    "wan2.1-fun-v1.1-1.3b-control-camera-dit": _fun(
+        "PAI/Wan2.1-Fun-V1.1-1.3B-Control-Camera:diffusion_pytorch_model*.safetensors",
+        _fun_dit("1.3b", 32, camera=24)),
+    "wan2.1-fun-v1.1-14b-control-camera-dit": _fun(
+        "PAI/Wan2.1-Fun-V1.1-14B-Control-Camera:diffusion_pytorch_model*.safetensors",
+        _fun_dit("14b", 32, camera=24)),
+    "wan2.2-fun-a14b-control-dit": _fun(
+        "PAI/Wan2.2-Fun-A14B-Control:high_noise_model/diffusion_pytorch_model*.safetensors",
+        _fun_dit("14b", 52, clip=False, ref_conv=True)),
+    "wan2.2-fun-a14b-control-camera-dit": _fun(
+        "PAI/Wan2.2-Fun-A14B-Control-Camera:high_noise_model/diffusion_pytorch_model*.safetensors",
+        _fun_dit("14b", 36, clip=False, camera=24)),
+    # speed control: DiffSynth's motion controller (three Linear layers, 256 -> 1536 -> 1536 -> 6 x 1536)
+    "wan2.1-speedcontrol-motion-controller": {
+        "cls": "diffsynth.families.wan.fun_dit.WanMotionController", "family": "wan",
+        "component": "motion_controller", "files": "DiffSynth-Studio/Wan2.1-1.3b-speedcontrol-v1:model.safetensors",
+        "config": {"freq_dim": 256, "dim": 1536}},
     "wan2.1-vae": {
         "cls": "diffusers.AutoencoderKLWan", "family": "wan", "component": "vae",
         "files": "Wan-AI/Wan2.1-T2V-1.3B:Wan2.1_VAE.pth -> DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors",
@@ -81,20 +140,48 @@ WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "wan2.1-t2v-1.3b-dit": ("Wan-AI/Wan2.1-T2V-1.3B:diffusion_pytorch_model.safetensors",),
     "wan2.1-t2v-14b-dit": ("Wan-AI/Wan2.1-T2V-14B:diffusion_pytorch_model-00001-of-00006.safetensors",),
     "wan2.1-i2v-14b-dit": ("Wan-AI/Wan2.1-I2V-14B-480P:diffusion_pytorch_model-00001-of-00007.safetensors",
-                           "Wan-AI/Wan2.1-I2V-14B-720P:diffusion_pytorch_model-00001-of-00007.safetensors"),
+                           "Wan-AI/Wan2.1-I2V-14B-720P:diffusion_pytorch_model-00001-of-00007.safetensors",
+                           # the Fun-InP 14B releases: the I2V-14B architecture
+                           "PAI/Wan2.1-Fun-14B-InP:diffusion_pytorch_model*.safetensors",
+                           "PAI/Wan2.1-Fun-V1.1-14B-InP:diffusion_pytorch_model*.safetensors"),
     "wan2.2-ti2v-5b-dit": ("Wan-AI/Wan2.2-TI2V-5B:diffusion_pytorch_model-00001-of-00003.safetensors",),
     # the two experts of Wan2.2-T2V-A14B share one architecture
     "wan2.2-t2v-a14b-dit": ("Wan-AI/Wan2.2-T2V-A14B:high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors",
                             "Wan-AI/Wan2.2-T2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors"),
     "wan2.2-i2v-a14b-dit": ("Wan-AI/Wan2.2-I2V-A14B:high_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors",
-                            "Wan-AI/Wan2.2-I2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors"),
-    "wan2.1-vae": ("Wan-AI/*:Wan2.1_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors",
+                            "Wan-AI/Wan2.2-I2V-A14B:low_noise_model/diffusion_pytorch_model-00001-of-00006.safetensors",
+                            # Wan2.2-Fun-A14B-InP: the I2V-A14B experts' architecture
+                            "PAI/Wan2.2-Fun-A14B-InP:high_noise_model/diffusion_pytorch_model*.safetensors",
+                            "PAI/Wan2.2-Fun-A14B-InP:low_noise_model/diffusion_pytorch_model*.safetensors"),
+    # FLF2V and PAI's Wan-Fun releases: each repository's DiT files as the recipes select them (their shard names
+    # are not recorded here)
+    "wan2.1-flf2v-14b-dit": ("Wan-AI/Wan2.1-FLF2V-14B-720P:diffusion_pytorch_model*.safetensors",),
+    "wan2.1-fun-1.3b-inp-dit": ("PAI/Wan2.1-Fun-1.3B-InP:diffusion_pytorch_model*.safetensors",
+                                "PAI/Wan2.1-Fun-V1.1-1.3B-InP:diffusion_pytorch_model*.safetensors"),
+    "wan2.1-fun-1.3b-control-dit": ("PAI/Wan2.1-Fun-1.3B-Control:diffusion_pytorch_model*.safetensors",),
+    "wan2.1-fun-14b-control-dit": ("PAI/Wan2.1-Fun-14B-Control:diffusion_pytorch_model*.safetensors",),
+    "wan2.1-fun-v1.1-1.3b-control-dit": ("PAI/Wan2.1-Fun-V1.1-1.3B-Control:diffusion_pytorch_model*.safetensors",),
+    "wan2.1-fun-v1.1-14b-control-dit": ("PAI/Wan2.1-Fun-V1.1-14B-Control:diffusion_pytorch_model*.safetensors",),
+    "wan2.1-fun-v1.1-1.3b-control-camera-dit": (
+        "PAI/Wan2.1-Fun-V1.1-1.3B-Control-Camera:diffusion_pytorch_model*.safetensors",),
+    "wan2.1-fun-v1.1-14b-control-camera-dit": (
+        "PAI/Wan2.1-Fun-V1.1-14B-Control-Camera:diffusion_pytorch_model*.safetensors",),
+    "wan2.2-fun-a14b-control-dit": (
+        "PAI/Wan2.2-Fun-A14B-Control:high_noise_model/diffusion_pytorch_model*.safetensors",
+        "PAI/Wan2.2-Fun-A14B-Control:low_noise_model/diffusion_pytorch_model*.safetensors"),
+    "wan2.2-fun-a14b-control-camera-dit": (
+        "PAI/Wan2.2-Fun-A14B-Control-Camera:high_noise_model/diffusion_pytorch_model*.safetensors",
+        "PAI/Wan2.2-Fun-A14B-Control-Camera:low_noise_model/diffusion_pytorch_model*.safetensors"),
+    "wan2.1-speedcontrol-motion-controller": ("DiffSynth-Studio/Wan2.1-1.3b-speedcontrol-v1:model.safetensors",),
+    "wan2.1-vae": ("Wan-AI/*:Wan2.1_VAE.pth", "PAI/*:Wan2.1_VAE.pth",
+                   "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.1_VAE.safetensors",
                    "iic/*:Wan2.1_VAE.pth"),  # iic/VACE-Wan2.1-1.3B-Preview ships the same files
     "wan2.2-vae": ("Wan-AI/*:Wan2.2_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.2_VAE.safetensors"),
-    "umt5-xxl": ("Wan-AI/*:models_t5_umt5-xxl-enc-bf16.pth",
+    "umt5-xxl": ("Wan-AI/*:models_t5_umt5-xxl-enc-bf16.pth", "PAI/*:models_t5_umt5-xxl-enc-bf16.pth",
                  "DiffSynth-Studio/Wan-Series-Converted-Safetensors:models_t5_umt5-xxl-enc-bf16.safetensors",
                  "iic/*:models_t5_umt5-xxl-enc-bf16.pth"),
     "wan2.1-clip": ("Wan-AI/*:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                    "PAI/*:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
                     "DiffSynth-Studio/Wan-Series-Converted-Safetensors:"
                     "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors"),
 }
