@@ -7,6 +7,8 @@ embedding), so a case runs on a CPU in seconds.
 SEED = 0
 RANK = 4
 DISTILL_STEPS = 2  # student steps of the direct_distill row (DiffSynth's DirectDistillLoss)
+# the families whose direct_distill recipes (and train.py tasks) the row covers
+DISTILL_FAMILIES = ("qwen_image", "flux", "wan")
 TIMESTEP_ID = 437  # one grid point of the 1000-step training grid, away from both ends
 
 FLUX2_KLEIN_4B_1_BLOCK = {"patch_size": 1, "in_channels": 128, "out_channels": None, "num_layers": 1,

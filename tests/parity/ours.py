@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, PROMPT_TEXT, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402,E501
+from cases import DISTILL_FAMILIES, DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, PROMPT_TEXT, RANK, SEED, TIMESTEP_ID, VAE_CASES  # noqa: E402,E501
 
 import diffsynth  # noqa: E402,F401  (our package, not DiffSynth-Studio's: this venv's)
 
@@ -156,7 +156,9 @@ def cmd_dit(name: str, out: Path) -> None:
     save_file(tensors, str(out / "inputs.safetensors"))
     pipe = bare_pipeline(case, dit, out)
     pred, loss = predict_and_loss(case, pipe, tensors)
-    results = {"pred": pred, "loss": loss, "distill_loss": distill_loss(case, pipe, tensors)}
+    results = {"pred": pred, "loss": loss}
+    if case["family"] in DISTILL_FAMILIES:
+        results["distill_loss"] = distill_loss(case, pipe, tensors)
     # conditioning tensors built from the case's plain inputs (no encoder involved)
     if "camera" in case:
         results["camera_embedding"] = pipe.dit_inputs(model_inputs(case, tensors))["control_camera"]

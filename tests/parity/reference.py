@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import DISTILL_STEPS, DIT_CASES, PROMPT_TEXT, RANK, TIMESTEP_ID, VAE_CASES  # noqa: E402
+from cases import DISTILL_FAMILIES, DISTILL_STEPS, DIT_CASES, PROMPT_TEXT, RANK, TIMESTEP_ID, VAE_CASES  # noqa: E402
 
 import diffsynth  # noqa: E402
 
@@ -238,7 +238,8 @@ def cmd_dit(name: str, folder: Path) -> None:
                                                                                          approximate="tanh")
         suffix = "_tanh_gelu"
     results["pred"], results["loss"] = loss_and_pred(pipe, case, tensors)
-    results["distill_loss"] = distill_loss(pipe, case, tensors)
+    if case["family"] in DISTILL_FAMILIES:
+        results["distill_loss"] = distill_loss(pipe, case, tensors)
     for label in ("our_ckpt", "our_export"):
         state = load_file(str(folder / f"{label}.safetensors"))
         if label == "our_ckpt":  # its trainer's own names (`.default.`): the general loader reads them
