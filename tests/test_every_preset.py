@@ -227,7 +227,13 @@ def test_tiny_twin_runs_every_stage(twin, tmp_path, monkeypatch, empty_mlflow_db
     assert metrics["steps"] == config.train.max_steps and math.isfinite(metrics["final_loss"])
     assert math.isfinite(metrics["val_loss"]) and Path(metrics["last_checkpoint"]).is_file()
     samples = list(Path(config.sample.out_dir).glob("*.png"))
-    assert len(samples) >= len(config.sample.prompts) * len(config.sample.seeds), samples
+    # a VAE named in --offload_models is not loaded when training from the cache (DiffSynth's split and low-VRAM
+    # recipes): no sample can be decoded, and the train stage says so
+    vae_offloaded = config.cache.enabled and "vae" in (config.model.offload_models or "").lower()
+    if vae_offloaded:
+        assert samples == [], samples
+    else:
+        assert len(samples) >= len(config.sample.prompts) * len(config.sample.seeds), samples
     run = json.loads(Path("outputs/train/mlflow_run.json").read_text())
     from mlflow.tracking import MlflowClient
     client = MlflowClient(run["tracking_uri"])
