@@ -64,3 +64,16 @@ def tiny_env(model_base, monkeypatch):
     """Model flags resolve against the session's tiny presets, never a hub."""
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(model_base))
     monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
+
+
+# `make test` runs two pytest-xdist workers with --dist loadgroup: each module's tests stay on one worker (its module
+# fixtures, such as a reproduced DVC workspace, run once), except the modules of independent per-case runs listed
+# here, whose tests are spread over both workers.
+SPREAD_MODULES = {"test_every_preset"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__ if item.module is not None else ""
+        if module and module not in SPREAD_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
