@@ -85,6 +85,6 @@ def test_diffsynth_dmd2_recipe_as_written_names_its_trainer(command, tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = the_one_line(proc.stdout + proc.stderr)
-    # the model ids are judged first: the recipe's FLUX.2 id names the family it belongs to
-    assert line.startswith("error: model id 'black-forest-labs/FLUX.2-klein") and "DiffSynth's flux2 family" in line
+    # FLUX.2 is ours: its model id passes, and the DMD2 trainer's own flag is refused by name, saying what it is
+    assert line.startswith("error: --dmd2_fake_score_learning_rate") and "FLUX.2 DMD2 trainer" in line
     assert not any(tmp_path.iterdir())  # refused before anything is written
