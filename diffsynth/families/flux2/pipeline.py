@@ -214,7 +214,7 @@ class Flux2(Family):
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """The VAE's mode, 2x2-patchified and batch-norm normalised: (1, 128, H/16, W/16)."""
-        pixels = image_to_tensor(image).to(self.device, self.torch_dtype)
+        pixels = image_to_tensor(image, self.torch_dtype, self.device)
         latents = patchify(self.vae.encode(pixels).latent_dist.mode())
         return ((latents.float() - self.latents_mean) / self.latents_std).to(self.torch_dtype)
 
