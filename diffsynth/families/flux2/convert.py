@@ -3,8 +3,8 @@ klein single files, which ComfyUI loads as they are) <-> diffusers' Flux2Transfo
 
 Read from diffusers' ``scripts/convert_flux2_to_diffusers.py`` (``convert_flux2_transformer_to_diffusers``, commit
 58eb52c0803e) and ComfyUI's FLUX.2 model code (``comfy/ldm/flux`` with ``global_modulation``, ``mlp_silu_act``,
-bias-free layers: ComfyUI's own repository is too large to fetch here, so read in a port of its v0.9.0
-``comfy/ldm/flux`` in another repository). ComfyUI's ``comfy/lora.py`` (``model_lora_keys_unet``) maps every weight
+bias-free layers: ComfyUI's own repository is too large to fetch here and the indexed versions of its
+``model.py`` read predate FLUX.2, so read in a port of its v0.9.0 ``comfy/ldm/flux`` in another repository). ComfyUI's ``comfy/lora.py`` (``model_lora_keys_unet``) maps every weight
 ``diffusion_model.<module>.weight`` of the loaded model to the LoRA names ``diffusion_model.<module>`` and
 ``lora_unet_<module with _>``, so a LoRA for ComfyUI names the original modules:
 
