@@ -1,4 +1,4 @@
-"""Every export format on the tiny Qwen-Image, FLUX and Wan DiTs: keys load into the diffusers model with nothing
+"""Every export format on the tiny Qwen-Image, FLUX, FLUX.2 and Wan DiTs: keys load into the diffusers model with nothing
 missing or unexpected, ComfyUI/kohya names exist in the family's original checkpoint layout and carry the same
 weight update, and whole-model exports equal base + B·A."""
 import logging
@@ -12,6 +12,7 @@ from diffsynth.export import (ExportError, check_lora, export_checkpoint, lora_m
                               weight_shapes, write_format)
 from diffsynth.export.lora_formats import from_original_names
 from diffsynth.families.flux import convert as convert_flux
+from diffsynth.families.flux2 import convert as convert_flux2
 from diffsynth.families.wan import convert as convert_wan
 from diffsynth.models.components import rope_axes
 
@@ -28,6 +29,12 @@ def tiny_dit(family):
         return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                       pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=rope_axes(16))
+    if family == "flux2":
+        from diffusers import Flux2Transformer2DModel
+        return Flux2Transformer2DModel(patch_size=1, in_channels=32, num_layers=1, num_single_layers=2,
+                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=24,
+                                       timestep_guidance_channels=16, mlp_ratio=3.0, axes_dims_rope=(4, 4, 4, 4),
+                                       guidance_embeds=True)
     from diffsynth.families.wan.tiny import tiny_dit
     return tiny_dit()
 
@@ -38,6 +45,11 @@ TARGETS = {
     "flux": ["to_q", "transformer_blocks.0.attn.to_k", "transformer_blocks.0.attn.to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out",
              "ff.net.0.proj", "ff_context.net.2", "proj_mlp", "norm1.linear", "norm_out.linear"],
     "wan": ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+    # DiffSynth's FLUX.2 names; the image q/k/v only partly (to_q, to_v): zero-filled fusion into img_attn.qkv;
+    # norm_out.linear: its B halves swap with the weight's (shift, scale)
+    "flux2": ["to_q", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out", "linear_in",
+              "linear_out", "to_qkv_mlp_proj", "single_transformer_blocks.0.attn.to_out",
+              "double_stream_modulation_img.linear", "x_embedder", "norm_out.linear", "proj_out"],
 }
 FAMILIES = list(TARGETS)
 
@@ -87,7 +99,7 @@ def test_original_name_formats_carry_the_same_update(family, fmt):
     record = check_lora(exported, fmt, original)
     assert record["unmatched_keys"] == 0, record["unmatched"]
     convert = {"qwen_image": lambda sd: sd, "flux": convert_flux.diffusers_to_bfl_dit,
-               "wan": convert_wan.diffusers_to_wan_dit}[family]
+               "wan": convert_wan.diffusers_to_wan_dit, "flux2": convert_flux2.diffusers_to_original}[family]
     sd = {k: v for k, v in base.state_dict().items()}
     merged = {k: (v + deltas(modules)[k] if k in deltas(modules) else v) for k, v in sd.items()}
     expected = convert(merged)
@@ -215,7 +227,7 @@ def test_exported_files_round_trip(tmp_path):
     assert "lora_unet_blocks_0_self_attn_q.lora_down.weight" in load_file(str(result.files["kohya"]))
 
 
-@pytest.mark.parametrize("family,fmt", [("flux", "kohya"), ("wan", "comfyui")])
+@pytest.mark.parametrize("family,fmt", [("flux", "kohya"), ("wan", "comfyui"), ("flux2", "comfyui"), ("flux2", "kohya")])
 def test_checkpoints_in_original_names_export_back_to_diffusers(family, fmt, tmp_path):
     """A checkpoint saved with align_to_opensource_format (kohya) or a ComfyUI LoRA exports to every format."""
     native = lora_modules(trained_lora(family))
@@ -351,3 +363,77 @@ def test_a_full_finetune_of_the_speed_control_motion_controller_exports_its_own_
     assert result.compat["model"]["full_tensors"] == len(trained) == 6
     written = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
     assert written.keys() == trained.keys() and all(torch.equal(written[k], trained[k]) for k in trained)
+
+
+# FLUX.2's original key set (BFL's released files, which ComfyUI loads as they are), written out from ComfyUI's
+# FLUX.2 model code (comfy/ldm/flux of v0.9.0, read in a port: global modulation, bias-free layers, SiLU-gated
+# MLPs) and diffusers' scripts/convert_flux2_to_diffusers.py (58eb52c0803e): {key: shape} from the config.
+def flux2_original_keys(config: dict) -> dict[str, tuple]:
+    h = config["num_attention_heads"] * config["attention_head_dim"]
+    d, mlp = config["attention_head_dim"], int(h * config["mlp_ratio"])
+    keys = {"img_in.weight": (h, config["in_channels"]), "txt_in.weight": (h, config["joint_attention_dim"]),
+            "time_in.in_layer.weight": (h, config["timestep_guidance_channels"]), "time_in.out_layer.weight": (h, h),
+            "double_stream_modulation_img.lin.weight": (6 * h, h),
+            "double_stream_modulation_txt.lin.weight": (6 * h, h),
+            "single_stream_modulation.lin.weight": (3 * h, h),
+            "final_layer.adaLN_modulation.1.weight": (2 * h, h),
+            "final_layer.linear.weight": (config["out_channels"] or config["in_channels"], h)}
+    if config["guidance_embeds"]:
+        keys.update({"guidance_in.in_layer.weight": (h, config["timestep_guidance_channels"]),
+                     "guidance_in.out_layer.weight": (h, h)})
+    for i in range(config["num_layers"]):
+        for stream in ("img", "txt"):
+            keys.update({f"double_blocks.{i}.{stream}_attn.qkv.weight": (3 * h, h),
+                         f"double_blocks.{i}.{stream}_attn.proj.weight": (h, h),
+                         f"double_blocks.{i}.{stream}_attn.norm.query_norm.scale": (d,),
+                         f"double_blocks.{i}.{stream}_attn.norm.key_norm.scale": (d,),
+                         f"double_blocks.{i}.{stream}_mlp.0.weight": (2 * mlp, h),
+                         f"double_blocks.{i}.{stream}_mlp.2.weight": (h, mlp)})
+    for i in range(config["num_single_layers"]):
+        keys.update({f"single_blocks.{i}.linear1.weight": (3 * h + 2 * mlp, h),
+                     f"single_blocks.{i}.linear2.weight": (h, h + mlp),
+                     f"single_blocks.{i}.norm.query_norm.scale": (d,),
+                     f"single_blocks.{i}.norm.key_norm.scale": (d,)})
+    return keys
+
+
+@pytest.mark.parametrize("name", ["tiny", "flux.2-klein-4b-dit", "flux.2-klein-9b-dit", "flux.2-dev-dit"])
+def test_flux2_original_names_are_bfl_and_comfyuis_key_set(name):
+    """Key by key: our FLUX.2 converter gives exactly the original checkpoint's keys and shapes (real configs on
+    the meta device), and comes back to diffusers' state dict exactly."""
+    from accelerate import init_empty_weights
+    from diffsynth.models.real_configs import REAL_MODELS, build_class
+    if name == "tiny":
+        model = tiny_dit("flux2")
+    else:
+        with init_empty_weights():
+            model = build_class(REAL_MODELS[name]["cls"]).from_config(REAL_MODELS[name]["config"])
+    state = model.state_dict()
+    original = convert_flux2.diffusers_to_original(state)
+    assert {k: tuple(v.shape) for k, v in original.items()} == flux2_original_keys(dict(model.config))
+    if name != "tiny":
+        return
+    back = convert_flux2.original_to_diffusers({f"model.diffusion_model.{k}": v for k, v in original.items()})
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+    # the final modulation is (shift, scale) in the original, (scale, shift) in diffusers; q/k/v stacked in order
+    scale, shift = state["norm_out.linear.weight"].chunk(2)
+    assert torch.equal(original["final_layer.adaLN_modulation.1.weight"], torch.cat([shift, scale]))
+    qkv = original["double_blocks.0.txt_attn.qkv.weight"].chunk(3)
+    assert all(torch.equal(part, state[f"transformer_blocks.0.attn.add_{p}_proj.weight"]) for part, p in zip(qkv, "qkv"))
+
+
+def test_flux2_lora_names_without_the_model():
+    """`diffsynth export` has no base model: FLUX.2's original names rename back, except the fused q/k/v."""
+    from diffsynth.families.flux2.pipeline import Flux2
+    modules = lora_modules(trained_lora("flux2"))
+    original = write_format(modules, "kohya", "flux2")
+    unfused = {k: v for k, v in lora_modules(original).items() if not k.endswith("_attn_qkv")}
+    kohya = {"lora_unet_" + n.replace(".", "_"): n for n in original_weight_shapes(tiny_dit("flux2"), "flux2")}
+    back = Flux2.lora_names_without_model({kohya[k]: ab for k, ab in unfused.items()})
+    fused = (".attn.to_q", ".attn.to_v", ".attn.add_q_proj", ".attn.add_k_proj", ".attn.add_v_proj")
+    want = {n: ab for n, ab in modules.items() if not n.endswith(fused)}
+    assert back.keys() == want.keys()
+    for n, (a, b) in want.items():
+        assert torch.equal(back[n][0], a) and torch.equal(back[n][1], b), n  # norm_out's B halves swapped back
+    with pytest.raises(ExportError, match="fused q/k/v layer"):
+        Flux2.lora_names_without_model({"double_blocks.0.img_attn.qkv": modules["transformer_blocks.0.attn.to_q"]})

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from diffsynth.cli import main as cli_main
 from diffsynth.config import SECTIONS, config_from_dict
 from diffsynth.export.check import check_against_model
-from diffsynth.export.lora_formats import ExportError, write_format
+from diffsynth.export.lora_formats import write_format
 from diffsynth.families import get_spec
 from diffsynth.families.flux2 import pipeline as flux2
 from diffsynth.families.upstream import table
@@ -285,5 +285,13 @@ def test_tiny_klein_trains_and_exports_key_by_key(tmp_path, shapes_dataset, flux
         assert report["unmatched_keys"] == 0 and report["tensors"] == len(out) == len(state), (fmt, report)
         for name, (a, b) in modules.items():  # key by key: the same update on the same module
             assert torch.equal(out[f"{prefix}{name}.lora_A.weight"], a) and torch.equal(out[f"{prefix}{name}.lora_B.weight"], b)
-    with pytest.raises(ExportError, match="comfyui and kohya"):
-        write_format(modules, "comfyui", "flux2")
+    # ComfyUI/kohya: BFL's original names, the double block's q/k/v fused (12 Linears -> 8 modules), alpha = rank
+    for fmt in ("comfyui", "kohya"):
+        out = write_format(modules, fmt, "flux2")
+        report = check_against_model(out, tiny_dit, fmt, "flux2")
+        assert report["unmatched_keys"] == 0 and report["matched_modules"] == 8 + 2 * 2, (fmt, report)
+        assert len(out) == 3 * (8 + 2 * 2)
+    comfy = write_format(modules, "comfyui", "flux2")
+    a = comfy["diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight"]
+    assert a.shape[0] == 3 * modules["transformer_blocks.0.attn.to_q"][0].shape[0]  # the three ranks stacked
+    assert "diffusion_model.single_blocks.1.linear1.lora_B.weight" in comfy

@@ -1,15 +1,90 @@
-"""Image tensors and 2x2 latent patches, shared by the image families (Qwen-Image, FLUX.1)."""
+"""Image tensors and 2x2 latent patches, shared by the image families (Qwen-Image, FLUX.1, FLUX.2, Z-Image).
+
+Pixel arithmetic follows DiffSynth-Studio where it feeds a model: :func:`image_to_tensor` is its pipelines'
+``preprocess_image`` (the VAE input), :func:`resize_pixels` is torchvision's tensor resize (what transformers' fast
+image processors, which DiffSynth's Qwen2-VL processor is, run), written in plain torch because torchvision does
+not install beside this project's CPU torch.
+"""
 from __future__ import annotations
+
+import platform
 
 import numpy as np
 import torch
 from PIL import Image
 
 
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> (1, 3, H, W) in [-1, 1]."""
-    array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())
-    return (array / 127.5 - 1.0).permute(2, 0, 1).unsqueeze(0)
+def image_to_tensor(image: Image.Image, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """PIL RGB -> (1, 3, H, W) in [-1, 1], with DiffSynth's ``BasePipeline.preprocess_image`` arithmetic: the
+    0..255 values are cast to ``dtype`` on ``device`` first, then ``x * (2 / 255) + (-1)`` runs in that dtype
+    (in bfloat16 this rounds differently from converting a float32 result)."""
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim != 3 or array.shape[2] != 3:
+        mode = getattr(image, "mode", type(image).__name__)
+        raise ValueError(f"image_to_tensor needs an RGB image, got {mode} of shape {array.shape}: "
+                         "convert it with image.convert('RGB') first")
+    pixels = torch.from_numpy(array.copy()).to(dtype=dtype, device=device)
+    pixels = pixels * ((1 - (-1)) / 255) + (-1)
+    return pixels.permute(2, 0, 1).unsqueeze(0)
+
+
+RESIZE_MODES = ("bilinear", "bicubic")
+
+
+def _native_uint8_resize(mode: str, device: torch.device) -> bool:
+    """Whether torchvision hands a uint8 image to ``interpolate`` as it is (else it resizes a float32 copy and
+    rounds back): on a CPU always for bicubic, for bilinear only where torch has its vectorised uint8 kernel."""
+    if device.type != "cpu":
+        return False
+    if mode == "bicubic":
+        return True
+    return (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+            or platform.machine() in ("aarch64", "arm64"))
+
+
+def resize_pixels(pixels: torch.Tensor, height: int, width: int, mode: str = "bilinear",
+                  antialias: bool = True) -> torch.Tensor:
+    """``torchvision.transforms.v2.functional.resize`` of a tensor image (..., C, H, W) to ``height``×``width``,
+    in plain torch with torchvision's arithmetic.
+
+    Float images are resized by ``interpolate`` (``align_corners=False``, antialiased when shrinking if
+    ``antialias``). uint8 images go to ``interpolate`` as uint8 where torchvision does so (CPU bicubic, and CPU
+    bilinear with AVX2/AVX512 or on ARM), else as a float32 copy that is clamped (bicubic), rounded and cast back.
+    The same size returns the input itself, as torchvision does."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_pixels: mode {mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"resize_pixels: target size {height}x{width} must be at least 1x1")
+    if pixels.ndim < 3:
+        raise ValueError(f"resize_pixels needs an image (..., C, H, W), got shape {tuple(pixels.shape)}")
+    if pixels.dtype != torch.uint8 and not pixels.is_floating_point():
+        raise ValueError(f"resize_pixels: {pixels.dtype} images are not supported; give uint8 or a float dtype")
+    shape = pixels.shape
+    channels, old_h, old_w = shape[-3:]
+    if (height, width) == (old_h, old_w) or pixels.numel() == 0:
+        return pixels
+    dtype = pixels.dtype
+    batch = pixels.reshape(-1, channels, old_h, old_w)
+    native = dtype in (torch.float32, torch.float64) or (dtype == torch.uint8
+                                                          and _native_uint8_resize(mode, pixels.device))
+    if (batch.shape[0] == 1 and batch.is_contiguous(memory_format=torch.channels_last)
+            and batch.numel() != batch.stride()[0]):
+        # torchvision's restride of a single channels-last image, so the output keeps that memory format
+        strides = list(batch.stride())
+        strides[0] = batch.numel()
+        batch = batch.as_strided(batch.shape, strides)
+    if not native:
+        batch = batch.to(torch.float32)
+    out = torch.nn.functional.interpolate(batch, size=[height, width], mode=mode, align_corners=False,
+                                          antialias=antialias)
+    if not native:
+        if mode == "bicubic" and dtype == torch.uint8:
+            out = out.clamp_(0, 255)
+        if not dtype.is_floating_point:
+            out = out.round_()
+        out = out.to(dtype)
+    return out.reshape(*shape[:-3], channels, height, width)
 
 
 def tensor_to_image(tensor: torch.Tensor) -> Image.Image:

@@ -227,3 +227,21 @@ Z_IMAGE_TEXT_ENCODER = {"vocab_size": 512, "hidden_size": 2560, "intermediate_si
                         "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
                         "tie_word_embeddings": True}
 Z_IMAGE_PROMPTS = ["a red cube", "A watercolour fox, sitting in tall grass at dusk; soft light."]
+
+
+# Qwen-Image-Edit's image preprocessing (the `edit` case): DiffSynth's EditImageEmbedder resize and VAE input
+# (`preprocess_image`, float32 and bfloat16), its dataset resize (`ImageCropAndResize`), and what its
+# `Qwen2VLProcessor` (transformers' torchvision image processor) hands the text encoder, for one edit image and for
+# a list of them (2509 style: each resized to 384² area).
+# The real processor config: Qwen/Qwen-Image-Edit's processor/preprocessor_config.json, which is Qwen2.5-VL's
+# (Qwen/Qwen2.5-VL-7B-Instruct's preprocessor_config.json, the same values), written here as data (no hub access).
+QWEN25_VL_PREPROCESSOR = {
+    "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+}
+# random-noise RGB images (the hardest case for resampling) of these (width, height); none a multiple of 28 or 32
+EDIT_IMAGE_SIZES = [(333, 250), (250, 333), (333, 250), (97, 61)]
+EDIT_PROMPT = "make the cube blue"
+EDIT_DATA_MAX_PIXELS = 128 * 128  # the dataset-resize rows: dynamic under this area (sides multiples of 16)
+EDIT_DATA_FIXED = (96, 160)       # and fixed (height, width)

@@ -6,11 +6,14 @@
 ``python ours.py load CASE DIR``  loads the checkpoint DiffSynth-Studio's trainer code wrote (``ds_ckpt``) as
                                   ``lora.lora_checkpoint`` and writes the prediction it gives.
 ``python ours.py vae CASE DIR``   our VAE encode (with the family's latent normalisation) of a small image/clip.
+``python ours.py edit - DIR``     Qwen-Image-Edit's image inputs: writes the edit images and both processor folders
+                                  (twin and real config) to DIR, and what our pipeline makes of them.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -253,7 +256,7 @@ def bare_vae_pipeline(case: dict, vae):
 def encode_image_tensor(case: dict, pipe, pixels: torch.Tensor) -> torch.Tensor:
     """The family's ``encode_image`` on a (1, 3, H, W) tensor in [-1, 1] (the PIL step left out: same for both)."""
     from unittest import mock
-    with mock.patch.object(sys.modules[type(pipe).__module__], "image_to_tensor", lambda image: pixels):
+    with mock.patch.object(sys.modules[type(pipe).__module__], "image_to_tensor", lambda image, *a, **k: pixels):
         return pipe.encode_image(None)
 
 
@@ -309,6 +312,85 @@ def cmd_prompt_flux2(name: str, out: Path) -> None:
               str(out / f"ours_prompt_{name}.safetensors"))
 
 
+class _Recorder(torch.nn.Module):
+    """A stand-in text encoder / VAE that keeps what it is given (the pixels are all the edit case compares)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+        self.config = SimpleNamespace(z_dim=1, latents_mean=[0.0], latents_std=[1.0])
+
+    def forward(self, **kwargs):
+        self.calls.append(kwargs)
+        return SimpleNamespace(hidden_states=[torch.zeros(1, kwargs["input_ids"].shape[1], 4)])
+
+    def encode(self, pixels):
+        self.calls.append({"pixels": pixels})
+        mode = torch.zeros(1, 1, 1, pixels.shape[-2] // 8, pixels.shape[-1] // 8)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: mode))
+
+
+def edit_folders(out: Path) -> dict[str, Path]:
+    """DIR/edit{i}.png (random noise), and DIR/twin, DIR/real: a processor folder each (the twin's tokenizer, and
+    the twin's or the real Qwen2.5-VL preprocessor_config.json), as DiffSynth's Qwen2VLProcessor loads them."""
+    import json
+    import numpy as np
+    from PIL import Image
+    from cases import EDIT_IMAGE_SIZES, QWEN25_VL_PREPROCESSOR
+    from diffsynth.families.qwen_image.tiny import SPECIAL_TOKENS, write_processor_config
+    from diffsynth.models.tokenizers import train_bpe_tokenizer
+    rng = np.random.default_rng(SEED)
+    for i, (w, h) in enumerate(EDIT_IMAGE_SIZES):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(out / f"edit{i}.png")
+    folders = {"twin": out / "twin", "real": out / "real"}
+    train_bpe_tokenizer(folders["twin"], "Qwen2TokenizerFast", SPECIAL_TOKENS, "<|endoftext|>")
+    write_processor_config(folders["twin"])
+    import shutil
+    shutil.copytree(folders["twin"], folders["real"])
+    (folders["real"] / "preprocessor_config.json").write_text(json.dumps(QWEN25_VL_PREPROCESSOR, indent=2))
+    return folders
+
+
+def cmd_edit(_name: str, out: Path) -> None:
+    """Our Qwen-Image-Edit pipeline's ``edit_inputs`` with recording stand-ins for the text encoder and the VAE:
+    the VAE inputs (float32 and bfloat16 pipelines), and per processor config the text encoder's input_ids,
+    pixel_values and image_grid_thw for one edit image (images 0 and 3) and for the list of all four; plus our
+    dataset resize of each image (dynamic and fixed size)."""
+    from PIL import Image
+    from cases import EDIT_DATA_FIXED, EDIT_DATA_MAX_PIXELS, EDIT_IMAGE_SIZES, EDIT_PROMPT
+    from diffsynth.data.resolution import resize_for_training
+    from diffsynth.families.qwen_image.edit import QwenImageEdit, load_image_processor
+    from transformers import AutoTokenizer
+    folders = edit_folders(out)
+    images = [Image.open(out / f"edit{i}.png").convert("RGB") for i in range(len(EDIT_IMAGE_SIZES))]
+    result = {}
+    for name, folder in folders.items():
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        for dtype in (torch.float32, torch.bfloat16):
+            encoder, vae = _Recorder(), _Recorder()
+            pipe = QwenImageEdit(None, vae, encoder, tokenizer, load_image_processor(str(folder)), dtype)
+            cases = {"single0": images[0], "single3": images[3], "multi": images}
+            for label, edit in cases.items():
+                pipe.edit_inputs(EDIT_PROMPT, edit)
+                vae_inputs = [call["pixels"][:, :, 0] for call in vae.calls]
+                vae.calls.clear()
+                key = str(dtype).split(".")[1]
+                for i, pixels in enumerate(vae_inputs):
+                    result[f"vae_{label}_{i}_{key}"] = pixels
+                (call,) = encoder.calls
+                encoder.calls.clear()
+                if dtype == torch.float32:  # the VL inputs: the same processor output in both pipelines
+                    for k in ("input_ids", "pixel_values", "image_grid_thw"):
+                        result[f"{name}_{label}_{k}"] = call[k]
+    import numpy as np
+    for i, image in enumerate(images):
+        dynamic = resize_for_training(image, EDIT_DATA_MAX_PIXELS)
+        fixed = resize_for_training(image, EDIT_DATA_MAX_PIXELS, *EDIT_DATA_FIXED)
+        result[f"data_dynamic_{i}"] = torch.from_numpy(np.array(dynamic))
+        result[f"data_fixed_{i}"] = torch.from_numpy(np.array(fixed))
+    save_file({k: v.contiguous() for k, v in result.items()}, str(out / "ours_edit.safetensors"))
+
+
 def quant_mlp(folder: Path) -> tuple[torch.nn.Module, torch.Tensor]:
     """Two Linear layers (bf16) and an input, written once to DIR/quant_weights.safetensors; both sides load them."""
     path = folder / "quant_weights.safetensors"
@@ -340,4 +422,4 @@ def cmd_quant(method: str, out: Path) -> None:
 if __name__ == "__main__":
     command, name, folder = sys.argv[1:4]
     {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt, "prompt_flux2": cmd_prompt_flux2,
-     "quant": cmd_quant}[command](name, Path(folder))
+     "quant": cmd_quant, "edit": cmd_edit}[command](name, Path(folder))

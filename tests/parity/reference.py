@@ -6,6 +6,7 @@
     the same inputs, loads our LoRA files with its pipeline's ``load_lora``, and writes a LoRA checkpoint the way
     its trainer does (``add_lora_to_model`` + trainable tensors, prefix removed) for ours.py to load.
 ``python reference.py vae CASE DIR``  its VAE class and pipeline normalisation on the same weights and pixels.
+``python reference.py edit - DIR``    Qwen-Image-Edit's image inputs through its EditImageEmbedder and PromptEmbedder units.
 ``python reference.py modules OUT``   writes the Linear module names/shapes of its DiTs (tests/data table).
 """
 from __future__ import annotations
@@ -441,6 +442,65 @@ def cmd_quant(method: str, folder: Path) -> None:
               str(folder / f"reference_quant_{method}.safetensors"))
 
 
+class _Recorder(torch.nn.Module):
+    """A stand-in text encoder / VAE keeping what DiffSynth's units hand it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, **kwargs):
+        self.calls.append(kwargs)
+        return [torch.zeros(1, kwargs["input_ids"].shape[1], 4)]
+
+    def encode(self, pixels, **kwargs):
+        self.calls.append({"pixels": pixels})
+        return torch.zeros(1, 16, pixels.shape[-2] // 8, pixels.shape[-1] // 8)
+
+
+def cmd_edit(_name: str, folder: Path) -> None:
+    """DiffSynth's Qwen-Image-Edit units on the images and processor folders ours.py wrote: EditImageEmbedder
+    (auto-resize to 1024² area, preprocess_image in the pipeline's dtype) and PromptEmbedder (its Qwen2VLProcessor,
+    loaded by Qwen2VLProcessor.from_pretrained as its from_pretrained does), with recording stand-ins for the VAE
+    and the text encoder; and its dataset's ImageCropAndResize."""
+    import numpy as np
+    from PIL import Image
+    from transformers import Qwen2VLProcessor
+    from cases import EDIT_DATA_FIXED, EDIT_DATA_MAX_PIXELS, EDIT_IMAGE_SIZES, EDIT_PROMPT
+    from diffsynth.core.data.operators import ImageCropAndResize
+    from diffsynth.pipelines.qwen_image import (QwenImagePipeline, QwenImageUnit_EditImageEmbedder,
+                                                QwenImageUnit_PromptEmbedder)
+    images = [Image.open(folder / f"edit{i}.png").convert("RGB") for i in range(len(EDIT_IMAGE_SIZES))]
+    result, classes = {}, {}
+    for name in ("twin", "real"):
+        processor = Qwen2VLProcessor.from_pretrained(str(folder / name))
+        classes[name] = type(processor.image_processor).__name__
+        for dtype in (torch.float32, torch.bfloat16):
+            pipe = QwenImagePipeline(device="cpu", torch_dtype=dtype)
+            pipe.processor, pipe.text_encoder, pipe.vae = processor, _Recorder(), _Recorder()
+            key = str(dtype).split(".")[1]
+            for label, edit in {"single0": images[0], "single3": images[3], "multi": images}.items():
+                out = QwenImageUnit_EditImageEmbedder().process(pipe, edit, tiled=False, tile_size=None,
+                                                                tile_stride=None, edit_image_auto_resize=True)
+                for i, call in enumerate(pipe.vae.calls):
+                    result[f"vae_{label}_{i}_{key}"] = call["pixels"]
+                pipe.vae.calls.clear()
+                QwenImageUnit_PromptEmbedder().process(pipe, EDIT_PROMPT, edit_image=out["edit_image"])
+                (call,) = pipe.text_encoder.calls
+                pipe.text_encoder.calls.clear()
+                if dtype == torch.float32:
+                    for k in ("input_ids", "pixel_values", "image_grid_thw"):
+                        result[f"{name}_{label}_{k}"] = call[k]
+    for i, image in enumerate(images):
+        dynamic = ImageCropAndResize(max_pixels=EDIT_DATA_MAX_PIXELS, height_division_factor=16,
+                                     width_division_factor=16)(image)
+        fixed = ImageCropAndResize(*EDIT_DATA_FIXED, max_pixels=EDIT_DATA_MAX_PIXELS)(image)
+        result[f"data_dynamic_{i}"] = torch.from_numpy(np.array(dynamic))
+        result[f"data_fixed_{i}"] = torch.from_numpy(np.array(fixed))
+    save_file({k: v.contiguous() for k, v in result.items()}, str(folder / "reference_edit.safetensors"))
+    (folder / "reference_edit.json").write_text(json.dumps({"image_processor": classes}))
+
+
 def diffsynth_version() -> str:
     from importlib.metadata import version
     return version("diffsynth")
@@ -452,4 +512,4 @@ if __name__ == "__main__":
         cmd_modules(sys.argv[2])
     else:
         {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt, "prompt_flux2": cmd_prompt_flux2,
-         "quant": cmd_quant}[command](sys.argv[2], Path(sys.argv[3]))
+         "quant": cmd_quant, "edit": cmd_edit}[command](sys.argv[2], Path(sys.argv[3]))

@@ -199,6 +199,46 @@ def z_image_prompt_case(ours_py: str, ref_py: str, folder: Path, table: Table) -
                   ref[f"emb{i}"], DEFAULT_TOLERANCE)
 
 
+def edit_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """Qwen-Image-Edit's image inputs: the VAE input after the edit resize (float32, bfloat16 pipelines), what the
+    text encoder receives from the VL processor (token ids, image grid, pixel_values) for the twin's and the real
+    Qwen2.5-VL processor config, one edit image and a list of four; and the dataset resize (dynamic, fixed)."""
+    import json
+    from cases import EDIT_IMAGE_SIZES
+    run(ours_py, "ours.py", "edit", "-", str(folder))
+    run(ref_py, "reference.py", "edit", "-", str(folder))
+    ours = load_file(str(folder / "ours_edit.safetensors"))
+    ref = load_file(str(folder / "reference_edit.safetensors"))
+    processor = json.loads((folder / "reference_edit.json").read_text())["image_processor"]
+    missing = sorted(set(ours) ^ set(ref))
+    if missing:
+        table.rows.append(("edit", "quantities on one side only", ", ".join(missing), "", "", "FAIL"))
+        table.failed.append("edit quantities")
+
+    def add(what: str, key: str, tol: float) -> None:
+        if ours[key].shape != ref[key].shape:
+            table.rows.append(("edit", what, str(tuple(ours[key].shape)), str(tuple(ref[key].shape)), "", "FAIL"))
+            table.failed.append(f"edit {key} shape")
+        else:
+            table.add("edit", what, ours[key], ref[key], tol)
+
+    edits = {"single0": "edit image 0", "single3": "edit image 3", "multi": f"{len(EDIT_IMAGE_SIZES)} edit images"}
+    for label, what in edits.items():
+        n = len(EDIT_IMAGE_SIZES) if label == "multi" else 1
+        for i in range(n):
+            for dtype in ("float32", "bfloat16"):
+                add(f"VAE input, {what} [{i}] ({dtype})", f"vae_{label}_{i}_{dtype}", DEFAULT_TOLERANCE)
+    for name in ("twin", "real"):
+        source = f"{name} config, its {processor[name]}"
+        for label, what in edits.items():
+            add(f"VL input_ids, {what} ({source})", f"{name}_{label}_input_ids", 0.0)
+            add(f"VL image_grid_thw, {what} ({source})", f"{name}_{label}_image_grid_thw", 0.0)
+            add(f"VL pixel_values, {what} ({source})", f"{name}_{label}_pixel_values", DEFAULT_TOLERANCE)
+    for i in range(len(EDIT_IMAGE_SIZES)):
+        add(f"data resize, image {i} (dynamic)", f"data_dynamic_{i}", 0.0)
+        add(f"data resize, image {i} (fixed)", f"data_fixed_{i}", 0.0)
+
+
 # --quant_options methods compared (comfy-kitchen is in neither venv by default). Both sides call the same
 # bitsandbytes/torchao quantizers with DiffSynth's settings, so only the libraries' versions in the two venvs can
 # differ: one bf16 rounding step of the output (2**-8 relative) with margin.
@@ -247,6 +287,9 @@ def main() -> None:
         for name in PROMPT_FLUX2:
             if not args.only or f"prompt-flux2-{name}" in args.only or "prompt-flux2" in args.only:
                 prompt_flux2_case(name, args.python, args.reference_python, Path(tmp), table)
+        if not args.only or "edit" in args.only:
+            (Path(tmp) / "edit").mkdir()
+            edit_case(args.python, args.reference_python, Path(tmp) / "edit", table)
         if not args.only or "prompt" in args.only or "prompt-z_image" in args.only:
             (Path(tmp) / "prompt-z_image").mkdir()
             z_image_prompt_case(args.python, args.reference_python, Path(tmp) / "prompt-z_image", table)

@@ -178,7 +178,7 @@ class Flux(Family):
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """Deterministic VAE latents (the mode), then (z - shift_factor) · scaling_factor: (1, 16, H/8, W/8)."""
-        pixels = image_to_tensor(image).to(self.device, self.torch_dtype)
+        pixels = image_to_tensor(image, self.torch_dtype, self.device)
         latents = self.vae.encode(pixels).latent_dist.mode()
         c = self.vae.config
         return ((latents - c.shift_factor) * c.scaling_factor).to(self.torch_dtype)

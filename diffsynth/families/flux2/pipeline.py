@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 
 from ...errors import ConfigError
-from ...models.lora_names import LoraFormatError
 from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid
 from ..base import Family
 from ..images import image_to_tensor, tensor_to_image
+from .convert import diffusers_to_original, lora_names_without_model, lora_to_original
 from . import blocks, checkpoints, real_configs, tiny
 
 DEFAULT_TOKENIZER = "black-forest-labs/FLUX.2-dev:tokenizer/"  # DiffSynth's default (train.py tokenizer_config)
@@ -69,14 +69,6 @@ def empirical_mu(image_seq_len: int, num_steps: int) -> float:
 def inference_sigmas(num_steps: int, image_seq_len: int) -> torch.Tensor:
     s = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
     return sampling_grid(_exponential_shift(s, empirical_mu(image_seq_len, num_steps)))
-
-
-def no_original_names(modules: dict, shapes: dict | None = None) -> dict:
-    """comfyui/kohya name a LoRA by the original checkpoint's modules (BFL's ``double_blocks.N.img_attn.qkv``...).
-    ComfyUI's FLUX.2 key rules could not be read here (its snapshot predates FLUX.2), so none is written."""
-    raise LoraFormatError("FLUX.2: the comfyui and kohya formats (BFL's original module names) are not written yet: "
-                          "ComfyUI's own FLUX.2 key rules could not be checked; use export.formats diffusers or "
-                          "diffsynth")
 
 
 def image_ids(height: int, width: int, device=None) -> torch.Tensor:
@@ -128,8 +120,11 @@ class Flux2(Family):
     # DiffSynth's own sft:data_process files hold latents as tokens (B, H·W, 128) without their grid: not read (its
     # `input_latents` is left unmapped, so such a cache is refused as having no target latents); ours is read
     diffsynth_cache_keys = {"prompt_embeds": "prompt_emb"}
-    # DiffSynth's Flux2DiT has diffusers' module names: its LoRA format is the loaded names (no converters)
-    lora_to_original = staticmethod(no_original_names)
+    # DiffSynth's Flux2DiT has diffusers' module names: its LoRA format is the loaded names (no converter); the
+    # comfyui/kohya formats use the original BFL names (convert.py)
+    lora_to_original = staticmethod(lora_to_original)
+    original_state_dict = staticmethod(diffusers_to_original)
+    lora_names_without_model = staticmethod(lora_names_without_model)
     train_sigmas = staticmethod(train_sigmas)
     # DiffSynth's FLUX.2 recipes that train something other than the DiT, refused by name (`diffsynth families`)
     refused_recipes = {
@@ -214,7 +209,7 @@ class Flux2(Family):
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """The VAE's mode, 2x2-patchified and batch-norm normalised: (1, 128, H/16, W/16)."""
-        pixels = image_to_tensor(image).to(self.device, self.torch_dtype)
+        pixels = image_to_tensor(image, self.torch_dtype, self.device)
         latents = patchify(self.vae.encode(pixels).latent_dist.mode())
         return ((latents.float() - self.latents_mean) / self.latents_std).to(self.torch_dtype)
 

@@ -6,7 +6,8 @@ What an edit row adds to text-to-image training, as DiffSynth's pipeline units d
   sides multiples of 32), VAE-encoded, and its latents are appended to the image tokens as extra RoPE
   "frames"; the DiT output is sliced back to the target tokens.
 * PromptEmbedder: the prompt goes through the vision-language template with the edit image's vision tokens
-  (Qwen2.5-VL vision tower); a list of edit images (2509 style) gets "Picture i: " prefixes and each image is
+  (Qwen2.5-VL vision tower, its pixels made as DiffSynth's torchvision Qwen2-VL processor makes them:
+  :mod:`.vision_inputs`); a list of edit images (2509 style) gets "Picture i: " prefixes and each image is
   resized to 384² area for the vision tower. The system prefix (64 tokens with the real tokenizer) is dropped.
 * ``zero_cond_t`` (2511): the edit-image tokens are modulated at t=0.
 
@@ -30,6 +31,7 @@ from ...models.model_config import fetch, parse_path_or_model_id
 from ..images import SampleReference, as_image_list, check_image_column, first_row_images
 from . import tiny
 from .pipeline import DEFAULT_TOKENIZER, QwenImage, set_zero_cond_t
+from .vision_inputs import VisionInputs
 
 DEFAULT_PROCESSOR = "Qwen/Qwen-Image-Edit:processor/"  # DiffSynth's default, also for Edit-2509/2511
 EDIT_AREA = 1024 * 1024          # EditImageEmbedder's target area
@@ -73,18 +75,14 @@ def expand_image_pads(text: str, grid_thw: torch.Tensor, merge_size: int) -> str
     return parts[0] + "".join(IMAGE_PAD * n + rest for n, rest in zip(counts, parts[1:]))
 
 
-def load_image_processor(folder: str):
-    """The Qwen2-VL image processor of ``processor/``. Without torchvision transformers uses its PIL
-    implementation; we ask for it directly (the full Qwen2VLProcessor needs torchvision for video)."""
+def load_image_processor(folder: str) -> VisionInputs:
+    """The Qwen2-VL image processor of ``processor/`` (its ``preprocessor_config.json``), with the arithmetic of
+    the torchvision processor DiffSynth's ``Qwen2VLProcessor`` runs (see :mod:`.vision_inputs`)."""
     try:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as cls
-    except ImportError:  # older transformers: the one class is PIL/numpy based
-        from transformers import Qwen2VLImageProcessor as cls
-    try:
-        return cls.from_pretrained(folder)
-    except OSError as e:
-        raise ConfigError(f"model.processor_path: no Qwen2-VL image processor in {folder} ({e}); point it at the "
-                          "processor/ folder of Qwen/Qwen-Image-Edit (preprocessor_config.json)") from None
+        return VisionInputs.from_folder(folder)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.processor_path: no usable Qwen2-VL image processor in {folder} ({e}); point it at "
+                          "the processor/ folder of Qwen/Qwen-Image-Edit (preprocessor_config.json)") from None
 
 
 class QwenImageEdit(QwenImage):

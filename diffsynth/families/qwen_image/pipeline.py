@@ -94,7 +94,7 @@ class QwenImage(Family):
     @torch.no_grad()
     def encode_image(self, image: Image.Image) -> torch.Tensor:
         """VAE latents, normalised by the VAE's latents_mean/std: (1, z, H/8, W/8)."""
-        pixels = image_to_tensor(image).to(self.device, self.torch_dtype).unsqueeze(2)  # the VAE wants (B,C,T,H,W)
+        pixels = image_to_tensor(image, self.torch_dtype, self.device).unsqueeze(2)  # the VAE wants (B,C,T,H,W)
         latents = self.vae.encode(pixels).latent_dist.mode()[:, :, 0]
         return ((latents - self.latents_mean) / self.latents_std).to(self.torch_dtype)
 

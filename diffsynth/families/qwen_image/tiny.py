@@ -86,14 +86,17 @@ def write_tiny_edit(out_dir: Path, seed: int = 0) -> None:
     """``Qwen/Qwen-Image-Edit`` layout: the Qwen-Image folders plus processor/ (image processor + tokenizer)."""
     import json
 
-    from transformers import Qwen2VLImageProcessor
-
     write_tiny(out_dir, seed)
     processor = out_dir / "processor"
     shutil.copytree(out_dir / "tokenizer", processor)
-    Qwen2VLImageProcessor(min_pixels=32 * 32, max_pixels=256 * 256).save_pretrained(str(processor))
+    write_processor_config(processor)
     index = json.loads((out_dir / "model_index.json").read_text())
     index.update({"_class_name": "QwenImageEditPipeline", "processor": ["transformers", "Qwen2VLProcessor"]})
     write_json(out_dir / "model_index.json", index)
 
 
+def write_processor_config(folder: Path) -> None:
+    """The twin's ``preprocessor_config.json``: Qwen2-VL's defaults with a small pixel range (32² to 256²)."""
+    from transformers import Qwen2VLImageProcessor
+
+    Qwen2VLImageProcessor(min_pixels=32 * 32, max_pixels=256 * 256).save_pretrained(str(folder))
