@@ -227,3 +227,14 @@ Z_IMAGE_TEXT_ENCODER = {"vocab_size": 512, "hidden_size": 2560, "intermediate_si
                         "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
                         "tie_word_embeddings": True}
 Z_IMAGE_PROMPTS = ["a red cube", "A watercolour fox, sitting in tall grass at dusk; soft light."]
+
+
+# trajectory_imitation (Z-Image-Turbo's distillation, DiffSynth's TrajectoryImitationLoss): the loss runs the DiT
+# 124 times (teacher 50 steps x CFG 2, student 8 + 8 for LPIPS, and the backward), so its DiT keeps Z-Image's
+# structure and head size at a reduced width (2 heads of 128) to run on a CPU; the VAE decoder is the real one
+# (FLUX's, Z-Image's config) and the LPIPS AlexNet has its real widths, all with random weights
+TRAJECTORY = {
+    "dit": {**Z_IMAGE_DIT, "dim": 256, "n_heads": 2, "n_kv_heads": 2, "cap_feat_dim": 64},
+    "latents": [1, 16, 4, 4],  # a 32x32 image: the smallest AlexNet's pooling takes
+    "prompt": [1, 5, 64], "negative": [1, 3, 64],
+}
