@@ -317,8 +317,6 @@ def test_controlnet_and_trajectory_imitation_recipes_are_refused_by_name():
                        r"\(Union/Tile.* not implemented yet"):
         upstream.recognise("PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1:x.safetensors,"
                            "Tongyi-MAI/Z-Image-Turbo:transformer/*.safetensors")
-    with pytest.raises(ConfigError, match="trajectory_imitation .Z-Image-Turbo's distillation"):
-        config_from_args([*shlex.split(TURBO_LORA_SH), "--task", "trajectory_imitation"])
 
 
 # ------------------------------------------------------------------------------------- training

@@ -355,7 +355,8 @@ def cmd_trajectory(name: str, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in lpips.state_dict().items()}, str(out / "lpips.safetensors"))
     tensors = {"noise": torch.randn(TRAJECTORY["latents"], generator=gen),
                "prompt_emb": torch.randn(TRAJECTORY["prompt"], generator=gen),
-               "negative_emb": torch.randn(TRAJECTORY["negative"], generator=gen)}
+               "negative_emb": torch.randn(TRAJECTORY["negative"], generator=gen),
+               "images": torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1}
     save_file(tensors, str(out / "inputs.safetensors"))
     pipe = ZImage(dit, vae, None, None)
     dit.requires_grad_(True)
@@ -369,7 +370,8 @@ def cmd_trajectory(name: str, out: Path) -> None:
     grad = torch.cat([p.grad.flatten() for _, p in sorted(dit.named_parameters())])
     lpips_value = trajectory.lpips_term(pipe, lpips, path, positive)
     save_file({"trajectory": torch.stack(path).contiguous(), "timesteps": timesteps, "loss": loss.detach().reshape(1),
-               "lpips": lpips_value.reshape(1), "total": (loss.detach() + lpips_value).reshape(1), "grad": grad},
+               "lpips": lpips_value.reshape(1), "lpips_images": lpips(tensors["images"][:1], tensors["images"][1:]),
+               "total": (loss.detach() + lpips_value).reshape(1), "grad": grad},
               str(out / "ours_trajectory.safetensors"))
 
 

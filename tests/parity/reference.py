@@ -489,7 +489,8 @@ def cmd_trajectory(name: str, folder: Path) -> None:
     save_file({"trajectory": torch.stack(path).contiguous(), "timesteps": timesteps.float().contiguous(),
                "loss": captured["align_trajectory"].detach().reshape(1).float(),
                "lpips": captured["compute_regularization"].detach().reshape(1).float(),
-               "total": total.detach().reshape(1).float(), "grad": grad},
+               "total": total.detach().reshape(1).float(), "grad": grad,
+               "lpips_images": lpips(tensors["images"][:1], tensors["images"][1:]).detach()},
               str(folder / "reference_trajectory.safetensors"))
 
 

@@ -228,6 +228,8 @@ def trajectory_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> No
     table.add(case, "teacher trajectory (51 latents, CFG 2)", ours["trajectory"], ref["trajectory"], tol)
     table.add(case, "trajectory loss (8 weighted secant MSEs)", ours["loss"], ref["loss"], tol)
     table.add(case, "LPIPS term (decoded student sample vs teacher's)", ours["lpips"], ref["lpips"], tol)
+    table.add(case, "LPIPS of two random 64x64 images (its LPIPSModel)", ours["lpips_images"], ref["lpips_images"],
+              tol)
     table.add(case, "total loss", ours["total"], ref["total"], tol)
     table.add(case, "gradient in the student DiT (all weights)", ours["grad"], ref["grad"], tol)
 
