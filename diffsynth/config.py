@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
@@ -407,8 +408,7 @@ class Config:
                 raise ConfigError(f"train.task {self.train.task} encodes online (the encoder cache does not keep the "
                                   "rows' seeds and step counts): set cache.enabled: false")
         if self.train.task == "trajectory_imitation":
-            from .training.trajectory import check_config
-            check_config(self)
+            self._check_trajectory_imitation()
         from .data.recipe import check_recipe
         check_recipe(self)
         from .families import check_extra_inputs  # the family decides which extra inputs exist
@@ -417,6 +417,25 @@ class Config:
         check_samples(self)
         return self
 
+
+    def _check_trajectory_imitation(self) -> None:
+        """train.task trajectory_imitation (training/trajectory.py): a family that implements it, online encoding
+        (the teacher's CFG needs the empty negative prompt encoded), and an LPIPS weights entry."""
+        from .families import spec_for
+        spec = spec_for(self)
+        if not spec.trajectory_imitation:
+            raise ConfigError(f"train.task trajectory_imitation: DiffSynth defines trajectory imitation for "
+                              f"Z-Image-Turbo only (examples/z_image/.../special/trajectory_imitation); the {spec.name} "
+                              "family does not implement it (no teacher trajectory or pixel decoding for the LPIPS "
+                              "term). Use model.family z_image, or train.task sft / direct_distill")
+        if self.cache.enabled:
+            raise ConfigError("train.task trajectory_imitation encodes online (the teacher's CFG needs the empty "
+                              "negative prompt, which the encoder cache does not hold): set cache.enabled: false")
+        value = self.model.lpips_path
+        if not value or not (os.path.exists(value) or (":" in value and not value.endswith((":", "/")))):
+            raise ConfigError(f"model.lpips_path {value!r} is neither an existing file nor model_id:file (default "
+                              "DiffSynth-Studio/ImageMetrics:LPIPS/alexnet.safetensors, the AlexNet LPIPS DiffSynth's "
+                              "image metrics use)")
 
     def _check_dop(self) -> None:
         """train.dop_weight needs a class word, a trigger word to replace, adapters to switch off, and online

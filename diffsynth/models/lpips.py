@@ -17,6 +17,7 @@ file, so a narrow random twin in the same layout loads too (the tiny presets wri
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .model_config import ModelConfig, fetch
 
 # AlexNet's convolutions: (feature index in torchvision's alexnet.features, kernel, stride, padding); slice i ends at
 # conv i's ReLU, and slices 2 and 3 open with a 3x3 / stride 2 max-pool
@@ -33,6 +35,28 @@ ALEX_CHANNELS = (64, 192, 384, 256, 256)
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 EPS = 1e-10
+DEFAULT_PATH = "DiffSynth-Studio/ImageMetrics:LPIPS/alexnet.safetensors"  # model.lpips_path's default
+TASK = "trajectory_imitation"  # the training task that reads model.lpips_path
+
+
+def lpips_entry(value: str | None) -> ModelConfig:
+    """``model.lpips_path``: a local file, or ``model_id:file`` fetched like the model entries (models stage)."""
+    value = value or DEFAULT_PATH
+    if os.path.exists(value):
+        return ModelConfig(path=value, source_string=value)
+    if ":" not in value or value.endswith(("/", ":")):
+        raise ConfigError(f"model.lpips_path {value!r} is neither an existing file nor model_id:file (default "
+                          f"{DEFAULT_PATH}, the AlexNet LPIPS DiffSynth's image metrics use)")
+    model_id, pattern = value.rsplit(":", 1)
+    return ModelConfig(model_id=model_id, origin_file_pattern=pattern, source_string=value)
+
+
+def lpips_file(value: str | None) -> str:
+    """The one local LPIPS file ``model.lpips_path`` names (fetched)."""
+    files = fetch(lpips_entry(value)).weight_files()
+    if len(files) != 1:
+        raise ConfigError(f"model.lpips_path {value!r} names {len(files)} files; name the one LPIPS file")
+    return files[0]
 
 
 class _Scaling(nn.Module):

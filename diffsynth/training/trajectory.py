@@ -24,60 +24,19 @@ several rows averages the LPIPS distances (DiffSynth trains one row per step).
 from __future__ import annotations
 
 import copy
-import os
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 from ..families.base import Family
-from ..models.lpips import LPIPS
-from ..models.model_config import ModelConfig, fetch
+from ..models.lpips import DEFAULT_PATH as DEFAULT_LPIPS, LPIPS, TASK, lpips_file  # noqa: F401  (re-exported)
 from .schedule import NUM_TRAIN_TIMESTEPS, bell_curve_weights
 
-TASK = "trajectory_imitation"
 STUDENT_STEPS = 8
 TEACHER_STEPS = 50
 TEACHER_CFG = 2.0
 NEGATIVE_PROMPT = ""  # DiffSynth's train.py: inputs_nega = {"negative_prompt": ""}
 MIN_STEP = 1e-6  # smallest |sigma_next - sigma| of the secant's denominator
-DEFAULT_LPIPS = "DiffSynth-Studio/ImageMetrics:LPIPS/alexnet.safetensors"
-
-
-# ---------------------------------------------------------------- config
-def check_config(config) -> None:
-    """What the task needs of a run: a family that implements it, online encoding (the negative prompt is encoded
-    at start), and an LPIPS weights entry."""
-    from ..families import spec_for
-    spec = spec_for(config)
-    if not spec.trajectory_imitation:
-        raise ConfigError(f"train.task {TASK}: DiffSynth defines trajectory imitation for Z-Image-Turbo only "
-                          f"(examples/z_image/.../special/trajectory_imitation); the {spec.name} family does not "
-                          "implement it (no teacher trajectory or pixel decoding for the LPIPS term). Use "
-                          "model.family z_image, or train.task sft / direct_distill")
-    if config.cache.enabled or config.train.task == "sft:train":
-        raise ConfigError(f"train.task {TASK} encodes online (the teacher's CFG needs the empty negative prompt, "
-                          "which the encoder cache does not hold): set cache.enabled: false")
-    lpips_entry(config.model.lpips_path)
-
-
-def lpips_entry(value: str | None) -> ModelConfig:
-    """``model.lpips_path``: a local file, or ``model_id:file`` fetched like the model entries."""
-    value = value or DEFAULT_LPIPS
-    if os.path.exists(value):
-        return ModelConfig(path=value, source_string=value)
-    if ":" not in value or value.endswith(("/", ":")):
-        raise ConfigError(f"model.lpips_path {value!r} is neither an existing file nor model_id:file (default "
-                          f"{DEFAULT_LPIPS}, the AlexNet LPIPS DiffSynth's image metrics use)")
-    model_id, pattern = value.rsplit(":", 1)
-    return ModelConfig(model_id=model_id, origin_file_pattern=pattern, source_string=value)
-
-
-def lpips_file(value: str | None) -> str:
-    files = fetch(lpips_entry(value)).weight_files()
-    if len(files) != 1:
-        raise ConfigError(f"model.lpips_path {value!r} names {len(files)} files; name the one LPIPS file")
-    return files[0]
 
 
 # ---------------------------------------------------------------- grids
@@ -183,8 +142,8 @@ class TrajectoryImitation:
 
     @classmethod
     def build(cls, pipe: Family, config) -> "TrajectoryImitation":
-        if not type(pipe).trajectory_imitation:
-            check_config(config)  # raises, naming the family
+        if not type(pipe).trajectory_imitation:  # config.validate refuses it first
+            raise ValueError(f"the {type(pipe).name} family does not implement {TASK}")
         lpips = LPIPS.load(lpips_file(config.model.lpips_path)).to(pipe.device)
         negative = pipe.sample_inputs(NEGATIVE_PROMPT, 0, 0)
         return cls(frozen_copy(pipe), lpips, negative)
