@@ -107,7 +107,8 @@ DIFFERENCES = {
     "trainable_models": "",
     "find_unused_parameters": "rarely needed: LoRA is not put on modules that get no gradient, and a full "
                               "fine-tune turns it on by itself under DDP",
-    "task": "sft, direct_distill, and split training: sft:data_process writes the encoder cache, sft:train reads it",
+    "task": "sft, direct_distill, trajectory_imitation (Z-Image), and split training: sft:data_process writes the "
+            "encoder cache, sft:train reads it",
     "resume_from_checkpoint": "weights only, as DiffSynth; full-state resume is train.resume",
     "lora_target_modules": "DiffSynth's FLUX and Wan names are mapped to the loaded modules",
     "save_steps": "also writes a resumable state (optimizer, RNG, data position) beside the checkpoint",

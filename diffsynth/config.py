@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, get_args, get_origin, get_type_hints
@@ -125,6 +126,9 @@ class ModelConfigSection:
                                               "when training starts (DeepSpeed ZeRO-3 partitions them first)")
     torch_dtype: str = _f("bfloat16", "dtype the models are loaded and computed in", ours=True,
                           choices=["bfloat16", "float16", "float32"])
+    lpips_path: str = _f("DiffSynth-Studio/ImageMetrics:LPIPS/alexnet.safetensors",
+                         "train.task trajectory_imitation: the AlexNet LPIPS weights (model_id:file, fetched by the "
+                         "models stage, or a local file) in DiffSynth-Studio's layout", ours=True)
 
 
 @dataclass
@@ -136,8 +140,10 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay")
     task: str = _f("sft", "training task: sft; sft:data_process writes the encoder cache to output_path and stops; "
                    "sft:train trains from the cache in dataset_base_path (DiffSynth's split training); "
-                   "direct_distill: the few-step student's sample from each row's seed against the row's image",
-                   choices=["sft", "sft:data_process", "sft:train", "direct_distill"])
+                   "direct_distill: the few-step student's sample from each row's seed against the row's image; "
+                   "trajectory_imitation (Z-Image-Turbo): an 8-step student matches a frozen copy's 50-step CFG-2 "
+                   "trajectory, plus an LPIPS term (model.lpips_path) that carries no gradient",
+                   choices=["sft", "sft:data_process", "sft:train", "direct_distill", "trajectory_imitation"])
     customized_optimizer: Optional[str] = _f(None, "dotted optimizer class, default torch.optim.AdamW")
     fused_optimizer: bool = _f(True, "AdamW's fused kernel (same update up to rounding, ~4x faster step)", ours=True)
     optimizer: str = _f("adamw", "adamw (torch, DiffSynth's) | adamw8bit (bitsandbytes, extra [bitsandbytes]) | prodigy "
@@ -301,9 +307,7 @@ PASSTHROUGH_SECTIONS = {"accelerate"}
 # Why a DiffSynth value of a choice flag is refused, appended to the error.
 UNSUPPORTED_CHOICES = {
     ("train", "task"): (": direct_distill:data_process / direct_distill:train (split distillation: its rows' seeds "
-                        "are not in the encoder cache; use direct_distill) and trajectory_imitation (Z-Image-Turbo's "
-                        "distillation: an 8-step student matches a 50-step CFG-2 teacher trajectory plus an LPIPS "
-                        "image loss, which needs lpips' downloaded AlexNet weights) are not supported yet"),
+                        "are not in the encoder cache; use direct_distill) are not supported yet"),
 }
 # Extra inputs a task reads from each row, whatever the family (DiffSynth: its loss reads them from the inputs).
 TASK_EXTRA_INPUTS = {"direct_distill": ("seed", "rand_device", "num_inference_steps", "cfg_scale")}
@@ -403,6 +407,8 @@ class Config:
             if self.cache.enabled:
                 raise ConfigError(f"train.task {self.train.task} encodes online (the encoder cache does not keep the "
                                   "rows' seeds and step counts): set cache.enabled: false")
+        if self.train.task == "trajectory_imitation":
+            self._check_trajectory_imitation()
         from .data.recipe import check_recipe
         check_recipe(self)
         from .families import check_extra_inputs  # the family decides which extra inputs exist
@@ -411,6 +417,25 @@ class Config:
         check_samples(self)
         return self
 
+
+    def _check_trajectory_imitation(self) -> None:
+        """train.task trajectory_imitation (training/trajectory.py): a family that implements it, online encoding
+        (the teacher's CFG needs the empty negative prompt encoded), and an LPIPS weights entry."""
+        from .families import spec_for
+        spec = spec_for(self)
+        if not spec.trajectory_imitation:
+            raise ConfigError(f"train.task trajectory_imitation: DiffSynth defines trajectory imitation for "
+                              f"Z-Image-Turbo only (examples/z_image/.../special/trajectory_imitation); the {spec.name} "
+                              "family does not implement it (no teacher trajectory or pixel decoding for the LPIPS "
+                              "term). Use model.family z_image, or train.task sft / direct_distill")
+        if self.cache.enabled:
+            raise ConfigError("train.task trajectory_imitation encodes online (the teacher's CFG needs the empty "
+                              "negative prompt, which the encoder cache does not hold): set cache.enabled: false")
+        value = self.model.lpips_path
+        if not value or not (os.path.exists(value) or (":" in value and not value.endswith((":", "/")))):
+            raise ConfigError(f"model.lpips_path {value!r} is neither an existing file nor model_id:file (default "
+                              "DiffSynth-Studio/ImageMetrics:LPIPS/alexnet.safetensors, the AlexNet LPIPS DiffSynth's "
+                              "image metrics use)")
 
     def _check_dop(self) -> None:
         """train.dop_weight needs a class word, a trigger word to replace, adapters to switch off, and online

@@ -14,6 +14,7 @@ from diffsynth.files import project_root, write_json
 from diffsynth.models.manifest import build_manifest
 from diffsynth.models.model_config import TINY_MODEL_NAMESPACE, fetch, model_base_path, parse_model_configs, parse_path_or_model_id
 from diffsynth.models.safetensors_io import read_keys_and_shapes
+from diffsynth.models import lpips as lpips_weights
 from diffsynth.models.tiny import tiny_preset, write_tiny_model
 
 
@@ -35,6 +36,12 @@ def main() -> int:
     entries = {c.source_string: fetch(c).weight_files() for c in configs}
     # a truncated download fails here (headers only, cheap), not minutes later in the train stage
     read_keys_and_shapes([f for files in entries.values() for f in files if str(f).endswith(".safetensors")])
+    if config.train.task == lpips_weights.TASK:  # its LPIPS weights, fetched (or for a tiny model, written) here
+        lpips = lpips_weights.lpips_entry(m.lpips_path)
+        if lpips.model_id and lpips.model_id.split("/")[0] == TINY_MODEL_NAMESPACE:
+            lpips_weights.write_tiny_lpips(model_base_path() / lpips.model_id / lpips.origin_file_pattern,
+                                           seed=config.train.seed)
+        entries[lpips.source_string] = fetch(lpips).weight_files()
     for value in spec_for(config).auxiliary_entries(config).values():
         folder = fetch(parse_path_or_model_id(value, "")).files()[0]
         entries[value] = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]

@@ -309,16 +309,12 @@ def test_params_from_diffsynth_flags_equal_the_lora_preset(capsys):
                 assert printed[section][f.name] == preset[section][f.name], f"{section}.{f.name}"
 
 
-def test_controlnet_and_trajectory_imitation_recipes_are_refused_by_name():
-    from diffsynth.command_line import config_from_args
-    from diffsynth.errors import ConfigError
+def test_controlnet_recipes_are_refused_by_name():
     from diffsynth.families import upstream
     with pytest.raises(upstream.ForeignModelError, match="PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1.*Fun-ControlNet "
                        r"\(Union/Tile.* not implemented yet"):
         upstream.recognise("PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1:x.safetensors,"
                            "Tongyi-MAI/Z-Image-Turbo:transformer/*.safetensors")
-    with pytest.raises(ConfigError, match="trajectory_imitation .Z-Image-Turbo's distillation"):
-        config_from_args([*shlex.split(TURBO_LORA_SH), "--task", "trajectory_imitation"])
 
 
 # ------------------------------------------------------------------------------------- training

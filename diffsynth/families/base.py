@@ -188,6 +188,9 @@ class Family(torch.nn.Module):
     # DiffSynth recipes of this family we refuse by name: {regex on the recipe path: one line saying what it is}
     # (`diffsynth families` reports them; their flags are refused on the command line as well)
     refused_recipes: dict = {}
+    # ---- training tasks beyond sft / direct_distill
+    # DiffSynth's --task trajectory_imitation (training/trajectory.py): needs decode_pixels; others refuse it by name
+    trajectory_imitation: bool = False
 
     role = "full"  # which parts an instance holds (base.ROLES)
 
@@ -328,6 +331,11 @@ class Family(torch.nn.Module):
         """The denoiser's velocity prediction at ``timestep`` (0..1000 scale, one per sample), same shape as the
         latents; ``inputs`` is one sample's :meth:`encode` output or a :meth:`collate` batch."""
         raise NotImplementedError
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, h, w) -> the VAE decoder's raw output (B, 3, H, W), about [-1, 1], not clamped, in the
+        decoder's dtype: DiffSynth's ``pipe.vae_decoder(latents)`` (the trajectory_imitation task's LPIPS term)."""
+        raise NotImplementedError(f"{self.name} does not decode to pixels for a loss")
 
     @torch.no_grad()
     def sample_inputs(self, prompt: str, height: int, width: int, num_frames: int = 1) -> dict:

@@ -18,7 +18,7 @@ from ..data.buckets import bucket_stats
 from ..data.recipe import set_epoch
 from ..families import spec_for
 from ..progress import progress
-from . import distributed
+from . import distributed, trajectory
 from .distributed import TrainingInterrupted
 from .block_swap import install_block_swap
 from .checkpoint import Checkpointer
@@ -89,6 +89,8 @@ class Trainer:
             load_full_checkpoint(module, config.train.resume_from_checkpoint, config.output.remove_prefix_in_ckpt)
         self.trainable = set(configure_trainable(module, config, dtype))
         apply_fp8(self.pipe, config, dtype)
+        if config.train.task == trajectory.TASK:  # the frozen teacher: the trained models as they start
+            module.trajectory = trajectory.TrajectoryImitation.build(self.pipe, config)
         self.memory = apply_memory_modes(module, config, dtype, self.accelerator)  # quant_options, CPU offload
         return module
 

@@ -42,6 +42,7 @@ class TrainingModule(torch.nn.Module):
         self.boundaries = boundaries
         self.offload_activations = offload_activations
         self.preservation = None  # train.dop_weight (configure_trainable sets it)
+        self.trajectory = None  # train.task trajectory_imitation: its teacher and LPIPS (trajectory.attach sets it)
 
     def train(self, mode: bool = True) -> "TrainingModule":
         """Train mode for the trained models only: frozen encoders stay in eval mode, as in DiffSynth (T5/UMT5
@@ -81,6 +82,8 @@ class TrainingModule(torch.nn.Module):
         with ctx:
             if self.distill:
                 return distill.direct_distill_loss(self.pipe, batch)
+            if self.trajectory is not None:
+                return self.trajectory.loss(self.pipe, batch, self.generator)
             return flow_match_loss(self.pipe, self.schedule, batch, self.generator, *self.boundaries,
                                    extra=self._preservation(items, batch))
 

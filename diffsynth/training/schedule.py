@@ -16,11 +16,13 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 
 def bell_curve_weights(sigmas: torch.Tensor) -> torch.Tensor:
-    """DiffSynth's ``set_training_weight`` for a 1000-point grid: Gaussian in t centred at 500, min 0, mean 1."""
+    """DiffSynth's ``set_training_weight``: Gaussian in t centred at 500, min 0, scaled to sum 1000 (mean 1 on its
+    1000-point training grid). A grid of another length (trajectory_imitation's 8 student steps) then gets its
+    "empirical formula": scaled by len/1000 (sum len) and shifted up by its own second weight."""
     x = sigmas * NUM_TRAIN_TIMESTEPS
     y = torch.exp(-2.0 * ((x - NUM_TRAIN_TIMESTEPS / 2) / NUM_TRAIN_TIMESTEPS) ** 2)
     y = y - y.min()
-    w = y * (len(sigmas) / y.sum())
+    w = y * (NUM_TRAIN_TIMESTEPS / y.sum())
     if len(sigmas) != NUM_TRAIN_TIMESTEPS:
         w = w * len(sigmas) / NUM_TRAIN_TIMESTEPS
         w = w + w[1]

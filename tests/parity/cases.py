@@ -245,3 +245,12 @@ EDIT_IMAGE_SIZES = [(333, 250), (250, 333), (333, 250), (97, 61)]
 EDIT_PROMPT = "make the cube blue"
 EDIT_DATA_MAX_PIXELS = 128 * 128  # the dataset-resize rows: dynamic under this area (sides multiples of 16)
 EDIT_DATA_FIXED = (96, 160)       # and fixed (height, width)
+# trajectory_imitation (Z-Image-Turbo's distillation, DiffSynth's TrajectoryImitationLoss): the loss runs the DiT
+# 124 times (teacher 50 steps x CFG 2, student 8 + 8 for LPIPS, and the backward), so its DiT keeps Z-Image's
+# structure and head size at a reduced width (2 heads of 128) to run on a CPU; the VAE decoder is the real one
+# (FLUX's, Z-Image's config) and the LPIPS AlexNet has its real widths, all with random weights
+TRAJECTORY = {
+    "dit": {**Z_IMAGE_DIT, "dim": 256, "n_heads": 2, "n_kv_heads": 2, "cap_feat_dim": 64},
+    "latents": [1, 16, 4, 4],  # a 32x32 image: the smallest AlexNet's pooling takes
+    "prompt": [1, 5, 64], "negative": [1, 3, 64],
+}

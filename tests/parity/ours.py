@@ -419,7 +419,45 @@ def cmd_quant(method: str, out: Path) -> None:
               str(out / f"ours_quant_{method}.safetensors"))
 
 
+def cmd_trajectory(name: str, out: Path) -> None:
+    """trajectory_imitation on random weights (written to DIR for the reference side): our teacher trajectory,
+    trajectory loss and its gradient in the student DiT, and the LPIPS term."""
+    import diffusers
+    from cases import TRAJECTORY
+    from diffsynth.models.lpips import ALEX_CHANNELS, LPIPS, write_tiny_lpips
+    from diffsynth.training import trajectory
+    gen = torch.Generator().manual_seed(SEED)
+    dit = diffusers.ZImageTransformer2DModel.from_config(TRAJECTORY["dit"]).eval()
+    randomise(dit, gen)
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(out / "dit.safetensors"))
+    vae = diffusers.AutoencoderKL.from_config(VAE_CASES["z_image"]["config"]).eval()
+    randomise(vae, gen)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(out / "vae.safetensors"))
+    lpips = LPIPS.load(write_tiny_lpips(out / "lpips_file.safetensors", seed=SEED, channels=ALEX_CHANNELS))
+    save_file({k: v.contiguous() for k, v in lpips.state_dict().items()}, str(out / "lpips.safetensors"))
+    tensors = {"noise": torch.randn(TRAJECTORY["latents"], generator=gen),
+               "prompt_emb": torch.randn(TRAJECTORY["prompt"], generator=gen),
+               "negative_emb": torch.randn(TRAJECTORY["negative"], generator=gen),
+               "images": torch.rand(2, 3, 64, 64, generator=gen) * 2 - 1}
+    save_file(tensors, str(out / "inputs.safetensors"))
+    pipe = ZImage(dit, vae, None, None)
+    dit.requires_grad_(True)
+    teacher = trajectory.frozen_copy(pipe)
+    positive, negative = {"prompt_emb": tensors["prompt_emb"]}, {"prompt_emb": tensors["negative_emb"]}
+    _, student_t = trajectory.student_grid(ZImage)
+    sigmas, timesteps = trajectory.teacher_grid(ZImage, student_t)
+    path = trajectory.teacher_trajectory(teacher, tensors["noise"], positive, negative, sigmas, timesteps)
+    loss = trajectory.imitation_loss(pipe, path, timesteps, positive)
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for _, p in sorted(dit.named_parameters())])
+    lpips_value = trajectory.lpips_term(pipe, lpips, path, positive)
+    save_file({"trajectory": torch.stack(path).contiguous(), "timesteps": timesteps, "loss": loss.detach().reshape(1),
+               "lpips": lpips_value.reshape(1), "lpips_images": lpips(tensors["images"][:1], tensors["images"][1:]),
+               "total": (loss.detach() + lpips_value).reshape(1), "grad": grad},
+              str(out / "ours_trajectory.safetensors"))
+
+
 if __name__ == "__main__":
     command, name, folder = sys.argv[1:4]
     {"dit": cmd_dit, "load": cmd_load, "vae": cmd_vae, "prompt": cmd_prompt, "prompt_flux2": cmd_prompt_flux2,
-     "quant": cmd_quant, "edit": cmd_edit}[command](name, Path(folder))
+     "quant": cmd_quant, "edit": cmd_edit, "trajectory": cmd_trajectory}[command](name, Path(folder))

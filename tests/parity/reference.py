@@ -499,6 +499,57 @@ def cmd_edit(_name: str, folder: Path) -> None:
         result[f"data_fixed_{i}"] = torch.from_numpy(np.array(fixed))
     save_file({k: v.contiguous() for k, v in result.items()}, str(folder / "reference_edit.safetensors"))
     (folder / "reference_edit.json").write_text(json.dumps({"image_processor": classes}))
+def cmd_trajectory(name: str, folder: Path) -> None:
+    """Its TrajectoryImitationLoss as its Z-Image train.py runs it (teacher: a frozen deepcopy of the pipeline) on
+    the weights ours.py wrote; the parts captured from its own methods, the gradient in the student DiT.
+
+    The loss imports the ``lpips`` package (not in this venv, and it would download AlexNet): a stand-in module
+    whose ``LPIPS(net="alex")`` is DiffSynth's own ``LPIPSModel("alex")`` with the case's weights, the same network
+    (v0.1 heads, eval mode) in the layout of its ImageMetrics weights."""
+    import copy
+    from cases import TRAJECTORY
+    from diffsynth.diffusion.loss import TrajectoryImitationLoss
+    from diffsynth.models import z_image_dit
+    from diffsynth.models.flux_vae import FluxVAEDecoder
+    from diffsynth.models.lpips import LPIPSModel
+    from diffsynth.models.z_image_dit import ZImageDiT
+    from diffsynth.pipelines.z_image import ZImagePipeline
+    from diffsynth.utils.state_dict_converters.flux_vae import FluxVAEDecoderStateDictConverterDiffusers
+    z_image_dit.TimestepEmbedder.forward = lambda self, t: self.mlp(  # as build(): float32 instead of its bf16 cast
+        self.timestep_embedding(t, self.frequency_embedding_size).to(self.mlp[0].weight.dtype))
+    lpips = LPIPSModel("alex")
+    lpips.load_state_dict(load_file(str(folder / "lpips.safetensors")))  # strict: our layout is its layout
+    lpips.eval()
+    sys.modules["lpips"] = types.SimpleNamespace(LPIPS=lambda net: lpips)
+    pipe = ZImagePipeline(device="cpu", torch_dtype=torch.float32)
+    pipe.dit = ZImageDiT(**TRAJECTORY["dit"])
+    pipe.dit.load_state_dict(load_file(str(folder / "dit.safetensors")))
+    pipe.vae_decoder = FluxVAEDecoder(use_conv_attention=False)
+    pipe.vae_decoder.load_state_dict(FluxVAEDecoderStateDictConverterDiffusers(load_file(str(folder / "vae.safetensors"))))
+    pipe.dit.eval().requires_grad_(True)
+    pipe.vae_decoder.eval().requires_grad_(False)
+    teacher = copy.deepcopy(pipe)  # its train.py: copy.deepcopy(self.pipe), then requires_grad_(False)
+    teacher.requires_grad_(False)
+    tensors = load_file(str(folder / "inputs.safetensors"))
+    shared = {"latents": tensors["noise"].clone(), "teacher": teacher, "cfg_scale": 2,
+              "use_gradient_checkpointing": False, "use_gradient_checkpointing_offload": False}
+    posi, nega = {"prompt_embeds": [tensors["prompt_emb"][0]]}, {"prompt_embeds": [tensors["negative_emb"][0]]}
+    loss_fn, captured = TrajectoryImitationLoss(), {}
+    for method in ("fetch_trajectory", "align_trajectory", "compute_regularization"):
+        def spy(*args, _method=getattr(loss_fn, method), _name=method, **kwargs):
+            captured[_name] = out = _method(*args, **kwargs)
+            return out
+        setattr(loss_fn, method, spy)
+    total = loss_fn(pipe, shared, posi, nega)
+    total.sum().backward()
+    grad = torch.cat([p.grad.flatten() for _, p in sorted(pipe.dit.named_parameters())])
+    timesteps, path = captured["fetch_trajectory"]
+    save_file({"trajectory": torch.stack(path).contiguous(), "timesteps": timesteps.float().contiguous(),
+               "loss": captured["align_trajectory"].detach().reshape(1).float(),
+               "lpips": captured["compute_regularization"].detach().reshape(1).float(),
+               "total": total.detach().reshape(1).float(), "grad": grad,
+               "lpips_images": lpips(tensors["images"][:1], tensors["images"][1:]).detach()},
+              str(folder / "reference_trajectory.safetensors"))
 
 
 def diffsynth_version() -> str:
@@ -512,4 +563,4 @@ if __name__ == "__main__":
         cmd_modules(sys.argv[2])
     else:
         {"dit": cmd_dit, "vae": cmd_vae, "prompt": cmd_prompt, "prompt_flux2": cmd_prompt_flux2,
-         "quant": cmd_quant, "edit": cmd_edit}[command](sys.argv[2], Path(sys.argv[3]))
+         "quant": cmd_quant, "edit": cmd_edit, "trajectory": cmd_trajectory}[command](sys.argv[2], Path(sys.argv[3]))

@@ -256,6 +256,24 @@ def quant_case(method: str, ours_py: str, ref_py: str, folder: Path, table: Tabl
     table.add(f"quant {method}", "input gradient (to LoRA)", ours["grad"], ref["grad"], QUANT_TOLERANCE)
 
 
+def trajectory_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """trajectory_imitation: the same random DiT, VAE and LPIPS weights and the same noise and prompts through our
+    loss and DiffSynth's TrajectoryImitationLoss (its teacher a deepcopy of its pipeline)."""
+    run(ours_py, "ours.py", "trajectory", "z_image", str(folder))
+    run(ref_py, "reference.py", "trajectory", "z_image", str(folder))
+    ours = load_file(str(folder / "ours_trajectory.safetensors"))
+    ref = load_file(str(folder / "reference_trajectory.safetensors"))
+    case, tol = "trajectory z_image", DEFAULT_TOLERANCE
+    table.add(case, "teacher grid (50 steps, the 8 student timesteps put in)", ours["timesteps"], ref["timesteps"], tol)
+    table.add(case, "teacher trajectory (51 latents, CFG 2)", ours["trajectory"], ref["trajectory"], tol)
+    table.add(case, "trajectory loss (8 weighted secant MSEs)", ours["loss"], ref["loss"], tol)
+    table.add(case, "LPIPS term (decoded student sample vs teacher's)", ours["lpips"], ref["lpips"], tol)
+    table.add(case, "LPIPS of two random 64x64 images (its LPIPSModel)", ours["lpips_images"], ref["lpips_images"],
+              tol)
+    table.add(case, "total loss", ours["total"], ref["total"], tol)
+    table.add(case, "gradient in the student DiT (all weights)", ours["grad"], ref["grad"], tol)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reference-python", default=str(REPO / ".venv-parity" / "bin" / "python"))
@@ -293,6 +311,9 @@ def main() -> None:
         if not args.only or "prompt" in args.only or "prompt-z_image" in args.only:
             (Path(tmp) / "prompt-z_image").mkdir()
             z_image_prompt_case(args.python, args.reference_python, Path(tmp) / "prompt-z_image", table)
+        if not args.only or "trajectory" in args.only:
+            (Path(tmp) / "trajectory").mkdir()
+            trajectory_case(args.python, args.reference_python, Path(tmp) / "trajectory", table)
     table.print()
     if table.failed:
         sys.exit(f"parity FAILED: {table.failed}")

@@ -74,6 +74,7 @@ class ZImage(Family):
     lora_names_without_model = staticmethod(lora_names_without_model)
     train_sigmas = staticmethod(train_sigmas)
     padded_inputs = {"prompt_emb": "prompt_emb_mask"}
+    trajectory_imitation = True  # DiffSynth's Z-Image-Turbo distillation (training/trajectory.py)
     refused_models = {"Z-Image-Turbo-Fun-Controlnet": (
         "PAI's Z-Image-Turbo Fun-ControlNet (Union/Tile: control blocks beside the frozen DiT, fed the VAE latents "
         "of --extra_inputs controlnet_image) is not implemented yet; train the plain Z-Image-Turbo recipes instead")}
@@ -118,6 +119,11 @@ class ZImage(Family):
         c = self.vae.config
         pixels = self.vae.decode((latents / c.scaling_factor + c.shift_factor).to(self.torch_dtype)).sample
         return tensor_to_image(pixels[0])
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """DiffSynth's ``FluxVAEDecoder``: un-normalise, decode; the raw output (not clamped)."""
+        c = self.vae.config
+        return self.vae.decode((latents / c.scaling_factor + c.shift_factor).to(self.torch_dtype)).sample
 
     def encode(self, item: dict) -> dict:
         image, prompt = self.image_and_prompt(item)
