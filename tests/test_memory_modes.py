@@ -442,3 +442,19 @@ def test_quantized_lora_loss_curve_stays_close_to_full_precision_on_a_real_width
         assert gaps[0] <= bound
         assert max(gaps) <= 2 * bound
         assert curves[method][-1] < curves[method][0]
+
+
+@pytest.mark.parametrize("in_features,out_features", [(32, 48), (128, 64)])
+def test_nf4_layer_runs_without_grad_in_eval_mode(in_features, out_features):
+    """Validation and samples run the quantized model in eval mode without autograd: bitsandbytes' CPU repacking path
+    (AVX512-BF16 CPUs) must not meet a layer narrower than its blocks (the tiny twins' are)."""
+    pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(in_features, out_features, dtype=torch.bfloat16)
+    q = Q.quantized_linear(linear, "bitsandbytes_nf4", "cpu").eval()
+    x = torch.randn(3, in_features, dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = q(x)
+    assert y.shape == (3, out_features)
+    relative = ((y.float() - linear(x).float()).norm() / linear(x).float().norm()).item()
+    assert relative < 0.2  # nf4 keeps ~4 bits of each weight

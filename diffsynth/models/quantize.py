@@ -128,6 +128,10 @@ def _bnb_linear(linear: nn.Linear, method: str, device) -> nn.Module:
                                  quant_type=quant_type, quant_storage=torch.uint8).to(device)
     if linear.bias is not None:
         q.bias = nn.Parameter(linear.bias.data.to(device), requires_grad=False)
+    # On CPUs with AVX512-BF16, bitsandbytes repacks the weight at the first no-grad forward in blocks of 32 rows by
+    # `blocksize` columns, and fails on a layer narrower than that (the tiny twins): such a layer keeps the plain kernel.
+    if linear.in_features % q.weight.blocksize or linear.out_features % 32:
+        q.support_avx512bf16_for_cpu = False
     return q
 
 
