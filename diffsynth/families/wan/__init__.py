@@ -2,9 +2,9 @@
 
 Files: ``pipeline.py`` (the family class), ``fun.py`` (first-last frame and Wan-Fun variants), ``speed.py`` (speed
 control), ``vace.py`` / ``vace_model.py`` (VACE), ``animate.py`` / ``animate_model.py`` (Wan2.2-Animate),
-``refusals.py`` (inputs refused by name), ``fun_dit.py`` (the Wan-Fun DiT additions), ``camera.py`` (camera embeddings), ``convert.py`` (Wan-AI's
-original names), ``checkpoints.py`` (checkpoint kinds), ``real_configs.py`` (real architectures), ``tiny.py``
-(tiny twins).
+``refusals.py`` (inputs refused by name), ``fun_dit.py`` (the Wan-Fun DiT additions), ``camera.py`` (camera
+embeddings), ``convert.py`` (Wan-AI's original names), ``checkpoints.py`` (checkpoint kinds), ``real_configs.py``
+(real architectures), ``tiny.py`` (tiny twins).
 """
 from ..registry import register
 from .animate import WanAnimate
