@@ -321,3 +321,29 @@ def test_tiny_twin_trains_the_adapter_samples_and_exports(animate_base, clips, t
     _, reloaded = load_component(ModelConfig(path=files), "wan", torch.float32)
     own = reloaded.state_dict()
     assert all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_training_the_adapter_checkpoints_the_frozen_dits_blocks(pipe):
+    """DiffSynth's model_fn checkpoints the DiT blocks whichever model is trained: a full fine-tune of the adapter
+    (the DiT frozen, so the trainer turns checkpointing on for the adapter only) recomputes the blocks in backward."""
+    inputs = pipe.encode(item())
+    calls, block = [], pipe.dit.blocks[0]
+    forward = block.forward  # counted in forward itself: module hooks do not fire when a checkpoint recomputes
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+    block.forward = counted
+    adapter = pipe.animate_adapter
+    adapter.requires_grad_(True)
+    try:
+        for flag in (False, True):
+            adapter.gradient_checkpointing = flag
+            calls.clear()
+            pipe.predict(torch.randn_like(inputs["latents"]), torch.tensor([500.0]), inputs).mean().backward()
+            assert len(calls) == (2 if flag else 1)  # forward, and again in backward when checkpointed
+    finally:
+        del block.forward
+        adapter.gradient_checkpointing = False
+        adapter.requires_grad_(False)
+        adapter.zero_grad(set_to_none=True)

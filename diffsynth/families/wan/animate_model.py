@@ -242,6 +242,12 @@ class WanAnimateAdapter(nn.Module):
         self.motion_encoder = MotionEncoder(tuple(motion_channels), style_dim, motion_dim)
         self.face_adapter = FaceAdapter(dim, heads, face_blocks)
         self.face_encoder = FaceEncoder(style_dim, dim, face_heads, face_hidden)
+        self.gradient_checkpointing = False
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Training the adapter (the DiT frozen): the DiT's blocks are checkpointed in the animate forward, as
+        DiffSynth's ``model_fn_wan_video`` checkpoints them whichever model is trained (the face blocks are not)."""
+        self.gradient_checkpointing = True
 
     @property
     def face_size(self) -> int:
@@ -339,10 +345,14 @@ def forward_with_animate(dit, adapter: WanAnimateAdapter, hidden_states: torch.T
     proj = proj.unflatten(1, (6, -1))
     if image is not None:
         context = torch.cat([image, context], dim=1)
-    checkpointing = torch.is_grad_enabled() and dit.gradient_checkpointing
+    checkpointing = torch.is_grad_enabled() and (dit.gradient_checkpointing or adapter.gradient_checkpointing)
     for i, block in enumerate(dit.blocks):
-        x = dit._gradient_checkpointing_func(block, x, context, proj, rotary) if checkpointing else \
-            block(x, context, proj, rotary)
+        if checkpointing and dit.gradient_checkpointing:
+            x = dit._gradient_checkpointing_func(block, x, context, proj, rotary)
+        elif checkpointing:
+            x = torch.utils.checkpoint.checkpoint(block, x, context, proj, rotary, use_reentrant=False)
+        else:
+            x = block(x, context, proj, rotary)
         x = adapter.after_block(i, x, motion)
     shift, scale = (dit.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
     x = (dit.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
