@@ -315,6 +315,17 @@ def wan_vace_dit(c: dict) -> dict:
     return s
 
 
+def wan_animate_dit(c: dict) -> dict:
+    """The Wan-AI Animate file: the image-to-video DiT plus the adapter's keys (pose_patch_embedding, motion_encoder,
+    face_encoder, face_adapter), unprefixed as released."""
+    from accelerate import init_empty_weights
+
+    from diffsynth.families.wan.animate_model import WanAnimateAdapter
+    with init_empty_weights():
+        adapter = WanAnimateAdapter(**c["animate_adapter"])
+    return {**wan_dit(c), **{k: tuple(v.shape) for k, v in adapter.state_dict().items()}}
+
+
 ORIGINAL = {"flux.1-dev-dit": ("bfl", bfl_flux_dit), "flux.1-dev-vae": ("bfl", bfl_ae),
             "wan2.1-t2v-1.3b-dit": ("wan", wan_dit), "wan2.1-t2v-14b-dit": ("wan", wan_dit),
             "wan2.1-i2v-14b-dit": ("wan", wan_dit), "wan2.2-ti2v-5b-dit": ("wan", wan_dit),
@@ -322,6 +333,7 @@ ORIGINAL = {"flux.1-dev-dit": ("bfl", bfl_flux_dit), "flux.1-dev-vae": ("bfl", b
             "umt5-xxl": ("wan", wan_t5), "wan2.1-clip": ("wan", wan_clip),
             "wan2.1-vace-1.3b-dit": ("wan", wan_vace_dit), "wan2.1-vace-14b-dit": ("wan", wan_vace_dit),
             "wan2.1-speedcontrol-motion-controller": ("diffsynth", motion_controller),
+            "wan2.2-animate-14b-dit": ("wan", wan_animate_dit),
             **{n: ("wan", wan_dit) for n in REAL_MODELS if n.startswith(("wan2.1-flf2v", "wan2.1-fun", "wan2.2-fun"))}}
 # released only in original names (Wan-AI .pth / DiffSynth's converted safetensors) or only in HF names
 ONLY_ORIGINAL = {"wan2.1-vae", "wan2.2-vae", "umt5-xxl", "wan2.1-clip", "wan2.1-speedcontrol-motion-controller"}

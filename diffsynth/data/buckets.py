@@ -55,7 +55,8 @@ def cell_shapes(base_path: str, value, rules, is_video: bool) -> list[str]:
 
 def row_key(row: dict, base_path: str, data_file_keys: list[str], video_keys: Iterable[str], rules) -> str:
     video_keys = set(video_keys)
-    return format_key((key, cell_shapes(base_path, row[key], rules, key in video_keys))
+    for_key = getattr(rules, "for_key", lambda key: rules)
+    return format_key((key, cell_shapes(base_path, row[key], for_key(key), key in video_keys))
                       for key in data_file_keys if key in row)
 
 

@@ -34,6 +34,15 @@ class ImageRules:
     time_division_remainder: int = 1
     frame_sampling: str = "first"   # which frames of a clip (video.frame_indices)
     frame_seed: int = 0
+    # ((column, width, height), ...): columns loaded at a fixed size whatever the sizes above say (DataRules)
+    fixed_sizes: tuple = ()
+
+    def for_key(self, key: str) -> "ImageRules":
+        """The rules of one column: a fixed-size column (Wan2.2-Animate's face clip) at its own size."""
+        for column, width, height in self.fixed_sizes:
+            if column == key:
+                return replace(self, width=width, height=height)
+        return self
 
     def apply(self, image):
         return resize_for_training(image, self.max_pixels, self.height, self.width,
@@ -108,7 +117,7 @@ class UnifiedDataset(Dataset):
 
     def load_file(self, value, key: str = "image", base_path: str | None = None, rules: ImageRules | None = None):
         loader = load_video_cell if key in self.video_keys else load_image_cell
-        return loader(self.base_path if base_path is None else base_path, value, rules or self.rules)
+        return loader(self.base_path if base_path is None else base_path, value, (rules or self.rules).for_key(key))
 
     def load_row(self, row: dict, index: int | None = None) -> dict:
         item = dict(row)
@@ -145,7 +154,8 @@ def metadata_dataset(config, metadata_path, rules, repeat: int | None = None,
     image_rules = ImageRules(r.max_pixels, r.height, r.width, rules.size_factor, rules.width_factor,
                              num_frames=r.num_frames, time_division_factor=rules.time_division_factor,
                              time_division_remainder=rules.time_division_remainder,
-                             frame_sampling=r.frame_sampling, frame_seed=r.frame_seed)
+                             frame_sampling=r.frame_sampling, frame_seed=r.frame_seed,
+                             fixed_sizes=tuple(getattr(rules, "fixed_size_keys", ())))
     recipe = data_recipe(config)
     if (recipe.multi or config.dataset.source == "folder") and \
             str(metadata_path) == str(config.dataset.dataset_metadata_path):

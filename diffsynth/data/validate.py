@@ -128,7 +128,8 @@ def _value_problem(key: str, value, kind) -> str | None:
 
 
 def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived,
-               entry: DatasetEntry | None = None, value_inputs=(), frame_matched: Iterable[str] = ()) -> bool:
+               entry: DatasetEntry | None = None, value_inputs=(), frame_matched: Iterable[str] = (),
+               shorter: tuple = ()) -> bool:
     """Add this row's problems to the report; True when the row is usable."""
     before = len(report.problems)
     if record.error:
@@ -162,9 +163,9 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
         if key not in row:
             continue  # DiffSynth skips keys a row lacks
         if key in video_keys:
-            problems, cell_shapes = check_video_cell(base_path, row[key], rules)
+            problems, cell_shapes = check_video_cell(base_path, row[key], rules.for_key(key))
         else:
-            problems, cell_shapes = check_image_cell(base_path, row[key], rules, key, video_keys)
+            problems, cell_shapes = check_image_cell(base_path, row[key], rules.for_key(key), key, video_keys)
         for problem in problems:
             report.add(record, key, problem)
         shapes += cell_shapes
@@ -176,6 +177,18 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
             report.add(record, key, f"keeps {counts[key]} frames, video {counts['video']}: only the first frames are "
                                     "conditioned (DiffSynth cuts this clip to the video's length and leaves the rest "
                                     "unconditioned); give it at least as many frames", warning=True)
+    for key, fewer in shorter:  # the pipeline cuts such a clip to the video's frames minus `fewer`
+        if key in counts and "video" in counts:
+            need = counts["video"] - fewer
+            if need < 1:
+                report.add(record, "video", f"keeps {counts['video']} frames: {key} is cut to the video's frames minus "
+                                            f"{fewer}, so the video needs at least {fewer + 1} (raise "
+                                            "resolution.num_frames or use a longer clip)")
+            elif counts[key] < need:
+                report.add(record, key, f"keeps {counts[key]} frames, but the video's {counts['video']} need "
+                                        f"{need} (the video's frames minus {fewer}): give this clip at least {need} "
+                                        "frames, or drop the row")
+    frame_matched = (*frame_matched, *(key for key, _ in shorter))
     counts = {k: n for k, n in counts.items() if k not in frame_matched}
     if len(set(counts.values())) > 1:  # a control clip conditions the video frame by frame
         report.add(record, ",".join(counts), "the row's videos give different frame counts (" + ", ".join(
@@ -208,7 +221,8 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
                      rules: ImageRules, extra_inputs: Iterable[str] | None = None, *,
                      video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
                      derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None,
-                     value_inputs=(), frame_matched_keys: Iterable[str] = ()) -> ValidationReport:
+                     value_inputs=(), frame_matched_keys: Iterable[str] = (),
+                     shorter_clip_keys: tuple = ()) -> ValidationReport:
     """Check every row: files exist and decode, sizes fit the family, videos have a valid frame count,
     prompt is a non-empty string, extra inputs are present. ``derived_inputs`` are extra inputs the family
     computes from other columns (Wan's ``input_image`` = first video frame), so no column is required.
@@ -232,7 +246,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
     _check_columns(report, records, data_file_keys, rules)
     for record in progress(records, desc="data check", unit="row"):  # decoding every file takes a while
         if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
-                      set(derived_inputs), entry, value_inputs, tuple(frame_matched_keys)):
+                      set(derived_inputs), entry, value_inputs, tuple(frame_matched_keys), tuple(shorter_clip_keys)):
             report.valid_records.append(record)
     report.valid_rows = len(report.valid_records)
     return report
@@ -260,7 +274,8 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
                   plot_out: str | Path, *, width_factor: int | None = None, time_division_factor: int = 4,
                   time_division_remainder: int = 1, video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
                   derived_inputs: Iterable[str] = (), value_inputs=(),
-                  frame_matched_keys: Iterable[str] = ()) -> ValidationReport:
+                  frame_matched_keys: Iterable[str] = (), shorter_clip_keys: tuple = (),
+                  fixed_size_keys: tuple = ()) -> ValidationReport:
     """The validation stage's work: validate, write the metadata training uses, the report and the plot.
 
     ``size_factor`` (and ``width_factor``, default the same) and the time division come from the model
@@ -274,14 +289,15 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
     for k, entry in enumerate(entries):
         rules = ImageRules(entry.max_pixels, entry.height, entry.width, size_factor, width_factor or size_factor,
                            r.num_frames, time_division_factor, time_division_remainder,
-                           frame_sampling=r.frame_sampling, frame_seed=r.frame_seed)
+                           frame_sampling=r.frame_sampling, frame_seed=r.frame_seed, fixed_sizes=tuple(fixed_size_keys))
         if entry.source != "folder" and not entry.dataset_metadata_path:
             raise MetadataError(f"{entry.label(k if multi else None)}.dataset_metadata_path is empty: point it at "
                                 "metadata.csv/.json/.jsonl (or set source: folder)")
         report = validate_dataset(entry.dataset_base_path, entry.dataset_metadata_path,
                                   config.dataset.data_file_keys, rules, config.model.extra_inputs,
                                   video_keys=video_keys, derived_inputs=derived_inputs, entry=entry,
-                                  value_inputs=value_inputs, frame_matched_keys=frame_matched_keys)
+                                  value_inputs=value_inputs, frame_matched_keys=frame_matched_keys,
+                                  shorter_clip_keys=shorter_clip_keys)
         if multi:
             for record in report.valid_records:
                 record.row[DATASET_KEY] = k

@@ -33,6 +33,12 @@ class DataRules:
     # control videos whose frames condition the target's frame for frame (Wan VACE's vace_video): the data check
     # warns about a row where one keeps fewer frames than ``video``
     frame_matched_keys: tuple[str, ...] = ()
+    # ((column, n), ...): clips the pipeline cuts to the video's frames minus n (Wan2.2-Animate's pose and face
+    # clips, n = 4); the data check names a row whose clip keeps fewer frames than that
+    shorter_clip_keys: tuple = ()
+    # ((column, width, height), ...): video/image columns loaded at this fixed size whatever resolution.* says
+    # (DiffSynth's loader: Wan2.2-Animate's face clip at 512x512)
+    fixed_size_keys: tuple = ()
 
     def as_kwargs(self) -> dict:
         """Keyword arguments of ``diffsynth.data.validate.check_dataset``."""
@@ -41,7 +47,9 @@ class DataRules:
                 "time_division_remainder": self.time_division_remainder,
                 "video_keys": self.video_keys, "derived_inputs": self.derived_inputs,
                 **({"value_inputs": self.value_inputs} if self.value_inputs else {}),
-                **({"frame_matched_keys": self.frame_matched_keys} if self.frame_matched_keys else {})}
+                **({"frame_matched_keys": self.frame_matched_keys} if self.frame_matched_keys else {}),
+                **({"shorter_clip_keys": self.shorter_clip_keys} if self.shorter_clip_keys else {}),
+                **({"fixed_size_keys": self.fixed_size_keys} if self.fixed_size_keys else {})}
 
 
 # What each kind of process holds. "full": everything (online training); "train_cached": training from the

@@ -208,11 +208,18 @@ def _same_architecture(real: dict, config: dict) -> bool:
     return True
 
 
+def _extra_part(real: dict, config: dict) -> bool:
+    """One of the two holds a sub-model the other does not name (Wan2.2-Animate's ``animate_adapter`` beside the
+    image-to-video DiT's keys): another architecture, though every key both name agrees."""
+    return any(isinstance(value, dict) and key not in other
+               for one, other in ((config, real), (real, config)) for key, value in one.items())
+
+
 def name_variant(kind: ComponentKind, config: dict) -> str:
     """The REAL_MODELS name(s) with this architecture (``a = b`` when two releases share it), else ``custom``."""
     names = [name for name, entry in REAL_MODELS.items()
              if entry["component"] == kind.component and entry["family"] == kind.family
-             and _same_architecture(entry["config"], config)]
+             and _same_architecture(entry["config"], config) and not _extra_part(entry["config"], config)]
     return " = ".join(names) if names else f"custom {kind.name}"
 
 

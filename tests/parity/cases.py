@@ -254,3 +254,20 @@ TRAJECTORY = {
     "latents": [1, 16, 4, 4],  # a 32x32 image: the smallest AlexNet's pooling takes
     "prompt": [1, 5, 64], "negative": [1, 3, 64],
 }
+
+
+# Wan2.2-Animate-14B: the image-to-video DiT at real width with one block (so one face block, after DiT block 0), the
+# animate adapter at its real sizes (DiffSynth's WanAnimateAdapter hard-codes them; its face blocks are cut to that
+# one), the Wan2.1 VAE at its real config for the conditioning tensors; a 9-frame 32x32 clip (pose and face clips cut
+# to 5 frames), 512x512 face frames; random CLIP features and prompt embedding of the real shapes
+ANIMATE_ADAPTER = {"dim": 5120, "heads": 40, "face_blocks": 1, "pose_channels": 16, "patch_size": [1, 2, 2],
+                   "motion_channels": [32, 64, 128, 256, 512, 512, 512, 512], "style_dim": 512, "motion_dim": 20,
+                   "face_heads": 4, "face_hidden": 1024}
+ANIMATE_CASES = {
+    "wan2.2-animate-14b": {
+        "ours": {**_wan(40, 13824, 36, image=True), "animate_adapter": ANIMATE_ADAPTER},
+        "reference": _wan_ref(40, 13824, 36, image=True),
+        "frames": 9, "size": 32, "face_size": 512, "prompt": [1, 512, 4096], "clip_feature": [1, 257, 1280],
+        "targets": "q,k,v,o,ffn.0,ffn.2",
+    },
+}

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from cases import DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, VACE_CASES, VAE_CASES  # noqa: E402
+from cases import ANIMATE_CASES, DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, VACE_CASES, VAE_CASES  # noqa: E402
 
 # Qwen-Image's MLP: DiffSynth uses x*sigmoid(1.702x), diffusers (and the official model) tanh-GELU. The gap grows
 # with the activations' size (~1.5e-4 relative measured on a realistic block, ~2e-3 on these random weights); the
@@ -198,6 +198,42 @@ def z_image_prompt_case(ours_py: str, ref_py: str, folder: Path, table: Table) -
         table.add("prompt z_image", f"prompt {i}: embedding ({ours[f'emb{i}'].shape[0]} tokens)", ours[f"emb{i}"],
                   ref[f"emb{i}"], DEFAULT_TOLERANCE)
 
+def animate_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """Wan2.2-Animate: the conditioning its units build from the same clips, the face motion tokens, the DiT +
+    animate adapter forward and loss, DiffSynth's loaders on our LoRA on pipe.dit, and the adapter's tensor names
+    (ours_animate.py / reference_animate.py)."""
+    import json
+    run(ours_py, "ours_animate.py", "animate", name, str(folder))
+    run(ref_py, "reference_animate.py", "animate", name, str(folder))
+    run(ours_py, "ours_animate.py", "load", name, str(folder))
+    ours, ref = load_file(str(folder / "ours.safetensors")), load_file(str(folder / "reference.safetensors"))
+    load = load_file(str(folder / "ours_load.safetensors"))
+    tol, case = DEFAULT_TOLERANCE, f"animate {name}"
+    table.add(case, "target latents (encode)", ours["latents"], ref["latents"], tol)
+    table.add(case, "y (image condition of input_image = video[0])", ours["y"], ref["y"], tol)
+    table.add(case, "pose_latents (pose clip cut to len(video)-4, VAE)", ours["pose_latents"], ref["pose_latents"], tol)
+    table.add(case, "face_pixel_values (face clip cut to len(video)-4)", ours["face_pixel_values"],
+              ref["face_pixel_values"], tol)
+    table.add(case, "face motion tokens (motion + face encoders)", ours["motion_tokens"], ref["motion_tokens"], tol)
+    table.add(case, "DiT + animate adapter prediction (training forward)", ours["pred"], ref["pred"], tol)
+    table.add(case, "training loss (weighted MSE)", ours["loss"], ref["loss"], tol)
+    for label, title in (("our_ckpt", "our training ckpt"), ("our_export", "our `diffsynth` export")):
+        found, total = (int(x) for x in ref[f"{label}_found"].tolist())
+        loader = "GeneralLoRALoader" if label == "our_ckpt" else "pipe.load_lora(pipe.dit)"
+        table.count(case, f"{title}: modules its {loader} fuses", found, total)
+        table.add(case, f"{title}: output change", ref[f"pred_{label}"] - ref["pred"], ours["pred_lora"] - ours["pred"],
+                  tol)
+    ours_names = json.loads((folder / "our_full_names.json").read_text())
+    ref_names = json.loads((folder / "reference_full_names.json").read_text())
+    same = sum(1 for k, v in ref_names.items() if ours_names.get(k) == v)
+    table.count(case, "full fine-tune: its WanAnimateAdapter tensors named and shaped as ours", same,
+                max(len(ref_names), len(ours_names)))
+    table.count(case, f"DiffSynth-trained ckpt: modules we read (into {int(load['loaded_modules'].item())} of ours)",
+                int(load["read_modules"].item()), int(ref["ds_modules"].item()))
+    table.add(case, "DiffSynth-trained ckpt: prediction (lora_checkpoint)", load["pred_ds_lora"], ref["pred_ds_lora"],
+              tol)
+    table.add(case, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], tol)
+
 
 def edit_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
     """Qwen-Image-Edit's image inputs: the VAE input after the edit resize (float32, bfloat16 pipelines), what the
@@ -290,6 +326,10 @@ def main() -> None:
             if not args.only or f"vace-{name}" in args.only or "vace" in args.only:
                 (Path(tmp) / f"vace-{name}").mkdir()
                 vace_case(name, args.python, args.reference_python, Path(tmp) / f"vace-{name}", table)
+        for name in ANIMATE_CASES:
+            if not args.only or f"animate-{name}" in args.only or "animate" in args.only:
+                (Path(tmp) / f"animate-{name}").mkdir()
+                animate_case(name, args.python, args.reference_python, Path(tmp) / f"animate-{name}", table)
         for name in VAE_CASES:
             if not args.only or f"vae-{name}" in args.only:
                 (Path(tmp) / f"vae-{name}").mkdir()

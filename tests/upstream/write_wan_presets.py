@@ -33,6 +33,8 @@ CONTROL = "control video"
 CONTROL_REF = "control video + reference image; Wan-Fun reference convolution"
 CAMERA = "input image + camera move: direction, speed; Wan-Fun camera adapter"
 SPEED = "motion_bucket_id through DiffSynth's motion controller"
+ANIMATE = ("input image + pose clip + face clip (each the video's frames minus 4; the face clip at 512x512); "
+           "DiffSynth's animate adapter")
 VARIANTS = {
     "Wan2.1-FLF2V-14B-720P": ("wan2.1-flf2v-14b", FLF),
     "Wan2.1-Fun-1.3B-InP": ("wan2.1-fun-inp", INP),
@@ -49,7 +51,13 @@ VARIANTS = {
     "Wan2.1-Fun-V1.1-14B-Control-Camera": ("wan2.1-fun-v1.1-control-camera", CAMERA),
     "Wan2.2-Fun-A14B-Control-Camera": ("wan2.2-fun-a14b-control-camera", CAMERA + "; no CLIP encoder"),
     "Wan2.1-1.3b-speedcontrol-v1": ("wan2.1-speedcontrol", SPEED),
+    "Wan2.2-Animate-14B": ("wan2.2-animate-14b", ANIMATE),
 }
+# twins whose conditioning columns the moving_shapes_control built-in writes (named by data_file_keys) rather than
+# moving_shapes_conditioned: (built-in name, what it holds)
+BUILTINS = {"wan2.2-animate-14b": ("moving_shapes_control", "built-in clips with animate_pose_video and "
+                                   "animate_face_video (silhouette clips of the same frames; the face clip is loaded "
+                                   "at 512x512)")}
 # written by hand before this script (with their own comments): never rewritten, not even with --force
 HAND_WRITTEN = {"wan2.1-flf2v-14b-lora", "wan2.1-fun-v1.1-1.3b-control-lora", "wan2.1-fun-v1.1-1.3b-control-camera-lora"}
 EXPERTS = ("high-noise", "low-noise")  # a two-command Wan2.2-A14B recipe: command 1, command 2
@@ -150,8 +158,9 @@ def tiny_twin(recipe: dict, command: int, name: str, twin: str, what: str) -> st
     keys = printed["dataset"]["data_file_keys"]
     dataset = {"data_file_keys": ("video", "--data_file_keys (DiffSynth default image,video; the built-in rows' clip)")
                if keys == "image,video" else (keys, "--data_file_keys"),
-               "builtin_name": ("moving_shapes_conditioned", "built-in dataset when source=builtin (clips + control "
-                                "clips, reference images, camera moves, motion buckets)")}
+               "builtin_name": BUILTINS.get(twin, ("moving_shapes_conditioned", "built-in dataset when source=builtin "
+                                                   "(clips + control clips, reference images, camera moves, motion "
+                                                   "buckets)"))}
     sections = {
         "dataset": dataset,
         "resolution": {"height": (32, "--height"), "width": (32, "--width"),
@@ -176,7 +185,7 @@ def tiny_twin(recipe: dict, command: int, name: str, twin: str, what: str) -> st
     kind = "LoRA" if lora else "full fine-tune"
     expert = f" {EXPERTS[command]} expert" if len(recipe["commands"]) == 2 else ""
     head = [f"# TINY twin of presets/{name}.yaml: the same recipe on a random tiny {twin} model and the built-in "
-            "moving_shapes_conditioned clips",
+            f"{BUILTINS.get(twin, ('moving_shapes_conditioned',))[0]} clips",
             "# Runs on a CPU in seconds (tests/test_every_preset.py); a test/demo device, its results mean nothing.",
             f"# Real recipe: {recipe['name']}{expert} {kind} ({what})",
             f"# Use: diffsynth preset tiny/{name} && dvc repro",

@@ -6,7 +6,7 @@ import torch
 
 from ...models.components import (ComponentKind, beside_or, diffusers_class, is_5d, is_umt5, t5_config,
                                   transformers_class)
-from . import convert, vace_model
+from . import animate_model, convert, vace_model
 from .fun_dit import build_dit
 
 FAMILY = "wan"
@@ -21,6 +21,15 @@ def dit_config(shapes: dict, beside: dict | None) -> dict:
     if beside is not None and beside.get("_class_name") in ("WanTransformer3DModel", "WanFunTransformer3DModel"):
         return beside
     return convert.wan_dit_config(shapes, beside)  # beside may be Wan-AI's own config.json (dim, num_heads, ...)
+
+
+def animate_dit_config(shapes: dict, beside: dict | None) -> dict:
+    """An Animate DiT file: the Wan DiT's config from its own keys, plus ``animate_adapter`` (the adapter's keywords,
+    from the adapter keys' shapes)."""
+    dit = {k: v for k, v in shapes.items() if not animate_model.ADAPTER_KEY.match(k)}
+    adapter = {k: v for k, v in shapes.items() if animate_model.ADAPTER_KEY.match(k)}
+    wan_ai = beside if beside and "num_heads" in beside else None  # Wan-AI's config.json (model_type animate)
+    return {**dit_config(dit, wan_ai), "animate_adapter": animate_model.adapter_config(adapter)}
 
 
 def vae_config(shapes: dict, beside: dict | None) -> dict:
@@ -41,6 +50,19 @@ KINDS = (
                   vace_model.make_config, diffusers_class("WanVACETransformer3DModel"), vace_model.to_model_keys),
     ComponentKind("wan_vace_dit", FAMILY, "dit", "diffusers", (r"^vace_blocks\.\d+\.attn[12]\.",),
                   vace_model.make_config, diffusers_class("WanVACETransformer3DModel")),
+    # a Wan2.2-Animate DiT file: the image-to-video DiT and DiffSynth's animate_adapter (pose patch embedding, motion
+    # and face encoders, face blocks) in one file, loaded as one model whose adapter parts the Animate pipeline splits
+    # off into pipe.animate_adapter (animate_model.py, as DiffSynth's model config splits the file); before the plain
+    # DiT kinds, which match it too
+    ComponentKind("wan_animate_dit_original", FAMILY, "dit", "wan",
+                  (r"^(model\.diffusion_model\.)?face_adapter\.fuser_blocks\.\d+\.linear1_kv\.",),
+                  animate_dit_config, animate_model.WanAnimateDiT.from_config,
+                  lambda sd, c: convert.wan_dit_to_diffusers(sd),
+                  accepts=lambda s, b: any(k.endswith("blocks.0.self_attn.q.weight") for k in s)),
+    ComponentKind("wan_animate_dit", FAMILY, "dit", "diffusers",
+                  (r"^face_adapter\.fuser_blocks\.\d+\.linear1_kv\.",),
+                  animate_dit_config, animate_model.WanAnimateDiT.from_config,
+                  accepts=lambda s, b: "blocks.0.attn1.to_q.weight" in s),
     ComponentKind("wan_dit_original", FAMILY, "dit", "wan",
                   (r"^(model\.diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.",
                    r"^(model\.diffusion_model\.)?head\.head\.", r"^(model\.diffusion_model\.)?time_projection\."),

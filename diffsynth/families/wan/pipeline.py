@@ -29,7 +29,7 @@ from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
 from ...sampling import guided_velocity
 from ..base import DataRules, Family
-from . import animate, blocks, checkpoints, real_configs, tiny
+from . import blocks, checkpoints, real_configs, refusals, tiny
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 
 # Image sides are floored to this multiple: VAE 8 x DiT patch 2. The Wan2.2 VAE (TI2V-5B) downsamples by 16,
@@ -140,7 +140,7 @@ class Wan(Family):
     text_tokens = blocks.TEXT_TOKENS
     data = DATA_RULES
     extra_inputs = ("input_image",)
-    refused_inputs = animate.REFUSED  # Wan2.2-Animate / Animate-2: named, with what they lack
+    refused_inputs = refusals.WAN  # Wan2.2-Animate replacement mode, Animate-2: named, with what they lack
     encoders = ("text_encoder", "image_encoder")
     lora_targets = LORA_TARGETS
     lora_to_original = staticmethod(lora_to_wan_names)
@@ -197,6 +197,10 @@ class Wan(Family):
         if hasattr(dit, "vace_blocks"):  # a VACE DiT file (vace.py splits it; a plain Wan run would ignore the branch)
             raise ConfigError("This Wan DiT file holds VACE blocks: set model.extra_inputs: vace_video,"
                               "vace_reference_image (DiffSynth's VACE recipes) to train it")
+        if hasattr(dit, "face_adapter"):  # a Wan2.2-Animate DiT file (animate.py splits off its adapter)
+            raise ConfigError("This Wan DiT file holds the Wan2.2-Animate adapter (face_adapter.*): set "
+                              "model.extra_inputs: input_image,animate_pose_video,animate_face_video (DiffSynth's "
+                              "Animate recipes) to train it")
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
                          tokenizer=tokenizer)
         self.wanted_inputs = tuple(wanted_inputs)  # the configured extra inputs
