@@ -15,6 +15,7 @@ offload) is evaluated against 24/16/12 GB cards (diffsynth/plan_fit.py).
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 from dataclasses import dataclass, field
@@ -70,6 +71,14 @@ class Entry:
     architecture: str    # REAL_MODELS name, or "detected <variant>" from local file headers
     component: str       # pipeline attribute: dit, vae, text_encoder, ...
     module: torch.nn.Module = field(repr=False)
+
+
+def _unshared(module: torch.nn.Module) -> torch.nn.Module:
+    """A shallow copy whose own children can be detached (a family's split_module does, e.g. Wan-Animate's adapter)
+    without changing the cached meta build that the next preset of the same model gets."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    return clone
 
 
 @functools.lru_cache(maxsize=None)
@@ -143,7 +152,7 @@ def model_entries(config: Config) -> list[Entry]:
         raise ConfigError("No models given: set model.model_paths and/or model.model_id_with_origin_paths")
     spec = spec_for(config)  # one file may hold two pipeline models (Wan VACE: dit and vace)
     entries = [Entry(e.source, e.architecture, part, module) for e in entries
-               for part, module in spec.split_module(e.component, e.module).items()]
+               for part, module in spec.split_module(e.component, _unshared(e.module)).items()]
     seen: dict[str, str] = {}
     for e in entries:
         if e.component in seen:

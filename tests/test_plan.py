@@ -165,3 +165,13 @@ def test_plan_reads_overlays_and_names_bad_input(tmp_path, capsys):
                        "lora:\n  lora_base_model: dit\n")
     assert main(["plan", "--params", str(unknown)]) == 2
     assert "someone/Other:dit/*.safetensors" in capsys.readouterr().err
+
+
+def test_a_model_split_by_its_family_plans_the_same_in_any_order(tmp_path):
+    """Wan2.2-Animate's DiT file splits into dit + animate_adapter; planning one preset of it must not take the adapter
+    from the (cached) model the next preset gets: the full recipe trains animate_adapter."""
+    lora, full = (REPO / "presets" / f"wan2.2-animate-14b-{kind}.yaml" for kind in ("lora", "full"))
+    for preset in (lora, full, lora):
+        assert main(["plan", "--params", str(preset), "--json", str(tmp_path / "plan.json")]) == 0
+        plan = json.loads((tmp_path / "plan.json").read_text())
+        assert {"dit", "animate_adapter"} <= set(plan["models"])
