@@ -1,5 +1,6 @@
 """The plan's activation estimate against a measurement: one real-width Qwen-Image block (3072 wide, 24 heads,
-random weights) runs a training forward on this machine's CPU in a fresh process; the resident memory the forward
+random weights) runs a training forward on this machine's CPU in a fresh process, after one no-grad forward (the CPU
+kernels' own buffers, ~28 MiB on an Intel Xeon, stay out of the count); the resident memory the forward
 adds and keeps (the tensors autograd saves for backward, and the outputs) is read from /proc/self/statm, and its
 peak from VmHWM (reset with /proc/self/clear_refs). The estimate is the meta-device count that `diffsynth plan`
 uses (diffsynth/models/activations.py), for the same shapes and dtype.
@@ -63,6 +64,8 @@ def child(image_tokens: int, text_tokens: int) -> dict:
                           generator=torch.Generator().manual_seed(0))
     for name in ("hidden_states", "encoder_hidden_states"):
         kwargs[name] = kwargs[name].requires_grad_(True)
+    with torch.no_grad():  # a first forward allocates what the CPU kernels keep for the process (not activations)
+        block(**kwargs)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
     before = _rss()
     with torch.enable_grad():
