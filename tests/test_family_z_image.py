@@ -313,10 +313,9 @@ def test_controlnet_and_trajectory_imitation_recipes_are_refused_by_name():
     from diffsynth.command_line import config_from_args
     from diffsynth.errors import ConfigError
     from diffsynth.families import upstream
-    with pytest.raises(upstream.ForeignModelError, match="PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1.*Fun-ControlNet "
-                       r"\(Union/Tile.* not implemented yet"):
-        upstream.recognise("PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1:x.safetensors,"
-                           "Tongyi-MAI/Z-Image-Turbo:transformer/*.safetensors")
+    # the Fun-ControlNet recipes run now (tests/test_family_z_image_controlnet.py): its model id is ours
+    assert upstream.recognise("PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1:x.safetensors,"
+                              "Tongyi-MAI/Z-Image-Turbo:transformer/*.safetensors") == "z_image"
     with pytest.raises(ConfigError, match="trajectory_imitation .Z-Image-Turbo's distillation"):
         config_from_args([*shlex.split(TURBO_LORA_SH), "--task", "trajectory_imitation"])
 

@@ -110,6 +110,10 @@ class ZImageControlNet(ZImage):
 
     def __init__(self, *args, controlnet=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if controlnet is not None and not hasattr(controlnet, "gradient_checkpointing"):
+            # diffusers' ZImageControlNetModel declares checkpointing support but lacks the flag its
+            # enable_gradient_checkpointing() sets (--use_gradient_checkpointing of the full recipes)
+            controlnet.gradient_checkpointing = False
         self.controlnet = controlnet
         self.control_scale = TRAIN_SCALE
         self.sample_reference = SampleReference(KEY)  # load_pipeline points it at the dataset's first row

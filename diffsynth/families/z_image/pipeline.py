@@ -57,7 +57,7 @@ class ZImage(Family):
     name = "z_image"
     model_family = "z_image"
     summary = "Z-Image / Z-Image-Turbo / Z-Image-Omni-Base text-to-image (6B single-stream DiT, Qwen3-4B)"
-    model_id_patterns = ("tongyi-mai/z-image",)
+    model_id_patterns = ("tongyi-mai/z-image", "pai/z-image-turbo-fun-controlnet")
     component_kinds = checkpoints.KINDS
     real_models = real_configs.REAL_MODELS
     weight_files = real_configs.WEIGHT_FILES
