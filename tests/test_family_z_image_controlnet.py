@@ -255,6 +255,26 @@ def test_samples_use_the_first_rows_control_image_at_the_sample_size(pipe, contr
     assert not torch.equal(own["control_context"], inputs["control_context"])
 
 
+@pytest.mark.parametrize("preset,steps,cfg", [("z-image-turbo-lora", 8, 1.0), ("z-image-lora", 50, 4.0),
+                                              ("z-image-full", 50, 4.0), ("z-image-omni-base-lora", 40, 4.0),
+                                              ("z-image-omni-base-full", 40, 4.0),
+                                              ("z-image-turbo-fun-controlnet-union-2.1-lora", 30, 1.0),
+                                              ("z-image-turbo-fun-controlnet-tile-2.1-8steps-full", 8, 1.0)])
+def test_z_image_samples_use_each_models_sampling_defaults(preset, steps, cfg):
+    """DiffSynth's examples: Z-Image 50 steps and Omni-Base 40, both at cfg 4 with the (empty) negative prompt;
+    Turbo 8 steps at cfg 1; the Fun-ControlNet Union 2.1 30 steps, its 8-step files 8."""
+    s = load_params(REPO / "presets" / f"{preset}.yaml").sample
+    assert (s.num_inference_steps, s.cfg_scale, s.negative_prompt) == (steps, cfg, "")
+
+
+def test_a_guided_z_image_sample_predicts_with_the_negative_prompt(pipe):
+    cond, negative = pipe.sample_inputs("a dog", 32, 32), pipe.sample_inputs("", 32, 32)
+    plain = pipe.render(cond, 0, 32, 32, 2)
+    guided = pipe.render(cond, 0, 32, 32, 2, cfg_scale=4.0, negative_inputs=negative)
+    same = pipe.render(cond, 0, 32, 32, 2, cfg_scale=1.0, negative_inputs=negative)
+    assert plain.tobytes() == same.tobytes() and plain.tobytes() != guided.tobytes()
+
+
 def _train(zc_base, control_data, tmp_path, name, monkeypatch, steps=3):
     monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(zc_base))
     monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")

@@ -252,7 +252,7 @@ def cmd_dit(name: str, folder: Path) -> None:
     if "controlnet" in case:  # its model_fn without the control context: the plain DiT path
         controlnet, pipe.controlnet = pipe.controlnet, None
         plain = {k: v for k, v in tensors.items() if k != "control_context"}
-        results["control_change"] = results["pred"] - loss_and_pred(pipe, case, plain)[1]
+        results["control_change"] = results["pred"] - loss_and_pred(pipe, case, plain)[0]
         pipe.controlnet = controlnet
     if case["family"] in DISTILL_FAMILIES:
         results["distill_loss"] = distill_loss(pipe, case, tensors)
