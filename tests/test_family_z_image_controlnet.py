@@ -195,7 +195,7 @@ def test_controlled_forward_checkpoints_when_asked_and_gives_the_same_result(pip
 
 # ------------------------------------------------------------------------------------- data
 
-def test_a_control_image_of_another_size_is_named_by_the_data_check(tmp_path, control_data):
+def test_a_control_image_of_another_size_is_named_by_the_data_check(tmp_path, control_data, capsys):
     from diffsynth.data.dataset import ImageRules
     from diffsynth.data.validate import validate_dataset
     rows = list(csv.reader(open(control_data)))
@@ -214,6 +214,16 @@ def test_a_control_image_of_another_size_is_named_by_the_data_check(tmp_path, co
     assert problem["row"] == 1 and problem["column"] == "controlnet_image"
     assert re.search(r"trained at \d+x\d+ but image at 64x64.*token for token", problem["reason"])
     assert "size_matched_keys" in rules.as_kwargs()
+    # `diffsynth data validate` with the recipe's flags: the variant's rules, the row named
+    from diffsynth.cli import main as cli_main
+    args = ["data", "validate", "--report", str(tmp_path / "report.json"), "--dataset_base_path", str(tmp_path),
+            "--dataset_metadata_path", str(tmp_path / "metadata.csv"), "--data_file_keys", "image,controlnet_image",
+            "--extra_inputs", "controlnet_image", "--max_pixels", "4096", "--model_id_with_origin_paths",
+            "PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1:Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors,"
+            "Tongyi-MAI/Z-Image-Turbo:transformer/*.safetensors"]
+    assert cli_main(args) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"row 1 \[controlnet_image\]: controlnet_image is trained at \d+x\d+ but image at 64x64", out), out
 
 
 def test_a_row_without_or_with_a_mismatched_control_image_is_an_error(pipe, control_data):

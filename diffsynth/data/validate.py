@@ -181,7 +181,7 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
     sizes = {key: cell[0] for key, cell in parts if len(cell) == 1}
     for key in size_matched:  # a control image conditions the target token for token: same trained size
         if key in sizes and "image" in sizes and sizes[key] != sizes["image"]:
-            report.add(record, key, f"is trained at {sizes[key]} but image at {sizes['image']}: {key} conditions "
+            report.add(record, key, f"{key} is trained at {sizes[key]} but image at {sizes['image']}: it conditions "
                                     "the target token for token, so both must come out the same size; give it "
                                     "the image's size (or at least its aspect ratio)")
     if len(set(counts.values())) > 1:  # a control clip conditions the video frame by frame
