@@ -49,7 +49,8 @@ class DatasetConfig:
                      ".txt caption, as kohya/ai-toolkit lay them out; dataset_metadata_path is not read)",
                      ours=True, choices=["builtin", "local", "modelscope", "folder"])
     builtin_name: str = _f("shapes", "built-in sample dataset when source=builtin: shapes, moving_shapes, "
-                           "shapes_edit (reference images under the data_file_keys column beside image), "
+                           "shapes_edit (reference images under the data_file_keys column beside image), shapes_control "
+                           "(shapes with their edge maps as control images, Z-Image's controlnet_image), "
                            "shapes_distill / moving_shapes_distill (with direct_distill's seed, rand_device, "
                            "num_inference_steps, cfg_scale columns), moving_shapes_conditioned (clips with "
                            "control clips, reference images, camera moves and motion buckets), or "

@@ -309,12 +309,11 @@ def test_params_from_diffsynth_flags_equal_the_lora_preset(capsys):
                 assert printed[section][f.name] == preset[section][f.name], f"{section}.{f.name}"
 
 
-def test_controlnet_recipes_are_refused_by_name():
+def test_controlnet_recipe_model_ids_are_z_images():
     from diffsynth.families import upstream
-    with pytest.raises(upstream.ForeignModelError, match="PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1.*Fun-ControlNet "
-                       r"\(Union/Tile.* not implemented yet"):
-        upstream.recognise("PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1:x.safetensors,"
-                           "Tongyi-MAI/Z-Image-Turbo:transformer/*.safetensors")
+    # the Fun-ControlNet recipes run now (tests/test_family_z_image_controlnet.py): its model id is ours
+    assert upstream.recognise("PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1:x.safetensors,"
+                              "Tongyi-MAI/Z-Image-Turbo:transformer/*.safetensors") == "z_image"
 
 
 # ------------------------------------------------------------------------------------- training

@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from PIL import Image, ImageFilter
+
 from ..files import staged_dir
 from .shapes import BACKGROUNDS, COLOURS, SHAPES, draw_shape
 
@@ -50,6 +52,33 @@ def build_shapes_edit_dataset(out_dir: str | Path, size: int = 128, key: str = "
     return out_dir / "metadata.json"
 
 
+def control_image(image: Image.Image) -> Image.Image:
+    """An edge map of a shape image (white outlines on black, a canny-like control image) at the same size."""
+    return image.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 32 else 0).convert("RGB")
+
+
+def build_shapes_control_dataset(out_dir: str | Path, size: int = 128, key: str = "controlnet_image") -> Path:
+    """The shapes dataset with a control image per row, in DiffSynth's Fun-ControlNet layout: ``metadata.csv``
+    (image, ``key``, prompt), ``key`` the edge map of the row's image (same size, so it conditions the target token
+    for token). :func:`build_builtin` takes ``key`` from ``dataset.data_file_keys``."""
+    out_dir = Path(out_dir)
+    with staged_dir(out_dir) as tmp:
+        rows = []
+        for bg_name, bg in BACKGROUNDS.items():
+            for colour_name, colour in COLOURS.items():
+                for shape in SHAPES:
+                    name = f"{colour_name}_{shape}_on_{bg_name}"
+                    image = draw_shape(shape, colour, bg, size)
+                    image.save(tmp / f"{name}.png")
+                    control_image(image).save(tmp / f"{name}_edges.png")
+                    rows.append((f"{name}.png", f"{name}_edges.png", f"a {colour_name} {shape} on a {bg_name} background"))
+        with open(tmp / "metadata.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", key, "prompt"])
+            writer.writerows(rows)
+    return out_dir / "metadata.csv"
+
+
 def _moving_shapes(out_dir):
     from .sample_video import build_moving_shapes_dataset  # needs PyAV; image users never import it
 
@@ -84,7 +113,7 @@ def _moving_shapes_control(out_dir, keys=("control_video",)):
 
 # name -> builder(out_dir) returning the written metadata file
 BUILTIN_DATASETS = {"shapes": build_shapes_dataset, "moving_shapes": _moving_shapes,
-                    "shapes_edit": build_shapes_edit_dataset,
+                    "shapes_edit": build_shapes_edit_dataset, "shapes_control": build_shapes_control_dataset,
                     "shapes_distill": lambda out_dir: with_distill_columns(build_shapes_dataset(out_dir)),
                     "moving_shapes_distill": lambda out_dir: with_distill_columns(_moving_shapes(out_dir)),
                     "moving_shapes_conditioned": _moving_shapes_conditioned,
@@ -100,6 +129,9 @@ def build_builtin(name: str, out_dir: str | Path, data_file_keys: str = "") -> P
     if name == "shapes_edit":
         keys = [k.strip() for k in str(data_file_keys or "").split(",") if k.strip() not in ("", "image", "video")]
         return build_shapes_edit_dataset(out_dir, key=keys[0] if keys else "edit_image")
+    if name == "shapes_control":
+        keys = [k.strip() for k in str(data_file_keys or "").split(",") if k.strip() not in ("", "image", "video")]
+        return build_shapes_control_dataset(out_dir, key=keys[0] if keys else "controlnet_image")
     if name == "moving_shapes_control":  # its conditioning columns are the file keys beside video
         keys = [k.strip() for k in str(data_file_keys or "").split(",") if k.strip() not in ("", "image", "video")]
         return _moving_shapes_control(out_dir, tuple(keys) or ("control_video",))

@@ -129,7 +129,7 @@ def _value_problem(key: str, value, kind) -> str | None:
 
 def _check_row(report, record, base_path, data_file_keys, video_keys, rules, extra_inputs, derived,
                entry: DatasetEntry | None = None, value_inputs=(), frame_matched: Iterable[str] = (),
-               shorter: tuple = ()) -> bool:
+               shorter: tuple = (), size_matched: Iterable[str] = ()) -> bool:
     """Add this row's problems to the report; True when the row is usable."""
     before = len(report.problems)
     if record.error:
@@ -190,6 +190,12 @@ def _check_row(report, record, base_path, data_file_keys, video_keys, rules, ext
                                         "frames, or drop the row")
     frame_matched = (*frame_matched, *(key for key, _ in shorter))
     counts = {k: n for k, n in counts.items() if k not in frame_matched}
+    sizes = {key: cell[0] for key, cell in parts if len(cell) == 1}
+    for key in size_matched:  # a control image conditions the target token for token: same trained size
+        if key in sizes and "image" in sizes and sizes[key] != sizes["image"]:
+            report.add(record, key, f"{key} is trained at {sizes[key]} but image at {sizes['image']}: it conditions "
+                                    "the target token for token, so both must come out the same size; give it "
+                                    "the image's size (or at least its aspect ratio)")
     if len(set(counts.values())) > 1:  # a control clip conditions the video frame by frame
         report.add(record, ",".join(counts), "the row's videos give different frame counts (" + ", ".join(
             f"{k}: {n}" for k, n in counts.items()) + f") at num_frames {rules.num_frames}: they must be equal; "
@@ -222,7 +228,7 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
                      video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
                      derived_inputs: Iterable[str] = (), entry: DatasetEntry | None = None,
                      value_inputs=(), frame_matched_keys: Iterable[str] = (),
-                     shorter_clip_keys: tuple = ()) -> ValidationReport:
+                     shorter_clip_keys: tuple = (), size_matched_keys: Iterable[str] = ()) -> ValidationReport:
     """Check every row: files exist and decode, sizes fit the family, videos have a valid frame count,
     prompt is a non-empty string, extra inputs are present. ``derived_inputs`` are extra inputs the family
     computes from other columns (Wan's ``input_image`` = first video frame), so no column is required.
@@ -246,7 +252,8 @@ def validate_dataset(base_path: str | Path, metadata_path: str | Path, data_file
     _check_columns(report, records, data_file_keys, rules)
     for record in progress(records, desc="data check", unit="row"):  # decoding every file takes a while
         if _check_row(report, record, str(base_path), data_file_keys, set(video_keys), rules, extra_inputs,
-                      set(derived_inputs), entry, value_inputs, tuple(frame_matched_keys), tuple(shorter_clip_keys)):
+                      set(derived_inputs), entry, value_inputs, tuple(frame_matched_keys), tuple(shorter_clip_keys),
+                      tuple(size_matched_keys)):
             report.valid_records.append(record)
     report.valid_rows = len(report.valid_records)
     return report
@@ -275,7 +282,7 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
                   time_division_remainder: int = 1, video_keys: Iterable[str] = DEFAULT_VIDEO_KEYS,
                   derived_inputs: Iterable[str] = (), value_inputs=(),
                   frame_matched_keys: Iterable[str] = (), shorter_clip_keys: tuple = (),
-                  fixed_size_keys: tuple = ()) -> ValidationReport:
+                  fixed_size_keys: tuple = (), size_matched_keys: Iterable[str] = ()) -> ValidationReport:
     """The validation stage's work: validate, write the metadata training uses, the report and the plot.
 
     ``size_factor`` (and ``width_factor``, default the same) and the time division come from the model
@@ -297,7 +304,7 @@ def check_dataset(config, size_factor: int, metadata_out: str | Path, report_out
                                   config.dataset.data_file_keys, rules, config.model.extra_inputs,
                                   video_keys=video_keys, derived_inputs=derived_inputs, entry=entry,
                                   value_inputs=value_inputs, frame_matched_keys=frame_matched_keys,
-                                  shorter_clip_keys=shorter_clip_keys)
+                                  shorter_clip_keys=shorter_clip_keys, size_matched_keys=size_matched_keys)
         if multi:
             for record in report.valid_records:
                 record.row[DATASET_KEY] = k

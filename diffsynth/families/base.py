@@ -39,6 +39,9 @@ class DataRules:
     # ((column, width, height), ...): video/image columns loaded at this fixed size whatever resolution.* says
     # (DiffSynth's loader: Wan2.2-Animate's face clip at 512x512)
     fixed_size_keys: tuple = ()
+    # control images that condition the target token for token (Z-Image's controlnet_image): the data check
+    # refuses a row where one is trained at another size than ``image``
+    size_matched_keys: tuple[str, ...] = ()
 
     def as_kwargs(self) -> dict:
         """Keyword arguments of ``diffsynth.data.validate.check_dataset``."""
@@ -49,7 +52,8 @@ class DataRules:
                 **({"value_inputs": self.value_inputs} if self.value_inputs else {}),
                 **({"frame_matched_keys": self.frame_matched_keys} if self.frame_matched_keys else {}),
                 **({"shorter_clip_keys": self.shorter_clip_keys} if self.shorter_clip_keys else {}),
-                **({"fixed_size_keys": self.fixed_size_keys} if self.fixed_size_keys else {})}
+                **({"fixed_size_keys": self.fixed_size_keys} if self.fixed_size_keys else {}),
+                **({"size_matched_keys": self.size_matched_keys} if self.size_matched_keys else {})}
 
 
 # What each kind of process holds. "full": everything (online training); "train_cached": training from the
@@ -58,12 +62,12 @@ class DataRules:
 ROLES = ("full", "train_cached", "encode")
 
 
-def _how(role: str, encoders: tuple[str, ...]):
+def _how(role: str, encoders: tuple[str, ...], denoisers: tuple[str, ...] = ("dit",)):
     def how(component: str) -> str:
         if role == "train_cached":
             return "skip" if component in encoders else "vae:decoder" if component == "vae" else "load"
         if role == "encode":
-            return "meta" if component == "dit" else "vae:encoder" if component == "vae" else "load"
+            return "meta" if component in denoisers else "vae:encoder" if component == "vae" else "load"
         return "load"
     return how
 
@@ -71,7 +75,8 @@ def _how(role: str, encoders: tuple[str, ...]):
 def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.dtype,
                     required: tuple[str, ...], role: str = "full",
                     encoders: tuple[str, ...] = (), offload: str | None = None,
-                    encode_needs_dit: bool = False) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+                    encode_needs_dit: bool = False,
+                    denoisers: tuple[str, ...] = ("dit",)) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """Fetch, detect and load every model entry: ({component: module}, {component: the entry as written}).
 
     ``family`` is the checkpoint kinds' family (``Family.model_family``); ``role`` says which parts this process
@@ -84,11 +89,12 @@ def load_components(model_configs: list[ModelConfig], family: str, dtype: torch.
 
     ``offload`` (``model.offload_models``, DiffSynth's ``--offload_models``): entries this role never holds the
     weights of (the DiT of the encode step, the encoders of cached training) need no offload; a VAE named for
-    cached training is not loaded (it serves only the samples). Offloading a model the role holds is refused."""
+    cached training is not loaded (it serves only the samples). Offloading a model the role holds is refused.
+    ``denoisers``: the models the encode step builds on the meta device like the DiT (a ControlNet beside it)."""
     if role not in ROLES:
         raise ValueError(f"role {role!r}: one of {ROLES}")
     offloaded = split_offload_entries(offload)
-    how = _how(role, encoders)
+    how = _how(role, encoders, denoisers)
     modules, sources = {}, {}
     for config in model_configs:
         source = config.source_string
@@ -174,6 +180,7 @@ class Family(torch.nn.Module):
     # ---- data and inputs
     data: DataRules = DataRules()
     encoders: tuple[str, ...] = ("text_encoder",)  # components only encoding needs (not held when training cached)
+    denoisers: tuple[str, ...] = ("dit",)  # models only the denoiser needs (meta device in the encode step)
     extra_inputs: tuple[str, ...] = ()  # model.extra_inputs values the family implements
     noise_in_model_dtype: bool = False  # DiffSynth draws seeded noise in the model dtype (else float32), then casts
     required_extra_inputs: tuple[str, ...] = ()
@@ -216,7 +223,7 @@ class Family(torch.nn.Module):
         m = config.model
         return load_components(parse_model_configs(m.model_paths, m.model_id_with_origin_paths), cls.model_family,
                                dtype, required=required, role=role, encoders=cls.encoders, offload=m.offload_models,
-                               encode_needs_dit=encode_needs_dit)
+                               encode_needs_dit=encode_needs_dit, denoisers=cls.denoisers)
 
     @staticmethod
     def train_sigmas(n: int) -> torch.Tensor:

@@ -106,6 +106,21 @@ DIT_CASES = {
         "latents": [1, 16, 12, 12], "prompt": [1, 7, 2560], "omni": True,
         "targets": "to_q,to_k,to_v,to_out.0,w1,w2,w3",
     },
+    # Z-Image-Turbo + PAI's Fun-ControlNet 2.1 (control blocks at the real width): two noise refiner layers, each
+    # with its control refiner hint, and a control block beside layer 0; a random 33-channel control context (its
+    # ZImageUnit_PAIControlNet output: control latents, inpaint mask, inpaint latents); LoRA on the DiT (the recipe's)
+    "z_image_controlnet": {
+        "family": "z_image", "variant": "controlnet_image",
+        "ours": {"cls": "ZImageTransformer2DModel", "config": {**Z_IMAGE_DIT, "n_refiner_layers": 2}},
+        "reference": {"n_layers": 1, "n_refiner_layers": 2},
+        "controlnet": {"control_layers_places": [0], "control_refiner_layers_places": [0, 1], "control_in_dim": 33,
+                       "add_control_noise_refiner": "control_noise_refiner", "dim": 3840, "n_refiner_layers": 2,
+                       "n_heads": 30, "n_kv_heads": 30},
+        "controlnet_reference": {"control_layers_places": [0], "control_in_dim": 33, "dim": 3840,
+                                 "n_refiner_layers": 2},
+        "latents": [1, 16, 12, 12], "prompt": [1, 7, 2560], "control_context": [1, 33, 12, 12],
+        "targets": "to_q,to_k,to_v,to_out.0,w1,w2,w3",
+    },
 }
 
 

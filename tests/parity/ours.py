@@ -80,6 +80,12 @@ def bare_pipeline(case: dict, dit: torch.nn.Module, folder: Path | None = None):
         from diffsynth.families.wan.speed import WanMotionController
         pipe.motion_controller = WanMotionController(256, dit.config.num_attention_heads * 128)
         pipe.motion_controller.load_state_dict(load_file(str(folder / "motion_controller.safetensors")))
+    if "controlnet" in case:  # Z-Image Fun-ControlNet: PAI's file names are diffusers' (loaded as they are)
+        from diffusers import ZImageControlNetModel
+        pipe.controlnet = ZImageControlNetModel.from_config(case["controlnet"]).eval()
+        pipe.controlnet.load_state_dict(load_file(str(folder / "controlnet.safetensors")))
+        pipe.controlnet.requires_grad_(False)
+        pipe.control_scale = 1.0
     return pipe
 
 
@@ -89,7 +95,7 @@ def model_inputs(case: dict, tensors: dict) -> dict:
         inputs["pooled_prompt_emb"] = tensors["pooled"]
     if "first_frame_latents" in tensors:
         inputs["first_frame_latents"] = tensors["first_frame_latents"]
-    for key in (*WAN_CONDITIONING, "motion_bucket_id"):
+    for key in (*WAN_CONDITIONING, "motion_bucket_id", "control_context"):
         if key in tensors:
             inputs[key] = tensors[key]
     if "camera" in case:  # what WanFunCamera.encode stores: (direction index, speed)
@@ -97,6 +103,9 @@ def model_inputs(case: dict, tensors: dict) -> dict:
         direction, speed = case["camera"]
         inputs["camera"] = torch.tensor([[DIRECTIONS.index(direction), speed]], dtype=torch.float64)
     return inputs
+
+
+LAST_CALL: dict = {}  # the last training forward's (noisy latents, timestep, inputs)
 
 
 def predict_and_loss(case: dict, pipe, tensors: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +119,7 @@ def predict_and_loss(case: dict, pipe, tensors: dict) -> tuple[torch.Tensor, tor
 
     def spy(noisy, timestep, inp):
         captured["pred"] = out = predict(noisy, timestep, inp)
+        LAST_CALL["args"] = (noisy, timestep, inp)
         return out
     pipe.predict = spy
     with torch.no_grad():
@@ -150,6 +160,12 @@ def cmd_dit(name: str, out: Path) -> None:
         from diffsynth.families.wan.convert import diffusers_to_wan_dit
         save_file({k: v.contiguous() for k, v in diffusers_to_wan_dit(dit.state_dict()).items()},
                   str(out / "dit_original.safetensors"))
+    if "controlnet" in case:
+        from diffusers import ZImageControlNetModel
+        controlnet = ZImageControlNetModel.from_config(case["controlnet"])
+        randomise(controlnet, gen)
+        save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, str(out / "controlnet.safetensors"))
+        tensors["control_context"] = torch.randn(case["control_context"], generator=gen)
     if "motion_bucket_id" in case:
         from diffsynth.families.wan.speed import WanMotionController
         controller = WanMotionController(256, dit.config.num_attention_heads * 128)
@@ -168,6 +184,10 @@ def cmd_dit(name: str, out: Path) -> None:
     if "motion_bucket_id" in case:
         with torch.no_grad():
             results["motion_embedding"] = pipe.motion_controller(tensors["motion_bucket_id"])
+    if "controlnet" in case:  # what the ControlNet adds: our prediction less the plain DiT's, on the same input
+        with torch.no_grad():
+            noisy, t, inputs = LAST_CALL["args"]
+            results["control_change"] = pred - PIPELINES["z_image"].predict(pipe, noisy, t, inputs)
 
     add_lora(dit, lora_targets(case, pipe), RANK)
     lora_gen = torch.Generator().manual_seed(SEED + 1)

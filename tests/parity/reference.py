@@ -105,7 +105,10 @@ def inputs_for(case: dict, tensors: dict) -> dict:
                 "image_ids": Flux2Unit_ImageIDs().prepare_latent_ids(latents.shape[2], latents.shape[3])}
     if family == "z_image":  # its prompt unit's output: a list of (L, D) (Omni: a list of lists)
         emb = tensors["prompt_emb"][0]
-        return {"input_latents": latents, "prompt_embeds": [[emb]] if case.get("omni") else [emb]}
+        out = {"input_latents": latents, "prompt_embeds": [[emb]] if case.get("omni") else [emb]}
+        if "control_context" in tensors:  # its ZImageUnit_PAIControlNet output: B C 1 H W, scale 1 (training)
+            out.update(control_context=tensors["control_context"].unsqueeze(2), control_scale=1.0)
+        return out
     out = {"input_latents": latents, "context": tensors["prompt_emb"]}
     for key in ("y", "clip_feature", "reference_latents", "motion_bucket_id"):  # what its units hand on
         if key in tensors:
@@ -230,6 +233,14 @@ def cmd_dit(name: str, folder: Path) -> None:
             results["motion_embedding"] = pipe.motion_controller(tensors["motion_bucket_id"])
     if "camera" in case:
         results["camera_embedding"] = camera_unit(case, tensors["latents"])
+    if "controlnet" in case:  # its ZImageControlNet (model_configs.py: no state-dict converter) on the same weights
+        from diffsynth.models.z_image_controlnet import ZImageControlNet
+        pipe.controlnet = ZImageControlNet(**case["controlnet_reference"]).eval()
+        missing, unexpected = pipe.controlnet.load_state_dict(load_file(str(folder / "controlnet.safetensors")),
+                                                              strict=False)
+        if missing or unexpected:
+            raise SystemExit(f"our ControlNet weights did not fit its ZImageControlNet: missing={missing[:5]} "
+                             f"unexpected={unexpected[:5]}")
     suffix = ""
     if os.environ.get("PARITY_TANH_GELU"):
         # the one known difference: DiffSynth's Qwen-Image MLP uses x*sigmoid(1.702x) where diffusers (and the
@@ -239,6 +250,11 @@ def cmd_dit(name: str, folder: Path) -> None:
                                                                                          approximate="tanh")
         suffix = "_tanh_gelu"
     results["pred"], results["loss"] = loss_and_pred(pipe, case, tensors)
+    if "controlnet" in case:  # its model_fn without the control context: the plain DiT path
+        controlnet, pipe.controlnet = pipe.controlnet, None
+        plain = {k: v for k, v in tensors.items() if k != "control_context"}
+        results["control_change"] = results["pred"] - loss_and_pred(pipe, case, plain)[0]
+        pipe.controlnet = controlnet
     if case["family"] in DISTILL_FAMILIES:
         results["distill_loss"] = distill_loss(pipe, case, tensors)
     for label in ("our_ckpt", "our_export"):

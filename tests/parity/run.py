@@ -82,7 +82,8 @@ def dit_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -
     load = load_file(str(folder / "ours_load.safetensors"))
     tol = DEFAULT_TOLERANCE
     for key, what in (("camera_embedding", "conditioning: camera embedding (Plücker, 24 ch)"),
-                      ("motion_embedding", "conditioning: motion controller output")):
+                      ("motion_embedding", "conditioning: motion controller output"),
+                      ("control_change", "ControlNet's part of the prediction (less the plain DiT's)")):
         if key in ours:
             table.add(name, what, ours[key], ref[key], tol)
     table.add(name, "DiT prediction (training forward)", ours["pred"], ref["pred"], tol)

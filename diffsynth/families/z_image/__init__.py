@@ -2,11 +2,13 @@
 
 Files: ``pipeline.py`` (the family class), ``checkpoints.py`` (checkpoint kinds), ``convert.py`` (original /
 ComfyUI names, LoRA names), ``real_configs.py`` (real architectures), ``tiny.py`` (tiny twins), ``blocks.py``
-(the memory plan's block inputs).
+(the memory plan's block inputs), ``controlnet.py`` (the Z-Image-Turbo Fun-ControlNet variant).
 """
 from ..registry import register
+from .controlnet import ZImageControlNet
 from .pipeline import ZImage
 
 register(ZImage)
+register(ZImageControlNet)
 
-__all__ = ["ZImage"]
+__all__ = ["ZImage", "ZImageControlNet"]

@@ -4,7 +4,8 @@ The DiT is diffusers' ZImageTransformer2DModel (the released ``transformer/`` na
 ZImageDiT names) or the original single-file names (``attention.qkv``, optionally under ``model.diffusion_model.``,
 as ComfyUI's files are); the VAE is a FLUX-style AutoencoderKL; the text encoder is Qwen3-4B (a Qwen3ForCausalLM
 checkpoint, loaded as Qwen3Model as DiffSynth's ZImageTextEncoder does); Z-Image-Omni-Base adds a SigLIP2 vision
-tower (``siglip/``) for its edit images.
+tower (``siglip/``) for its edit images; PAI's Z-Image-Turbo Fun-ControlNet 2.x files (Union, Union-8steps, Tile) are
+diffusers' ZImageControlNetModel under its own names (diffusers' single-file converter keeps them as they are).
 """
 from __future__ import annotations
 
@@ -51,6 +52,34 @@ def _siglip_keys(sd: dict) -> dict:
     return {k[len("vision_model."):] if k.startswith("vision_model.") else k: v for k, v in sd.items()}
 
 
+def controlnet_config(shapes: dict, beside: dict | None) -> dict:
+    """PAI's Fun-ControlNet 2.x layout, as DiffSynth's ZImageControlNet builds it: control blocks beside every
+    second DiT layer (0, 2, 4, ...: its ``control_layers_mapping``), one control refiner block per noise refiner
+    layer (each with ``before_proj``: diffusers' ``add_control_noise_refiner="control_noise_refiner"``), control
+    latents + inpaint mask + inpaint latents (33 channels) in 2x2 patches."""
+    from ...errors import ConfigError
+    if beside is not None:
+        return beside
+    count = lambda prefix: len({k.split(".")[1] for k in shapes if k.startswith(prefix)})  # noqa: E731
+    layers, refiners = count("control_layers."), count("control_noise_refiner.")
+    if not refiners or "control_noise_refiner.0.before_proj.weight" not in shapes:
+        raise ConfigError("This Z-Image ControlNet file has no control refiner blocks with before_proj: it is the "
+                          "Fun-ControlNet 1.0 layout, which DiffSynth's ZImageControlNet does not load; use PAI's "
+                          "Z-Image-Turbo-Fun-Controlnet-Union-2.1 files")
+    dim, patch_in = shapes["control_all_x_embedder.2-1.weight"]
+    head_dim = shapes["control_layers.0.attention.norm_q.weight"][0]
+    return {"control_layers_places": [2 * i for i in range(layers)],
+            "control_refiner_layers_places": list(range(refiners)), "control_in_dim": patch_in // 4,
+            "add_control_noise_refiner": "control_noise_refiner", "all_patch_size": [2], "all_f_patch_size": [1],
+            "dim": dim, "n_refiner_layers": refiners, "n_heads": dim // head_dim, "n_kv_heads": dim // head_dim,
+            "norm_eps": 1e-5, "qk_norm": True}
+
+
+CONTROLNET_KIND = ComponentKind(
+    "z_image_controlnet", FAMILY, "controlnet", "diffusers",
+    (r"^control_all_x_embedder\.", r"^control_layers\.\d+\.after_proj\."),
+    controlnet_config, diffusers_class("ZImageControlNetModel"))
+
 KINDS = (
     ComponentKind("z_image_dit", FAMILY, "dit", "diffusers",
                   (r"^noise_refiner\.\d+\.attention\.to_q\.", r"^context_refiner\.\d+\.attention\.to_q\.",
@@ -75,4 +104,5 @@ KINDS = (
                   (r"^(vision_model\.)?encoder\.layers\.\d+\.layer_norm1\.", r"^(vision_model\.)?embeddings\.patch_embedding\."),
                   _siglip_config, transformers_class("Siglip2VisionModel", "Siglip2VisionConfig"),
                   lambda sd, c: _siglip_keys(sd)),
+    CONTROLNET_KIND,
 )

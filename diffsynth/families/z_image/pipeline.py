@@ -19,8 +19,10 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from ...errors import ConfigError
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
+from ...sampling import guided_velocity
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import Family
 from ..images import image_to_tensor, tensor_to_image
@@ -55,7 +57,7 @@ class ZImage(Family):
     name = "z_image"
     model_family = "z_image"
     summary = "Z-Image / Z-Image-Turbo / Z-Image-Omni-Base text-to-image (6B single-stream DiT, Qwen3-4B)"
-    model_id_patterns = ("tongyi-mai/z-image",)
+    model_id_patterns = ("tongyi-mai/z-image", "pai/z-image-turbo-fun-controlnet")
     component_kinds = checkpoints.KINDS
     real_models = real_configs.REAL_MODELS
     weight_files = real_configs.WEIGHT_FILES
@@ -75,9 +77,7 @@ class ZImage(Family):
     train_sigmas = staticmethod(train_sigmas)
     padded_inputs = {"prompt_emb": "prompt_emb_mask"}
     trajectory_imitation = True  # DiffSynth's Z-Image-Turbo distillation (training/trajectory.py)
-    refused_models = {"Z-Image-Turbo-Fun-Controlnet": (
-        "PAI's Z-Image-Turbo Fun-ControlNet (Union/Tile: control blocks beside the frozen DiT, fed the VAE latents "
-        "of --extra_inputs controlnet_image) is not implemented yet; train the plain Z-Image-Turbo recipes instead")}
+    extra_components: tuple[str, ...] = ()  # a variant's own models (Fun-ControlNet: controlnet), by attribute
 
     def __init__(self, dit, vae, text_encoder, tokenizer, image_encoder=None, dtype: torch.dtype = torch.float32):
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -150,8 +150,9 @@ class ZImage(Family):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1) -> Image.Image:
-        """Euler sampling of the flow at cfg 1 (Z-Image-Turbo's setting; DiffSynth's default is 8 steps)."""
+               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None) -> Image.Image:
+        """Euler sampling of the flow, as DiffSynth's pipeline: Turbo at cfg 1 and few steps (its default 8); Z-Image
+        and Omni-Base guided (cfg_scale 4 with the negative prompt's inputs, 50 / 40 steps in its examples)."""
         step = 2 * self.vae_factor  # latent sides must be even for the 2x2 patches
         h, w = max(step, height // step * step) // self.vae_factor, max(step, width // step * step) // self.vae_factor
         generator = torch.Generator().manual_seed(seed)
@@ -159,7 +160,8 @@ class ZImage(Family):
         latents = latents.to(self.device, self.torch_dtype)
         sigmas = inference_sigmas(num_inference_steps)
         for i in range(num_inference_steps):
-            velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
+            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
+                                       negative_inputs)
             latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
         return self.decode(latents)
 
@@ -175,8 +177,11 @@ class ZImage(Family):
         m = config.model
         modules, sources = cls.load_models(config, dtype, role, required=("dit", "vae", "text_encoder"))
         tokenizer = load_tokenizer(fetch(parse_path_or_model_id(m.tokenizer_path, DEFAULT_TOKENIZER)))
+        if modules.get("controlnet") is not None and "controlnet" not in cls.extra_components:
+            raise ConfigError(f"{sources['controlnet']} is a Z-Image ControlNet: its recipes give --extra_inputs "
+                              "controlnet_image (with a controlnet_image column); add it to model.extra_inputs")
         pipe = cls(modules["dit"], modules["vae"], modules["text_encoder"], tokenizer, modules.get("image_encoder"),
-                   dtype)
+                   dtype, **{name: modules.get(name) for name in cls.extra_components})
         pipe.component_sources = sources
         pipe.role = role
         return pipe.place(device)

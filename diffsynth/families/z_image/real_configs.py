@@ -25,6 +25,14 @@ SIGLIP2 = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 
            "num_channels": 3, "num_patches": 256, "patch_size": 16, "hidden_act": "gelu_pytorch_tanh",
            "layer_norm_eps": 1e-6}
 
+# PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1's three files (Union, Union-8steps, Tile-8steps: one architecture), as
+# DiffSynth's ZImageControlNet builds it (control blocks beside DiT layers 0, 2, ..., 28; two control refiner blocks)
+CONTROLNET = {"control_layers_places": list(range(0, 30, 2)), "control_refiner_layers_places": [0, 1],
+              "control_in_dim": 33, "add_control_noise_refiner": "control_noise_refiner", "all_patch_size": [2],
+              "all_f_patch_size": [1], "dim": 3840, "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30,
+              "norm_eps": 1e-5, "qk_norm": True}
+CONTROLNET_REPO = "PAI/Z-Image-Turbo-Fun-Controlnet-Union-2.1"
+
 REAL_MODELS: dict[str, dict] = {
     "z-image-dit": {
         "cls": "diffusers.ZImageTransformer2DModel", "family": "z_image", "component": "dit",
@@ -42,6 +50,9 @@ REAL_MODELS: dict[str, dict] = {
     "z-image-siglip2": {
         "cls": "transformers.Siglip2VisionModel", "family": "z_image", "component": "image_encoder",
         "files": "Tongyi-MAI/Z-Image-Omni-Base:siglip/model.safetensors", "config": SIGLIP2},
+    "z-image-turbo-fun-controlnet-2.1": {
+        "cls": "diffusers.ZImageControlNetModel", "family": "z_image", "component": "controlnet",
+        "files": f"{CONTROLNET_REPO}:Z-Image-Turbo-Fun-Controlnet-Union-2.1.safetensors", "config": CONTROLNET},
 }
 
 # Where each architecture's weights live (models/real_configs.py WEIGHT_FILES); shard counts are not checked
@@ -53,4 +64,7 @@ WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "z-image-text-encoder": ("Tongyi-MAI/Z-Image-Turbo:text_encoder/model-00001-of-00003.safetensors",),
     "z-image-vae": ("Tongyi-MAI/Z-Image-Turbo:vae/diffusion_pytorch_model.safetensors",),
     "z-image-siglip2": ("Tongyi-MAI/Z-Image-Omni-Base:siglip/model.safetensors",),
+    "z-image-turbo-fun-controlnet-2.1": tuple(
+        f"{CONTROLNET_REPO}:Z-Image-Turbo-Fun-Controlnet-{name}.safetensors"
+        for name in ("Union-2.1", "Union-2.1-8steps", "Tile-2.1-8steps")),
 }

@@ -95,5 +95,32 @@ def write_tiny_omni(out_dir: Path, seed: int = 0, sizes: dict | None = None) -> 
     write_tiny(out_dir, seed, sizes, omni=True)
 
 
+CONTROLNET_FILES = ("Z-Image-Turbo-Fun-Controlnet-Union-2.1", "Z-Image-Turbo-Fun-Controlnet-Union-2.1-8steps",
+                    "Z-Image-Turbo-Fun-Controlnet-Tile-2.1-8steps")
+
+
+def write_tiny_controlnet(out_dir: Path, seed: int = 0, sizes: dict | None = None) -> None:
+    """The Fun-ControlNet recipes' files in one folder: the Z-Image-Turbo layout plus PAI's three ControlNet files
+    at the root (Union-2.1, Union-2.1-8steps, Tile-2.1-8steps; each its own random weights), in the 2.1 layout:
+    a control block beside every second DiT layer, one control refiner block per noise refiner layer."""
+    from diffusers import ZImageControlNetModel
+
+    z = {**TINY_SIZES, **(sizes or {})}
+    write_tiny(out_dir, seed, sizes)
+    for k, stem in enumerate(CONTROLNET_FILES):
+        torch.manual_seed(seed + 1 + k)
+        controlnet = ZImageControlNetModel(
+            control_layers_places=list(range(0, z["layers"], 2)),
+            control_refiner_layers_places=list(range(z["refiner_layers"])), control_in_dim=33,
+            add_control_noise_refiner="control_noise_refiner", dim=z["dim"], n_refiner_layers=z["refiner_layers"],
+            n_heads=z["heads"], n_kv_heads=z["heads"])
+        # diffusers zero-initialises before_proj/after_proj: random ones let the control image act on the twin
+        with torch.no_grad():
+            for name, p in controlnet.named_parameters():
+                if name.endswith(("before_proj.weight", "after_proj.weight")):
+                    p.normal_(0, 0.02)
+        save_sharded(controlnet.state_dict(), out_dir, stem, num_shards=1)
+
+
 # keep the text encoder checkpoint writer importable for tests (Qwen3Model keys -> checkpoint keys)
-__all__ = ["write_tiny", "write_tiny_omni", "model_to_text_encoder", "TINY_SIZES", "CHAT_TEMPLATE"]
+__all__ = ["write_tiny", "write_tiny_omni", "write_tiny_controlnet", "model_to_text_encoder", "TINY_SIZES", "CHAT_TEMPLATE"]
