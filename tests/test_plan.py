@@ -175,3 +175,13 @@ def test_a_model_split_by_its_family_plans_the_same_in_any_order(tmp_path):
         assert main(["plan", "--params", str(preset), "--json", str(tmp_path / "plan.json")]) == 0
         plan = json.loads((tmp_path / "plan.json").read_text())
         assert {"dit", "animate_adapter"} <= set(plan["models"])
+
+
+def test_z_image_blocks_carry_gradient_through_x(tmp_path):
+    """Z-Image's blocks take their hidden states as ``x``: checkpointing keeps them, and a frozen DiT below a trained
+    ControlNet (the full Fun-ControlNet recipe) still saves activations for the gradient that passes through it."""
+    for preset in ("z-image-turbo-lora", "z-image-turbo-fun-controlnet-union-2.1-full"):
+        out = tmp_path / f"{preset}.json"
+        assert main(["plan", "--params", str(REPO / "presets" / f"{preset}.yaml"), "--json", str(out)]) == 0
+        (block,) = json.loads(out.read_text())["activations"]["blocks"].values()
+        assert block["input_bytes"] > 0 and block["saved_bytes"] > 10 * block["input_bytes"], (preset, block)

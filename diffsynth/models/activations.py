@@ -58,8 +58,11 @@ class BlockActivations:
     retained_bytes: int  # what the forward adds and keeps: saved tensors and outputs, minus the inputs
 
 
-def saved_tensor_bytes(block: nn.Module, kwargs: dict, grad_inputs=("hidden_states", "encoder_hidden_states")) \
-        -> BlockActivations:
+# the blocks' hidden-state arguments (Z-Image's blocks call theirs x): they carry the gradient between blocks
+HIDDEN_INPUTS = ("hidden_states", "encoder_hidden_states", "x")
+
+
+def saved_tensor_bytes(block: nn.Module, kwargs: dict, grad_inputs=HIDDEN_INPUTS) -> BlockActivations:
     """Run ``block(**kwargs)`` with gradients and count the bytes autograd saves. The hidden-state inputs require
     grad, as in any block after the first one of a LoRA-trained DiT; on the meta device attention is fused."""
     kwargs = dict(kwargs)
