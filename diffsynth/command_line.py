@@ -19,7 +19,6 @@ from .upstream_flags import all_upstream_flags, families_of, refuse_upstream_fla
 UNSUPPORTED_FLAGS: dict[str, Any] = {
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
     "audio_processor_path": None, "framewise_decoding": False,
-    "enable_npu_patch": False,  # Ascend NPU fused RMSNorm/RoPE kernels: no NPU here
 }
 
 

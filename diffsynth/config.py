@@ -125,6 +125,10 @@ class ModelConfigSection:
                                        "(loaded per layer for each forward)")
     initialize_model_on_cpu: bool = _f(False, "load the models into CPU memory; accelerate moves them to the GPU "
                                               "when training starts (DeepSpeed ZeRO-3 partitions them first)")
+    enable_npu_patch: bool = _f(False, "DiffSynth's Ascend NPU kernel swap (fused RMSNorm and RoPE, the same "
+                                       "arithmetic; DiffSynth applies it only where torch_npu finds an NPU): accepted "
+                                       "so its NPU recipes run as written; this trainer has no NPU kernels, so it "
+                                       "changes nothing")
     torch_dtype: str = _f("bfloat16", "dtype the models are loaded and computed in", ours=True,
                           choices=["bfloat16", "float16", "float32"])
     lpips_path: str = _f("DiffSynth-Studio/ImageMetrics:LPIPS/alexnet.safetensors",

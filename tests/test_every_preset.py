@@ -48,7 +48,7 @@ SAME_PATH_KEYS = {
     "gradient": {"use_gradient_checkpointing", "use_gradient_checkpointing_offload"},
     "dataset": {"dataset_repeat", "dataset_num_workers", "dataset_base_path", "dataset_metadata_path"},
     "model": {"model_id_with_origin_paths", "tokenizer_path", "tokenizer_1_path", "tokenizer_2_path",
-              "processor_path", "initialize_model_on_cpu", "zero_cond_t", "quant_options"},
+              "processor_path", "initialize_model_on_cpu", "zero_cond_t", "quant_options", "enable_npu_patch"},
     "train": {"learning_rate", "num_epochs", "max_steps", "min_timestep_boundary", "max_timestep_boundary"},
     "lora": {"lora_rank"}, "output": {"output_path"}, "tracking": {"experiment"},
     "sample": {"prompts", "height", "width", "num_frames"}, "accelerate": {"config", "num_processes"},
