@@ -10,6 +10,15 @@ from ..files import staged_dir
 from .shapes import BACKGROUNDS, COLOURS, SHAPES, draw_shape
 
 
+def _shapes(size: int):
+    """(file stem, image, prompt) of every colour x shape x background, in one fixed order."""
+    for bg_name, bg in BACKGROUNDS.items():
+        for colour_name, colour in COLOURS.items():
+            for shape in SHAPES:
+                yield (f"{colour_name}_{shape}_on_{bg_name}", draw_shape(shape, colour, bg, size),
+                       f"a {colour_name} {shape} on a {bg_name} background")
+
+
 def build_shapes_dataset(out_dir: str | Path, size: int = 128) -> Path:
     """Write 32 images (4 colours × 4 shapes × 2 backgrounds) and ``metadata.csv`` (image,prompt).
 
@@ -19,12 +28,9 @@ def build_shapes_dataset(out_dir: str | Path, size: int = 128) -> Path:
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         rows = []
-        for bg_name, bg in BACKGROUNDS.items():
-            for colour_name, colour in COLOURS.items():
-                for shape in SHAPES:
-                    name = f"{colour_name}_{shape}_on_{bg_name}.png"
-                    draw_shape(shape, colour, bg, size).save(tmp / name)
-                    rows.append((name, f"a {colour_name} {shape} on a {bg_name} background"))
+        for name, image, prompt in _shapes(size):
+            image.save(tmp / f"{name}.png")
+            rows.append((f"{name}.png", prompt))
         with open(tmp / "metadata.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["image", "prompt"])
@@ -64,14 +70,10 @@ def build_shapes_control_dataset(out_dir: str | Path, size: int = 128, key: str 
     out_dir = Path(out_dir)
     with staged_dir(out_dir) as tmp:
         rows = []
-        for bg_name, bg in BACKGROUNDS.items():
-            for colour_name, colour in COLOURS.items():
-                for shape in SHAPES:
-                    name = f"{colour_name}_{shape}_on_{bg_name}"
-                    image = draw_shape(shape, colour, bg, size)
-                    image.save(tmp / f"{name}.png")
-                    control_image(image).save(tmp / f"{name}_edges.png")
-                    rows.append((f"{name}.png", f"{name}_edges.png", f"a {colour_name} {shape} on a {bg_name} background"))
+        for name, image, prompt in _shapes(size):
+            image.save(tmp / f"{name}.png")
+            control_image(image).save(tmp / f"{name}_edges.png")
+            rows.append((f"{name}.png", f"{name}_edges.png", prompt))
         with open(tmp / "metadata.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["image", key, "prompt"])
