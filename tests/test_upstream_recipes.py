@@ -240,19 +240,11 @@ def test_the_recipe_reader_reads_a_diffsynth_checkout(tmp_path):
     assert table["model_ids"] == {"org/Enc": ["fam"], "org/Model-A": ["fam"]}
 
 
-# Known gap, named here so it cannot grow unseen: Wan2.2-VACE-Fun-A14B's recipes parse and would train, but there is
-# no tiny twin of its two-expert VACE layout and no record of its shard names or VACE layer placement to check a
-# preset against (the VACE layers are inferred from the block count, unverified for A14B).
-AWAITING_PRESET = {f"examples/wanvideo/model_training/{p}" for p in (
-    "full/Wan2.2-VACE-Fun-A14B.sh", "lora/Wan2.2-VACE-Fun-A14B.sh", "special/npu_training/Wan2.2-VACE-Fun-A14B-NPU.sh")}
-
-
 def test_every_upstream_recipe_has_a_preset_or_is_refused_by_name(rows):
     """DiffSynth's recipe names, walked from the table: each one a preset reproduces, or a one-line refusal that
-    names what it is (its model id, input, flag or task); none left that runs by flags without a preset, but the
-    named gap above."""
+    names what it is (its model id, input, flag or task); none left that runs by flags without a preset."""
     for row in rows:
-        missing = sorted(set(row.flags) - AWAITING_PRESET)
+        missing = sorted(row.flags)
         assert not missing, f"{row.family}: recipes that run as written but have no preset: {missing}"
         for path, why in row.refused.items():
             recipe = next(r for r in TABLE["recipes"] if r["path"] == path)
@@ -263,6 +255,11 @@ def test_every_upstream_recipe_has_a_preset_or_is_refused_by_name(rows):
     assert sum(len(r.preset) for r in rows) >= 47
 
 
+# DiffSynth's accelerate yamls (examples/*/model_training/full/, special/low_vram_training/) -> configs/accelerate/
+ACCELERATE_CONFIGS = {"accelerate_config_14B.yaml": "deepspeed_zero2_offload",  # ZeRO-2, optimizer + params on CPU
+                      "accelerate_config_zero2offload.yaml": "deepspeed_zero2_offload",
+                      "accelerate_config.yaml": "deepspeed_zero2", "accelerate_config_zero3.yaml": "deepspeed_zero3",
+                      "deepspeed_zero3_cpuoffload.yaml": "deepspeed_zero3_offload"}
 COMMAND = re.compile(r"\(command (\d+) of \d+\)")
 PLACES = {"dataset_base_path", "dataset_metadata_path", "output_path"}
 TRAINING = ("dataset", "resolution", "model", "train", "lora", "gradient", "output")
@@ -288,3 +285,8 @@ def test_each_preset_is_its_recipe_as_written(preset, capsys):
     differ = [f"{s}.{k}: {ours[s][k]!r} != {printed[s][k]!r}" for s in TRAINING for k in printed[s]
               if ours[s][k] != printed[s][k] and k not in PLACES]
     assert not differ, differ
+    # the accelerate yaml the command launches with, as our configs/accelerate/ file of the same DeepSpeed setup
+    command = int(found.group(1)) - 1 if found else (1 if recipe_coverage.is_split(recipe) else 0)  # split: train's
+    launched = recipe["commands"][command].get("accelerate_config")
+    expected = ACCELERATE_CONFIGS[Path(launched).name] if launched else "single"
+    assert ours["accelerate"]["config"] == expected, (launched, ours["accelerate"]["config"])

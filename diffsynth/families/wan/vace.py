@@ -36,24 +36,42 @@ MASK_PATCH = 8  # DiffSynth folds 8x8 mask pixels into channels (the Wan2.1 VAE'
 
 
 # ------------------------------------------------------------------------------------------------ tiny twin
-def write_tiny_vace(out_dir: Path, seed: int = 0) -> None:
-    """``Wan-AI/Wan2.1-VACE-1.3B`` layout: one DiT file holding the T2V DiT and the VACE branch (original names),
-    Wan-AI's config.json (model_type vace), UMT5, Wan2.1 VAE, tokenizer."""
+def _save_tiny_vace_dit(folder: Path, shards: int = 1) -> None:
+    """One tiny VACE DiT file as Wan-AI ships it: the T2V DiT and the VACE branch in one state dict (original
+    names), config.json with model_type vace."""
     from . import tiny
 
-    torch.manual_seed(seed)
     dit = tiny.tiny_dit()
     c = dit.config
     dim = c.num_attention_heads * c.attention_head_dim
     vace = vace_model.WanVaceModel(vace_layers=(0, 1), vace_in_dim=96, dim=dim, num_heads=c.num_attention_heads,
                                    ffn_dim=c.ffn_dim, eps=c.eps)
     state = {**diffusers_to_wan_dit(dit.state_dict()), **vace.state_dict()}
-    save_model(state, out_dir, "diffusion_pytorch_model", 1, {
+    save_model(state, folder, "diffusion_pytorch_model", shards, {
         "_class_name": "VaceWanModel", "model_type": "vace", "dim": dim, "num_heads": c.num_attention_heads,
         "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim, "in_dim": c.in_channels, "out_dim": c.out_channels,
         "num_layers": c.num_layers, "text_len": 512, "eps": c.eps, "vace_layers": [0, 1], "vace_in_dim": 96})
+
+
+def write_tiny_vace(out_dir: Path, seed: int = 0) -> None:
+    """``Wan-AI/Wan2.1-VACE-1.3B`` layout: one DiT file holding the T2V DiT and the VACE branch, UMT5, Wan2.1 VAE,
+    tokenizer."""
+    from . import tiny
+
+    torch.manual_seed(seed)
+    _save_tiny_vace_dit(out_dir)
     tiny.write_common(out_dir, "2.1")
 
+
+def write_tiny_vace_fun_a14b(out_dir: Path, seed: int = 0) -> None:
+    """``PAI/Wan2.2-VACE-Fun-A14B`` layout: two VACE experts, each sharded (diffusion_pytorch_model-0000N-of-...
+    with an index), in high_noise_model/ and low_noise_model/; UMT5, Wan2.1 VAE, tokenizer at the top."""
+    from . import tiny
+
+    torch.manual_seed(seed)
+    for expert in ("high_noise_model", "low_noise_model"):
+        _save_tiny_vace_dit(out_dir / expert, shards=2)
+    tiny.write_common(out_dir, "2.1")
 
 
 class WanVace(Wan):
@@ -69,7 +87,8 @@ class WanVace(Wan):
     component_kinds = ()  # the VACE DiT file's kind is Wan's (checkpoints.py), so plain Wan runs detect it too
     tiny_twins = {"wan2.1-vace-1.3b": ("Wan-AI/Wan2.1-VACE-1.3B", write_tiny_vace),
                   "wan2.1-vace-1.3b-preview": ("iic/VACE-Wan2.1-1.3B-Preview", write_tiny_vace),
-                  "wan2.1-vace-14b": ("Wan-AI/Wan2.1-VACE-14B", write_tiny_vace)}  # one tiny architecture
+                  "wan2.1-vace-14b": ("Wan-AI/Wan2.1-VACE-14B", write_tiny_vace),  # one tiny architecture
+                  "wan2.2-vace-fun-a14b": ("PAI/Wan2.2-VACE-Fun-A14B", write_tiny_vace_fun_a14b)}
 
     @classmethod
     def split_module(cls, component: str, module: torch.nn.Module) -> dict[str, torch.nn.Module]:
