@@ -24,13 +24,14 @@ run: install
 	$(BIN)/dvc repro
 	@$(BIN)/python -m diffsynth.cli summary
 
-# two test workers (pytest-xdist); tests/conftest.py keeps each module on one worker (module fixtures run once)
+# two test workers (pytest-xdist); tests/conftest.py's scheduler keeps each module on one worker (module fixtures
+# run once), in the order it sets (--no-loadscope-reorder)
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25 -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25 -m "not slow"
 
 # DiffSynth-Studio imports as `diffsynth` too: it lives in its own venv and runs in its own process.
 PARITY_VENV := .venv-parity

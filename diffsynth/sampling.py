@@ -244,3 +244,17 @@ def guided_velocity(predict, latents, timestep, inputs: dict, cfg_scale: float =
         return cond
     uncond = predict(latents, timestep, negative_inputs)
     return uncond + cfg_scale * (cond - uncond)
+
+
+def euler_sample(predict, latents, sigmas, inputs: dict, cfg_scale: float = 1.0,
+                 negative_inputs: dict | None = None, pin=None):
+    """DiffSynth's flow-matching Euler steps down ``sigmas`` (the family's grid, ending at 0), each velocity guided
+    as :func:`guided_velocity`; ``pin(latents)`` re-imposes known latents (a video's first frame) before each step
+    and after the last."""
+    for i in range(len(sigmas) - 1):
+        if pin is not None:
+            latents = pin(latents)
+        velocity = guided_velocity(predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
+                                   negative_inputs)
+        latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+    return latents if pin is None else pin(latents)

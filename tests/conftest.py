@@ -66,14 +66,36 @@ def tiny_env(model_base, monkeypatch):
     monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
 
 
-# `make test` runs two pytest-xdist workers with --dist loadgroup: each module's tests stay on one worker (its module
-# fixtures, such as a reproduced DVC workspace, run once), except the modules of independent per-case runs listed
-# here, whose tests are spread over both workers.
+# `make test` runs two pytest-xdist workers with --dist loadscope and the scheduler below: each module's tests stay on
+# one worker, so its module fixtures (a trained run, a reproduced DVC workspace) run once. The three modules that
+# copy the session's `reproduced` workspace (a `dvc repro` of a clone, ~1.5 min) form one unit, so it is built once,
+# and it runs first, being the longest; the per-case runs of SPREAD_MODULES are units of one test each and run last,
+# so the two workers finish together. (pytest-xdist's loadgroup marks do not work with pytest 9: its worker writes
+# the group into item._nodeid, which pytest 9 no longer reads.)
+REPRODUCED_MODULES = {"test_pipeline_dvc", "test_resume_dvc", "test_tracking_mlflow"}
 SPREAD_MODULES = {"test_every_preset"}
 
 
+def _module(nodeid: str) -> str:
+    return Path(nodeid.split("::")[0]).stem
+
+
+def work_unit(nodeid: str) -> str:
+    module = _module(nodeid)
+    return "reproduced" if module in REPRODUCED_MODULES else nodeid if module in SPREAD_MODULES else module
+
+
 def pytest_collection_modifyitems(items):
-    for item in items:
-        module = item.module.__name__ if item.module is not None else ""
-        if module and module not in SPREAD_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: (work_unit(item.nodeid) != "reproduced", _module(item.nodeid) in SPREAD_MODULES))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+    return ModuleScheduling(config, log)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
-from ...sampling import guided_velocity
+from ...sampling import euler_sample
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import Family
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
@@ -241,9 +241,6 @@ class Flux(Family):
         inputs = {**inputs, "guidance": embedded_guidance}
         if negative_inputs is not None:
             negative_inputs = {**negative_inputs, "guidance": embedded_guidance}
-        sigmas = inference_sigmas(num_inference_steps)
-        for i in range(num_inference_steps):
-            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
-                                       negative_inputs)
-            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps), inputs, cfg_scale,
+                               negative_inputs)
         return self.decode(latents)

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ...errors import ConfigError
 from ...models.model_config import fetch, parse_path_or_model_id
+from ...sampling import euler_sample
 from ...sigmas import sampling_grid
 from ..base import Family
 from ..images import image_to_tensor, tensor_to_image
@@ -261,16 +262,10 @@ class Flux2(Family):
         generator = torch.Generator().manual_seed(seed)
         latents = torch.randn((1, self.dit.config.in_channels, h, w), generator=generator).to(self.device,
                                                                                                self.torch_dtype)
-        sigmas = inference_sigmas(num_inference_steps, h * w)
-        cfg = self.sample_cfg_scale if "negative_prompt_emb" in inputs else 1.0
-        for i in range(num_inference_steps):
-            t = (sigmas[i] * 1000).reshape(1)
-            velocity = self.predict(latents, t, {"prompt_emb": inputs["prompt_emb"], "guidance": SAMPLE_GUIDANCE})
-            if cfg != 1.0:
-                negative = self.predict(latents, t, {"prompt_emb": inputs["negative_prompt_emb"],
-                                                     "guidance": SAMPLE_GUIDANCE})
-                velocity = negative + cfg * (velocity - negative)
-            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+        negative = inputs.get("negative_prompt_emb")
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps, h * w),
+                               {"prompt_emb": inputs["prompt_emb"], "guidance": SAMPLE_GUIDANCE}, self.sample_cfg_scale,
+                               None if negative is None else {"prompt_emb": negative, "guidance": SAMPLE_GUIDANCE})
         return self.decode(latents)
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
-from ...sampling import guided_velocity
+from ...sampling import euler_sample
 from ...sigmas import dynamic_mu, exponential_shift_grid, sampling_grid
 from ..base import Family
 from ..images import image_to_tensor, pack_latents, tensor_to_image, unpack_latents
@@ -148,10 +148,7 @@ class QwenImage(Family):
         generator = torch.Generator().manual_seed(seed)
         latents = torch.randn((1, self.vae.config.z_dim, h, w), generator=generator).to(self.device, self.torch_dtype)
         sigmas = inference_sigmas(num_inference_steps, (h // 2) * (w // 2))
-        for i in range(num_inference_steps):
-            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
-                                       negative_inputs)
-            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+        latents = euler_sample(self.predict, latents, sigmas, inputs, cfg_scale, negative_inputs)
         return self.decode(latents)
 
     # ---------------------------------------------------------------- loading

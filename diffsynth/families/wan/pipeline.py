@@ -27,7 +27,7 @@ from ...errors import ConfigError
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
 from ...sigmas import sampling_grid, shifted_grid
-from ...sampling import guided_velocity
+from ...sampling import euler_sample
 from ..base import DataRules, Family
 from . import blocks, checkpoints, real_configs, refusals, tiny
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
@@ -388,13 +388,7 @@ class Wan(Family):
         generator = torch.Generator().manual_seed(seed)
         latents = torch.randn(shape, generator=generator).to(self.device, self.torch_dtype)
         first = inputs.get("first_frame_latents")
-        sigmas = inference_sigmas(num_inference_steps)
-        for i in range(num_inference_steps):
-            if first is not None:
-                latents[:, :, 0:1] = first
-            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
-                                       negative_inputs)
-            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
-        if first is not None:
-            latents[:, :, 0:1] = first
+        pin = None if first is None else lambda x: torch.cat([first.to(x.dtype), x[:, :, 1:]], dim=2)
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps), inputs, cfg_scale,
+                               negative_inputs, pin)
         return self.decode(latents)

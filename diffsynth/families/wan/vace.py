@@ -26,6 +26,7 @@ from PIL import Image
 
 from ...errors import ConfigError
 from ...models.tiny import save_model
+from ...sampling import euler_sample
 from ..base import DataRules
 from . import real_configs, vace_model
 from .convert import diffusers_to_wan_dit
@@ -217,10 +218,7 @@ class WanVace(Wan):
         if extra:
             latents = torch.cat([latents[:, :, -extra:], latents[:, :, :-extra]], dim=2)
         latents = latents.to(self.device, self.torch_dtype)
-        sigmas = inference_sigmas(num_inference_steps)
-        for i in range(num_inference_steps):
-            velocity = self.predict(latents, (sigmas[i] * 1000).reshape(1), inputs)
-            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps), inputs)
         return self.decode(latents[:, :, extra:])
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from ...errors import ConfigError
 from ...models.components import load_tokenizer
 from ...models.model_config import fetch, parse_path_or_model_id
-from ...sampling import guided_velocity
+from ...sampling import euler_sample
 from ...sigmas import sampling_grid, shifted_grid
 from ..base import Family
 from ..images import image_to_tensor, tensor_to_image
@@ -158,11 +158,8 @@ class ZImage(Family):
         generator = torch.Generator().manual_seed(seed)
         latents = torch.randn((1, self.vae.config.latent_channels, h, w), generator=generator)
         latents = latents.to(self.device, self.torch_dtype)
-        sigmas = inference_sigmas(num_inference_steps)
-        for i in range(num_inference_steps):
-            velocity = guided_velocity(self.predict, latents, (sigmas[i] * 1000).reshape(1), inputs, cfg_scale,
-                                       negative_inputs)
-            latents = latents + (sigmas[i + 1] - sigmas[i]) * velocity
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps), inputs, cfg_scale,
+                               negative_inputs)
         return self.decode(latents)
 
     # ---------------------------------------------------------------- loading
