@@ -292,7 +292,8 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
     if "dit" in entries:
         from .plan_fit import activation_estimate, evaluate_modes
         video = bool(spec_for(config).data_rules(config).video_keys)
-        activations = activation_estimate(config, entries, targets if lora.get("model") == "dit" else {}, full, video)
+        side_models = [c for c in entries if c not in encoder_names and c not in ("dit", "vae")]
+        activations = activation_estimate(config, entries, targets, full, video, side_models)
         g = config.gradient
         key = ("checkpointing_offload" if g.use_gradient_checkpointing_offload else
                "checkpointing" if g.use_gradient_checkpointing else "no_checkpointing")
@@ -419,8 +420,8 @@ def memory_page(recipes: list, frames: int | None = None) -> str:
         "do not edit by hand -->",
         "",
         "`diffsynth plan` builds every model of a params file on the meta device (real sizes, no weights, no "
-        "download), traces one real block of the DiT at the recipe's resolution, frames and batch to count the "
-        "activations autograd keeps, and evaluates each memory mode of the train stage against 24, 16 and 12 GB "
+        "download), traces the real blocks of the DiT and of the models beside it (VACE, a ControlNet, the Animate "
+        "adapter) at the recipe's resolution, frames and batch to count the activations autograd keeps, and evaluates each memory mode of the train stage against 24, 16 and 12 GB "
         "cards. The train stage writes the same plan to `reports/memory_plan.json`. For one preset in detail: "
         "`diffsynth plan --params presets/qwen-image-lora.yaml`.",
         "",

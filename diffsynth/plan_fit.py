@@ -1,8 +1,9 @@
 """The train stage's device memory per memory mode, activations included, and which cards it fits.
 
-Activations: one block of each block class of the DiT runs on the meta device at the recipe's token counts
-(resolution, frames, batch, VAE and patch factors, text tokens) with the recipe's trainable weights marked, and
-autograd's saved tensors are counted (diffsynth/models/activations.py). From that:
+Activations: every block of the DiT, and of the side models the denoiser runs beside it (VACE blocks, a ControlNet,
+the Animate adapter's face blocks), runs on the meta device at the recipe's token counts (resolution, frames, batch,
+VAE and patch factors, text tokens) with the recipe's trainable weights marked, and autograd's saved tensors are
+counted (diffsynth/models/activations.py; blocks called alike are traced once). From that:
 
 - without gradient checkpointing every block keeps what it saved: sum over blocks;
 - with it every block keeps only its hidden-state inputs, and the backward rematerialises one block at a time:
@@ -11,7 +12,10 @@ autograd's saved tensors are counted (diffsynth/models/activations.py). From tha
   the kept inputs live in host memory and come back one block at a time: one input + the largest block's saved
   tensors, and the inputs cross the bus twice a step;
 - both add the backward's working gradients (2 x the largest block input), the shared timestep/rotary tensors,
-  and 2 x the largest block input for the layers outside the blocks;
+  2 x the largest block input for the layers outside the blocks, and the side blocks' hints, held from the side
+  model's forward until the DiT block that adds them;
+- blocks the forward runs outside the checkpoints (Wan2.2-Animate's face blocks, as DiffSynth runs them) keep what
+  they save in every mode;
 - an fp8 DiT upcasts each weight per forward, and autograd keeps that copy for the input gradient: the blocks'
   Linear weights in model.torch_dtype, for every block without checkpointing, for one with it.
 
@@ -96,46 +100,82 @@ def _linear_weight_numel(block: nn.Module) -> int:
     return sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Linear))
 
 
-def activation_estimate(config, entries: dict, lora_targets: dict, full: list[str], video: bool) -> dict:
-    """Per block class: count, saved bytes, input bytes; totals with and without checkpointing."""
-    from .models.activations import saved_tensor_bytes
-    from .models.block_shapes import block_inputs
-    from .models.block_swap import swap_chain
+def _trace_chains(entries: dict, side_models: list[str]) -> list[tuple[str, str, int, nn.Module]]:
+    """(model, block list, index, block) of every block whose activations a step keeps: the DiT's, then those of the
+    side models the denoiser runs beside it (VACE blocks, a ControlNet's, the Animate adapter's face blocks)."""
+    from .models.block_swap import block_lists
+    return [(model, list_name, i, block) for model in ("dit", *side_models)
+            for list_name, blocks in block_lists(entries[model].module) for i, block in enumerate(blocks)]
+
+
+def _mark_trained(meta: nn.Module, model: str, path: str, full: list[str], lora_model: str | None,
+                  lora_targets: dict) -> None:
+    """Mark the parameters of block ``path`` of ``model`` that a step trains: all of a model in
+    train.trainable_models, a named sub-module of it (DiffSynth's dotted names, ``dit.blocks.0.self_attn.q``), or
+    the LoRA targets (their base weights stand in for the rank-sized LoRA matrices)."""
+    for name in full:
+        if name == model or f"{name}.".startswith(f"{model}.{path}."):
+            meta.requires_grad_(True)
+        elif name.startswith(f"{model}.{path}."):
+            meta.get_submodule(name[len(f"{model}.{path}."):]).requires_grad_(True)
+    if model == lora_model:
+        for sub, module in meta.named_modules():
+            if f"{path}.{sub}" in lora_targets:
+                module.weight.requires_grad_(True)
+
+
+def activation_estimate(config, entries: dict, lora_targets: dict, full: list[str], video: bool,
+                        side_models: list[str] = ()) -> dict:
+    """Per block list: count, saved bytes, input bytes (the largest block of the list); totals with and without
+    checkpointing, summed over every block. Blocks of one list that are called alike are traced once."""
+    from .models.activations import HIDDEN_INPUTS, saved_tensor_bytes
+    from .models.block_shapes import UNCHECKED, block_inputs
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[config.model.torch_dtype]
     size = torch.tensor([], dtype=dtype).element_size()
-    dit = entries["dit"].module
     tokens = token_counts(config, entries, video)
     batch = config.train.batch_size
-    classes: dict[str, dict] = {}
-    for name, block in swap_chain(dit):
-        cls = type(block).__name__
-        if cls in classes:
-            classes[cls]["count"] += 1
-            continue
+    lora_model = config.lora.lora_base_model
+    records, traced, lists = [], {}, {}
+    for model, list_name, index, block in _trace_chains(entries, list(side_models)):
+        inputs = block_inputs(block, batch, tokens["image_tokens"], tokens["text_tokens"], dtype, index=index)
+        # a side block's own stream is ``c``; the DiT's hidden states (``x``) it reads are held by the DiT
+        hidden = ("c",) if "c" in inputs else HIDDEN_INPUTS
         meta = copy.deepcopy(block).to("meta").requires_grad_(False)
-        if "dit" in full:
-            meta.requires_grad_(True)
-        elif config.lora.lora_base_model == "dit":
-            for sub, module in meta.named_modules():
-                if f"{name}.{sub}" in lora_targets:
-                    module.weight.requires_grad_(True)
-        a = saved_tensor_bytes(meta, block_inputs(meta, batch, tokens["image_tokens"], tokens["text_tokens"], dtype))
-        classes[cls] = {"count": 1, "first": name, "saved_bytes": a.saved_bytes, "input_bytes": a.input_bytes,
-                        "shared_bytes": a.shared_bytes, "fp8_upcast_bytes": _linear_weight_numel(block) * size}
-    if not classes:
-        raise ConfigError(f"the memory plan finds no list of repeated blocks in {type(dit).__name__}")
-    c = classes.values()
-    max_in = max(x["input_bytes"] for x in c)
-    extra = 2 * max_in + 2 * max_in + max(x["shared_bytes"] for x in c)  # backward gradients, outside layers, shared
-    no_gc = sum(x["count"] * x["saved_bytes"] for x in c) + extra
-    inputs = sum(x["count"] * x["input_bytes"] for x in c)
-    gc = inputs + max(x["saved_bytes"] for x in c) + extra
-    gc_offload = max_in + max(x["saved_bytes"] for x in c) + extra
-    return {"tokens": tokens, "batch_size": batch, "blocks": classes, "offloaded_input_bytes": inputs,
-            "total_bytes": {"no_checkpointing": no_gc, "checkpointing": gc, "checkpointing_offload": gc_offload},
-            "fp8_upcast_bytes": {"no_checkpointing": sum(x["count"] * x["fp8_upcast_bytes"] for x in c),
-                                 "checkpointing": max(x["fp8_upcast_bytes"] for x in c),
-                                 "checkpointing_offload": max(x["fp8_upcast_bytes"] for x in c)}}
+        _mark_trained(meta, model, f"{list_name}.{index}", full, lora_model, lora_targets)
+        key = (model, list_name, type(block),
+               tuple((n, tuple(p.shape), p.requires_grad) for n, p in meta.named_parameters()),
+               tuple((n, tuple(t.shape)) for n, t in inputs.items() if isinstance(t, torch.Tensor)))
+        if key not in traced:
+            a = saved_tensor_bytes(meta, inputs, hidden)
+            # a side block's outputs beyond its stream (the hints the DiT adds later) wait for the DiT
+            waiting = max(0, a.output_bytes - a.input_bytes) if model != "dit" else 0
+            traced[key] = {"saved_bytes": a.saved_bytes, "input_bytes": a.input_bytes, "waiting_bytes": waiting,
+                           "shared_bytes": a.shared_bytes, "checked": type(block).__name__ not in UNCHECKED,
+                           "fp8_upcast_bytes": _linear_weight_numel(block) * size if model == "dit" else 0}
+        r = traced[key]
+        records.append(r)
+        row = lists.setdefault(f"{type(block).__name__} ({model}.{list_name})", {"count": 0, "saved_bytes": 0,
+                                                                                 "input_bytes": 0})
+        row["count"] += 1
+        row["saved_bytes"] = max(row["saved_bytes"], r["saved_bytes"])
+        row["input_bytes"] = max(row["input_bytes"], r["input_bytes"])
+    if not records:
+        raise ConfigError(f"the memory plan finds no list of repeated blocks in {type(entries['dit'].module).__name__}")
+    checked = [r for r in records if r["checked"]]
+    max_in = max(r["input_bytes"] for r in records)
+    max_saved = max(r["saved_bytes"] for r in checked)
+    # backward gradients, layers outside the blocks, shared tensors, the side blocks' hints
+    extra = 2 * max_in + 2 * max_in + max(r["shared_bytes"] for r in records) + sum(r["waiting_bytes"] for r in records)
+    # blocks outside the checkpoints keep what they save in every mode
+    extra += sum(r["saved_bytes"] for r in records if not r["checked"])
+    inputs = sum(r["input_bytes"] for r in checked)
+    upcast = [r["fp8_upcast_bytes"] for r in records]
+    return {"tokens": tokens, "batch_size": batch, "blocks": lists, "offloaded_input_bytes": inputs,
+            "total_bytes": {"no_checkpointing": sum(r["saved_bytes"] for r in checked) + extra,
+                            "checkpointing": inputs + max_saved + extra,
+                            "checkpointing_offload": max_in + max_saved + extra},
+            "fp8_upcast_bytes": {"no_checkpointing": sum(upcast), "checkpointing": max(upcast),
+                                 "checkpointing_offload": max(upcast)}}
 
 
 # ---------------------------------------------------------------------------------------------- modes

@@ -183,5 +183,48 @@ def test_z_image_blocks_carry_gradient_through_x(tmp_path):
     for preset in ("z-image-turbo-lora", "z-image-turbo-fun-controlnet-union-2.1-full"):
         out = tmp_path / f"{preset}.json"
         assert main(["plan", "--params", str(REPO / "presets" / f"{preset}.yaml"), "--json", str(out)]) == 0
-        (block,) = json.loads(out.read_text())["activations"]["blocks"].values()
-        assert block["input_bytes"] > 0 and block["saved_bytes"] > 10 * block["input_bytes"], (preset, block)
+        blocks = json.loads(out.read_text())["activations"]["blocks"]
+        for name in ("noise_refiner", "layers"):
+            block = blocks[f"ZImageTransformerBlock (dit.{name})"]
+            assert block["input_bytes"] > 0 and block["saved_bytes"] > 10 * block["input_bytes"], (preset, block)
+        # the layers see image + text tokens, the noise refiner only the image's
+        assert blocks["ZImageTransformerBlock (dit.layers)"]["input_bytes"] > \
+            blocks["ZImageTransformerBlock (dit.noise_refiner)"]["input_bytes"]
+
+
+def test_side_model_blocks_join_the_activations(tmp_path):
+    """The blocks the denoiser runs beside the DiT are traced too: a ControlNet's (its last control layer receives
+    the 14 hints so far and its stream, stacked: 15 x its stream) and VACE's, trained in full here."""
+    plans = {}
+    for preset in ("z-image-turbo-fun-controlnet-union-2.1-full", "wan2.1-vace-14b-full"):
+        out = tmp_path / f"{preset}.json"
+        assert main(["plan", "--params", str(REPO / "presets" / f"{preset}.yaml"), "--json", str(out)]) == 0
+        plans[preset] = json.loads(out.read_text())["activations"]
+    a = plans["z-image-turbo-fun-controlnet-union-2.1-full"]
+    layers, control = a["blocks"]["ZImageTransformerBlock (dit.layers)"], \
+        a["blocks"]["ZImageControlTransformerBlock (controlnet.control_layers)"]
+    assert control["count"] == 15 and a["blocks"]["ZImageControlTransformerBlock (controlnet.control_noise_refiner)"][
+        "count"] == 2
+    assert control["input_bytes"] == 15 * layers["input_bytes"]
+    a = plans["wan2.1-vace-14b-full"]
+    dit, vace = a["blocks"]["WanTransformerBlock (dit.blocks)"], a["blocks"]["VaceBlock (vace.vace_blocks)"]
+    assert (dit["count"], vace["count"]) == (40, 8)
+    assert vace["input_bytes"] == a["tokens"]["image_tokens"] * 5120 * 2  # its stream c, in bfloat16, batch 1
+    assert vace["saved_bytes"] > dit["saved_bytes"]  # its weights are trained, the DiT's frozen
+    # checkpointing keeps every block's input and the 8 hints waiting for the DiT
+    assert a["total_bytes"]["checkpointing"] > a["offloaded_input_bytes"] + 8 * vace["input_bytes"]
+
+
+def test_animate_face_blocks_keep_their_activations_under_checkpointing(tmp_path):
+    """DiffSynth's model_fn_wan_video runs Wan2.2-Animate's face blocks between the checkpointed DiT blocks, so
+    what they save stays for the backward even with gradient checkpointing (and its offload)."""
+    out = tmp_path / "animate.json"
+    assert main(["plan", "--params", str(REPO / "presets/wan2.2-animate-14b-lora.yaml"), "--json", str(out)]) == 0
+    a = json.loads(out.read_text())["activations"]
+    face = a["blocks"]["FaceBlock (animate_adapter.face_adapter.fuser_blocks)"]
+    assert face["count"] == 8 and face["saved_bytes"] > 0
+    # the face blocks' inputs are not among the checkpointed inputs
+    dit = a["blocks"]["WanTransformerBlock (dit.blocks)"]
+    assert a["offloaded_input_bytes"] == 40 * dit["input_bytes"]
+    for mode in ("checkpointing", "checkpointing_offload"):
+        assert a["total_bytes"][mode] > 8 * face["saved_bytes"], mode

@@ -174,6 +174,7 @@ class Family(torch.nn.Module):
     block_inputs: dict = {}             # DiT block class name -> builder of its call's tensors (memory plan)
     text_tokens: dict = {}              # DiT class name -> text tokens it attends to (memory plan)
     reference_image_inputs: tuple = ()  # extra inputs whose images join the image tokens (memory plan)
+    unchecked_blocks: tuple = ()        # block classes the forward runs outside gradient checkpoints (memory plan)
     # ---- save-point samples (diffsynth/sampling.py)
     sample_image_input: str = ""        # the extra input a sample entry's `images` stand for ("": samples take none)
     sample_options: tuple[str, ...] = ()  # render() keywords beyond cfg_scale/negative_inputs (embedded_guidance)

@@ -38,7 +38,7 @@ def register(family: type) -> type:
     real_configs.register(own.get("real_models", {}), own.get("weight_files", {}))
     model_config.register_redirects(own.get("redirected_files", ()))
     block_shapes.register(own.get("block_inputs", {}), own.get("text_tokens", {}),
-                          own.get("reference_image_inputs", ()))
+                          own.get("reference_image_inputs", ()), own.get("unchecked_blocks", ()))
     for twin, (repo, writer) in own.get("tiny_twins", {}).items():
         tiny.register_twin(twin, family.model_family, repo, writer, (family.name, *own.get("aliases", ())))
     return family

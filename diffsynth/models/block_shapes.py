@@ -13,16 +13,19 @@ from typing import Callable
 import torch
 from torch import nn
 
-BUILDERS: dict[str, Callable] = {}      # block class name -> builder(block, batch, image, text, rand) -> kwargs
+BUILDERS: dict[str, Callable] = {}      # block class name -> builder(block, batch, image, text, rand, index) -> kwargs
 TEXT_TOKENS: dict[str, Callable] = {}   # DiT class name -> text tokens it attends to (dit -> int)
 REFERENCE_IMAGE_INPUTS: set[str] = set()  # extra inputs whose images join the image tokens (one image's worth each)
+UNCHECKED: set[str] = set()  # block class names the forward runs outside gradient checkpoints
 
 
-def register(builders: dict, text_tokens: dict, reference_inputs=()) -> None:
-    """Add a family's block input builders, text-token counts and reference-image inputs (the family registry)."""
+def register(builders: dict, text_tokens: dict, reference_inputs=(), unchecked=()) -> None:
+    """Add a family's block input builders, text-token counts, reference-image inputs and unchecked block classes
+    (the family registry)."""
     BUILDERS.update(builders)
     TEXT_TOKENS.update(text_tokens)
     REFERENCE_IMAGE_INPUTS.update(reference_inputs)
+    UNCHECKED.update(unchecked)
 
 
 def text_tokens(dit: nn.Module) -> int:
@@ -35,9 +38,10 @@ def linear_in(module: nn.Module) -> int:
 
 
 def block_inputs(block: nn.Module, batch: int, image_tokens: int, txt_tokens: int, dtype: torch.dtype,
-                 device="meta", generator: torch.Generator | None = None) -> dict:
+                 device="meta", generator: torch.Generator | None = None, index: int = 0) -> dict:
     """Keyword arguments for ``block(**kwargs)``: hidden states of ``image_tokens`` (video tokens for video DiTs),
-    ``txt_tokens`` of text context, the timestep embedding and the rotary tables, as the DiT passes them."""
+    ``txt_tokens`` of text context, the timestep embedding and the rotary tables, as the DiT passes them.
+    ``index`` is the block's position in its list (a Z-Image ControlNet block receives the hints stacked so far)."""
     name = type(block).__name__
     if name not in BUILDERS:
         raise KeyError(f"no block input table for {name}")
@@ -46,4 +50,4 @@ def block_inputs(block: nn.Module, batch: int, image_tokens: int, txt_tokens: in
         if device == "meta":
             return torch.empty(*shape, dtype=dt, device="meta")
         return torch.randn(*shape, dtype=dt, device=device, generator=generator)
-    return BUILDERS[name](block, batch, image_tokens, txt_tokens, rand)
+    return BUILDERS[name](block, batch, image_tokens, txt_tokens, rand, index)

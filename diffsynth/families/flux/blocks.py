@@ -6,7 +6,7 @@ import torch
 TEXT_TOKENS = {"FluxTransformer2DModel": lambda dit: 512}  # T5 padded to 512
 
 
-def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand) -> dict:
+def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand, index: int = 0) -> dict:
     single = type(block).__name__ == "FluxSingleTransformerBlock"
     dim = block.norm.linear.in_features if single else block.norm1.linear.in_features
     hd = dim // block.attn.heads

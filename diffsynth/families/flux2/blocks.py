@@ -6,7 +6,7 @@ import torch
 TEXT_TOKENS = {"Flux2Transformer2DModel": lambda dit: 512}  # the prompt is padded to 512 tokens (DiffSynth)
 
 
-def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand) -> dict:
+def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand, index: int = 0) -> dict:
     single = type(block).__name__ == "Flux2SingleTransformerBlock"
     dim = block.attn.to_qkv_mlp_proj.in_features if single else block.attn.to_q.in_features
     hd = dim // block.attn.heads

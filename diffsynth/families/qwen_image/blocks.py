@@ -7,7 +7,7 @@ import torch
 TEXT_TOKENS = {"QwenImageTransformer2DModel": lambda dit: 256}
 
 
-def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand) -> dict:
+def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand, index: int = 0) -> dict:
     dim, hd = block.dim, block.attention_head_dim
 
     def freqs(n):  # unit complex rotations [n, hd/2], as QwenEmbedRope returns

@@ -138,6 +138,7 @@ class Wan(Family):
     }
     block_inputs = blocks.BLOCK_INPUTS
     text_tokens = blocks.TEXT_TOKENS
+    unchecked_blocks = blocks.UNCHECKED
     data = DATA_RULES
     extra_inputs = ("input_image",)
     refused_inputs = refusals.WAN  # Wan2.2-Animate replacement mode, Animate-2: named, with what they lack

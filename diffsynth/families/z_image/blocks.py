@@ -10,7 +10,7 @@ import torch
 TEXT_TOKENS = {"ZImageTransformer2DModel": lambda dit: 256}
 
 
-def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand) -> dict:
+def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand, index: int = 0) -> dict:
     dim, hd = block.dim, block.head_dim
     if not block.modulation:
         n = txt_tokens  # context refiner
@@ -26,4 +26,17 @@ def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand) -> dict:
     return inputs
 
 
-BLOCK_INPUTS = {"ZImageTransformerBlock": _block}
+def _control_block(block, batch: int, image_tokens: int, txt_tokens: int, rand, index: int = 0) -> dict:
+    """A ControlNet block (diffusers' ZImageControlTransformerBlock, controlnet.py): the control stream ``c`` beside
+    the DiT's tokens ``x``; block ``index`` > 0 receives the ``index`` hints so far and the stream, stacked. The
+    control refiner (layer ids from 1000) runs on the image tokens, the control layers on image + text."""
+    dim, hd = block.dim, block.head_dim
+    n = image_tokens if block.layer_id >= 1000 else image_tokens + txt_tokens
+    angle = rand(n, hd // 2, dt=torch.float32)
+    return {"c": rand(batch, n, dim) if index == 0 else rand(index + 1, batch, n, dim), "x": rand(batch, n, dim),
+            "attn_mask": None,
+            "freqs_cis": torch.polar(torch.ones_like(angle), angle).unsqueeze(0).expand(batch, n, hd // 2),
+            "adaln_input": rand(batch, block.adaLN_modulation[0].in_features)}
+
+
+BLOCK_INPUTS = {"ZImageTransformerBlock": _block, "ZImageControlTransformerBlock": _control_block}
