@@ -222,6 +222,19 @@ def lora_modules(config: Config, entries: dict[str, Entry]) -> dict[str, tuple[i
 
 # -------------------------------------------------------------------------------------------------- plan
 
+def _trained_module(entries: dict, name: str) -> torch.nn.Module:
+    """The module ``name`` of train.trainable_models names: a model, or a dotted sub-module of one."""
+    model, _, sub = name.partition(".")
+    if model not in entries:
+        raise ConfigError(f"train.trainable_models: {name!r} is not a model of these entries (or a dotted "
+                          f"sub-module of one); models: {sorted(entries)}")
+    try:
+        return entries[model].module.get_submodule(sub) if sub else entries[model].module
+    except AttributeError:
+        raise ConfigError(f"train.trainable_models: {model} has no sub-module {sub!r}; name one of its modules "
+                          f"as DiffSynth does (dit.blocks.0.self_attn.q)") from None
+
+
 def memory_plan(config: Config, source: str = "params.yaml") -> dict:
     """The memory plan of ``config`` as a JSON-ready dict (bytes are exact integers)."""
     from .data.dataset import split_keys
@@ -236,14 +249,13 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
         raise ConfigError(f"model.fp8_models entries {sorted(unknown)} are not model entries; write them exactly as "
                           f"in the model flags: {sorted(e.source for e in entries.values())}")
     full = split_keys(config.train.trainable_models)
-    for name in full:
-        if name not in entries:
-            raise ConfigError(f"train.trainable_models: {name!r} is not a model of these entries; models: "
-                              f"{sorted(entries)}")
+    # a dotted name trains one sub-module of a model (DiffSynth's dit.blocks.0.self_attn.q)
+    full_modules = {name: _trained_module(entries, name) for name in full}
+    full_models = {name.split(".")[0] for name in full}
 
     models, parts = {}, {}
     for component, e in entries.items():
-        in_fp8 = e.source in fp8 and component not in full  # trained parameters are never fp8
+        in_fp8 = e.source in fp8 and component not in full_models  # trained parameters are never fp8
         n, b = weight_bytes(e.module, size, in_fp8)
         models[component] = {"entry": e.source, "architecture": e.architecture, "parameters": n, "bytes": b,
                              "fp8": in_fp8}
@@ -259,10 +271,10 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
         lora_params = sum(config.lora.lora_rank * (i + o) for i, o in targets.values())
         lora = {"model": config.lora.lora_base_model, "rank": config.lora.lora_rank, "modules": len(targets),
                 "parameters": lora_params, "bytes": lora_params * size}
-    full_params = sum(models[n]["parameters"] for n in full)
+    full_params = sum(p.numel() for p in {id(p): p for m in full_modules.values() for p in m.parameters()}.values())
     trainable_params = full_params + lora.get("parameters", 0)
-    trainable_bytes = sum(models[n]["bytes"] for n in full) + lora.get("bytes", 0)
-    trained = set(full) | ({config.lora.lora_base_model} if config.lora.lora_base_model else set())
+    trainable_bytes = full_params * size + lora.get("bytes", 0)
+    trained = full_models | ({config.lora.lora_base_model} if config.lora.lora_base_model else set())
 
     def held(what: dict[str, int]) -> dict:
         return {"models": what, "weights_bytes": sum(what.values())}
@@ -302,7 +314,7 @@ def memory_plan(config: Config, source: str = "params.yaml") -> dict:
             stages["train"]["activation_bytes"] = act
             stages["train"]["total_bytes"] += act
         memory_modes, fit = evaluate_modes({"models": models, "modes": modes}, entries, size, activations,
-                                           "dit" in full)
+                                           "dit" in full_models)
     return {
         "params": str(source),
         "family": spec_for(config).name,

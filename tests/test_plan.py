@@ -10,6 +10,7 @@ import torch
 from accelerate import init_empty_weights
 
 from diffsynth.cli import main
+from diffsynth.errors import ConfigError
 from diffsynth.models.real_configs import REAL_MODELS, WEIGHT_FILES
 from diffsynth.plan import load_plan_params, memory_plan, plan_for_file, real_model_for
 
@@ -228,3 +229,19 @@ def test_animate_face_blocks_keep_their_activations_under_checkpointing(tmp_path
     assert a["offloaded_input_bytes"] == 40 * dit["input_bytes"]
     for mode in ("checkpointing", "checkpointing_offload"):
         assert a["total_bytes"][mode] > 8 * face["saved_bytes"], mode
+
+
+def test_dotted_trainable_sub_modules_count_their_own_parameters():
+    """DiffSynth's --trainable_models names sub-modules too (the Wan2.2-Animate-2 full recipes train
+    dit.blocks.N.block.self_attn.q,k,v): the plan trains exactly those parameters; a wrong name is named."""
+    config = load_plan_params(QWEN_LORA)
+    config.lora.lora_base_model = None
+    config.train.trainable_models = "dit.transformer_blocks.0.attn.to_q,dit.transformer_blocks.1.attn.to_q"
+    plan = memory_plan(config)
+    per_projection = 3072 * 3072 + 3072  # weight and bias
+    assert plan["full_trainable"]["parameters"] == 2 * per_projection
+    train = plan["modes"]["cached"]["train"]
+    assert train["trainable_bytes"] == train["gradient_bytes"] == 2 * 2 * per_projection  # bfloat16
+    config.train.trainable_models = "dit.transformer_blocks.0.attn.q"
+    with pytest.raises(ConfigError, match=r"dit has no sub-module 'transformer_blocks.0.attn.q'"):
+        memory_plan(config)
