@@ -229,6 +229,30 @@ VACE_CASES = {
 }
 
 
+# The conditioning tensors of Wan's Fun / first-last-frame variants, built by each side from the same PNG clips
+# through the Wan2.1 VAE at its real config (random weights): ``y`` (masks, control latents, image latents), the
+# Fun reference latents and the camera embedding. The DiT only decides which path runs (its input channels, a
+# reference convolution, a camera adapter): a tiny one on our side, its attributes on DiffSynth's. CLIP features are
+# not compared (see docs/parity.md).
+CONDITIONING_CASES = {
+    # family variant, our tiny DiT's channels and extras, the extra inputs of the recipe
+    "flf2v": {"variant": "end_image", "in_dim": 36, "image": True, "dit": {"pos_embed_seq_len": 514},
+              "inputs": ["input_image", "end_image"]},          # Wan2.1-FLF2V-14B-720P
+    "fun-inp": {"variant": "end_image", "in_dim": 36, "image": True, "dit": {},
+                "inputs": ["input_image", "end_image"]},        # Wan2.1-Fun(-V1.1)-*-InP, Wan2.2-Fun-A14B-InP
+    "fun-v1.1-control": {"variant": "control_video", "in_dim": 48, "image": True, "dit": {"has_ref_conv": True},
+                         "inputs": ["control_video", "reference_image"]},
+    "fun-a14b-control": {"variant": "control_video", "in_dim": 52, "image": False, "dit": {"has_ref_conv": True},
+                         "inputs": ["control_video", "reference_image"]},  # Wan2.2-Fun-A14B-Control
+    "fun-v1.1-control-camera": {"variant": "camera_control_direction", "in_dim": 32, "image": True,
+                                "dit": {"control_adapter_in_dim": 24},
+                                "inputs": ["input_image", "camera_control_direction", "camera_control_speed"]},
+    "fun-a14b-control-camera": {"variant": "camera_control_direction", "in_dim": 36, "image": False,
+                                "dit": {"control_adapter_in_dim": 24},
+                                "inputs": ["input_image", "camera_control_direction", "camera_control_speed"]},
+}
+CONDITIONING_CLIP = {"frames": 5, "size": 32, "camera": ["LeftUp", 0.03]}
+
 # The FLUX.2 prompt path: text -> the DiT's text input, on the tiny twins' tokenizers and text encoders (their
 # chat templates and layer picks are the real ones; the hub's tokenizers cannot be downloaded here)
 PROMPT_FLUX2 = {"klein": "flux.2-klein-4b", "dev": "flux.2-dev"}

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from cases import ANIMATE_CASES, DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, VACE_CASES, VAE_CASES  # noqa: E402
+from cases import ANIMATE_CASES, CONDITIONING_CASES, DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, VACE_CASES, VAE_CASES  # noqa: E402
 
 # Qwen-Image's MLP: DiffSynth uses x*sigmoid(1.702x), diffusers (and the official model) tanh-GELU. The gap grows
 # with the activations' size (~1.5e-4 relative measured on a realistic block, ~2e-3 on these random weights); the
@@ -138,6 +138,23 @@ def vace_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) 
     table.add(case, "DiffSynth-trained ckpt: prediction (lora_checkpoint)", load["pred_ds_lora"], ref["pred_ds_lora"],
               tol)
     table.add(case, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], tol)
+
+
+def conditioning_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """Wan's Fun / first-last-frame conditioning tensors, each side's units on the same clips
+    (ours_conditioning.py / reference_conditioning.py)."""
+    run(ours_py, "ours_conditioning.py", name, str(folder))
+    run(ref_py, "reference_conditioning.py", name, str(folder))
+    ours, ref = load_file(str(folder / "ours.safetensors")), load_file(str(folder / "reference.safetensors"))
+    titles = {"latents": "target latents (encode)", "y": "y (mask + image latents / control latents)",
+              "reference_latents": "reference latents (reference_image)",
+              "control_camera": "camera embedding (Plücker, pixel-unshuffled)"}
+    missing = sorted(set(ours) ^ set(ref))
+    if missing:
+        table.rows.append((f"cond {name}", "quantities on one side only", ", ".join(missing), "", "", "FAIL"))
+    for key, title in titles.items():
+        if key in ours and key in ref:
+            table.add(f"cond {name}", title, ours[key], ref[key], DEFAULT_TOLERANCE)
 
 
 def vae_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
@@ -331,6 +348,10 @@ def main() -> None:
             if not args.only or f"animate-{name}" in args.only or "animate" in args.only:
                 (Path(tmp) / f"animate-{name}").mkdir()
                 animate_case(name, args.python, args.reference_python, Path(tmp) / f"animate-{name}", table)
+        for name in CONDITIONING_CASES:
+            if not args.only or f"cond-{name}" in args.only or "conditioning" in args.only:
+                (Path(tmp) / f"cond-{name}").mkdir()
+                conditioning_case(name, args.python, args.reference_python, Path(tmp) / f"cond-{name}", table)
         for name in VAE_CASES:
             if not args.only or f"vae-{name}" in args.only:
                 (Path(tmp) / f"vae-{name}").mkdir()
