@@ -6,6 +6,7 @@ report (12 frames train as 9). Written with PyAV (``av``, bundled ffmpeg), which
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,24 +48,55 @@ def moving_shape_frames(shape: str, colour: tuple, background: tuple, motion: tu
     return frames
 
 
+@dataclass(frozen=True)
+class _Clip:
+    index: int
+    stem: str          # colour_shape_motion: the clip's file stem
+    shape: str
+    colour: tuple
+    background: tuple
+    motion: tuple
+    frames: int
+    prompt: str
+
+    def target(self, size: int) -> list[Image.Image]:
+        return moving_shape_frames(self.shape, self.colour, self.background, self.motion, self.frames, size)
+
+    def silhouette(self, size: int) -> list[Image.Image]:
+        """The shape white on black in the same frames: a control clip."""
+        return moving_shape_frames(self.shape, (255, 255, 255), (0, 0, 0), self.motion, self.frames, size)
+
+
+def _clips() -> list[_Clip]:
+    """The 8 moving-shapes clips: 4 colours x 2 motions, shapes, lengths and backgrounds cycling."""
+    shapes = ("circle", "square", "triangle", "cross")
+    clips = []
+    for motion_name, motion in MOTIONS.items():
+        for colour_name, colour in COLOURS.items():
+            k = len(clips)
+            shape, bg_name = shapes[k % len(shapes)], "white" if k % 2 == 0 else "black"
+            clips.append(_Clip(k, f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}", shape, colour,
+                               BACKGROUNDS[bg_name], motion, CLIP_FRAMES[k % len(CLIP_FRAMES)],
+                               f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background"))
+    return clips
+
+
+def _write_metadata(folder: Path, header: list[str], rows: list) -> None:
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def build_moving_shapes_dataset(out_dir: str | Path, size: int = 64) -> Path:
     """Write 8 clips (4 colours, 2 motions, shapes and lengths cycling) and ``metadata.csv`` (video,prompt)."""
     out_dir = Path(out_dir)
-    shapes = ("circle", "square", "triangle", "cross")
     with staged_dir(out_dir) as tmp:
-        rows, k = [], 0
-        for motion_name, motion in MOTIONS.items():
-            for colour_name, colour in COLOURS.items():
-                shape, n = shapes[k % len(shapes)], CLIP_FRAMES[k % len(CLIP_FRAMES)]
-                bg_name = "white" if k % 2 == 0 else "black"
-                name = f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}.mp4"
-                write_mp4(tmp / name, moving_shape_frames(shape, colour, BACKGROUNDS[bg_name], motion, n, size))
-                rows.append((name, f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background"))
-                k += 1
-        with open(tmp / "metadata.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["video", "prompt"])
-            writer.writerows(rows)
+        rows = []
+        for clip in _clips():
+            write_mp4(tmp / f"{clip.stem}.mp4", clip.target(size))
+            rows.append((f"{clip.stem}.mp4", clip.prompt))
+        _write_metadata(tmp, ["video", "prompt"], rows)
     return out_dir / "metadata.csv"
 
 
@@ -77,27 +109,17 @@ def build_moving_shapes_conditioned_dataset(out_dir: str | Path, size: int = 64)
     shape alone on its background, a png), ``camera_control_direction`` / ``camera_control_speed`` (a camera move
     per row) and ``motion_bucket_id`` (the shape's speed: frames per crossing). The moving_shapes rows are unchanged."""
     out_dir = Path(out_dir)
-    shapes = ("circle", "square", "triangle", "cross")
     with staged_dir(out_dir) as tmp:
-        rows, k = [], 0
-        for motion_name, motion in MOTIONS.items():
-            for colour_name, colour in COLOURS.items():
-                shape, n = shapes[k % len(shapes)], CLIP_FRAMES[k % len(CLIP_FRAMES)]
-                bg_name = "white" if k % 2 == 0 else "black"
-                stem = f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}"
-                write_mp4(tmp / f"{stem}.mp4", moving_shape_frames(shape, colour, BACKGROUNDS[bg_name], motion, n, size))
-                write_mp4(tmp / f"{stem}_control.mp4",
-                          moving_shape_frames(shape, (255, 255, 255), (0, 0, 0), motion, n, size))
-                draw_shape(shape, colour, BACKGROUNDS[bg_name], size).save(tmp / f"{stem}_reference.png")
-                rows.append((f"{stem}.mp4", f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background",
-                             f"{stem}_control.mp4", f"{stem}_reference.png", CAMERA_MOVES[k % len(CAMERA_MOVES)],
-                             round(1 / 54 * (1 + k % 2), 6), n))
-                k += 1
-        with open(tmp / "metadata.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["video", "prompt", "control_video", "reference_image", "camera_control_direction",
-                             "camera_control_speed", "motion_bucket_id"])
-            writer.writerows(rows)
+        rows = []
+        for clip in _clips():
+            write_mp4(tmp / f"{clip.stem}.mp4", clip.target(size))
+            write_mp4(tmp / f"{clip.stem}_control.mp4", clip.silhouette(size))
+            draw_shape(clip.shape, clip.colour, clip.background, size).save(tmp / f"{clip.stem}_reference.png")
+            k = clip.index
+            rows.append((f"{clip.stem}.mp4", clip.prompt, f"{clip.stem}_control.mp4", f"{clip.stem}_reference.png",
+                         CAMERA_MOVES[k % len(CAMERA_MOVES)], round(1 / 54 * (1 + k % 2), 6), clip.frames))
+        _write_metadata(tmp, ["video", "prompt", "control_video", "reference_image", "camera_control_direction",
+                              "camera_control_speed", "motion_bucket_id"], rows)
     return out_dir / "metadata.csv"
 
 
@@ -108,30 +130,20 @@ def build_moving_shapes_control_dataset(out_dir: str | Path, keys: tuple[str, ..
     other column a still of the shape on the clip's background (a reference image). ``metadata.csv``:
     video,<keys...>,prompt; the target clips and prompts are those of :func:`build_moving_shapes_dataset`."""
     out_dir = Path(out_dir)
-    shapes = ("circle", "square", "triangle", "cross")
     with staged_dir(out_dir) as tmp:
-        rows, k = [], 0
-        for motion_name, motion in MOTIONS.items():
-            for colour_name, colour in COLOURS.items():
-                shape, n = shapes[k % len(shapes)], CLIP_FRAMES[k % len(CLIP_FRAMES)]
-                bg_name = "white" if k % 2 == 0 else "black"
-                stem = f"{colour_name}_{shape}_{motion_name.replace(' ', '_')}"
-                write_mp4(tmp / f"{stem}.mp4", moving_shape_frames(shape, colour, BACKGROUNDS[bg_name], motion, n, size))
-                row = [f"{stem}.mp4"]
-                for key in keys:
-                    if key.endswith("video"):
-                        write_mp4(tmp / f"{stem}_{key}.mp4", moving_shape_frames(
-                            shape, (255, 255, 255), (0, 0, 0), motion, n, size))
-                        row.append(f"{stem}_{key}.mp4")
-                    else:
-                        still = Image.new("RGB", (size, size), BACKGROUNDS[bg_name])
-                        still.paste(draw_shape(shape, colour, BACKGROUNDS[bg_name], size // 2), (size // 4, size // 4))
-                        still.save(tmp / f"{stem}_{key}.png")
-                        row.append(f"{stem}_{key}.png")
-                rows.append((*row, f"a {colour_name} {shape} moving {motion_name} on a {bg_name} background"))
-                k += 1
-        with open(tmp / "metadata.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["video", *keys, "prompt"])
-            writer.writerows(rows)
+        rows = []
+        for clip in _clips():
+            write_mp4(tmp / f"{clip.stem}.mp4", clip.target(size))
+            row = [f"{clip.stem}.mp4"]
+            for key in keys:
+                if key.endswith("video"):
+                    write_mp4(tmp / f"{clip.stem}_{key}.mp4", clip.silhouette(size))
+                    row.append(f"{clip.stem}_{key}.mp4")
+                else:
+                    still = Image.new("RGB", (size, size), clip.background)
+                    still.paste(draw_shape(clip.shape, clip.colour, clip.background, size // 2), (size // 4, size // 4))
+                    still.save(tmp / f"{clip.stem}_{key}.png")
+                    row.append(f"{clip.stem}_{key}.png")
+            rows.append((*row, clip.prompt))
+        _write_metadata(tmp, ["video", *keys, "prompt"], rows)
     return out_dir / "metadata.csv"
