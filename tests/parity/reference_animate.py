@@ -21,18 +21,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import ANIMATE_CASES, RANK  # noqa: E402
-from reference import consumed  # noqa: E402  (also checks that this is DiffSynth-Studio's diffsynth)
-from reference_vace import loss_and_pred, strict  # noqa: E402
+from cases import ANIMATE_CASES  # noqa: E402
+from reference_vace import lora_results, loss_and_pred, strict  # noqa: E402
 
-from diffsynth.diffusion.training_module import DiffusionTrainingModule  # noqa: E402
 from diffsynth.models.wan_video_animate_adapter import WanAnimateAdapter  # noqa: E402
 from diffsynth.models.wan_video_dit import WanModel  # noqa: E402
 from diffsynth.models.wan_video_vae import WanVideoVAE  # noqa: E402
 from diffsynth.pipelines.wan_video import (WanVideoPipeline, WanVideoUnit_AnimateFacePixelValues,  # noqa: E402
                                            WanVideoUnit_AnimatePoseLatents, WanVideoUnit_AnimateVideoSplit,
                                            WanVideoUnit_ImageEmbedderVAE, WanVideoUnit_InputVideoEmbedder)
-from diffsynth.utils.lora.general import GeneralLoRALoader  # noqa: E402
 from diffsynth.utils.state_dict_converters.wan_video_animate_adapter import (  # noqa: E402
     WanAnimateAdapterStateDictConverter)
 from diffsynth.utils.state_dict_converters.wan_video_dit import WanVideoDiTStateDictConverter  # noqa: E402
@@ -85,32 +82,11 @@ def cmd_animate(name: str, folder: Path) -> None:
     inputs = {"input_latents": embedded["input_latents"], "context": given["prompt_emb"],
               "clip_feature": given["clip_feature"], "y": y, "pose_latents": pose, "face_pixel_values": face}
     results["pred"], results["loss"] = loss_and_pred(pipe, inputs, ours["noise"])
-    base = {k: v.clone() for k, v in pipe.dit.state_dict().items()}
-    for label in ("our_ckpt", "our_export"):
-        state = load_file(str(folder / f"{label}.safetensors"))
-        if label == "our_ckpt":  # its trainer's names (`.default.`): the general loader, as --lora_checkpoint reads it
-            found, total = consumed(pipe, pipe.dit, state, GeneralLoRALoader)
-            GeneralLoRALoader(torch_dtype=pipe.torch_dtype, device=pipe.device).fuse_lora_to_base_model(pipe.dit, state)
-        else:  # the export, as `pipe.load_lora(pipe.dit, file)` at inference
-            found, total = consumed(pipe, pipe.dit, state, pipe.lora_loader)
-            pipe.load_lora(pipe.dit, state_dict=dict(state), verbose=0)
-        results[f"{label}_found"] = torch.tensor([float(found), float(total)])
-        results[f"pred_{label}"], _ = loss_and_pred(pipe, inputs, ours["noise"])
-        pipe.dit.load_state_dict(base)
-    del base
     names = {k: list(v.shape) for k, v in pipe.animate_adapter.state_dict().items()}
     (folder / "reference_full_names.json").write_text(json.dumps(names))
-    # a LoRA checkpoint as its trainer writes one for --lora_base_model dit (prefix pipe.dit. removed)
-    DiffusionTrainingModule().add_lora_to_model(pipe.dit, target_modules=case["targets"].split(","), lora_rank=RANK)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for k, p in pipe.dit.named_parameters():
-            if ".lora_" in k:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, inputs, ours["noise"])
-    ckpt = {k: p.detach().contiguous() for k, p in pipe.dit.named_parameters() if p.requires_grad}
-    save_file(ckpt, str(folder / "ds_ckpt.safetensors"))
-    results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
+    results.update(lora_results(pipe, "dit", {"our_ckpt": folder / "our_ckpt.safetensors",
+                                               "our_export": folder / "our_export.safetensors"},
+                                inputs, ours["noise"], case["targets"], folder))
     save_file({k: v.float().contiguous() for k, v in results.items()}, str(folder / "reference.safetensors"))
 
 

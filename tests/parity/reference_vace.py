@@ -71,6 +71,40 @@ def loss_and_pred(pipe, inputs: dict, noise: torch.Tensor) -> tuple[torch.Tensor
     return captured["pred"], loss.reshape(1).float()
 
 
+def lora_results(pipe, model: str, files: dict, inputs: dict, noise: torch.Tensor, targets: str,
+                 folder: Path) -> dict:
+    """Its loaders on our LoRA files into ``pipe.<model>`` (``our_ckpt``: its trainer's names, read by
+    ``GeneralLoRALoader`` as --lora_checkpoint does; ``our_export``: ``pipe.load_lora`` as at inference), each
+    prediction; then a LoRA checkpoint as its trainer writes one for --lora_base_model <model> (prefix removed),
+    random, with its prediction and loss, saved as ds_ckpt.safetensors for our side to load."""
+    module = getattr(pipe, model)
+    results = {}
+    base = {k: v.clone() for k, v in module.state_dict().items()}
+    for label, file in files.items():
+        state = load_file(str(file))
+        if label == "our_ckpt":
+            found, total = consumed(pipe, module, state, GeneralLoRALoader)
+            GeneralLoRALoader(torch_dtype=pipe.torch_dtype, device=pipe.device).fuse_lora_to_base_model(module, state)
+        else:
+            found, total = consumed(pipe, module, state, pipe.lora_loader)
+            pipe.load_lora(module, state_dict=dict(state), verbose=0)
+        results[f"{label}_found"] = torch.tensor([float(found), float(total)])
+        results[f"pred_{label}"], _ = loss_and_pred(pipe, inputs, noise)
+        module.load_state_dict(base)
+    del base
+    DiffusionTrainingModule().add_lora_to_model(module, target_modules=targets.split(","), lora_rank=RANK)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for k, p in module.named_parameters():
+            if ".lora_" in k:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, inputs, noise)
+    ckpt = {k: p.detach().contiguous() for k, p in module.named_parameters() if p.requires_grad}
+    save_file(ckpt, str(folder / "ds_ckpt.safetensors"))
+    results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
+    return results
+
+
 def cmd_vace(name: str, folder: Path) -> None:
     case = VACE_CASES[name]
     pipe = build(case, folder)
@@ -88,32 +122,11 @@ def cmd_vace(name: str, folder: Path) -> None:
     inputs = {"input_latents": embedded["input_latents"], "context": prompt_emb, "vace_context": vace["vace_context"],
               "vace_scale": 1.0}
     results["pred"], results["loss"] = loss_and_pred(pipe, inputs, ours["noise"])
-    base = {k: v.clone() for k, v in pipe.vace.state_dict().items()}
-    for label, file in (("our_ckpt", folder / "our_ckpt.safetensors"),
-                        ("our_export", folder / "export" / "lora_diffsynth.safetensors")):
-        state = load_file(str(file))
-        if label == "our_ckpt":  # its trainer's names (`.default.`): the general loader, as --lora_checkpoint reads it
-            found, total = consumed(pipe, pipe.vace, state, GeneralLoRALoader)
-            GeneralLoRALoader(torch_dtype=pipe.torch_dtype, device=pipe.device).fuse_lora_to_base_model(pipe.vace, state)
-        else:  # the export, as `pipe.load_lora(pipe.vace, file)` at inference
-            found, total = consumed(pipe, pipe.vace, state, pipe.lora_loader)
-            pipe.load_lora(pipe.vace, state_dict=dict(state), verbose=0)
-        results[f"{label}_found"] = torch.tensor([float(found), float(total)])
-        results[f"pred_{label}"], _ = loss_and_pred(pipe, inputs, ours["noise"])
-        pipe.vace.load_state_dict(base)
-    names = {k: list(v.shape) for k, v in pipe.vace.state_dict().items()}
+    names = {k: list(v.shape) for k, v in pipe.vace.state_dict().items()}  # before any LoRA
     (folder / "reference_full_names.json").write_text(json.dumps(names))
-    # a LoRA checkpoint as its trainer writes one for --lora_base_model vace (prefix pipe.vace. removed)
-    DiffusionTrainingModule().add_lora_to_model(pipe.vace, target_modules=case["targets"].split(","), lora_rank=RANK)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for k, p in pipe.vace.named_parameters():
-            if ".lora_" in k:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, inputs, ours["noise"])
-    ckpt = {k: p.detach().contiguous() for k, p in pipe.vace.named_parameters() if p.requires_grad}
-    save_file(ckpt, str(folder / "ds_ckpt.safetensors"))
-    results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
+    results.update(lora_results(pipe, "vace", {"our_ckpt": folder / "our_ckpt.safetensors",
+                                                "our_export": folder / "export" / "lora_diffsynth.safetensors"},
+                                inputs, ours["noise"], case["targets"], folder))
     save_file({k: v.float().contiguous() for k, v in results.items()}, str(folder / "reference.safetensors"))
 
 

@@ -103,6 +103,36 @@ def dit_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -
     table.add(name, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], tol)
 
 
+def lora_rows(table: Table, case: str, model: str, ours: dict, ref: dict) -> None:
+    """Its loaders on our LoRA training checkpoint and our `diffsynth` export in pipe.<model>: modules fused, and
+    the output change against ours (reference_vace.lora_results)."""
+    for label, title in (("our_ckpt", "our training ckpt"), ("our_export", "our `diffsynth` export")):
+        found, total = (int(x) for x in ref[f"{label}_found"].tolist())
+        loader = "GeneralLoRALoader" if label == "our_ckpt" else f"pipe.load_lora(pipe.{model})"
+        table.count(case, f"{title}: modules its {loader} fuses", found, total)
+        table.add(case, f"{title}: output change", ref[f"pred_{label}"] - ref["pred"], ours["pred_lora"] - ours["pred"],
+                  DEFAULT_TOLERANCE)
+
+
+def trained_lora_rows(table: Table, case: str, load: dict, ref: dict) -> None:
+    """Our lora_checkpoint on the LoRA checkpoint its trainer wrote: modules read, prediction, loss."""
+    table.count(case, f"DiffSynth-trained ckpt: modules we read (into {int(load['loaded_modules'].item())} of ours)",
+                int(load["read_modules"].item()), int(ref["ds_modules"].item()))
+    table.add(case, "DiffSynth-trained ckpt: prediction (lora_checkpoint)", load["pred_ds_lora"], ref["pred_ds_lora"],
+              DEFAULT_TOLERANCE)
+    table.add(case, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], DEFAULT_TOLERANCE)
+
+
+def full_names_row(table: Table, case: str, cls: str, folder: Path) -> None:
+    """A full fine-tune's checkpoint names: its model's tensors named and shaped as ours."""
+    import json
+    ours_names = json.loads((folder / "our_full_names.json").read_text())
+    ref_names = json.loads((folder / "reference_full_names.json").read_text())
+    same = sum(1 for k, v in ref_names.items() if ours_names.get(k) == v)
+    table.count(case, f"full fine-tune: its {cls} tensors named and shaped as ours", same,
+                max(len(ref_names), len(ours_names)))
+
+
 def vace_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
     """Wan VACE: the conditioning its units build from the same clips, the DiT + VACE forward and loss on them,
     and DiffSynth's loaders on our LoRA on pipe.vace (ours_vace.py / reference_vace.py)."""
@@ -118,26 +148,13 @@ def vace_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) 
               ref["vace_context"], tol)
     table.add(case, "DiT + VACE prediction (training forward)", ours["pred"], ref["pred"], tol)
     table.add(case, "training loss (weighted MSE)", ours["loss"], ref["loss"], tol)
-    for label, title in (("our_ckpt", "our training ckpt"), ("our_export", "our `diffsynth` export")):
-        found, total = (int(x) for x in ref[f"{label}_found"].tolist())
-        loader = "GeneralLoRALoader" if label == "our_ckpt" else "pipe.load_lora(pipe.vace)"
-        table.count(case, f"{title}: modules its {loader} fuses", found, total)
-        table.add(case, f"{title}: output change", ref[f"pred_{label}"] - ref["pred"], ours["pred_lora"] - ours["pred"],
-                  tol)
-    ours_names = json.loads((folder / "our_full_names.json").read_text())
-    ref_names = json.loads((folder / "reference_full_names.json").read_text())
-    same = sum(1 for k, v in ref_names.items() if ours_names.get(k) == v)
-    table.count(case, "full fine-tune: its VaceWanModel tensors named and shaped as ours", same,
-                max(len(ref_names), len(ours_names)))
+    lora_rows(table, case, "vace", ours, ref)
+    full_names_row(table, case, "VaceWanModel", folder)
     compat = json.loads((folder / "our_export_compat.json").read_text())
     for fmt, record in compat["formats"].items():
         table.count(case, f"export {fmt}: modules matched on WanVACETransformer3DModel", record["matched_modules"],
                     record["matched_modules"] + record["unmatched_modules"])
-    table.count(case, f"DiffSynth-trained ckpt: modules we read (into {int(load['loaded_modules'].item())} of ours)",
-                int(load["read_modules"].item()), int(ref["ds_modules"].item()))
-    table.add(case, "DiffSynth-trained ckpt: prediction (lora_checkpoint)", load["pred_ds_lora"], ref["pred_ds_lora"],
-              tol)
-    table.add(case, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], tol)
+    trained_lora_rows(table, case, load, ref)
 
 
 def conditioning_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
@@ -220,7 +237,6 @@ def animate_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Tabl
     """Wan2.2-Animate: the conditioning its units build from the same clips, the face motion tokens, the DiT +
     animate adapter forward and loss, DiffSynth's loaders on our LoRA on pipe.dit, and the adapter's tensor names
     (ours_animate.py / reference_animate.py)."""
-    import json
     run(ours_py, "ours_animate.py", "animate", name, str(folder))
     run(ref_py, "reference_animate.py", "animate", name, str(folder))
     run(ours_py, "ours_animate.py", "load", name, str(folder))
@@ -235,22 +251,9 @@ def animate_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Tabl
     table.add(case, "face motion tokens (motion + face encoders)", ours["motion_tokens"], ref["motion_tokens"], tol)
     table.add(case, "DiT + animate adapter prediction (training forward)", ours["pred"], ref["pred"], tol)
     table.add(case, "training loss (weighted MSE)", ours["loss"], ref["loss"], tol)
-    for label, title in (("our_ckpt", "our training ckpt"), ("our_export", "our `diffsynth` export")):
-        found, total = (int(x) for x in ref[f"{label}_found"].tolist())
-        loader = "GeneralLoRALoader" if label == "our_ckpt" else "pipe.load_lora(pipe.dit)"
-        table.count(case, f"{title}: modules its {loader} fuses", found, total)
-        table.add(case, f"{title}: output change", ref[f"pred_{label}"] - ref["pred"], ours["pred_lora"] - ours["pred"],
-                  tol)
-    ours_names = json.loads((folder / "our_full_names.json").read_text())
-    ref_names = json.loads((folder / "reference_full_names.json").read_text())
-    same = sum(1 for k, v in ref_names.items() if ours_names.get(k) == v)
-    table.count(case, "full fine-tune: its WanAnimateAdapter tensors named and shaped as ours", same,
-                max(len(ref_names), len(ours_names)))
-    table.count(case, f"DiffSynth-trained ckpt: modules we read (into {int(load['loaded_modules'].item())} of ours)",
-                int(load["read_modules"].item()), int(ref["ds_modules"].item()))
-    table.add(case, "DiffSynth-trained ckpt: prediction (lora_checkpoint)", load["pred_ds_lora"], ref["pred_ds_lora"],
-              tol)
-    table.add(case, "DiffSynth-trained ckpt: loss", load["loss_ds_lora"], ref["loss_ds_lora"], tol)
+    lora_rows(table, case, "dit", ours, ref)
+    full_names_row(table, case, "WanAnimateAdapter", folder)
+    trained_lora_rows(table, case, load, ref)
 
 
 def edit_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
