@@ -108,20 +108,22 @@ def _trace_chains(entries: dict, side_models: list[str]) -> list[tuple[str, str,
             for list_name, blocks in block_lists(entries[model].module) for i, block in enumerate(blocks)]
 
 
-def _mark_trained(meta: nn.Module, model: str, path: str, full: list[str], lora_model: str | None,
-                  lora_targets: dict) -> None:
-    """Mark the parameters of block ``path`` of ``model`` that a step trains: all of a model in
-    train.trainable_models, a named sub-module of it (DiffSynth's dotted names, ``dit.blocks.0.self_attn.q``), or
-    the LoRA targets (their base weights stand in for the rank-sized LoRA matrices)."""
+def _trained_parameters(block: nn.Module, model: str, path: str, full: list[str], lora_model: str | None,
+                        lora_targets: dict) -> frozenset[str]:
+    """The parameters of block ``path`` of ``model`` that a step trains: all of a model in train.trainable_models,
+    a named sub-module of it (DiffSynth's dotted names, ``dit.blocks.0.self_attn.q``), or the LoRA targets' weights
+    (standing in for the rank-sized LoRA matrices)."""
+    names = [n for n, _ in block.named_parameters()]
+    trained = set()
     for name in full:
         if name == model or f"{name}.".startswith(f"{model}.{path}."):
-            meta.requires_grad_(True)
+            trained.update(names)
         elif name.startswith(f"{model}.{path}."):
-            meta.get_submodule(name[len(f"{model}.{path}."):]).requires_grad_(True)
+            sub = name[len(f"{model}.{path}."):]
+            trained.update(n for n in names if n.startswith(f"{sub}."))
     if model == lora_model:
-        for sub, module in meta.named_modules():
-            if f"{path}.{sub}" in lora_targets:
-                module.weight.requires_grad_(True)
+        trained.update(f"{sub}.weight" for sub, _ in block.named_modules() if f"{path}.{sub}" in lora_targets)
+    return frozenset(trained)
 
 
 def activation_estimate(config, entries: dict, lora_targets: dict, full: list[str], video: bool,
@@ -140,12 +142,14 @@ def activation_estimate(config, entries: dict, lora_targets: dict, full: list[st
         inputs = block_inputs(block, batch, tokens["image_tokens"], tokens["text_tokens"], dtype, index=index)
         # a side block's own stream is ``c``; the DiT's hidden states (``x``) it reads are held by the DiT
         hidden = ("c",) if "c" in inputs else HIDDEN_INPUTS
-        meta = copy.deepcopy(block).to("meta").requires_grad_(False)
-        _mark_trained(meta, model, f"{list_name}.{index}", full, lora_model, lora_targets)
-        key = (model, list_name, type(block),
-               tuple((n, tuple(p.shape), p.requires_grad) for n, p in meta.named_parameters()),
+        trained = _trained_parameters(block, model, f"{list_name}.{index}", full, lora_model, lora_targets)
+        key = (model, list_name, type(block), trained,
+               tuple((n, tuple(p.shape)) for n, p in block.named_parameters()),
                tuple((n, tuple(t.shape)) for n, t in inputs.items() if isinstance(t, torch.Tensor)))
         if key not in traced:
+            meta = copy.deepcopy(block).to("meta")
+            for n, p in meta.named_parameters():
+                p.requires_grad_(n in trained)
             a = saved_tensor_bytes(meta, inputs, hidden)
             # a side block's outputs beyond its stream (the hints the DiT adds later) wait for the DiT
             waiting = max(0, a.output_bytes - a.input_bytes) if model != "dit" else 0
