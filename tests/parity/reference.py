@@ -200,6 +200,23 @@ def consumed(pipe, module, state: dict, loader_cls) -> tuple[int, int]:
     return len(names & own), len(in_file)
 
 
+def inject_its_lora(module, targets: str) -> None:
+    """LoRA on ``targets`` as its trainer injects it (``add_lora_to_model``), with random weights (seed 7)."""
+    DiffusionTrainingModule().add_lora_to_model(module, target_modules=targets.split(","), lora_rank=RANK)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for k, p in module.named_parameters():
+            if ".lora_" in k:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+def save_its_checkpoint(module, path: Path) -> torch.Tensor:
+    """The trainable tensors, as its ModelLogger saves them (prefix removed); returns the LoRA module count."""
+    ckpt = {k: p.detach().contiguous() for k, p in module.named_parameters() if p.requires_grad}
+    save_file(ckpt, str(path))
+    return torch.tensor([float(len(ckpt) // 2)])
+
+
 def cmd_dit(name: str, folder: Path) -> None:
     case, pipe, dit, convert = build(name)
     base = load_weights(dit, convert, folder, case)
@@ -269,17 +286,9 @@ def cmd_dit(name: str, folder: Path) -> None:
         results[f"pred_{label}"], results[f"loss_{label}"] = loss_and_pred(pipe, case, tensors)
         load_weights(dit, lambda sd: convert(sd), folder, case)  # back to the base weights
     # a checkpoint as DiffSynth's trainer writes it: LoRA injected by its own code, random B, trainable tensors
-    trainer = DiffusionTrainingModule()
-    trainer.add_lora_to_model(dit, target_modules=case["targets"].split(","), lora_rank=RANK)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for k, p in dit.named_parameters():
-            if ".lora_" in k:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    inject_its_lora(dit, case["targets"])
     results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, case, tensors)
-    ckpt = {k: p.detach().contiguous() for k, p in dit.named_parameters() if p.requires_grad}
-    save_file(ckpt, str(folder / f"ds_ckpt{suffix}.safetensors"))
-    results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
+    results["ds_modules"] = save_its_checkpoint(dit, folder / f"ds_ckpt{suffix}.safetensors")
     save_file({k: v.contiguous() for k, v in results.items()}, str(folder / f"reference{suffix}.safetensors"))
     del base
 

@@ -19,11 +19,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cases import RANK, TIMESTEP_ID, VACE_CASES  # noqa: E402
-from reference import consumed  # noqa: E402  (also checks that this is DiffSynth-Studio's diffsynth)
+from cases import TIMESTEP_ID, VACE_CASES  # noqa: E402
+from reference import consumed, inject_its_lora, save_its_checkpoint  # noqa: E402  (also checks that this is DiffSynth-Studio's diffsynth)
 
 from diffsynth.diffusion.loss import FlowMatchSFTLoss  # noqa: E402
-from diffsynth.diffusion.training_module import DiffusionTrainingModule  # noqa: E402
 from diffsynth.models.wan_video_dit import WanModel  # noqa: E402
 from diffsynth.models.wan_video_vace import VaceWanModel  # noqa: E402
 from diffsynth.models.wan_video_vae import WanVideoVAE  # noqa: E402
@@ -92,16 +91,9 @@ def lora_results(pipe, model: str, files: dict, inputs: dict, noise: torch.Tenso
         results[f"pred_{label}"], _ = loss_and_pred(pipe, inputs, noise)
         module.load_state_dict(base)
     del base
-    DiffusionTrainingModule().add_lora_to_model(module, target_modules=targets.split(","), lora_rank=RANK)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for k, p in module.named_parameters():
-            if ".lora_" in k:
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    inject_its_lora(module, targets)
     results["pred_ds_lora"], results["loss_ds_lora"] = loss_and_pred(pipe, inputs, noise)
-    ckpt = {k: p.detach().contiguous() for k, p in module.named_parameters() if p.requires_grad}
-    save_file(ckpt, str(folder / "ds_ckpt.safetensors"))
-    results["ds_modules"] = torch.tensor([float(len(ckpt) // 2)])
+    results["ds_modules"] = save_its_checkpoint(module, folder / "ds_ckpt.safetensors")
     return results
 
 
