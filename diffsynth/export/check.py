@@ -36,6 +36,15 @@ def diffsynth_weight_shapes(model: torch.nn.Module, family) -> dict[str, tuple]:
     return {k[: -len(".weight")]: tuple(v.shape) for k, v in state.items() if v.dim() == 2}
 
 
+def diffusers_weight_shapes(model: torch.nn.Module, family) -> dict[str, tuple]:
+    """``{module: (out, in)}`` in diffusers' names where the family's loaded DiT has others (else the loaded ones)."""
+    spec = family_spec(family)
+    if spec is None or not spec.diffusers_state_dict:
+        return weight_shapes(model)
+    state = spec.diffusers_state_dict({k: v for k, v in model.state_dict().items() if k.endswith(".weight")})
+    return {k[: -len(".weight")]: tuple(v.shape) for k, v in state.items() if v.dim() == 2}
+
+
 def _target(key: str, fmt: str, kohya: dict[str, str]) -> tuple[str | None, str | None]:
     """(module, slot A/B/alpha) a key of ``fmt`` addresses; module None when the name has the wrong form."""
     if key.endswith(".alpha"):

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from ..files import atomic_path
 from ..models.safetensors_io import read_tensors
-from .check import check_adapter, check_lora, diffsynth_weight_shapes, original_weight_shapes, weight_shapes
+from .check import (check_adapter, check_lora, diffsynth_weight_shapes, diffusers_weight_shapes,
+                    original_weight_shapes, weight_shapes)
 from .full import load_full_weights, merge_lora, save_model_folder
 from ..models.adapters import adapter_modules, check_shapes, is_adapter_key, kind_of, merged_weight, write_adapter
 from ..models.lora_names import FORMATS, from_original_names, layouts_of, lora_modules
@@ -20,6 +21,9 @@ from .lora_formats import ExportError, family_spec, loaded_names_without_model, 
 FILE_NAMES = {"diffusers": "pytorch_lora_weights.safetensors", "diffsynth": "lora_diffsynth.safetensors",
               "comfyui": "lora_comfyui.safetensors", "kohya": "lora_kohya.safetensors"}
 MODEL_FOLDER = "model"
+# the names each export format promises, as {module: (out, in)} of the base model (checked key by key)
+NAMINGS = {"original": original_weight_shapes, "diffsynth": diffsynth_weight_shapes,
+           "diffusers": diffusers_weight_shapes}
 
 
 @dataclass
@@ -80,12 +84,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, formats: list
         # a checkpoint saved with align_to_opensource_format (kohya names) comes back to the trained names first
         # checkpoints in DiffSynth's DiT names or kohya names (align_to_opensource_format) come back to the loaded names
         modules = from_original_names(lora_modules(lora_state, lora_alpha), base, layouts_of(spec))
-        native = check_lora(write_format(modules, "diffusers", spec), "diffusers", shapes["native"])
+        native = check_lora(write_format(modules, "diffusers", None), "diffusers", shapes["native"])
         result.compat.update(matched_modules=native["matched_modules"], lora_rank=max(a.shape[0] for a, _ in modules.values()))
         for fmt in formats:
-            naming = {"comfyui": "original", "kohya": "original", "diffsynth": "diffsynth"}.get(fmt, "native")
+            naming = {"comfyui": "original", "kohya": "original", "diffsynth": "diffsynth",
+                      "diffusers": "diffusers"}.get(fmt, "native")
             if naming not in shapes:
-                shapes[naming] = (original_weight_shapes if naming == "original" else diffsynth_weight_shapes)(base, spec)
+                shapes[naming] = NAMINGS[naming](base, spec)
             exported = write_format(modules, fmt, spec, shapes["native"])
             record = check_lora(exported, fmt, shapes[naming])
             path = out_dir / FILE_NAMES[fmt]

@@ -195,6 +195,8 @@ class Family(torch.nn.Module):
     lora_to_diffsynth = None            # ({module: (A, B)}, shapes) -> same in DiffSynth-Studio's DiT names
     diffsynth_state_dict = None         # diffusers DiT state dict -> DiffSynth's DiT names
     lora_names_without_model = None     # LoRA modules in foreign names -> loaded names, no model
+    lora_to_diffusers = None            # ({module: (A, B)}, shapes) -> diffusers' names, where the loaded are not
+    diffusers_state_dict = None         # loaded DiT state dict -> diffusers' names, where they differ
     # model-id substrings of DiffSynth recipes of this family that we refuse -> what the model is and why (one line)
     refused_models: dict = {}
     # ---- DiffSynth's command line

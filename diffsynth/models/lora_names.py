@@ -148,7 +148,8 @@ def row_sources(model: torch.nn.Module, layouts: list[Callable[[dict], dict]]) -
 
 def layouts_of(spec) -> list[Callable[[dict], dict]]:
     """The state-dict converters of the names a LoRA file for ``spec``'s DiT may use besides the loaded ones."""
-    return [c for c in (spec.original_state_dict, spec.diffsynth_state_dict) if c is not None] if spec else []
+    return [c for c in (spec.original_state_dict, spec.diffsynth_state_dict, spec.diffusers_state_dict)
+            if c is not None] if spec else []
 
 
 def from_original_names(modules: Modules, model: torch.nn.Module, layouts: list[Callable[[dict], dict]],
@@ -220,6 +221,8 @@ def write_format(modules: Modules, fmt: str, spec, shapes: dict[str, tuple] | No
         return {k: v for n, (a, b) in to_diffsynth_names(modules, spec, shapes).items()
                 for k, v in ((f"{n}.lora_A.weight", a), (f"{n}.lora_B.weight", b))}
     if fmt == "diffusers":
+        if spec is not None and spec.lora_to_diffusers:  # a DiT loaded in other names than diffusers' own
+            modules = spec.lora_to_diffusers(modules, shapes)
         return {k: v for n, (a, b) in modules.items()
                 for k, v in ((f"transformer.{n}.lora_A.weight", a), (f"transformer.{n}.lora_B.weight", b))}
     if fmt in ("comfyui", "kohya"):

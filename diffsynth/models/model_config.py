@@ -150,11 +150,15 @@ def register_redirects(redirects) -> None:
 
 def redirect_common_file(model_id: str, pattern: str) -> tuple[str, str]:
     """DiffSynth's ``redirect_common_files``: pickled .pth files it knows are fetched as safetensors from its
-    converted repository (declared by the family), e.g. ``<id>:X_VAE.pth`` -> ``<converted>:X_VAE.safetensors``."""
-    if pattern in REDIRECTED_FILES:
-        # tiny presets carry the converted files themselves, under their own model id
-        target = model_id if model_id.split("/")[0] == TINY_MODEL_NAMESPACE else REDIRECTED_FILES[pattern]
-        return target, pattern[: -len(".pth")] + ".safetensors"
+    converted repository (declared by the family), e.g. ``<id>:X_VAE.pth`` -> ``<converted>:X_VAE.safetensors``.
+    Unlike DiffSynth, a known file in a folder is redirected too (Wan2.2-Animate-2's ``videomodel/Wan-AI/
+    models_t5_umt5-xxl-enc-bf16.pth``, the same encoder, which DiffSynth loads as a pickle and this loader refuses)."""
+    name = pattern.rsplit("/", 1)[-1]
+    if name in REDIRECTED_FILES:
+        # tiny presets carry the converted files themselves, under their own model id and folder
+        if model_id.split("/")[0] == TINY_MODEL_NAMESPACE:
+            return model_id, pattern[: -len(".pth")] + ".safetensors"
+        return REDIRECTED_FILES[name], name[: -len(".pth")] + ".safetensors"
     return model_id, pattern
 
 

@@ -378,3 +378,8 @@ def state_dict_from_diffusers(state: dict, config=None) -> dict:
 
 def original_keys(state: dict, config=None) -> dict:
     return {k.removeprefix("model.diffusion_model."): v for k, v in state.items()}
+
+
+def lora_to_diffusers(modules: dict, shapes=None) -> dict:
+    """LoRA modules in diffusers' ``WanAnimate2Transformer3DModel`` names (what its LoRA loader addresses)."""
+    return {to_diffusers_name(name): ab for name, ab in modules.items()}

@@ -6,7 +6,7 @@ import torch
 
 from ...models.components import (ComponentKind, beside_or, diffusers_class, is_5d, is_umt5, t5_config,
                                   transformers_class)
-from . import animate_model, convert, vace_model
+from . import animate2_model, animate_model, convert, vace_model
 from .fun_dit import build_dit
 
 FAMILY = "wan"
@@ -63,6 +63,15 @@ KINDS = (
                   (r"^face_adapter\.fuser_blocks\.\d+\.linear1_kv\.",),
                   animate_dit_config, animate_model.WanAnimateDiT.from_config,
                   accepts=lambda s, b: "blocks.0.attn1.to_q.weight" in s),
+    # a Wan2.2-Animate-2 DiT file (DiffSynth's WanAnimate2Transformer, animate2_model.py): its blocks wrap their
+    # layers in ``block.``; diffusers' layout (WanAnimate2Transformer3DModel) drops that and renames the attention
+    # layers. Both before the plain DiT kinds, whose markers (head.head, blocks.N.self_attn) they share
+    ComponentKind("wan_animate_2_dit_original", FAMILY, "dit", "wan",
+                  (r"^(model\.diffusion_model\.)?blocks\.\d+\.block\.self_attn\.",),
+                  animate2_model.make_config, animate2_model.WanAnimate2DiT.from_config, animate2_model.original_keys),
+    ComponentKind("wan_animate_2_dit", FAMILY, "dit", "diffusers", (r"^blocks\.\d+\.self_attn\.to_q\.",),
+                  lambda s, b: animate2_model.make_config(animate2_model.state_dict_from_diffusers(s), b),
+                  animate2_model.WanAnimate2DiT.from_config, animate2_model.state_dict_from_diffusers),
     ComponentKind("wan_dit_original", FAMILY, "dit", "wan",
                   (r"^(model\.diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.",
                    r"^(model\.diffusion_model\.)?head\.head\.", r"^(model\.diffusion_model\.)?time_projection\."),

@@ -30,6 +30,7 @@ from ...sigmas import sampling_grid, shifted_grid
 from ...sampling import euler_sample
 from ..base import DataRules, Family
 from . import blocks, checkpoints, real_configs, refusals, tiny
+from .animate2_model import WanAnimate2DiT
 from .convert import diffusers_to_wan_dit, lora_names_without_model, lora_to_wan_names
 
 # Image sides are floored to this multiple: VAE 8 x DiT patch 2. The Wan2.2 VAE (TI2V-5B) downsamples by 16,
@@ -156,6 +157,7 @@ class Wan(Family):
     diffsynth_cache_keys = {"input_latents": "latents", "context": "prompt_emb"}
     train_sigmas = staticmethod(train_sigmas)
     extra_components: tuple[str, ...] = ()  # a variant's own models (speed control: motion_controller), by attribute
+    trains_animate2 = False  # the Wan2.2-Animate-2 variant: its DiT, its own image condition (animate2.py)
 
     @classmethod
     def data_rules(cls, config=None) -> DataRules:
@@ -202,6 +204,12 @@ class Wan(Family):
             raise ConfigError("This Wan DiT file holds the Wan2.2-Animate adapter (face_adapter.*): set "
                               "model.extra_inputs: input_image,animate_pose_video,animate_face_video (DiffSynth's "
                               "Animate recipes) to train it")
+        if isinstance(dit, WanAnimate2DiT) != self.trains_animate2:
+            raise ConfigError("This DiT file is Wan2.2-Animate-2-14B's (wan_animate_2/*.safetensors). "
+                              + refusals.ANIMATE_2 if not self.trains_animate2 else
+                              "model.extra_inputs names animate2_reference_video, but the DiT is not "
+                              "Wan2.2-Animate-2's: use Wan-AI/Wan2.2-Animate-2-14B:wan_animate_2/wan_animate_2_bf16"
+                              ".safetensors (or _bf16_distillation.safetensors)")
         super().__init__(dtype, dit=dit, vae=vae, text_encoder=text_encoder, image_encoder=image_encoder,
                          tokenizer=tokenizer)
         self.wanted_inputs = tuple(wanted_inputs)  # the configured extra inputs
@@ -232,7 +240,7 @@ class Wan(Family):
             raise ConfigError("This Wan DiT takes CLIP image features (Wan2.1 image-to-video): add "
                              "<model_id>:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth to "
                              "model.model_id_with_origin_paths")
-        if self.require_vae_embedding and "input_image" not in self.wanted_inputs:
+        if self.require_vae_embedding and "input_image" not in self.wanted_inputs and not self.trains_animate2:
             raise ConfigError("This Wan DiT is an image-to-video model: set model.extra_inputs: input_image "
                              "(--extra_inputs input_image); the first frame of each video is the conditioning image")
         self._sample_image: Image.Image | None = None
