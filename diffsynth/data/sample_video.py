@@ -123,13 +123,20 @@ def build_moving_shapes_conditioned_dataset(out_dir: str | Path, size: int = 64)
     return out_dir / "metadata.csv"
 
 
+# text columns a conditioning column brings along (Wan2.2-Animate-2's reference prompt, beside its reference video)
+TEXT_COLUMNS = {"animate2_reference_video": ("animate2_prompt_ref", "the shape in the video moves, the background "
+                                                                    "stays still")}
+
+
 def build_moving_shapes_control_dataset(out_dir: str | Path, keys: tuple[str, ...] = ("control_video",),
                                         size: int = 64) -> Path:
     """The moving-shapes clips with conditioning columns beside ``video`` (Wan's control/reference variants): a
-    column named ``*video`` gets the clip's silhouette (white shape on black, same frames: a control video), any
-    other column a still of the shape on the clip's background (a reference image). ``metadata.csv``:
-    video,<keys...>,prompt; the target clips and prompts are those of :func:`build_moving_shapes_dataset`."""
+    column named ``*video`` gets the clip's silhouette (white shape on black, same frames: a control or reference
+    video), any other column a still of the shape on the clip's background (a reference image), and a key of
+    ``TEXT_COLUMNS`` its text column too. ``metadata.csv``: video,<keys...>,prompt[,<text columns>]; the target
+    clips and prompts are those of :func:`build_moving_shapes_dataset`."""
     out_dir = Path(out_dir)
+    texts = dict(TEXT_COLUMNS[k] for k in keys if k in TEXT_COLUMNS)
     with staged_dir(out_dir) as tmp:
         rows = []
         for clip in _clips():
@@ -144,6 +151,6 @@ def build_moving_shapes_control_dataset(out_dir: str | Path, keys: tuple[str, ..
                     still.paste(draw_shape(clip.shape, clip.colour, clip.background, size // 2), (size // 4, size // 4))
                     still.save(tmp / f"{clip.stem}_{key}.png")
                     row.append(f"{clip.stem}_{key}.png")
-            rows.append((*row, clip.prompt))
-        _write_metadata(tmp, ["video", *keys, "prompt"], rows)
+            rows.append((*row, clip.prompt, *texts.values()))
+        _write_metadata(tmp, ["video", *keys, "prompt", *texts], rows)
     return out_dir / "metadata.csv"

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from diffsynth.command_line import config_from_args
+from diffsynth.coverage import is_split, recipe_argv
 from diffsynth.config import config_from_dict
 from diffsynth.families.upstream import table
 from diffsynth.presets import preset_params
@@ -35,6 +36,8 @@ CAMERA = "input image + camera move: direction, speed; Wan-Fun camera adapter"
 SPEED = "motion_bucket_id through DiffSynth's motion controller"
 ANIMATE = ("input image + pose clip + face clip (each the video's frames minus 4; the face clip at 512x512); "
            "DiffSynth's animate adapter")
+ANIMATE2 = ("reference image + reference (driving) video + reference prompt; DiffSynth's in-context reference DiT, "
+            "the reference image's latent frame prepended")
 VARIANTS = {
     "Wan2.1-FLF2V-14B-720P": ("wan2.1-flf2v-14b", FLF),
     "Wan2.1-Fun-1.3B-InP": ("wan2.1-fun-inp", INP),
@@ -52,12 +55,17 @@ VARIANTS = {
     "Wan2.2-Fun-A14B-Control-Camera": ("wan2.2-fun-a14b-control-camera", CAMERA + "; no CLIP encoder"),
     "Wan2.1-1.3b-speedcontrol-v1": ("wan2.1-speedcontrol", SPEED),
     "Wan2.2-Animate-14B": ("wan2.2-animate-14b", ANIMATE),
+    "Wan2.2-Animate-2-14B": ("wan2.2-animate-2-14b", ANIMATE2),
+    "Wan2.2-Animate-2-14B-Distilled": ("wan2.2-animate-2-14b", ANIMATE2 + "; the distilled DiT"),
 }
 # twins whose conditioning columns the moving_shapes_control built-in writes (named by data_file_keys) rather than
 # moving_shapes_conditioned: (built-in name, what it holds)
 BUILTINS = {"wan2.2-animate-14b": ("moving_shapes_control", "built-in clips with animate_pose_video and "
                                    "animate_face_video (silhouette clips of the same frames; the face clip is loaded "
-                                   "at 512x512)")}
+                                   "at 512x512)"),
+            "wan2.2-animate-2-14b": ("moving_shapes_control", "built-in clips with animate2_reference_image (a still "
+                                     "of the shape), animate2_reference_video (its silhouette clip) and "
+                                     "animate2_prompt_ref")}
 # written by hand before this script (with their own comments): never rewritten, not even with --force
 HAND_WRITTEN = {"wan2.1-flf2v-14b-lora", "wan2.1-fun-v1.1-1.3b-control-lora", "wan2.1-fun-v1.1-1.3b-control-camera-lora"}
 EXPERTS = ("high-noise", "low-noise")  # a two-command Wan2.2-A14B recipe: command 1, command 2
@@ -106,8 +114,13 @@ def sections_text(sections: dict[str, dict[str, tuple]]) -> list[str]:
     return out
 
 
+def recipe_args(recipe: dict, command: int) -> list[str]:
+    """The flags of ``command``; a split recipe's two commands as our cache and train stages run them (one preset)."""
+    return recipe_argv(recipe) if is_split(recipe) else list(recipe["commands"][command]["args"])
+
+
 def real_preset(recipe: dict, command: int, name: str, what: str) -> str:
-    args = list(recipe["commands"][command]["args"])
+    args = recipe_args(recipe, command)
     printed = config_from_args(args).to_dict()
     base = config_from_dict(preset_params(PRESETS / "base.yaml"), check=False).to_dict()
     sections: dict[str, dict[str, tuple]] = {}
@@ -131,8 +144,10 @@ def real_preset(recipe: dict, command: int, name: str, what: str) -> str:
                                   "num_processes": (8, "processes (GPUs) the train stage launches")}
     kind = "LoRA" if printed["lora"]["lora_base_model"] else "full fine-tune"
     n = len(recipe["commands"])
-    expert = f" {EXPERTS[command]} expert" if n == 2 else ""
+    expert = f" {EXPERTS[command]} expert" if n == 2 and not is_split(recipe) else ""
     part = f" (command {command + 1} of {n})," if n > 1 else ""
+    if is_split(recipe):
+        part = " (both commands: its sft:data_process is our cache stage, its sft:train our train stage),"
     launch = ("accelerate with DiffSynth's full/accelerate_config_14B.yaml" if accelerate
               else "single process, no accelerate yaml")
     folder = printed["dataset"]["dataset_base_path"].split("wanvideo/", 1)[-1]
@@ -151,7 +166,7 @@ def tiny_ids(entries: str, repo: str) -> str:
 
 
 def tiny_twin(recipe: dict, command: int, name: str, twin: str, what: str) -> str:
-    args = list(recipe["commands"][command]["args"])
+    args = recipe_args(recipe, command)
     printed = config_from_args(args).to_dict()
     lora = bool(printed["lora"]["lora_base_model"])
     repo = recipe["name"]
@@ -183,7 +198,7 @@ def tiny_twin(recipe: dict, command: int, name: str, twin: str, what: str) -> st
         "tracking": {"experiment": ("diffsynth", "MLflow experiment")},
     }
     kind = "LoRA" if lora else "full fine-tune"
-    expert = f" {EXPERTS[command]} expert" if len(recipe["commands"]) == 2 else ""
+    expert = f" {EXPERTS[command]} expert" if len(recipe["commands"]) == 2 and not is_split(recipe) else ""
     head = [f"# TINY twin of presets/{name}.yaml: the same recipe on a random tiny {twin} model and the built-in "
             f"{BUILTINS.get(twin, ('moving_shapes_conditioned',))[0]} clips",
             "# Runs on a CPU in seconds (tests/test_every_preset.py); a test/demo device, its results mean nothing.",
@@ -202,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         if recipe["family"] != "wanvideo" or recipe["kind"] not in ("full", "lora") or recipe["name"] not in VARIANTS:
             continue
         twin, what = VARIANTS[recipe["name"]]
-        for command in range(len(recipe["commands"])):
-            name = preset_name(recipe["name"], recipe["kind"], command, len(recipe["commands"]))
+        commands = [1] if is_split(recipe) else range(len(recipe["commands"]))  # split: one preset, train's command
+        for command in commands:
+            name = preset_name(recipe["name"], recipe["kind"], command, 1 if is_split(recipe) else len(commands))
             real, tiny = PRESETS / f"{name}.yaml", PRESETS / "tiny" / f"{name}.yaml"
             if name in HAND_WRITTEN or (real.exists() and not args.force):
                 continue

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ...errors import ConfigError
 from ...models.tiny import save_model, write_config
 from ...sampling import euler_sample
 from ..base import DataRules
@@ -57,8 +56,10 @@ def write_tiny_animate2(out_dir: Path, seed: int = 0) -> None:
     from . import tiny
 
     torch.manual_seed(seed)
+    # the real depth (40 blocks), so the full recipes' trainable_models (dit.blocks.0-39.block.self_attn.q,k,v) apply
+    # as written and samples skip block 9 as DiffSynth's do
     config = {"in_dim": 36, "dim": 32, "ffn_dim": 64, "freq_dim": 256, "text_dim": 32, "out_dim": 16, "num_heads": 2,
-              "num_layers": 2, "image_dim": 32}
+              "num_layers": 40, "image_dim": 32}
     folder = out_dir / "wan_animate_2"
     for i, name in enumerate(DIT_FILES):
         torch.manual_seed(seed + i)

@@ -23,11 +23,10 @@ they do not depend on the denoising step.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+from diffusers.configuration_utils import FrozenDict
 
 REFERENCE_TIMESTEP = 1.0  # the reference stream's timestep (DiffSynth: t*0+1)
 MASK_CHANNELS = 4
@@ -217,8 +216,8 @@ class WanAnimate2DiT(nn.Module):
                              freq_dim=freq_dim, text_dim=text_dim, out_dim=out_dim, num_heads=num_heads,
                              num_layers=num_layers, cross_attn_norm=cross_attn_norm, eps=eps, use_img_emb=use_img_emb,
                              image_dim=image_dim, refer_offset=list(refer_offset), refer_stride=refer_stride)
-        # what the Wan pipeline reads of a DiT's config (diffusers' names)
-        self.config = SimpleNamespace(patch_size=patch_size, in_channels=in_dim, out_channels=out_dim,
+        # what the Wan pipeline and the memory plan read of a DiT's config (diffusers' names; a dict with attributes)
+        self.config = FrozenDict(patch_size=patch_size, in_channels=in_dim, out_channels=out_dim,
                                       image_dim=image_dim if use_img_emb else None, num_attention_heads=num_heads,
                                       attention_head_dim=dim // num_heads, num_layers=num_layers, text_dim=text_dim,
                                       freq_dim=freq_dim, ffn_dim=ffn_dim, eps=eps)

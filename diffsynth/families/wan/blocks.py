@@ -18,7 +18,7 @@ def _text_tokens(dit) -> int:
 
 
 # the Wan-Fun DiT (fun_dit.py) is diffusers' with a reference convolution / camera adapter: the same context
-TEXT_TOKENS = {"WanTransformer3DModel": _text_tokens, "WanFunTransformer3DModel": _text_tokens}
+TEXT_TOKENS = {"WanTransformer3DModel": _text_tokens, "WanFunTransformer3DModel": _text_tokens, "WanAnimate2DiT": _text_tokens}
 
 
 def _block(block, batch: int, image_tokens: int, txt_tokens: int, rand, index: int = 0) -> dict:
@@ -45,6 +45,26 @@ def _face_block(block, batch: int, image_tokens: int, txt_tokens: int, rand, ind
     return {"x": rand(batch, image_tokens, dim), "motion": rand(batch, 1, block.heads + 1, dim)}
 
 
-BLOCK_INPUTS = {"WanTransformerBlock": _block, "VaceBlock": _vace_block, "FaceBlock": _face_block}
+def _incontext_block(block, batch: int, image_tokens: int, txt_tokens: int, rand, index: int = 0) -> dict:
+    """Wan2.2-Animate-2's block (animate2_model.py): the generation stream and the reference stream (as many tokens:
+    the reference video has the target's frames), the text context and the CLIP tokens split as the DiT splits them,
+    and the generation stream's mask over [generation | reference] keys."""
+    inner = block.block
+    dim, heads = inner.norm2.normalized_shape[0], inner.self_attn.num_heads
+    image = CLIP_IMAGE_TOKENS if hasattr(inner.cross_attn, "k_img") else 0
+    text = txt_tokens - image
+
+    def rope():
+        return rand(image_tokens, 1, dim // heads // 2, dt=torch.complex128)
+    x = rand(batch, image_tokens, dim)
+    return {"x": x, "x_ref": rand(batch, image_tokens, dim), "e": rand(batch, 6, dim), "e_ref": rand(batch, 6, dim),
+            "context": rand(batch, text, dim), "context_img": rand(batch, image, dim) if image else None,
+            "context_ref": rand(batch, text, dim), "context_ref_img": rand(batch, image, dim) if image else None,
+            "rope": rope(), "rope_ref": rope(),
+            "mask": torch.ones(image_tokens, 2 * image_tokens, dtype=torch.bool, device=x.device)}
+
+
+BLOCK_INPUTS = {"WanTransformerBlock": _block, "VaceBlock": _vace_block, "FaceBlock": _face_block,
+                "IncontextBlock": _incontext_block}
 # DiffSynth's model_fn_wan_video runs the Animate face blocks between the checkpointed DiT blocks, unchecked
 UNCHECKED = ("FaceBlock",)
