@@ -12,7 +12,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffsynth.config import config_from_dict
-from diffsynth.errors import ConfigError
 from diffsynth.families import spec_for
 from diffsynth.families.wan import vace_model
 from diffsynth.families.wan.vace import WanVace
@@ -166,14 +165,6 @@ def test_data_check_knows_vace_video(clips, tmp_path):
     assert report.valid_rows == len(rows) - 1
     short = [(w["row"], w["column"]) for w in report.warnings if "frames" in w["reason"]]
     assert short == [(3, "vace_video")]
-
-
-def test_animate_2_is_refused_by_name():
-    base = {"model": {"family": "wan", "model_id_with_origin_paths": "Wan-AI/Wan2.2-Animate-14B:x.safetensors"},
-            "lora": {"lora_base_model": "dit"}}
-    base["model"]["extra_inputs"] = "animate2_prompt_ref,animate2_reference_image,animate2_reference_video"
-    with pytest.raises(ConfigError, match="Wan2.2-Animate-2-14B .*WanAnimate2Transformer"):
-        config_from_dict(base)
 
 
 def test_plan_counts_the_vace_branch():

@@ -297,6 +297,9 @@ def as_checkpoint(name: str, shapes: dict) -> dict:
         return {"text_model." + k: v for k, v in shapes.items()}
     if name in ("flux.1-dev-t5", "umt5-xxl"):
         return {k: v for k, v in shapes.items() if k != "encoder.embed_tokens.weight"}
+    if name == "wan2.2-animate-2-14b-dit":  # loaded in its released names: diffusers' are the other layout
+        from diffsynth.families.wan.animate2_model import state_dict_to_diffusers
+        return state_dict_to_diffusers(shapes)
     return shapes
 
 
@@ -334,6 +337,7 @@ ORIGINAL = {"flux.1-dev-dit": ("bfl", bfl_flux_dit), "flux.1-dev-vae": ("bfl", b
             "wan2.1-vace-1.3b-dit": ("wan", wan_vace_dit), "wan2.1-vace-14b-dit": ("wan", wan_vace_dit),
             "wan2.1-speedcontrol-motion-controller": ("diffsynth", motion_controller),
             "wan2.2-animate-14b-dit": ("wan", wan_animate_dit),
+            "wan2.2-animate-2-14b-dit": ("wan", lambda c: meta_shapes("wan2.2-animate-2-14b-dit")),
             **{n: ("wan", wan_dit) for n in REAL_MODELS if n.startswith(("wan2.1-flf2v", "wan2.1-fun", "wan2.2-fun"))}}
 # released only in original names (Wan-AI .pth / DiffSynth's converted safetensors) or only in HF names
 ONLY_ORIGINAL = {"wan2.1-vae", "wan2.2-vae", "umt5-xxl", "wan2.1-clip", "wan2.1-speedcontrol-motion-controller"}

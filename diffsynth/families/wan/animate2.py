@@ -220,7 +220,7 @@ class WanAnimate2(Wan):
 # ------------------------------------------------------------------------------------------------ real sizes
 _ANIMATE2_14B = {"patch_size": [1, 2, 2], "in_dim": 36, "dim": 5120, "ffn_dim": 13824, "freq_dim": 256,
                  "text_dim": 4096, "out_dim": 16, "num_heads": 40, "num_layers": 40, "cross_attn_norm": True,
-                 "use_img_emb": True, "image_dim": 1280}
+                 "use_img_emb": True, "image_dim": 1280, "reference": dict(animate2_model.REFERENCE)}
 WanAnimate2.real_models = {
     "wan2.2-animate-2-14b-dit": {"cls": "diffsynth.families.wan.animate2_model.WanAnimate2DiT", "family": "wan",
                                  "component": "dit", "files": f"{REPO}:{DIT_FILES[0]}", "config": _ANIMATE2_14B},

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from diffusers.configuration_utils import FrozenDict
 
 REFERENCE_TIMESTEP = 1.0  # the reference stream's timestep (DiffSynth: t*0+1)
+REFERENCE = {"offset": [1, 0, -1], "stride": 1}  # DiffSynth's defaults, which its model config keeps
 MASK_CHANNELS = 4
 
 
@@ -209,13 +210,13 @@ class WanAnimate2DiT(nn.Module):
     def __init__(self, patch_size=(1, 2, 2), text_len: int = 512, in_dim: int = 36, dim: int = 5120,
                  ffn_dim: int = 13824, freq_dim: int = 256, text_dim: int = 4096, out_dim: int = 16,
                  num_heads: int = 40, num_layers: int = 40, cross_attn_norm: bool = True, eps: float = 1e-6,
-                 use_img_emb: bool = True, image_dim: int = 1280, refer_offset=(1, 0, -1), refer_stride: int = 1):
+                 use_img_emb: bool = True, image_dim: int = 1280, reference: dict | None = None):
+        """``reference``: the reference stream's RoPE ``offset`` (t, h, w; -1: the generation grid's size) and time
+        ``stride`` (DiffSynth's refer_offset_* and refer_stride); a sub-dict, so the architecture is told apart from
+        a Wan image-to-video DiT of the same sizes."""
         super().__init__()
-        patch_size, refer_offset = tuple(patch_size), tuple(refer_offset)
-        self.settings = dict(patch_size=list(patch_size), text_len=text_len, in_dim=in_dim, dim=dim, ffn_dim=ffn_dim,
-                             freq_dim=freq_dim, text_dim=text_dim, out_dim=out_dim, num_heads=num_heads,
-                             num_layers=num_layers, cross_attn_norm=cross_attn_norm, eps=eps, use_img_emb=use_img_emb,
-                             image_dim=image_dim, refer_offset=list(refer_offset), refer_stride=refer_stride)
+        reference = {**REFERENCE, **(reference or {})}
+        patch_size, refer_offset, refer_stride = tuple(patch_size), tuple(reference["offset"]), reference["stride"]
         # what the Wan pipeline and the memory plan read of a DiT's config (diffusers' names; a dict with attributes)
         self.config = FrozenDict(patch_size=patch_size, in_channels=in_dim, out_channels=out_dim,
                                       image_dim=image_dim if use_img_emb else None, num_attention_heads=num_heads,
@@ -328,7 +329,8 @@ def make_config(shapes: dict, beside: dict | None) -> dict:
     out = {"patch_size": list(patch), "in_dim": in_dim, "dim": dim, "ffn_dim": s["blocks.0.block.ffn.0.weight"][0],
            "freq_dim": s["time_embedding.0.weight"][1], "text_dim": s["text_embedding.0.weight"][1],
            "out_dim": s["head.head.weight"][0] // math.prod(patch), "num_heads": heads, "num_layers": layers,
-           "cross_attn_norm": "blocks.0.block.norm3.weight" in s, "use_img_emb": "img_emb.proj.1.weight" in s}
+           "cross_attn_norm": "blocks.0.block.norm3.weight" in s, "use_img_emb": "img_emb.proj.1.weight" in s,
+           "reference": dict(REFERENCE)}
     if out["use_img_emb"]:
         out["image_dim"] = s["img_emb.proj.1.weight"][1]
     for key in ("text_len", "eps"):
