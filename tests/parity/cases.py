@@ -310,3 +310,33 @@ ANIMATE_CASES = {
         "targets": "q,k,v,o,ffn.0,ffn.2",
     },
 }
+
+
+# Wan2.2-Animate-2-14B: DiffSynth's WanAnimate2Transformer at the real width with two blocks (the reference stream's
+# tokens go from block 0 to block 1, as through the 40), the Wan2.1 VAE at its real config, the open-clip ViT-H/14
+# image tower at its real width with two blocks (DiffSynth's WanImageEncoder runs all but the last: one), random
+# prompt embeddings (UMT5 is not part of these rows). A 5-frame 32x48 clip (3 latent frames of 4x6 with the reference
+# image's), a 9-frame reference video at another size (cut to 5 and resized by both sides), a reference image at
+# another size; the short-reference rows give a 1-frame reference video (one of the two reference slots empty)
+ANIMATE2_DIT = {"patch_size": [1, 2, 2], "in_dim": 36, "dim": 5120, "ffn_dim": 13824, "freq_dim": 256,
+                "text_dim": 4096, "out_dim": 16, "num_heads": 40, "num_layers": 2, "cross_attn_norm": True,
+                "eps": 1e-6, "use_img_emb": True}
+# open-clip xlm-roberta-large-vit-huge-14's image tower (transformers' CLIPVisionConfig), cut to two blocks
+ANIMATE2_CLIP = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 2, "num_attention_heads": 16,
+                 "patch_size": 14, "image_size": 224, "projection_dim": 1024, "hidden_act": "gelu",
+                 "layer_norm_eps": 1e-5}
+ANIMATE2_CASES = {
+    "wan2.2-animate-2-14b": {
+        "ours": {**ANIMATE2_DIT, "image_dim": 1280},
+        "reference": ANIMATE2_DIT,  # its img_emb hard-codes the 1280 CLIP width
+        "clip": ANIMATE2_CLIP,
+        "frames": 5, "height": 32, "width": 48,
+        "reference_video": {"frames": 9, "size": (24, 16)},  # (width, height) of its PNGs
+        "reference_image": (64, 40),
+        "short_reference_frames": 1,
+        "prompt": [1, 512, 4096], "prompt_ref": [1, 512, 4096],
+        # the LoRA recipes' lora_target_modules, and the full recipes' trainable_models at this depth
+        "targets": "self_attn.q,self_attn.k,self_attn.v",
+        "trainable_models": ",".join(f"dit.blocks.{i}.block.self_attn.{m}" for i in range(2) for m in "qkv"),
+    },
+}

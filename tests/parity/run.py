@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from cases import ANIMATE_CASES, CONDITIONING_CASES, DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, VACE_CASES, VAE_CASES  # noqa: E402
+from cases import ANIMATE2_CASES, ANIMATE_CASES, CONDITIONING_CASES, DISTILL_STEPS, DIT_CASES, PROMPT_FLUX2, VACE_CASES, VAE_CASES  # noqa: E402
 
 # Qwen-Image's MLP: DiffSynth uses x*sigmoid(1.702x), diffusers (and the official model) tanh-GELU. The gap grows
 # with the activations' size (~1.5e-4 relative measured on a realistic block, ~2e-3 on these random weights); the
@@ -256,6 +256,50 @@ def animate_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Tabl
     trained_lora_rows(table, case, load, ref)
 
 
+def animate2_case(name: str, ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
+    """Wan2.2-Animate-2: the conditioning its units build from the same PNG inputs (through the same VAE and CLIP
+    image tower), the two-stream DiT's training forward and loss (also with a 1-frame reference video), DiffSynth's
+    loaders on our LoRA checkpoint and exports on pipe.dit, the full recipe's tensor names, and our lora_checkpoint
+    on its trainer's LoRA (ours_animate2.py / reference_animate2.py)."""
+    import json
+    run(ours_py, "ours_animate2.py", "animate2", name, str(folder))
+    run(ref_py, "reference_animate2.py", "animate2", name, str(folder))
+    run(ours_py, "ours_animate2.py", "load", name, str(folder))
+    ours, ref = load_file(str(folder / "ours.safetensors")), load_file(str(folder / "reference.safetensors"))
+    load = load_file(str(folder / "ours_load.safetensors"))
+    tol, case = DEFAULT_TOLERANCE, f"animate2 {name}"
+    rows = (("latents", "latents", "target latents [reference image frame, video] (encode)"),
+            ("y", "y", "y (mask 1 on the reference image frame + its latents, VAE of zeros)"),
+            ("clip_feature", "clip_feature", "clip_feature (CLIP of the reference image)"),
+            ("clip_reference", "clip_fea_ref", "clip_fea_ref (CLIP of the reference video's frame 0)"),
+            ("reference_latents", "condition_latents", "condition_latents (reference video cut to len(video))"),
+            ("reference_y", "condition_y", "condition_y (all-ones mask + reference latents, as the DiT gets it)"),
+            ("pred", "pred", "DiT prediction (training forward: its forward_origin)"),
+            ("loss", "loss", "training loss (weighted MSE, reference image frame included)"),
+            ("short_reference_latents", "short_condition_latents", "1-frame reference video: condition_latents"),
+            ("pred_short", "pred_short", "1-frame reference video: DiT prediction (a reference slot empty)"),
+            ("loss_short", "loss_short", "1-frame reference video: training loss"))
+    for key, ref_key, what in rows:
+        if ours[key].shape != ref[ref_key].shape:
+            table.rows.append((case, what, str(tuple(ours[key].shape)), str(tuple(ref[ref_key].shape)), "", "FAIL"))
+            table.failed.append(f"{case} {key} shape")
+        else:
+            table.add(case, what, ours[key], ref[ref_key], tol)
+    table.add(case, "2nd reference latent frame's part (prediction less the 1-frame reference's)",
+              ours["pred"] - ours["pred_short"], ref["pred"] - ref["pred_short"], tol)
+    lora_rows(table, case, "dit", ours, ref)
+    found, total = (int(x) for x in ref["our_comfyui_found"].tolist())
+    table.count(case, "our `comfyui` export: modules its pipe.load_lora(pipe.dit) fuses", found, total)
+    table.add(case, "our `comfyui` export: output change", ref["pred_our_comfyui"] - ref["pred"],
+              ours["pred_lora"] - ours["pred"], tol)
+    compat = json.loads((folder / "our_export_compat.json").read_text())
+    for fmt, record in compat["formats"].items():
+        table.count(case, f"export {fmt}: modules matched by our export check", record["matched_modules"],
+                    record["matched_modules"] + record["unmatched_modules"])
+    full_names_row(table, case, "dit.blocks.N.block.self_attn.q,k,v", folder)
+    trained_lora_rows(table, case, load, ref)
+
+
 def edit_case(ours_py: str, ref_py: str, folder: Path, table: Table) -> None:
     """Qwen-Image-Edit's image inputs: the VAE input after the edit resize (float32, bfloat16 pipelines), what the
     text encoder receives from the VL processor (token ids, image grid, pixel_values) for the twin's and the real
@@ -351,6 +395,10 @@ def main() -> None:
             if not args.only or f"animate-{name}" in args.only or "animate" in args.only:
                 (Path(tmp) / f"animate-{name}").mkdir()
                 animate_case(name, args.python, args.reference_python, Path(tmp) / f"animate-{name}", table)
+        for name in ANIMATE2_CASES:
+            if not args.only or f"animate2-{name}" in args.only or "animate2" in args.only:
+                (Path(tmp) / f"animate2-{name}").mkdir()
+                animate2_case(name, args.python, args.reference_python, Path(tmp) / f"animate2-{name}", table)
         for name in CONDITIONING_CASES:
             if not args.only or f"cond-{name}" in args.only or "conditioning" in args.only:
                 (Path(tmp) / f"cond-{name}").mkdir()
