@@ -25,7 +25,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .errors import ConfigError
-from .plan_fit import FIT_ASSUMPTIONS, LADDER, format_fit_summary
+from .plan_fit import trained_names, FIT_ASSUMPTIONS, LADDER, format_fit_summary
 
 ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")  # cache-stage models (plus the VAE encoder)
 VAE_ENCODER = ("encoder", "quant_conv")      # top-level children of a diffusers VAE used to encode ...
@@ -403,7 +403,7 @@ def format_summary(rows: list[tuple[str, dict, dict]]) -> str:
     for name, plan, fp8 in rows:
         lora = plan["lora"]
         trained = (f"LoRA r{lora['rank']} ({lora['parameters'] / 1e6:.0f}M)" if lora else
-                   f"full {', '.join(plan['full_trainable']['models'])}")
+                   f"full {trained_names(plan['full_trainable']['models'])}")
         c, o = plan["modes"]["cached"], plan["modes"]["online"]
         fc, fo = fp8["modes"]["cached"], fp8["modes"]["online"]
         lines.append(f"| {name} | {trained} | {gb(c['cache']['total_bytes'])} | {gb(c['train']['total_bytes'])} | "

@@ -56,6 +56,13 @@ FIT_ASSUMPTIONS = [
 ]
 
 
+def trained_names(models: list[str], shown: int = 3) -> str:
+    """The trained models for a table cell: a long list of sub-modules (Animate-2's 120 dotted names) as a count."""
+    if len(models) <= shown:
+        return ", ".join(models)
+    return f"{len(models)} modules ({', '.join(models[:2])}, ... {models[-1]})"
+
+
 # ----------------------------------------------------------------------------------------------- tokens
 
 def _cfg(module: nn.Module) -> dict:
@@ -363,7 +370,7 @@ def format_fit_summary(rows: list[tuple[str, dict]]) -> str:
              "|---|---|---|---:|" + "---|" * len(CARDS)]
     for name, plan in rows:
         lora = plan["lora"]
-        trained = (f"LoRA r{lora['rank']}" if lora else f"full {', '.join(plan['full_trainable']['models'])}")
+        trained = (f"LoRA r{lora['rank']}" if lora else f"full {trained_names(plan['full_trainable']['models'])}")
         a = plan["activations"]
         if not a:
             lines.append(f"| {name} | {trained} | - | - | " + " | ".join("-" for _ in CARDS) + " |")

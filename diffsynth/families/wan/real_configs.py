@@ -179,11 +179,13 @@ WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "wan2.2-vae": ("Wan-AI/*:Wan2.2_VAE.pth", "DiffSynth-Studio/Wan-Series-Converted-Safetensors:Wan2.2_VAE.safetensors"),
     "umt5-xxl": ("Wan-AI/*:models_t5_umt5-xxl-enc-bf16.pth", "PAI/*:models_t5_umt5-xxl-enc-bf16.pth",
                  "DiffSynth-Studio/Wan-Series-Converted-Safetensors:models_t5_umt5-xxl-enc-bf16.safetensors",
-                 "iic/*:models_t5_umt5-xxl-enc-bf16.pth"),
+                 "iic/*:models_t5_umt5-xxl-enc-bf16.pth",
+                 "Wan-AI/*:videomodel/Wan-AI/models_t5_umt5-xxl-enc-bf16.pth"),  # Wan2.2-Animate-2-14B's folder
     "wan2.1-clip": ("Wan-AI/*:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
                     "PAI/*:models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
                     "DiffSynth-Studio/Wan-Series-Converted-Safetensors:"
-                    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors"),
+                    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.safetensors",
+                    "Wan-AI/*:videomodel/Wan-AI/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"),
 }
 
 # DiffSynth's `redirect_common_files`: Wan's pickled .pth files are fetched as safetensors from its converted repo.
