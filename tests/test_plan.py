@@ -141,9 +141,12 @@ def test_plan_command_runs_for_every_real_preset(tmp_path, capsys):
         out = tmp_path / f"{preset.stem}.json"
         assert main(["plan", "--params", str(preset), "--fp8", "--json", str(out)]) == 0
         plan = json.loads(out.read_text())
-        # --fp8 stores the DiT in fp8 unless it is trained (a full fine-tune of the DiT; Wan's speed control trains
-        # only its motion controller): trained weights stay bf16
-        assert plan["models"]["dit"]["fp8"] != ("dit" in plan["full_trainable"]["models"])
+        # --fp8 stores the DiT in fp8 unless it is trained, whole or in part (a full fine-tune of the DiT, or
+        # Animate-2's listed attention layers; Wan's speed control trains only its motion controller): trained
+        # weights stay bf16
+        trained = plan["full_trainable"]["models"]
+        dit_trained = any(name == "dit" or name.startswith("dit.") for name in trained)
+        assert plan["models"]["dit"]["fp8"] != dit_trained, preset.name
         cached = plan["modes"]["cached"]
         assert not {"text_encoder", "text_encoder_2", "image_encoder"} & set(cached["train"]["models"])
         assert cached["train"]["total_bytes"] < plan["modes"]["online"]["train"]["total_bytes"]
