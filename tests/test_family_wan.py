@@ -353,3 +353,35 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(wan_base, tmp_path
         grads.append({n: p.grad for n, p in module.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * 2 * len(LORA_MODULES)
     assert all(torch.allclose(grads[0][k], grads[1][k], atol=1e-6) for k in grads[0])
+
+
+def test_krea_realtime_video_is_wan_t2v_14b_behind_self_forcings_prefix(tmp_path, monkeypatch):
+    """krea/krea-realtime-video ships one file in Wan-AI's names behind Self-Forcing's ``model.`` (DiffSynth's
+    WanVideoDiTStateDictConverter strips it): the recipe reads as Wan, and the file loads as Wan2.1-T2V-14B's DiT."""
+    from diffsynth.families.upstream import recognise, table
+    from diffsynth.families.wan.convert import diffusers_to_wan_dit, wan_dit_to_diffusers
+    from diffsynth.models.components import detect, plan_shapes
+
+    recipe = next(r for r in table()["recipes"] if r["path"].endswith("lora/krea-realtime-video.sh"))
+    args = recipe["commands"][0]["args"]
+    assert recognise(args[args.index("--model_id_with_origin_paths") + 1]) == "wan"
+    write_tiny_model("krea-realtime-video", tmp_path / "diffsynth-tiny" / "krea-realtime-video")
+    folder = tmp_path / "diffsynth-tiny" / "krea-realtime-video"
+    raw = load_file(folder / "krea-realtime-video-14b.safetensors")
+    assert raw and all(k.startswith("model.") for k in raw) and "model.blocks.0.self_attn.q.weight" in raw
+    assert detect([str(folder / "krea-realtime-video-14b.safetensors")], "wan").kind.name == "wan_dit_original"
+    # the real file's architecture: Wan2.1-T2V-14B's keys behind the prefix match the DiT with nothing left over
+    with init_empty_weights():
+        t2v = build_class(REAL_MODELS["wan2.1-t2v-14b-dit"]["cls"]).from_config(
+            REAL_MODELS["wan2.1-t2v-14b-dit"]["config"])
+    shapes = {f"model.{k}": tuple(v.shape) for k, v in diffusers_to_wan_dit(t2v.state_dict()).items()}
+    detected, _, (missing, unexpected, mismatched) = plan_shapes(shapes, "wan")
+    assert (missing, unexpected, mismatched) == ([], [], []) and "wan2.1-t2v-14b-dit" in detected.variant
+
+    monkeypatch.setenv("DIFFSYNTH_MODEL_BASE_PATH", str(tmp_path))
+    monkeypatch.setenv("DIFFSYNTH_SKIP_DOWNLOAD", "true")
+    params = preset_params(REPO / "presets" / "tiny" / "krea-realtime-video-full.yaml")
+    pipe = wan.Wan.load_pipeline(config_from_dict(params), torch.float32)
+    loaded = pipe.dit.state_dict()
+    for key, value in wan_dit_to_diffusers(raw).items():
+        assert torch.equal(loaded[key], value), key

@@ -57,6 +57,8 @@ VARIANTS = {
     "Wan2.2-Animate-14B": ("wan2.2-animate-14b", ANIMATE),
     "Wan2.2-Animate-2-14B": ("wan2.2-animate-2-14b", ANIMATE2),
     "Wan2.2-Animate-2-14B-Distilled": ("wan2.2-animate-2-14b", ANIMATE2 + "; the distilled DiT"),
+    "krea-realtime-video": ("krea-realtime-video", "text-to-video; Krea Realtime 14B, Wan2.1-T2V-14B distilled by "
+                            "Self-Forcing, trained as Wan2.1-T2V-14B"),
 }
 # twins whose conditioning columns the moving_shapes_control built-in writes (named by data_file_keys) rather than
 # moving_shapes_conditioned: (built-in name, what it holds)
@@ -65,7 +67,8 @@ BUILTINS = {"wan2.2-animate-14b": ("moving_shapes_control", "built-in clips with
                                    "at 512x512)"),
             "wan2.2-animate-2-14b": ("moving_shapes_control", "built-in clips with animate2_reference_image (a still "
                                      "of the shape), animate2_reference_video (its silhouette clip) and "
-                                     "animate2_prompt_ref")}
+                                     "animate2_prompt_ref"),
+            "krea-realtime-video": ("moving_shapes", "built-in dataset when source=builtin (text-to-video clips)")}
 # written by hand before this script (with their own comments): never rewritten, not even with --force
 HAND_WRITTEN = {"wan2.1-flf2v-14b-lora", "wan2.1-fun-v1.1-1.3b-control-lora", "wan2.1-fun-v1.1-1.3b-control-camera-lora"}
 EXPERTS = ("high-noise", "low-noise")  # a two-command Wan2.2-A14B recipe: command 1, command 2
@@ -132,7 +135,8 @@ def real_preset(recipe: dict, command: int, name: str, what: str) -> str:
                           "height": (printed["resolution"]["height"], "sample height"),
                           "width": (printed["resolution"]["width"], "sample width"),
                           "num_frames": (printed["resolution"]["num_frames"],
-                                         "frames per sample (4k+1); conditioned on the first row's inputs")}
+                                         "frames per sample (4k+1)" + ("; conditioned on the first row's inputs"
+                                                                       if printed["model"]["extra_inputs"] else ""))}
     sections["tracking"] = {"experiment": (name, "MLflow experiment")}
     if printed["lora"]["lora_base_model"]:
         sections["export"] = {"formats": (["diffusers", "comfyui"],

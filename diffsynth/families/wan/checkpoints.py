@@ -72,9 +72,11 @@ KINDS = (
     ComponentKind("wan_animate_2_dit", FAMILY, "dit", "diffusers", (r"^blocks\.\d+\.self_attn\.to_q\.",),
                   lambda s, b: animate2_model.make_config(animate2_model.state_dict_from_diffusers(s), b),
                   animate2_model.WanAnimate2DiT.from_config, animate2_model.state_dict_from_diffusers),
+    # Wan-AI's names, bare, as ComfyUI ships them (model.diffusion_model.) or as Self-Forcing saves them (model.:
+    # krea/krea-realtime-video)
     ComponentKind("wan_dit_original", FAMILY, "dit", "wan",
-                  (r"^(model\.diffusion_model\.)?blocks\.\d+\.(self_attn|cross_attn)\.",
-                   r"^(model\.diffusion_model\.)?head\.head\.", r"^(model\.diffusion_model\.)?time_projection\."),
+                  (r"^(model\.(diffusion_model\.)?)?blocks\.\d+\.(self_attn|cross_attn)\.",
+                   r"^(model\.(diffusion_model\.)?)?head\.head\.", r"^(model\.(diffusion_model\.)?)?time_projection\."),
                   dit_config, build_dit, lambda sd, c: convert.wan_dit_to_diffusers(sd)),
     ComponentKind("wan_dit", FAMILY, "dit", "diffusers",
                   (r"^blocks\.\d+\.attn[12]\.", r"^condition_embedder\."),

@@ -42,8 +42,13 @@ _BLOCK = {"self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v
 _VACE_PROJ = {"before_proj": "proj_in", "after_proj": "proj_out"}
 
 
+# ComfyUI's single files put the DiT under ``model.diffusion_model.``; Self-Forcing's checkpoints (Krea Realtime
+# 14B: DiffSynth's WanVideoDiTStateDictConverter strips it) under ``model.``
+_PREFIX = re.compile(r"^model\.(diffusion_model\.)?")
+
+
 def _strip(sd: dict) -> dict:
-    return {k[len("model.diffusion_model."):] if k.startswith("model.diffusion_model.") else k: v for k, v in sd.items()}
+    return {_PREFIX.sub("", k): v for k, v in sd.items()}
 
 
 def wan_dit_to_diffusers(sd: dict) -> dict:

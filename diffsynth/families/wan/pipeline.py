@@ -124,7 +124,7 @@ class Wan(Family):
     model_family = "wan"
     aliases = ("wanvideo", "wan_video", "wan21", "wan22")
     summary = "Wan2.1 / Wan2.2 text- and image-to-video (WanTransformer3DModel, UMT5, Wan VAE 2.1/2.2)"
-    model_id_patterns = ("wan-ai/", "wan2.1", "wan2.2")
+    model_id_patterns = ("wan-ai/", "wan2.1", "wan2.2", "krea-realtime-video")  # Krea Realtime 14B: a Wan2.1-T2V-14B
     component_kinds = checkpoints.KINDS
     real_models = real_configs.REAL_MODELS
     weight_files = real_configs.WEIGHT_FILES
@@ -136,6 +136,7 @@ class Wan(Family):
         "wan2.2-ti2v-5b": ("Wan-AI/Wan2.2-TI2V-5B", tiny.write_tiny_ti2v),
         "wan2.2-a14b": ("Wan-AI/Wan2.2-T2V-A14B", tiny.write_tiny_a14b),
         "wan2.2-i2v-a14b": ("Wan-AI/Wan2.2-I2V-A14B", tiny.write_tiny_i2v_a14b),
+        "krea-realtime-video": ("krea/krea-realtime-video", tiny.write_tiny_krea),
     }
     block_inputs = blocks.BLOCK_INPUTS
     text_tokens = blocks.TEXT_TOKENS

@@ -138,7 +138,9 @@ REAL_MODELS: dict[str, dict] = {
 # Where each architecture's weights live (models/real_configs.py WEIGHT_FILES)
 WEIGHT_FILES: dict[str, tuple[str, ...]] = {
     "wan2.1-t2v-1.3b-dit": ("Wan-AI/Wan2.1-T2V-1.3B:diffusion_pytorch_model.safetensors",),
-    "wan2.1-t2v-14b-dit": ("Wan-AI/Wan2.1-T2V-14B:diffusion_pytorch_model-00001-of-00006.safetensors",),
+    "wan2.1-t2v-14b-dit": ("Wan-AI/Wan2.1-T2V-14B:diffusion_pytorch_model-00001-of-00006.safetensors",
+                           # Krea Realtime 14B: Wan2.1-T2V-14B distilled by Self-Forcing, one file
+                           "krea/krea-realtime-video:krea-realtime-video-14b.safetensors"),
     "wan2.1-i2v-14b-dit": ("Wan-AI/Wan2.1-I2V-14B-480P:diffusion_pytorch_model-00001-of-00007.safetensors",
                            "Wan-AI/Wan2.1-I2V-14B-720P:diffusion_pytorch_model-00001-of-00007.safetensors",
                            # the Fun-InP 14B releases: the I2V-14B architecture

@@ -56,6 +56,16 @@ def write_tiny_t2v(out_dir: Path, seed: int = 0) -> None:
     write_common(out_dir, "2.1")
 
 
+def write_tiny_krea(out_dir: Path, seed: int = 0) -> None:
+    """The Krea Realtime recipes' files in one folder: ``krea/krea-realtime-video``'s single DiT file (Wan2.1-T2V-14B's
+    architecture, its Self-Forcing wrapper's ``model.`` before Wan-AI's names, no config beside it) plus the
+    Wan2.1-T2V-14B encoder and VAE files the recipes take from Wan-AI."""
+    torch.manual_seed(seed)
+    state = diffusers_to_wan_dit(tiny_dit().state_dict())
+    save_model({f"model.{k}": v for k, v in state.items()}, out_dir, "krea-realtime-video-14b")
+    write_common(out_dir, "2.1")
+
+
 def write_tiny_i2v(out_dir: Path, seed: int = 0, in_ch: int = 36, **fun) -> None:
     """``Wan-AI/Wan2.1-I2V-14B-480P`` layout: as T2V, DiT with image conditioning, plus the CLIP image encoder
     (also the Wan2.1-Fun and FLF2V layouts: ``in_ch`` and ``fun`` as :func:`tiny_dit` takes them)."""
