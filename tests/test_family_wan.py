@@ -385,3 +385,21 @@ def test_krea_realtime_video_is_wan_t2v_14b_behind_self_forcings_prefix(tmp_path
     loaded = pipe.dit.state_dict()
     for key, value in wan_dit_to_diffusers(raw).items():
         assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.parametrize("recipe,named", [("Wan2.2-S2V-14B", "Wan2.2-S2V-14B"),
+                                          ("Video-As-Prompt-Wan2.1-14B", "Video-As-Prompt"),
+                                          ("Wan-Dancer-14B-global", "Wan-Dancer-14B"),
+                                          ("Wan-Dancer-14B-local", "Wan-Dancer-14B"),
+                                          ("LongCat-Video", "LongCat-Video")])
+def test_wan_recipes_we_do_not_train_are_refused_naming_the_model(recipe, named):
+    """Pasted as DiffSynth writes them, the recipes of models not implemented here fail naming the model and what it
+    lacks, not a flag or input to remove (which would then fail on the next one)."""
+    from diffsynth.errors import ConfigError
+    from diffsynth.families.upstream import table
+    for kind in ("lora", "full"):
+        found = [r for r in table()["recipes"] if r["path"].endswith(f"{kind}/{recipe}.sh")]
+        assert found, (kind, recipe)
+        with pytest.raises(ConfigError, match=named) as refused:
+            config_from_args(found[0]["commands"][0]["args"])
+        assert "use DiffSynth-Studio" in str(refused.value) and "Remove" not in str(refused.value)

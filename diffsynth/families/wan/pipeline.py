@@ -143,7 +143,8 @@ class Wan(Family):
     unchecked_blocks = blocks.UNCHECKED
     data = DATA_RULES
     extra_inputs = ("input_image",)
-    refused_inputs = refusals.WAN  # Wan2.2-Animate replacement mode, Animate-2: named, with what they lack
+    refused_inputs = refusals.WAN  # Animate's replacement mode, S2V, Video-As-Prompt, Wan-Dancer: what they lack
+    refused_models = {"LongCat-Video": refusals.LONGCAT}
     encoders = ("text_encoder", "image_encoder")
     lora_targets = LORA_TARGETS
     lora_to_original = staticmethod(lora_to_wan_names)
