@@ -13,7 +13,6 @@ from .config import SECTIONS, Config, config_from_dict, read_params_file
 from .errors import ConfigError
 from .families import get_spec
 from .families.upstream import recognise, recognise_argv
-from .families.wan import refusals as wan_refusals
 from .upstream_flags import all_upstream_flags, families_of, refuse_upstream_flags
 
 # DiffSynth flags we parse but do not implement yet: giving them is an error, never silently ignored.
@@ -21,8 +20,13 @@ UNSUPPORTED_FLAGS: dict[str, Any] = {
     "template_model_id_or_path": None, "enable_lora_hot_loading": False,
     "audio_processor_path": None, "framewise_decoding": False,
 }
-# those that belong to a model we do not train: the error names it (a generic "remove it" would mislead)
-UNSUPPORTED_WHY: dict[str, str] = dict(wan_refusals.UNSUPPORTED_FLAGS)
+
+
+def unsupported_why() -> dict[str, str]:
+    """The unsupported flags that belong to a model a family refuses by name (``Family.refused_flags``): the error
+    names it, as a generic "remove the flag" would mislead."""
+    from .families import all_specs
+    return {flag: why for spec in all_specs() for flag, why in vars(spec).get("refused_flags", {}).items()}
 
 
 def _flag_fields():
@@ -70,7 +74,8 @@ def config_from_args(argv: list[str], base: dict | None = None, check: bool = Tr
     ns = vars(parser.parse_args(argv))
     unsupported = sorted(k.split(".", 1)[1] for k in ns if k.startswith("unsupported."))
     if unsupported:
-        why = dict.fromkeys(UNSUPPORTED_WHY[u] for u in unsupported if u in UNSUPPORTED_WHY)
+        named = unsupported_why()
+        why = dict.fromkeys(named[u] for u in unsupported if u in named)
         if why:
             raise ConfigError(" ".join(why))
         raise ConfigError("Not supported yet: " + ", ".join(f"--{u}" for u in unsupported)
@@ -143,8 +148,9 @@ def flag_table() -> str:
             note = DIFFERENCES.get(f.name, "")
             status = "supported" + (f"; {note}" if note else "")
         rows.append(f"| `--{flag}` | `{section}.{f.name}` | {status} |")
+    named = unsupported_why()
     for flag in UNSUPPORTED_FLAGS:
-        model = f" (the error names {UNSUPPORTED_WHY[flag].split(' (', 1)[0]})" if flag in UNSUPPORTED_WHY else ""
+        model = f" (the error names {named[flag].split(' (', 1)[0]})" if flag in named else ""
         rows.append(f"| `--{flag}` | — | not supported yet: refused with an error{model} |")
     for flag in all_upstream_flags():
         rows.append(f"| `--{flag}` | — | only DiffSynth's {' and '.join(families_of(flag))} train.py: refused, "

@@ -199,6 +199,8 @@ class Family(torch.nn.Module):
     diffusers_state_dict = None         # loaded DiT state dict -> diffusers' names, where they differ
     # model-id substrings of DiffSynth recipes of this family that we refuse -> what the model is and why (one line)
     refused_models: dict = {}
+    # DiffSynth flags in command_line.UNSUPPORTED_FLAGS that belong to a model of this family we do not train -> why
+    refused_flags: dict = {}
     # ---- DiffSynth's command line
     command_line_defaults: dict = {}    # {section: {key: value}} DiffSynth's script forces
     # DiffSynth's sft:data_process file keys -> our input names (its `.pth` cache read by --task sft:train)

@@ -145,6 +145,7 @@ class Wan(Family):
     extra_inputs = ("input_image",)
     refused_inputs = refusals.WAN  # Animate's replacement mode, S2V, Video-As-Prompt, Wan-Dancer: what they lack
     refused_models = {"LongCat-Video": refusals.LONGCAT}
+    refused_flags = refusals.FLAGS  # S2V's and Wan-Dancer's flags: the error names the model
     encoders = ("text_encoder", "image_encoder")
     lora_targets = LORA_TARGETS
     lora_to_original = staticmethod(lora_to_wan_names)

@@ -26,7 +26,7 @@ VAP = ("Video-As-Prompt (vap_video, ByteDance/Video-As-Prompt-Wan2.1-14B) is not
 DANCER = ("Wan-Dancer-14B (wantodance_music_path, wantodance_reference_image, wantodance_fps, wantodance_keyframes, "
           "wantodance_keyframes_mask, --framewise_decoding) is not trained here: its music encoder and injector, "
           "keyframe and dynamic-fps inputs and frame-wise VAE decoding are not implemented; use DiffSynth-Studio for it")
-UNSUPPORTED_FLAGS = {"audio_processor_path": S2V, "framewise_decoding": DANCER}  # command_line.UNSUPPORTED_FLAGS
+FLAGS = {"audio_processor_path": S2V, "framewise_decoding": DANCER}  # of command_line.UNSUPPORTED_FLAGS
 LONGCAT = ("meituan-longcat/LongCat-Video is another DiT (LongCat's 13.6B video transformer: fused qkv attention, "
            "its own block layout and LoRA targets attn.qkv, ffn.w1, ...), not Wan's, and is not implemented here; use "
            "DiffSynth-Studio for it")
