@@ -265,6 +265,9 @@ class SampleConfig:
                           "FLUX.1)", ours=True)
     embedded_guidance: float = _f(3.5, "FLUX.1's distilled guidance of samples (DiffSynth's embedded_guidance); "
                                   "families without one ignore it", ours=True)
+    sigma_shift: Optional[float] = _f(None, "shift of the samples' sigma grid (DiffSynth's Wan sigma_shift: 20 for "
+                                      "Krea Realtime's 6 steps); empty: the family's own (Wan 5); Wan only",
+                                      ours=True)
     num_frames: int = _f(1, "frames per sample for video families (4k+1)", ours=True)
     out_dir: str = _f("", "also save samples as PNG here (videos as a frame strip); empty: MLflow only", ours=True)
 

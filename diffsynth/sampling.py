@@ -2,7 +2,7 @@
 
 An entry is a prompt string (rendered with the section's settings, exactly as before entries existed) or a mapping
 that sets its own ``negative_prompt``, ``cfg_scale`` (alias ``guidance_scale``), ``num_inference_steps``, ``seeds``
-(or ``seed``), ``embedded_guidance`` (families that declare it) and ``images``: the file(s) standing for the
+(or ``seed``), ``embedded_guidance`` and ``sigma_shift`` (families that declare them) and ``images``: the file(s) standing for the
 family's sample image input (``Family.sample_image_input``: Qwen-Image-Edit's edit image, FLUX.1-Kontext's
 reference images, Wan's first frame), one path or a list, as a dataset cell of that column would be.
 
@@ -21,8 +21,13 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+# numeric render() keywords a family declares in ``sample_options``: set for all entries in the section or per entry
+SAMPLE_OPTIONS = {
+    "embedded_guidance": "has no embedded (distilled) guidance; remove it (cfg_scale is classifier-free guidance)",
+    "sigma_shift": "samples on its own sigma grid (no sigma_shift); remove it",
+}
 ENTRY_KEYS = ("prompt", "negative_prompt", "cfg_scale", "guidance_scale", "num_inference_steps", "images", "seeds",
-              "seed", "embedded_guidance")
+              "seed", *SAMPLE_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class SampleEntry:
     seeds: tuple[int, ...]
     images: str | tuple[str, ...] | None = None  # a path (one image) or paths (a list), as a dataset cell
     embedded_guidance: float | None = None
+    sigma_shift: float | None = None
 
     @property
     def guided(self) -> bool:
@@ -57,7 +63,7 @@ class SampleEntry:
         """The entry's settings as columns of the samples table."""
         return {"negative_prompt": self.negative_prompt, "cfg_scale": self.cfg_scale,
                 "num_inference_steps": self.num_inference_steps, "images": ",".join(self.image_paths),
-                "embedded_guidance": self.embedded_guidance}
+                **{key: getattr(self, key) for key in SAMPLE_OPTIONS}}
 
 
 def _where(i: int) -> str:
@@ -74,9 +80,10 @@ def _entry(i: int, raw, s, spec) -> SampleEntry:
     defaults = dict(negative_prompt=s.negative_prompt, cfg_scale=float(s.cfg_scale),
                     num_inference_steps=int(s.num_inference_steps), seeds=tuple(int(x) for x in s.seeds))
     options = getattr(spec, "sample_options", ()) if spec is not None else ()
-    guidance = float(s.embedded_guidance) if "embedded_guidance" in options else None
+    declared = {key: None if key not in options or getattr(s, key) is None else float(getattr(s, key))
+                for key in SAMPLE_OPTIONS}
     if isinstance(raw, str):
-        return SampleEntry(i, raw, embedded_guidance=guidance, **defaults)
+        return SampleEntry(i, raw, **declared, **defaults)
     where = _where(i)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} is a {type(raw).__name__}: an entry is a prompt string or a mapping "
@@ -110,11 +117,13 @@ def _entry(i: int, raw, s, spec) -> SampleEntry:
         if not seeds:
             raise ConfigError(f"{where}.seeds is empty: give at least one seed, or leave it out for sample.seeds")
         out["seeds"] = tuple(_number(x, int, f"{where}.seeds") for x in seeds)
-    if raw.get("embedded_guidance") is not None:
-        if "embedded_guidance" not in options:
-            raise ConfigError(f"{where}.embedded_guidance: the {spec.name} family has no embedded (distilled) "
-                              "guidance; remove it (cfg_scale is classifier-free guidance)")
-        guidance = _number(raw["embedded_guidance"], float, f"{where}.embedded_guidance")
+    for key, why_not in SAMPLE_OPTIONS.items():
+        if raw.get(key) is not None:
+            if key not in options:
+                raise ConfigError(f"{where}.{key}: the {spec.name} family {why_not}")
+            declared[key] = _number(raw[key], float, f"{where}.{key}")
+    if declared["sigma_shift"] is not None and declared["sigma_shift"] <= 0:
+        raise ConfigError(f"{where}.sigma_shift = {declared['sigma_shift']}: must be > 0")
     images = raw.get("images")
     if images is not None:
         if isinstance(images, (list, tuple)):
@@ -123,7 +132,7 @@ def _entry(i: int, raw, s, spec) -> SampleEntry:
             images = tuple(images)
         elif not isinstance(images, str) or not images:
             raise ConfigError(f"{where}.images = {images!r}: give a path or a non-empty list of paths")
-    return SampleEntry(i, prompt, images=images, embedded_guidance=guidance, **out)
+    return SampleEntry(i, prompt, images=images, **declared, **out)
 
 
 def sample_entries(config, spec=None) -> list[SampleEntry]:
@@ -144,11 +153,16 @@ def check_samples(config) -> None:
     s = config.sample
     if s.num_inference_steps < 1:
         raise ConfigError(f"sample.num_inference_steps = {s.num_inference_steps}: must be >= 1")
-    if any(isinstance(p, dict) for p in s.prompts) or s.cfg_scale != 1:
+    if any(isinstance(p, dict) for p in s.prompts) or s.cfg_scale != 1 or s.sigma_shift is not None:
         from .families import spec_for
         spec = spec_for(config)
     else:
         spec = None  # plain strings at cfg 1: today's samples, nothing family-specific
+    if s.sigma_shift is not None:  # embedded_guidance has a default every family without one ignores; this has not
+        if "sigma_shift" not in spec.sample_options:
+            raise ConfigError(f"sample.sigma_shift: the {spec.name} family {SAMPLE_OPTIONS['sigma_shift']}")
+        if s.sigma_shift <= 0:
+            raise ConfigError(f"sample.sigma_shift = {s.sigma_shift}: must be > 0")
     for e in _entries(config, spec):
         if e.guided and not accepts(spec.render, "negative_inputs"):
             raise ConfigError(f"{_where(e.index)}: cfg_scale {e.cfg_scale}, but the {spec.name} family's samples have "
@@ -230,8 +244,9 @@ def render_options(pipe, entry: SampleEntry, negative: dict | None) -> dict:
             raise ConfigError(f"{_where(entry.index)} is guided (cfg_scale {entry.cfg_scale}) but the prompt cache "
                               "holds no negative prompt for it: rebuild it (`dvc repro` re-runs cache_prompts)")
         out.update(cfg_scale=entry.cfg_scale, negative_inputs=negative)
-    if "embedded_guidance" in getattr(pipe, "sample_options", ()) and entry.embedded_guidance is not None:
-        out["embedded_guidance"] = entry.embedded_guidance
+    for key in SAMPLE_OPTIONS:
+        if key in getattr(pipe, "sample_options", ()) and getattr(entry, key) is not None:
+            out[key] = getattr(entry, key)
     return out
 
 

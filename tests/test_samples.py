@@ -316,3 +316,39 @@ def test_families_without_the_hook_arguments_are_refused_by_name(world, monkeypa
     with pytest.raises(ConfigError, match=r"sample\.prompts\[0\]\.images: the qwen_image_edit family's samples take "
                                           "no images"):
         config_from_dict(data)
+
+
+def test_sigma_shift_reaches_wans_sampling_grid_and_is_refused_elsewhere(pipes, world):
+    """DiffSynth's Wan samples take sigma_shift (Krea Realtime's validation: 6 steps at 20): the section's value or
+    an entry's; unset, Wan's own 5; a family sampling on its own grid refuses it by name."""
+    from diffsynth.families.wan.pipeline import SHIFT, inference_sigmas
+    pipe = pipes["i2v"]
+    grids = []
+    original = pipe.render
+
+    def spy(*args, **kwargs):
+        grids.append(kwargs.get("sigma_shift", SHIFT))
+        return original(*args, **kwargs)
+
+    def latents(config):
+        with raw_latents(pipe):
+            pipe.render = spy
+            try:
+                return [x for _, _, x in render_samples(pipe, config, None)]
+            finally:
+                del pipe.render
+    plain = latents(make_config("i2v", ["x"]))
+    five = latents(make_config("i2v", ["x"], sigma_shift=5))
+    twenty = latents(make_config("i2v", ["x", {"prompt": "x", "sigma_shift": 20}]))
+    assert grids == [SHIFT, 5.0, SHIFT, 20.0]
+    assert torch.equal(plain[0], five[0]) and torch.equal(plain[0], twenty[0])  # 5 is Wan's own grid
+    assert not torch.equal(twenty[0], twenty[1])  # the same prompt and seed on another grid
+    assert not torch.allclose(inference_sigmas(6, 20.0), inference_sigmas(6, SHIFT))
+    config = make_config("i2v", [{"prompt": "x", "sigma_shift": 20}])
+    assert sample_entries(config)[0].settings()["sigma_shift"] == 20.0
+    with pytest.raises(ConfigError, match=r"sample\.sigma_shift: the qwen_image family samples on its own sigma"):
+        config_from_dict({**qwen_params(["x"]), "sample": {**qwen_params(["x"])["sample"], "sigma_shift": 3}})
+    with pytest.raises(ConfigError, match=r"sample\.prompts\[0\]\.sigma_shift: the qwen_image family samples on"):
+        config_from_dict(qwen_params([{"prompt": "x", "sigma_shift": 3}]))
+    with pytest.raises(ConfigError, match=r"sample\.prompts\[0\]\.sigma_shift = 0\.0: must be > 0"):
+        make_config("i2v", [{"prompt": "x", "sigma_shift": 0}])

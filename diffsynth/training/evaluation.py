@@ -72,7 +72,7 @@ class Evaluator:
 
     def _log_samples(self, at: int) -> None:
         table = {"prompt": [], "seed": [], "step": [], "image": [], "image_key": [], "negative_prompt": [],
-                 "cfg_scale": [], "num_inference_steps": [], "images": [], "embedded_guidance": []}
+                 "cfg_scale": [], "num_inference_steps": [], "images": [], "embedded_guidance": [], "sigma_shift": []}
         for entry, seed, image in render_samples(self.pipe, self.config, self.prompt_inputs):
             i, prompt = entry.index, entry.prompt
             key = f"sample/p{i}_s{seed}"  # one image key per prompt × seed; the step slider walks the save points

@@ -69,6 +69,10 @@ BUILTINS = {"wan2.2-animate-14b": ("moving_shapes_control", "built-in clips with
                                      "of the shape), animate2_reference_video (its silhouette clip) and "
                                      "animate2_prompt_ref"),
             "krea-realtime-video": ("moving_shapes", "built-in dataset when source=builtin (text-to-video clips)")}
+# a recipe's validation script's sampler settings where they differ from Wan's defaults (30 steps, shift 5)
+SAMPLE_SETTINGS = {"krea-realtime-video": {
+    "num_inference_steps": (6, "sampler steps (DiffSynth's validate_{lora,full}/krea-realtime-video.py)"),
+    "sigma_shift": (20.0, "sigma grid shift of the samples (its sigma_shift=20; cfg_scale 1 as base.yaml)")}}
 # written by hand before this script (with their own comments): never rewritten, not even with --force
 HAND_WRITTEN = {"wan2.1-flf2v-14b-lora", "wan2.1-fun-v1.1-1.3b-control-lora", "wan2.1-fun-v1.1-1.3b-control-camera-lora"}
 EXPERTS = ("high-noise", "low-noise")  # a two-command Wan2.2-A14B recipe: command 1, command 2
@@ -136,7 +140,8 @@ def real_preset(recipe: dict, command: int, name: str, what: str) -> str:
                           "width": (printed["resolution"]["width"], "sample width"),
                           "num_frames": (printed["resolution"]["num_frames"],
                                          "frames per sample (4k+1)" + ("; conditioned on the first row's inputs"
-                                                                       if printed["model"]["extra_inputs"] else ""))}
+                                                                       if printed["model"]["extra_inputs"] else "")),
+                          **SAMPLE_SETTINGS.get(recipe["name"], {})}
     sections["tracking"] = {"experiment": (name, "MLflow experiment")}
     if printed["lora"]["lora_base_model"]:
         sections["export"] = {"formats": (["diffusers", "comfyui"],

@@ -33,7 +33,7 @@ from ..base import DataRules
 from . import animate_model, real_configs, refusals
 from .animate_model import FACE_SIZE, FRAMES_SHORTER
 from .convert import diffusers_to_wan_dit
-from .pipeline import Wan, data_rules, frames_to_tensor
+from .pipeline import SHIFT, Wan, data_rules, frames_to_tensor
 
 POSE_KEY, FACE_KEY = "animate_pose_video", "animate_face_video"
 ENTRY = "Wan-AI/Wan2.2-Animate-14B:diffusion_pytorch_model*.safetensors"
@@ -198,11 +198,12 @@ class WanAnimate(Wan):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None) -> list[Image.Image]:
+               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None,
+               sigma_shift: float = SHIFT) -> list[Image.Image]:
         self._rendering = "pose_latents" in inputs
         try:
             return super().render(inputs, seed, height, width, num_inference_steps, num_frames, cfg_scale,
-                                  negative_inputs)
+                                  negative_inputs, sigma_shift)
         finally:
             self._rendering = False
 

@@ -33,7 +33,7 @@ from ...sampling import euler_sample
 from ..base import DataRules
 from . import animate2_model, refusals
 from .animate2_model import MASK_CHANNELS
-from .pipeline import Wan, data_rules, frames_to_tensor, inference_sigmas
+from .pipeline import SHIFT, Wan, data_rules, frames_to_tensor, inference_sigmas
 
 PROMPT_KEY, IMAGE_KEY, VIDEO_KEY = "animate2_prompt_ref", "animate2_reference_image", "animate2_reference_video"
 REPO = "Wan-AI/Wan2.2-Animate-2-14B"
@@ -200,7 +200,8 @@ class WanAnimate2(Wan):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None) -> list[Image.Image]:
+               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None,
+               sigma_shift: float = SHIFT) -> list[Image.Image]:
         """Euler sampling with one more latent frame (the reference image's, dropped before decoding); the reference
         stream runs once (its K/V cache, shared with the unconditional pass, which skips block 9 as DiffSynth's)."""
         self._check_sample_size(height, width, num_frames)
@@ -212,8 +213,8 @@ class WanAnimate2(Wan):
         if negative_inputs is not None:
             negative_inputs = {**negative_inputs, "reference_cache": cache,
                                "skip_blocks": (UNCONDITIONAL_SKIPPED_BLOCK,)}
-        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps), inputs, cfg_scale,
-                               negative_inputs)
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps, sigma_shift), inputs,
+                               cfg_scale, negative_inputs)
         return self.decode(latents[:, :, 1:])
 
 

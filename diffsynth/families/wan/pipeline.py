@@ -146,6 +146,7 @@ class Wan(Family):
     refused_inputs = refusals.WAN  # Animate's replacement mode, S2V, Video-As-Prompt, Wan-Dancer: what they lack
     refused_models = {"LongCat-Video": refusals.LONGCAT}
     refused_flags = refusals.FLAGS  # S2V's and Wan-Dancer's flags: the error names the model
+    sample_options = ("sigma_shift",)  # DiffSynth's WanVideoPipeline(sigma_shift=...): render() takes it
     encoders = ("text_encoder", "image_encoder")
     lora_targets = LORA_TARGETS
     lora_to_original = staticmethod(lora_to_wan_names)
@@ -391,7 +392,8 @@ class Wan(Family):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None) -> list[Image.Image]:
+               num_frames: int = 1, cfg_scale: float = 1.0, negative_inputs: dict | None = None,
+               sigma_shift: float = SHIFT) -> list[Image.Image]:
         """Euler sampling of the flow, one expert for the whole trajectory; cfg_scale != 1: guided by the
         negative prompt's inputs (same image conditioning)."""
         self._check_sample_size(height, width, num_frames)
@@ -401,6 +403,6 @@ class Wan(Family):
         latents = torch.randn(shape, generator=generator).to(self.device, self.torch_dtype)
         first = inputs.get("first_frame_latents")
         pin = None if first is None else lambda x: torch.cat([first.to(x.dtype), x[:, :, 1:]], dim=2)
-        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps), inputs, cfg_scale,
-                               negative_inputs, pin)
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps, sigma_shift), inputs,
+                               cfg_scale, negative_inputs, pin)
         return self.decode(latents)

@@ -30,7 +30,7 @@ from ...sampling import euler_sample
 from ..base import DataRules
 from . import real_configs, vace_model
 from .convert import diffusers_to_wan_dit
-from .pipeline import Wan, data_rules, frames_to_tensor, inference_sigmas
+from .pipeline import SHIFT, Wan, data_rules, frames_to_tensor, inference_sigmas
 
 VIDEO_KEY, REFERENCE_KEY = "vace_video", "vace_reference_image"
 MASK_PATCH = 8  # DiffSynth folds 8x8 mask pixels into channels (the Wan2.1 VAE's spatial factor)
@@ -205,11 +205,12 @@ class WanVace(Wan):
 
     @torch.no_grad()
     def render(self, inputs: dict, seed: int, height: int, width: int, num_inference_steps: int,
-               num_frames: int = 1) -> list[Image.Image]:
+               num_frames: int = 1, sigma_shift: float = SHIFT) -> list[Image.Image]:
         """As Wan's, with the reference frame: one more latent frame (DiffSynth's noise rolled so the reference
         frame's noise is the last one drawn), dropped before decoding."""
         if "vace_context" not in inputs:
-            return super().render(inputs, seed, height, width, num_inference_steps, num_frames)
+            return super().render(inputs, seed, height, width, num_inference_steps, num_frames,
+                                  sigma_shift=sigma_shift)
         self._check_sample_size(height, width, num_frames)
         frames = (num_frames - 1) // self.temporal_factor + 1
         extra = inputs["vace_context"].shape[2] - frames
@@ -218,7 +219,7 @@ class WanVace(Wan):
         if extra:
             latents = torch.cat([latents[:, :, -extra:], latents[:, :, :-extra]], dim=2)
         latents = latents.to(self.device, self.torch_dtype)
-        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps), inputs)
+        latents = euler_sample(self.predict, latents, inference_sigmas(num_inference_steps, sigma_shift), inputs)
         return self.decode(latents[:, :, extra:])
 
 
