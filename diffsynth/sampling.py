@@ -2,9 +2,9 @@
 
 An entry is a prompt string (rendered with the section's settings, exactly as before entries existed) or a mapping
 that sets its own ``negative_prompt``, ``cfg_scale`` (alias ``guidance_scale``), ``num_inference_steps``, ``seeds``
-(or ``seed``), ``embedded_guidance`` and ``sigma_shift`` (families that declare them) and ``images``: the file(s) standing for the
-family's sample image input (``Family.sample_image_input``: Qwen-Image-Edit's edit image, FLUX.1-Kontext's
-reference images, Wan's first frame), one path or a list, as a dataset cell of that column would be.
+(or ``seed``), ``embedded_guidance`` and ``sigma_shift`` (families that declare them) and ``images``: the file(s)
+standing for the family's sample image input (``Family.sample_image_input``: Qwen-Image-Edit's edit image,
+FLUX.1-Kontext's reference images, Wan's first frame), one path or a list, as a dataset cell of that column would be.
 
 A family takes the entry through its hooks: ``sample_inputs(prompt, height, width, num_frames, images=...)`` (only
 given when the entry has images) and ``render(..., cfg_scale=, negative_inputs=)`` (only given when the entry is
