@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from cases import ANIMATE_CASES, RANK, SEED, WAN21_VAE  # noqa: E402
 from ours import randomise  # noqa: E402
-from ours_vace import predict_and_loss  # noqa: E402
+from ours_vace import predict_and_loss, read_its_checkpoint  # noqa: E402
 
 from diffsynth.export.lora_formats import (from_original_names, lora_modules, to_diffsynth_checkpoint,  # noqa: E402
                                            write_format)
@@ -31,7 +31,7 @@ from diffsynth.families.wan.animate_model import WanAnimateDiT  # noqa: E402
 from diffsynth.families.wan.convert import diffusers_to_wan_dit, diffusers_to_wan_vae  # noqa: E402
 from diffsynth.models.components import load_component  # noqa: E402
 from diffsynth.models.model_config import ModelConfig  # noqa: E402
-from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
+from diffsynth.training.lora import add_lora, lora_state_dict  # noqa: E402
 
 INPUTS = ("input_image", "animate_pose_video", "animate_face_video")
 
@@ -126,12 +126,7 @@ def cmd_load(name: str, out: Path) -> None:
     given = load_file(str(out / "prompt.safetensors"))
     inputs = {k: tensors[k] for k in ("latents", "y", "pose_latents", "face_pixel_values")}
     inputs.update(prompt_emb=given["prompt_emb"], clip_feature=given["clip_feature"])
-    add_lora(pipe.dit, WanAnimate.lora_targets_for("dit", pipe.dit, case["targets"].split(",")), RANK)
-    state = load_file(str(out / "ds_ckpt.safetensors"))
-    loaded = load_lora_checkpoint(pipe.dit, state, WanAnimate, source="ds_ckpt.safetensors")
-    pred, loss = predict_and_loss(pipe, inputs, tensors["noise"])
-    save_file({"pred_ds_lora": pred.contiguous(), "loss_ds_lora": loss, "loaded_modules": torch.tensor([float(loaded)]),
-               "read_modules": torch.tensor([float(len(lora_modules(state)))])}, str(out / "ours_load.safetensors"))
+    read_its_checkpoint(pipe, WanAnimate, "dit", case["targets"], inputs, tensors["noise"], out)
 
 
 if __name__ == "__main__":

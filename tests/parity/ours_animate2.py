@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).parent))
 from cases import ANIMATE2_CASES, RANK, SEED, WAN21_VAE  # noqa: E402
 from ours import randomise  # noqa: E402
-from ours_vace import predict_and_loss  # noqa: E402
+from ours_vace import predict_and_loss, read_its_checkpoint  # noqa: E402
 
 from diffsynth.export import export_checkpoint  # noqa: E402
 from diffsynth.export.lora_formats import lora_modules, to_diffsynth_checkpoint  # noqa: E402
@@ -34,7 +34,7 @@ from diffsynth.families.wan.convert import diffusers_to_wan_vae, hf_to_wan_clip 
 from diffsynth.models.components import load_component  # noqa: E402
 from diffsynth.models.model_config import ModelConfig  # noqa: E402
 from diffsynth.training.checkpoint import trainable_state_dict  # noqa: E402
-from diffsynth.training.lora import add_lora, load_lora_checkpoint, lora_state_dict  # noqa: E402
+from diffsynth.training.lora import add_lora, lora_state_dict  # noqa: E402
 from diffsynth.training.module import pipe_model  # noqa: E402
 
 # what encode hands the DiT (and the short-reference run's reference latents)
@@ -170,12 +170,7 @@ def cmd_load(name: str, out: Path) -> None:
     pipe = load_pipe(out)
     tensors = load_file(str(out / "ours.safetensors"))
     inputs = {k: tensors[k] for k in ENCODED}
-    add_lora(pipe.dit, WanAnimate2.lora_targets_for("dit", pipe.dit, case["targets"].split(",")), RANK)
-    state = load_file(str(out / "ds_ckpt.safetensors"))
-    loaded = load_lora_checkpoint(pipe.dit, state, WanAnimate2, source="ds_ckpt.safetensors")
-    pred, loss = predict_and_loss(pipe, inputs, tensors["noise"])
-    save_file({"pred_ds_lora": pred.contiguous(), "loss_ds_lora": loss, "loaded_modules": torch.tensor([float(loaded)]),
-               "read_modules": torch.tensor([float(len(lora_modules(state)))])}, str(out / "ours_load.safetensors"))
+    read_its_checkpoint(pipe, WanAnimate2, "dit", case["targets"], inputs, tensors["noise"], out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from ours import randomise  # noqa: E402
 
 from diffsynth.export import export_checkpoint  # noqa: E402
 from diffsynth.families.wan.convert import diffusers_to_wan_dit, diffusers_to_wan_vae  # noqa: E402
+from diffsynth.export.lora_formats import lora_modules  # noqa: E402
 from diffsynth.families.wan.vace import WanVace  # noqa: E402
 from diffsynth.models.components import load_component  # noqa: E402
 from diffsynth.models.model_config import ModelConfig  # noqa: E402
@@ -118,6 +119,18 @@ def cmd_vace(name: str, out: Path) -> None:
     save_file({k: v.contiguous() for k, v in results.items()}, str(out / "ours.safetensors"))
 
 
+def read_its_checkpoint(pipe, spec, model: str, targets: str, inputs: dict, noise: torch.Tensor, out: Path) -> None:
+    """DiffSynth's trainer checkpoint (``ds_ckpt.safetensors``, LoRA on its ``pipe.<model>``) read by our
+    lora.lora_checkpoint: the prediction and loss with it, and the modules read and loaded (ours_load.safetensors)."""
+    module = getattr(pipe, model)
+    add_lora(module, spec.lora_targets_for(model, module, targets.split(",")), RANK)
+    state = load_file(str(out / "ds_ckpt.safetensors"))
+    loaded = load_lora_checkpoint(module, state, spec, source="ds_ckpt.safetensors")
+    pred, loss = predict_and_loss(pipe, inputs, noise)
+    save_file({"pred_ds_lora": pred.contiguous(), "loss_ds_lora": loss, "loaded_modules": torch.tensor([float(loaded)]),
+               "read_modules": torch.tensor([float(len(lora_modules(state)))])}, str(out / "ours_load.safetensors"))
+
+
 def cmd_load(name: str, out: Path) -> None:
     """DiffSynth's trainer checkpoint (LoRA on its pipe.vace) as our lora.lora_checkpoint."""
     case = VACE_CASES[name]
@@ -125,13 +138,7 @@ def cmd_load(name: str, out: Path) -> None:
     tensors = load_file(str(out / "ours.safetensors"))
     prompt_emb = load_file(str(out / "prompt.safetensors"))["prompt_emb"]
     inputs = {"latents": tensors["latents"], "vace_context": tensors["vace_context"], "prompt_emb": prompt_emb}
-    add_lora(pipe.vace, WanVace.lora_targets_for("vace", pipe.vace, case["targets"].split(",")), RANK)
-    state = load_file(str(out / "ds_ckpt.safetensors"))
-    loaded = load_lora_checkpoint(pipe.vace, state, WanVace, source="ds_ckpt.safetensors")
-    pred, loss = predict_and_loss(pipe, inputs, tensors["noise"])
-    save_file({"pred_ds_lora": pred.contiguous(), "loss_ds_lora": loss, "loaded_modules": torch.tensor([float(loaded)]),
-               "read_modules": torch.tensor([float(len({k.split('.lora_')[0] for k in state}))])},
-              str(out / "ours_load.safetensors"))
+    read_its_checkpoint(pipe, WanVace, "vace", case["targets"], inputs, tensors["noise"], out)
 
 
 if __name__ == "__main__":
